@@ -1,0 +1,126 @@
+"""The in-memory secret index and the policy that decides whether a key may be resolved.
+
+Pure logic, no I/O: `vault.py` builds a `SecretIndex` from the decrypted state and the
+active configuration; the proxy asks it for a `Lookup` bound to one request's destination.
+Every refusal is a `SubstitutionError` whose code tells the proxy 403 (policy) or 400.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from vaultcore.placeholders import Lookup, SubstitutionError, host_matches, origin_matches
+
+LOCAL_SOURCE = "local"
+
+# Refusals that are about where a secret may go (403); everything else is a bad request (400).
+POLICY_CODES = frozenset(
+    {"no_hosts_rule", "host_not_allowed", "origin_not_allowed", "plaintext_not_allowed", "host_mismatch", "placeholder_in_authority"}
+)
+
+
+@dataclass(frozen=True)
+class Secret:
+    key: str
+    value: str | bytes = field(repr=False)
+    hosts: tuple[str, ...] = ()
+    origins: tuple[str, ...] = ()
+    source: str = LOCAL_SOURCE
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a request goes: the host the proxy connects to, its scheme, and the web
+    origin that made it (the `Origin` header), if any."""
+
+    host: str
+    scheme: str = "https"
+    origin: str | None = None
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SecretIndex:
+    """Keys to secrets, in resolution order: provider keys first, then local secrets.
+
+    A local secret whose key a provider also has is shadowed ("overridden by duplicate key")
+    and recorded in `shadowed`, so `status` can say so."""
+
+    def __init__(self, provider_secrets: Iterable[Secret] = (), local_secrets: Iterable[Secret] = ()):
+        self._secrets: dict[str, Secret] = {}
+        self.shadowed: dict[str, str] = {}
+        for secret in provider_secrets:
+            self._secrets.setdefault(secret.key, secret)
+        for secret in local_secrets:
+            if secret.key in self._secrets:
+                self.shadowed[secret.key] = self._secrets[secret.key].source
+            else:
+                self._secrets[secret.key] = secret
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._secrets
+
+    def get(self, key: str) -> Secret | None:
+        return self._secrets.get(key)
+
+    def secrets(self) -> list[Secret]:
+        return list(self._secrets.values())
+
+    def check(self, key: str, destination: Destination, *, allow_plaintext: bool = False) -> Secret:
+        """The secret for `key` if `destination` may receive it; otherwise a SubstitutionError
+        that names the key and the fix (never the value)."""
+        secret = self._secrets.get(key)
+        if secret is None:
+            raise SubstitutionError(
+                "unknown_key", key,
+                f"unknown key {key!r}: add it with `vaultproxy local set {key} --hosts HOST` "
+                "or map it in the active configuration",
+            )
+        if not secret.hosts:
+            raise SubstitutionError(
+                "no_hosts_rule", key,
+                f"secret {key!r} has no hosts rule, so it is injected nowhere: "
+                f"`vaultproxy local set {key} --hosts {destination.host}` (or `hosts:` in its configuration)",
+            )
+        if not host_matches(destination.host, secret.hosts):
+            raise SubstitutionError(
+                "host_not_allowed", key,
+                f"secret {key!r} is not allowed for host {destination.host!r} (its hosts: {', '.join(secret.hosts)})",
+            )
+        if destination.origin is not None and not origin_matches(destination.origin, secret.origins):
+            raise SubstitutionError(
+                "origin_not_allowed", key,
+                f"a web page at {destination.origin!r} may not use secret {key!r}: "
+                f"add the origin with `--origins {destination.origin}` if you trust it",
+            )
+        if destination.scheme == "http" and not allow_plaintext and not is_loopback(destination.host):
+            raise SubstitutionError(
+                "plaintext_not_allowed", key,
+                f"refusing to send secret {key!r} over plain HTTP to {destination.host!r}: "
+                "use https, or start the proxy with `--set vault_allow_plaintext=true`",
+            )
+        return secret
+
+    def lookup_for(self, destination: Destination, *, keep_unknown: bool = False, allow_plaintext: bool = False) -> Lookup:
+        """A placeholders.Lookup bound to one request. With `keep_unknown`, unknown keys stay
+        literal (on_missing: keep); every other refusal still raises."""
+
+        def lookup(key: str) -> str | bytes | None:
+            if keep_unknown and key not in self._secrets:
+                return None
+            return self.check(key, destination, allow_plaintext=allow_plaintext).value
+
+        return lookup

@@ -1,0 +1,417 @@
+"""The encrypted local state file: format, key sources, atomic writes, locking.
+
+`vault.enc` is one JSON document encrypted with AES-256-GCM:
+
+    MAGIC | header length (4 bytes, big endian) | header (JSON) | ciphertext+tag
+
+The header carries the format version, the key source, the KDF parameters, a key check
+value and the nonce; all of it (with the magic and the length) is authenticated as
+associated data, so a tampered header fails like a tampered body. The key check value lets
+the error tell "wrong key or passphrase" from "file damaged".
+
+Every write goes through `Store.update`: an exclusive lock, a fresh read, the change, and an
+atomic replace (temp file, fsync, rename, fsync of the directory), keeping the previous good
+file as `vault.enc.bak`. A crash or kill at any point leaves `vault.enc` old or new, never torn.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"VAULTPX\x00"
+FORMAT_VERSION = 1
+VAULT_FILE = "vault.enc"
+KEY_FILE = "key"
+LOCK_FILE = "vault.lock"
+SCRYPT_PARAMS = {"n": 2**15, "r": 8, "p": 1}
+LOCK_TIMEOUT_SECONDS = 30.0
+PASSPHRASE_ENV = "VAULTPROXY_PASSPHRASE"
+KEY_SOURCE_ENV = "VAULTPROXY_KEY_SOURCE"
+
+T = TypeVar("T")
+State = dict[str, Any]
+Signature = tuple[int, int, int]
+
+
+class VaultError(Exception):
+    """An error meant for the user: one line that names the cause and the fix, never a value."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _key_check(key: bytes) -> str:
+    return _b64(hmac.new(key, b"vaultproxy key check", hashlib.sha256).digest()[:16])
+
+
+# --- key sources -----------------------------------------------------------------------
+
+
+class KeySource(Protocol):
+    """Where the 256-bit vault key comes from. `kdf()` gives the header's KDF entry for a
+    new vault; `key(header)` produces the key for an existing one."""
+
+    name: str
+
+    def kdf(self) -> dict[str, Any] | None: ...
+
+    def key(self, header: dict[str, Any]) -> bytes: ...
+
+
+class KeyFile:
+    """A random key in `$VAULTPROXY_HOME/key`, created 0600 on first use (the default)."""
+
+    name = "keyfile"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def kdf(self) -> None:
+        return None
+
+    def key(self, header: dict[str, Any]) -> bytes:
+        if os.environ.get(PASSPHRASE_ENV) is not None:
+            raise VaultError(
+                f"{PASSPHRASE_ENV} is set, but this vault is encrypted with the key file "
+                f"{self.path}, not a passphrase: unset {PASSPHRASE_ENV}"
+            )
+        try:
+            mode = self.path.stat().st_mode
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise VaultError(
+                f"the vault is encrypted with the key file {self.path}, which is missing: "
+                "restore it from your backup"
+            ) from None
+        except OSError as e:
+            raise VaultError(f"cannot read the key file {self.path}: {e.strerror}") from None
+        if mode & 0o077:
+            raise VaultError(f"the key file {self.path} is readable by others: chmod 600 {self.path}")
+        if len(data) != 32:
+            raise VaultError(f"{self.path} is not a vaultproxy key (expected 32 bytes)")
+        return data
+
+    def create(self) -> bytes:
+        """Write a new random key, refusing to overwrite one that exists."""
+        key = secrets.token_bytes(32)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self.key({})
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        return key
+
+
+class Passphrase:
+    """A passphrase from `VAULTPROXY_PASSPHRASE` or a hidden prompt, stretched with scrypt.
+
+    The salt stays the same for the vault's life (only the nonce changes per write), so a
+    long-running proxy derives the key once and reloads cheaply."""
+
+    name = "passphrase"
+
+    def __init__(self) -> None:
+        self._derived: dict[tuple[str, int, int, int], bytes] = {}
+        self._passphrase: str | None = None
+
+    def kdf(self) -> dict[str, Any]:
+        return {"name": "scrypt", "salt": _b64(secrets.token_bytes(16)), **SCRYPT_PARAMS}
+
+    def _get_passphrase(self) -> str:
+        if self._passphrase is None:
+            value = os.environ.get(PASSPHRASE_ENV)
+            if value is None:
+                if not sys.stdin.isatty():
+                    raise VaultError(
+                        f"the vault is protected by a passphrase: set {PASSPHRASE_ENV} "
+                        "or run from a terminal to be prompted"
+                    )
+                value = getpass.getpass("vault passphrase: ")
+            if not value:
+                raise VaultError("the vault passphrase must not be empty")
+            self._passphrase = value
+        return self._passphrase
+
+    def key(self, header: dict[str, Any]) -> bytes:
+        kdf = header.get("kdf") or {}
+        params = (kdf["salt"], int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
+        if params not in self._derived:
+            self._derived[params] = hashlib.scrypt(
+                self._get_passphrase().encode(),
+                salt=_unb64(params[0]),
+                n=params[1],
+                r=params[2],
+                p=params[3],
+                maxmem=128 * 1024 * 1024,
+                dklen=32,
+            )
+        return self._derived[params]
+
+
+class Keyring:
+    """A random key kept in the OS keyring (the `keyring` extra), one entry per vault home."""
+
+    name = "keyring"
+    service = "vaultproxy"
+
+    def __init__(self, home: Path):
+        self.account = str(home.resolve())
+
+    def _keyring(self) -> Any:
+        try:
+            import keyring
+        except ImportError:
+            raise VaultError(
+                "the OS keyring needs the keyring extra: pip install 'vaultproxy[keyring]'"
+            ) from None
+        return keyring
+
+    def kdf(self) -> None:
+        return None
+
+    def key(self, header: dict[str, Any]) -> bytes:
+        stored = self._keyring().get_password(self.service, self.account)
+        if stored is None:
+            raise VaultError(f"no vault key in the OS keyring for {self.account}")
+        return _unb64(stored)
+
+    def create(self) -> bytes:
+        key = secrets.token_bytes(32)
+        self._keyring().set_password(self.service, self.account, _b64(key))
+        return key
+
+
+def key_source_named(name: str, home: Path) -> KeySource:
+    sources: dict[str, Callable[[], KeySource]] = {
+        "keyfile": lambda: KeyFile(home / KEY_FILE),
+        "passphrase": Passphrase,
+        "keyring": lambda: Keyring(home),
+    }
+    if name not in sources:
+        raise VaultError(f"unknown key source {name!r}: use one of {', '.join(sources)}")
+    return sources[name]()
+
+
+def default_key_source(home: Path) -> KeySource:
+    """For a new vault: `VAULTPROXY_KEY_SOURCE`, else a passphrase when one is in the
+    environment, else the key file."""
+    chosen = os.environ.get(KEY_SOURCE_ENV)
+    if chosen:
+        return key_source_named("keyfile" if chosen == "file" else chosen, home)
+    return Passphrase() if os.environ.get(PASSPHRASE_ENV) else KeyFile(home / KEY_FILE)
+
+
+# --- file format -----------------------------------------------------------------------
+
+
+def encrypt(state: State, key: bytes, header: dict[str, Any]) -> bytes:
+    header = {**header, "nonce": _b64(secrets.token_bytes(12))}
+    header_bytes = json.dumps(header, sort_keys=True).encode()
+    prefix = MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes
+    plaintext = json.dumps(state, separators=(",", ":")).encode()
+    return prefix + AESGCM(key).encrypt(_unb64(header["nonce"]), plaintext, prefix)
+
+
+def read_header(data: bytes, path: Path) -> tuple[dict[str, Any], bytes, bytes]:
+    """Split a vault file into (header, associated data, ciphertext), or say why it is not one."""
+    if len(data) < len(MAGIC) + 4:
+        if MAGIC.startswith(data[: len(MAGIC)]):
+            raise VaultError(f"{path} is truncated; the previous good copy is {path}.bak")
+        raise VaultError(f"{path} is not a vaultproxy vault")
+    if data[: len(MAGIC)] != MAGIC:
+        raise VaultError(f"{path} is not a vaultproxy vault")
+    (length,) = struct.unpack(">I", data[len(MAGIC) : len(MAGIC) + 4])
+    end = len(MAGIC) + 4 + length
+    if len(data) < end + 16:
+        raise VaultError(f"{path} is truncated; the previous good copy is {path}.bak")
+    try:
+        header = json.loads(data[len(MAGIC) + 4 : end])
+        version = header["format"]
+    except (ValueError, KeyError, TypeError):
+        raise VaultError(f"{path} is damaged (unreadable header); the previous good copy is {path}.bak") from None
+    if version != FORMAT_VERSION:
+        raise VaultError(f"{path} has format {version}; this vaultproxy reads format {FORMAT_VERSION}: upgrade vaultproxy")
+    return header, data[:end], data[end:]
+
+
+def decrypt(data: bytes, path: Path, key_for: Callable[[dict[str, Any]], bytes]) -> tuple[State, bytes, dict[str, Any]]:
+    """Return (state, key, header) of a vault file, or say precisely why it cannot be opened."""
+    header, associated, ciphertext = read_header(data, path)
+    try:
+        key = key_for(header)
+        nonce = _unb64(header["nonce"])
+    except (KeyError, ValueError, TypeError):
+        raise VaultError(f"{path} is damaged (bad header fields); the previous good copy is {path}.bak") from None
+    if not hmac.compare_digest(_key_check(key), str(header.get("key_check", ""))):
+        raise VaultError(
+            f"cannot open {path}: wrong {'passphrase' if header.get('key_source') == 'passphrase' else 'key'} "
+            f"(the vault uses its {header.get('key_source')})"
+        )
+    try:
+        state = json.loads(AESGCM(key).decrypt(nonce, ciphertext, associated))
+    except InvalidTag:
+        raise VaultError(
+            f"{path} has been modified or damaged (authentication failed); "
+            f"the previous good copy is {path}.bak"
+        ) from None
+    return state, key, header
+
+
+# --- the store -------------------------------------------------------------------------
+
+
+class Store:
+    """The encrypted state of one vault home. Reads are lock-free (writes are atomic
+    renames); every change is a locked read-modify-write so concurrent CLIs lose nothing."""
+
+    def __init__(self, home: Path, key_source: KeySource | None = None):
+        self.home = home
+        self.path = home / VAULT_FILE
+        self.backup_path = home / (VAULT_FILE + ".bak")
+        self._key_source = key_source
+
+    # reading
+
+    def signature(self) -> Signature | None:
+        """Identity of the current file: changes on every write (each write is a new inode)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise VaultError(f"cannot read {self.path}: {e.strerror}") from None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def read(self) -> State:
+        """The decrypted state; an empty one when no vault exists yet."""
+        self._check_home()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise VaultError(f"cannot read {self.path}: {e.strerror}") from None
+        return decrypt(data, self.path, self._key_for)[0]
+
+    def _key_for(self, header: dict[str, Any]) -> bytes:
+        name = header.get("key_source")
+        if self._key_source is None or self._key_source.name != name:
+            self._key_source = key_source_named(str(name), self.home)
+        return self._key_source.key(header)
+
+    # writing
+
+    def update(self, change: Callable[[State], T]) -> T:
+        """Apply `change` to the current state under the lock and write the result."""
+        self._ensure_home()
+        with self._locked():
+            for stale in self.home.glob(f".{VAULT_FILE}.*-*"):
+                stale.unlink(missing_ok=True)  # left by a writer that died mid-write
+            try:
+                state, key, header = decrypt(self.path.read_bytes(), self.path, self._key_for)
+            except FileNotFoundError:
+                state = {}
+                key, header = self._new_key()
+            result = change(state)
+            self._replace(encrypt(state, key, header))
+            return result
+
+    def _new_key(self) -> tuple[bytes, dict[str, Any]]:
+        source = self._key_source or default_key_source(self.home)
+        self._key_source = source
+        kdf = source.kdf()
+        header: dict[str, Any] = {"format": FORMAT_VERSION, "cipher": "AES-256-GCM", "key_source": source.name, "kdf": kdf}
+        create = getattr(source, "create", None)
+        key = create() if create else source.key(header)
+        header["key_check"] = _key_check(key)
+        return key, header
+
+    def _replace(self, data: bytes) -> None:
+        """Atomically make `data` the vault, keeping the old file as the backup.
+
+        Order matters: the new file is complete on disk before anything is renamed, and
+        the backup is a hard link to the old file, so at every instant `vault.enc` is a
+        whole vault (old or new) and `vault.enc.bak` is a whole earlier one."""
+        tmp = self.home / f".{VAULT_FILE}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if self.path.exists():
+                backup_tmp = self.home / f".{VAULT_FILE}.bak-{os.getpid()}"
+                backup_tmp.unlink(missing_ok=True)
+                os.link(self.path, backup_tmp)
+                os.replace(backup_tmp, self.backup_path)
+            os.replace(tmp, self.path)
+            _fsync_dir(self.home)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise VaultError(f"cannot write {self.path}: {e.strerror}; the vault is unchanged") from None
+
+    # the home directory and the lock
+
+    def _check_home(self) -> None:
+        if self.home.exists() and not self.home.is_dir():
+            raise VaultError(f"vault home {self.home} is not a directory (set VAULTPROXY_HOME to a directory)")
+
+    def _ensure_home(self) -> None:
+        self._check_home()
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise VaultError(f"cannot create vault home {self.home}: {e.strerror}") from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise VaultError(f"cannot write to vault home {self.home}: {e.strerror}") from None
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise VaultError(f"the vault in {self.home} is locked by another vaultproxy process") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,427 @@
+"""The facade: local secrets, provider configurations, fetches and the resolution index.
+
+Everything the CLI, the proxy and library users do goes through `Vault`. It owns the shape
+of the decrypted state (the store only encrypts a JSON document):
+
+    {"local":   {KEY: {"value", "binary", "hosts", "origins", "updated_at"}},
+     "active_config": NAME | None,
+     "configs": {NAME: {"credentials": {...}, "error", "error_code", "last_fetched",
+                        "cache": {ALIAS: {"value", "binary", "version_id", "fetched_at",
+                                          "error", "error_code"}}}}}
+
+Values of binary secrets are kept base64-encoded with `"binary": true`. Configurations
+themselves (what to fetch, for which hosts) live in shareable YAML files beside the vault.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vaultcore import placeholders
+from vaultcore.index import LOCAL_SOURCE, Destination, Secret, SecretIndex
+from vaultcore.placeholders import KEY_RE, Context
+from vaultcore.profiles import ConfigDirectory, ProviderConfig, SecretMapping
+from vaultcore.providers import aws
+from vaultcore.store import State, Store, VaultError
+
+MAX_VALUE_BYTES = 1024 * 1024
+HOME_ENV = "VAULTPROXY_HOME"
+
+
+def default_home() -> Path:
+    """`$VAULTPROXY_HOME`, else the platform's user config directory."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "vaultproxy"
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA", Path.home())) / "vaultproxy"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "vaultproxy"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def pack_value(value: str | bytes) -> dict[str, Any]:
+    if isinstance(value, bytes):
+        return {"value": base64.b64encode(value).decode("ascii"), "binary": True}
+    return {"value": value, "binary": False}
+
+
+def unpack_value(entry: dict[str, Any]) -> str | bytes:
+    return base64.b64decode(entry["value"]) if entry.get("binary") else entry["value"]
+
+
+def validate_key(key: str) -> None:
+    if not KEY_RE.fullmatch(key):
+        raise VaultError(
+            f"invalid key {key[:80]!r}: use 1 to 256 of A-Z a-z 0-9 _ . - / (no spaces)"
+        )
+
+
+def validate_value(value: str | bytes) -> None:
+    size = len(value.encode() if isinstance(value, str) else value)
+    if size == 0:
+        raise VaultError("the value is empty; to remove a secret use `vaultproxy local unset KEY`")
+    if size > MAX_VALUE_BYTES:
+        raise VaultError(f"the value is {size} bytes; a secret holds at most {MAX_VALUE_BYTES} bytes (1 MiB)")
+
+
+def provider_secrets(config: ProviderConfig, cache: dict[str, Any]) -> list[Secret]:
+    """The keys a configuration's cached values resolve: an alias, and for JSON secrets
+    its dot keys. A mapping never fetched resolves nothing."""
+    secrets: list[Secret] = []
+    source = f"{config.provider}:{config.name}"
+    for mapping in config.secrets:
+        entry = cache.get(mapping.alias)
+        if not entry or entry.get("value") is None:
+            continue
+        value = unpack_value(entry)
+        hosts, origins = config.hosts_for(mapping), mapping.origins
+        if mapping.mode == "json" and isinstance(value, str):
+            for key, leaf in placeholders.expand_json(mapping.alias, value).items():
+                secrets.append(Secret(key, leaf, hosts, origins, source))
+        else:
+            secrets.append(Secret(mapping.alias, value, hosts, origins, source))
+    return secrets
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An index and the signature of the files it was built from; the proxy rebuilds
+    when the signature changes."""
+
+    index: SecretIndex
+    signature: tuple[Any, ...]
+
+
+class Vault:
+    def __init__(self, home: Path | None = None, store: Store | None = None):
+        self.home = home or default_home()
+        self.store = store or Store(self.home)
+        self.configs = ConfigDirectory(self.home / "configs")
+
+    # --- reading ---------------------------------------------------------------------
+
+    def state(self) -> State:
+        return self.store.read()
+
+    def signature(self) -> tuple[Any, ...]:
+        """Cheap (stat only) identity of everything the index depends on: the vault file and
+        the configuration files."""
+        configs: list[tuple[str, int, int]] = []
+        if self.configs.path.is_dir():
+            for path in self.configs.path.glob("*.yaml"):
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    configs.append((path.name, st.st_mtime_ns, st.st_size))
+        return (self.store.signature(), tuple(sorted(configs)))
+
+    def snapshot(self) -> Snapshot:
+        signature = self.signature()  # taken first: a change during the build is seen next time
+        return Snapshot(self.index(), signature)
+
+    def index(self, state: State | None = None) -> SecretIndex:
+        state = self.state() if state is None else state
+        local = [
+            Secret(key, unpack_value(e), tuple(e.get("hosts", ())), tuple(e.get("origins", ())), LOCAL_SOURCE)
+            for key, e in state.get("local", {}).items()
+        ]
+        config = self._active(state)
+        provided = provider_secrets(config, self._config_state(state, config.name).get("cache", {})) if config else []
+        return SecretIndex(provided, local)
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.index().secrets()]
+
+    def get(self, key: str) -> str | bytes:
+        """The value `key` resolves to (provider first, then local)."""
+        secret = self.index().get(key)
+        if secret is None:
+            raise VaultError(f"unknown key {key!r}: `vaultproxy status` lists the keys")
+        return secret.value
+
+    def resolve(self, text: str, host: str, context: Context = Context.RAW, *, origin: str | None = None, scheme: str = "https") -> str:
+        """Substitute `text` as the proxy would for a request to `host` (library use)."""
+        lookup = self.index().lookup_for(Destination(host, scheme, origin))
+        return str(placeholders.substitute(text, context, lookup)[0])
+
+    # --- local secrets ---------------------------------------------------------------
+
+    def set(self, key: str, value: str | bytes, hosts: Iterable[str] | None = None, origins: Iterable[str] | None = None) -> None:
+        """Store a local secret. `hosts`/`origins` of None keep what an existing secret has."""
+        validate_key(key)
+        validate_value(value)
+
+        def change(state: State) -> None:
+            self._refuse_provider_key(state, key)
+            local = state.setdefault("local", {})
+            old = local.get(key, {})
+            local[key] = {
+                **pack_value(value),
+                "hosts": list(hosts) if hosts is not None else old.get("hosts", []),
+                "origins": list(origins) if origins is not None else old.get("origins", []),
+                "updated_at": now(),
+            }
+
+        self.store.update(change)
+
+    def unset(self, key: str) -> None:
+        def change(state: State) -> None:
+            self._refuse_provider_key(state, key)
+            if key not in state.get("local", {}):
+                raise VaultError(f"no local secret {key!r}: `vaultproxy local list` shows them")
+            del state["local"][key]
+
+        self.store.update(change)
+
+    def local_secrets(self) -> list[dict[str, Any]]:
+        """Local secrets without their values, for listings."""
+        return [
+            {"key": k, "hosts": e.get("hosts", []), "origins": e.get("origins", []), "binary": e.get("binary", False), "updated_at": e.get("updated_at")}
+            for k, e in sorted(self.state().get("local", {}).items())
+        ]
+
+    def _refuse_provider_key(self, state: State, key: str) -> None:
+        config = self._active(state)
+        owner = config and next((m for m in config.secrets if key == m.alias or key.startswith(m.alias + ".")), None)
+        if owner:
+            raise VaultError(
+                f"{key!r} comes from configuration {config.name!r} ({config.provider}); change it there, "
+                f"or make it local first with `vaultproxy secret move-to-local {owner.alias}`"
+            )
+
+    # --- configurations ----------------------------------------------------------------
+
+    def _active(self, state: State) -> ProviderConfig | None:
+        name = state.get("active_config")
+        return self.configs.load(name) if name else None
+
+    @staticmethod
+    def _config_state(state: State, name: str) -> dict[str, Any]:
+        return state.setdefault("configs", {}).setdefault(name, {})
+
+    def active_config(self) -> ProviderConfig | None:
+        return self._active(self.state())
+
+    def config(self, name: str | None = None) -> ProviderConfig:
+        """The named configuration, or the active one."""
+        if name:
+            return self.configs.load(name)
+        active = self.active_config()
+        if active is None:
+            raise VaultError("no active configuration: `vaultproxy config add NAME --region R` or `vaultproxy config use NAME`")
+        return active
+
+    def add_config(self, config: ProviderConfig, credentials: aws.StaticCredentials | None = None) -> None:
+        """Save a configuration (and its static keys); the first one becomes active."""
+        self.configs.save(config)
+        self._adopt(config.name, credentials)
+
+    def import_config(self, path: Path) -> ProviderConfig:
+        """Add a shared YAML file; static keys are set separately (`config set-credentials`)."""
+        config = self.configs.import_file(path)
+        self._adopt(config.name, None)
+        return config
+
+    def _adopt(self, name: str, credentials: aws.StaticCredentials | None) -> None:
+        def change(state: State) -> None:
+            if credentials is not None:
+                self._config_state(state, name)["credentials"] = credentials.to_dict()
+            if not state.get("active_config"):
+                state["active_config"] = name
+
+        self.store.update(change)
+
+    def use_config(self, name: str) -> None:
+        self.configs.load(name)  # exists and is valid
+        self.store.update(lambda state: state.update(active_config=name))
+
+    def remove_config(self, name: str) -> None:
+        self.configs.load(name)
+
+        def change(state: State) -> None:
+            state.get("configs", {}).pop(name, None)
+            if state.get("active_config") == name:
+                state["active_config"] = None
+
+        self.store.update(change)
+        self.configs.remove(name)
+
+    def set_credentials(self, name: str, credentials: aws.StaticCredentials) -> None:
+        self.configs.load(name)
+        self.store.update(lambda state: self._config_state(state, name).update(credentials=credentials.to_dict()))
+
+    def credentials(self, name: str, state: State | None = None) -> aws.StaticCredentials | None:
+        state = self.state() if state is None else state
+        raw = state.get("configs", {}).get(name, {}).get("credentials")
+        return aws.StaticCredentials.from_dict(raw) if raw else None
+
+    def test_config(self, name: str | None = None) -> aws.Identity:
+        config = self.config(name)
+        return aws.test_connection(config, self.credentials(config.name))
+
+    def add_secret(self, mapping: SecretMapping, config_name: str | None = None) -> ProviderConfig:
+        config = self.config(config_name).with_secret(mapping)
+        self.configs.save(config)
+        return config
+
+    def remove_secret(self, alias: str, config_name: str | None = None) -> None:
+        config = self.config(config_name)
+        if config.mapping(alias) is None:
+            raise VaultError(f"configuration {config.name!r} has no secret {alias!r}")
+        self.configs.save(config.without_secret(alias))
+        self.store.update(lambda state: self._config_state(state, config.name).get("cache", {}).pop(alias, None))
+
+    # --- fetching ----------------------------------------------------------------------
+
+    def fetch(
+        self,
+        aliases: Iterable[str] | None = None,
+        config_name: str | None = None,
+        *,
+        use_batch: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, aws.FetchResult]:
+        """Fetch the named aliases (all when None) and store what came back.
+
+        The network part runs without the lock; the results are then merged into the
+        freshest state. A failed secret keeps its cached value and records the error."""
+        config = self.config(config_name)
+        if aliases is None:
+            mappings = list(config.secrets)
+        else:
+            mappings = []
+            for alias in aliases:
+                mapping = config.mapping(alias)
+                if mapping is None:
+                    raise VaultError(f"configuration {config.name!r} has no secret {alias!r}: `vaultproxy secret list` shows them")
+                mappings.append(mapping)
+        if not mappings:
+            return {}
+        try:
+            results = aws.fetch(config, mappings, self.credentials(config.name), use_batch=use_batch, progress=progress)
+        except aws.ProviderError as e:
+            results = {m.alias: aws.FetchResult(m.alias, None, error=str(e), error_code=e.code) for m in mappings}
+        results = {alias: _checked(config.mapping(alias), result) for alias, result in results.items()}
+        self.store.update(lambda state: _record(self._config_state(state, config.name), results))
+        return results
+
+    def move_to_local(self, alias: str, config_name: str | None = None) -> list[str]:
+        """Turn a fetched provider secret into local secrets (JSON secrets keep their dot
+        keys) and drop it from the configuration. Returns the local keys written."""
+        config = self.config(config_name)
+        mapping = config.mapping(alias)
+        if mapping is None:
+            raise VaultError(f"configuration {config.name!r} has no secret {alias!r}")
+
+        def change(state: State) -> list[str]:
+            cache = self._config_state(state, config.name).setdefault("cache", {})
+            if cache.get(alias, {}).get("value") is None:
+                raise VaultError(f"{alias!r} has never been fetched: `vaultproxy secret fetch {alias}` first")
+            single = dataclasses.replace(config, secrets=(mapping,))
+            local = state.setdefault("local", {})
+            written = []
+            for secret in provider_secrets(single, cache):
+                local[secret.key] = {**pack_value(secret.value), "hosts": list(secret.hosts), "origins": list(secret.origins), "updated_at": now()}
+                written.append(secret.key)
+            del cache[alias]
+            return written
+
+        written = self.store.update(change)
+        self.configs.save(config.without_secret(alias))
+        return written
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Everything `vaultproxy status` shows: no values."""
+        state = self.state()
+        config = self._active(state)
+        config_state = state.get("configs", {}).get(config.name, {}) if config else {}
+        index = self.index(state)
+        rows: list[dict[str, Any]] = []
+        for secret in index.secrets():
+            rows.append({"key": secret.key, "source": secret.source, "hosts": list(secret.hosts), "origins": list(secret.origins)})
+        for key in sorted(index.shadowed):
+            rows.append({"key": key, "source": LOCAL_SOURCE, "shadowed_by": index.shadowed[key]})
+        for row in rows:
+            if row["source"] != LOCAL_SOURCE:
+                entry = config_state.get("cache", {}).get(row["key"].split(".")[0], {})
+                row.update(last_fetched=entry.get("fetched_at"), error=entry.get("error"))
+        unfetched = [
+            {"key": m.alias, "source": f"{config.provider}:{config.name}", "last_fetched": None,
+             "error": config_state.get("cache", {}).get(m.alias, {}).get("error") or "not fetched yet"}
+            for m in (config.secrets if config else ())
+            if config_state.get("cache", {}).get(m.alias, {}).get("value") is None
+        ]
+        return {
+            "home": str(self.home),
+            "active_config": config.name if config else None,
+            "config_error": config_state.get("error"),
+            "configs": self.configs.names(),
+            "keys": sorted(rows + unfetched, key=lambda r: r["key"]),
+        }
+
+    def secret_rows(self, config_name: str | None = None) -> list[dict[str, Any]]:
+        """`secret list`: alias, secret id, mode, last fetched, status."""
+        config = self.config(config_name)
+        cache = self.state().get("configs", {}).get(config.name, {}).get("cache", {})
+        rows = []
+        for m in config.secrets:
+            entry = cache.get(m.alias, {})
+            rows.append({
+                "alias": m.alias, "secret_id": m.secret_id, "mode": m.mode, "hosts": list(config.hosts_for(m)),
+                "last_fetched": entry.get("fetched_at"), "version_id": entry.get("version_id"),
+                "status": "error" if entry.get("error") else ("ok" if entry.get("value") is not None else "not fetched"),
+                "error": entry.get("error"),
+            })
+        return rows
+
+
+def _checked(mapping: SecretMapping | None, result: aws.FetchResult) -> aws.FetchResult:
+    """A JSON-mode secret must hold a JSON object; otherwise the row is an error and the
+    cached value stays."""
+    if mapping is None or mapping.mode != "json" or result.value is None:
+        return result
+    try:
+        if isinstance(result.value, bytes):
+            raise ValueError("binary")
+        placeholders.expand_json(mapping.alias, result.value)
+    except ValueError:
+        return aws.FetchResult(
+            result.alias, None, result.version_id,
+            error=f"{mapping.secret_id} is not a JSON object, but {mapping.alias!r} is mode json: use mode plaintext",
+            error_code="not_json",
+        )
+    return result
+
+
+CONFIG_WIDE_ERRORS = frozenset({"invalid_credentials", "expired_credentials", "missing_credentials", "unreachable", "timeout"})
+
+
+def _record(config_state: dict[str, Any], results: dict[str, aws.FetchResult]) -> None:
+    """Merge fetch results: values replace the cache, errors only mark it."""
+    cache = config_state.setdefault("cache", {})
+    fetched_at = now()
+    for alias, result in results.items():
+        entry = cache.setdefault(alias, {})
+        if result.error is None and result.value is not None:
+            entry.update(pack_value(result.value), version_id=result.version_id, fetched_at=fetched_at, error=None, error_code=None)
+        else:
+            entry.update(error=result.error, error_code=result.error_code, error_at=fetched_at)
+    failures = [r for r in results.values() if r.error_code in CONFIG_WIDE_ERRORS]
+    if failures and len(failures) == len(results):
+        config_state.update(error=failures[0].error, error_code=failures[0].error_code)
+    elif any(r.error is None for r in results.values()):
+        config_state.update(error=None, error_code=None, last_fetched=fetched_at)
