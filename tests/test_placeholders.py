@@ -1,0 +1,646 @@
+"""Tests for vaultcore.placeholders: grammar, contexts, filters, streaming, JSON expansion,
+host/origin matching, and hypothesis properties of the substitution."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import re
+from urllib.parse import parse_qs, unquote
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vaultcore.placeholders import (
+    KEY_RE,
+    MARKER,
+    MARKER_STR,
+    MAX_PLACEHOLDER_LEN,
+    Context,
+    Reference,
+    StreamSubstituter,
+    SubstitutionError,
+    contains_placeholder,
+    encode_value,
+    expand_json,
+    find_references,
+    host_matches,
+    origin_matches,
+    substitute,
+)
+
+# Distinctive fake secrets: they must never show up in an error message.
+SECRETS: dict[str, str | bytes] = {
+    "a": "S3CRET-alpha",
+    "b": "S3CRET-bravo",
+    "db.user": "S3CRET-user",
+    "svc/token-1": "S3CRET-tok",
+    "evil": "S3CRET\r\nX-Injected: 1",
+    "nested": "S3CRET<<vault:b>>",
+    "blob": b"S3CRET\xff\xfe\x00",
+}
+PCT_OPENER_RE = re.compile(r"%3c%3cvault", re.IGNORECASE)
+FAST = settings(max_examples=60, deadline=None)
+
+
+def lookup(key: str) -> str | bytes | None:
+    return SECRETS.get(key)
+
+
+def must_not_lookup(key: str) -> None:
+    raise AssertionError("lookup called for a text without placeholders")
+
+
+# --- grammar -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "flt"),
+    [
+        ("<<vault:a>>", "a", None),
+        ("<<vault:A-z_0.9/x>>", "A-z_0.9/x", None),
+        ("<<vault:a|base64>>", "a", "base64"),
+        ("<<vault:a|urlencode>>", "a", "urlencode"),
+        ("<<vault:a|raw>>", "a", "raw"),
+        ("<<vault:" + "k" * 256 + ">>", "k" * 256, None),
+    ],
+)
+def test_valid_placeholders_are_found(text: str, key: str, flt: str | None) -> None:
+    expected = [Reference(key, flt, 1, 1 + len(text))]
+    assert find_references("x" + text) == expected
+    assert find_references(b"x" + text.encode()) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<<vault:>>",
+        "<< vault:x >>",
+        "<<vault: a>>",
+        "<<vault:a b>>",
+        "<<vault:a|foo>>",
+        "<<vault:a|>>",
+        "<<vault:a|BASE64>>",
+        "<<vault:a|raw|raw>>",
+        "<<Vault:a>>",
+        "<vault:a>",
+        "<<vault:a>",
+        "<<vault:a",
+        "<<vault:a>>"[:-1] + " >",
+        "<<vault:é>>",
+        "<<vault:" + "k" * 257 + ">>",
+    ],
+)
+def test_non_placeholders_pass_through(text: str) -> None:
+    for context in Context:
+        for data in (text, text.encode()):
+            assert find_references(data, context) == []
+            out, keys = substitute(data, context, lookup)
+            assert out is data and keys == []
+
+
+def test_nested_placeholder_inner_is_valid_outer_is_literal() -> None:
+    data = "<<vault:<<vault:a>>>>"
+    assert find_references(data) == [Reference("a", None, 8, 19)]
+    assert substitute(data, Context.RAW, lookup) == ("<<vault:S3CRET-alpha>>", ["a"])
+
+
+def test_unterminated_placeholder_is_literal_and_does_not_swallow_the_next_one() -> None:
+    assert substitute("<<vault:a <<vault:b>>", Context.RAW, lookup) == ("<<vault:a S3CRET-bravo", ["b"])
+    assert substitute("<<<vault:a>>>", Context.RAW, lookup) == ("<S3CRET-alpha>", ["a"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "%3C%3Cvault:a%3E%3E",
+        "%3c%3cvault:a%3e%3e",
+        "%3C%3cvault%3Aa%3e%3E",
+        "%3C%3Cvault%3aa%3E%3E",
+    ],
+)
+def test_percent_encoded_form_is_a_placeholder_in_urls_only(text: str) -> None:
+    url = "/p/" + text + "?q=1"
+    assert find_references(url, Context.URL) == [Reference("a", None, 3, 3 + len(text))]
+    assert substitute(url, Context.URL, lookup) == ("/p/S3CRET-alpha?q=1", ["a"])
+    assert substitute(url.encode(), Context.URL, lookup) == (b"/p/S3CRET-alpha?q=1", ["a"])
+    for context in set(Context) - {Context.URL}:
+        assert substitute(url, context, lookup)[0] is url
+
+
+@pytest.mark.parametrize("sep", ["|", "%7C", "%7c"])
+def test_percent_encoded_form_with_filter(sep: str) -> None:
+    url = f"/p?x=%3C%3Cvault%3Aa{sep}base64%3E%3E"
+    expected = "/p?x=" + base64.b64encode(b"S3CRET-alpha").decode().replace("=", "%3D")
+    assert substitute(url, Context.URL, lookup) == (expected, ["a"])
+
+
+@pytest.mark.parametrize(
+    "text", ["%3C%3CVAULT:a%3E%3E", "%3C%3Cvault:a%3E", "%3C%3Cvault:%3E%3E", "%253C%253Cvault:a%253E%253E"]
+)
+def test_percent_encoded_near_misses_are_literal(text: str) -> None:
+    assert substitute(text, Context.URL, lookup)[0] is text
+
+
+def test_key_re_validates_whole_names() -> None:
+    for good in ["a", "db.user", "svc/token-1", "A_b-0", "k" * 256]:
+        assert KEY_RE.fullmatch(good)
+    for bad in ["", "a b", "a|b", "a>", "é", "k" * 257, "a\n"]:
+        assert not KEY_RE.fullmatch(bad)
+
+
+def test_max_placeholder_len_covers_the_longest_form() -> None:
+    key = "k" * 256
+    longest_literal = f"<<vault:{key}|urlencode>>"
+    longest_percent = f"%3C%3Cvault%3A{key}%7Curlencode%3E%3E"
+    assert find_references(longest_literal) and find_references(longest_percent, Context.URL)
+    assert MAX_PLACEHOLDER_LEN == max(len(longest_literal), len(longest_percent))
+    assert MARKER == MARKER_STR.encode()
+
+
+def test_contains_placeholder_is_the_marker_check() -> None:
+    assert contains_placeholder(b"x <<vault:")
+    assert contains_placeholder("<<vault:")
+    assert not contains_placeholder(b"x <<vault")
+    assert not contains_placeholder("%3C%3Cvault:a%3E%3E")
+    assert contains_placeholder("%3c%3Cvault:a%3E%3E", Context.URL)
+    assert contains_placeholder(b"%3c%3Cvault", Context.URL)
+    assert not contains_placeholder("%3C%3Dvault", Context.URL)
+
+
+# --- substitution: contexts and filters ----------------------------------------------------
+
+VALUE = "a b&c=d/é+\"\\\t%"
+
+
+@pytest.mark.parametrize(
+    ("context", "flt", "expected"),
+    [
+        (Context.URL, None, "a%20b%26c%3Dd%2F%C3%A9%2B%22%5C%09%25"),
+        (Context.URL, "urlencode", "a%20b%26c%3Dd%2F%C3%A9%2B%22%5C%09%25"),
+        (Context.URL, "raw", VALUE),
+        (Context.HEADER, None, VALUE),
+        (Context.HEADER, "urlencode", "a%20b%26c%3Dd%2F%C3%A9%2B%22%5C%09%25"),
+        (Context.JSON, None, 'a b&c=d/é+\\"\\\\\\t%'),
+        (Context.JSON, "raw", VALUE),
+        (Context.FORM, None, "a+b%26c%3Dd%2F%C3%A9%2B%22%5C%09%25"),
+        (Context.FORM, "urlencode", "a%2520b%2526c%253Dd%252F%25C3%25A9%252B%2522%255C%2509%2525"),
+        (Context.FORM, "raw", VALUE),
+        (Context.RAW, None, VALUE),
+        (Context.RAW, "urlencode", "a%20b%26c%3Dd%2F%C3%A9%2B%22%5C%09%25"),
+    ],
+)
+def test_context_and_filter_escaping(context: Context, flt: str | None, expected: str) -> None:
+    assert encode_value(VALUE, flt, context, "k") == expected.encode()
+    assert encode_value(VALUE.encode(), flt, context, "k") == expected.encode()
+
+
+def test_base64_filter_then_context_escaping() -> None:
+    value = b"\xfb\xff\xbf"  # base64 "+/+/" uses both + and /
+    assert base64.b64encode(value) == b"+/+/"
+    assert encode_value(value, "base64", Context.RAW, "k") == b"+/+/"
+    assert encode_value(value, "base64", Context.HEADER, "k") == b"+/+/"
+    assert encode_value(value, "base64", Context.JSON, "k") == b"+/+/"
+    assert encode_value(value, "base64", Context.URL, "k") == b"%2B%2F%2B%2F"
+    assert encode_value(value, "base64", Context.FORM, "k") == b"%2B%2F%2B%2F"
+    assert encode_value("é", "base64", Context.RAW, "k") == base64.b64encode("é".encode())
+
+
+def test_json_context_escapes_control_and_quote_characters() -> None:
+    body = b'{"k": "Bearer <<vault:k>>"}'
+    value = 'x"y\\z\n\x00\u2028'
+    out, keys = substitute(body, Context.JSON, lambda key: value)
+    assert json.loads(out) == {"k": "Bearer " + value} and keys == ["k"]
+
+
+@pytest.mark.parametrize("bad", ["\r", "\n", "\x00"])
+@pytest.mark.parametrize("flt", [None, "raw"])
+def test_header_refuses_cr_lf_nul_even_with_raw(bad: str, flt: str | None) -> None:
+    with pytest.raises(SubstitutionError) as info:
+        encode_value("S3CRET" + bad + "x", flt, Context.HEADER, "k")
+    assert info.value.code == "illegal_value" and info.value.key == "k"
+
+
+def test_header_error_never_carries_the_value() -> None:
+    with pytest.raises(SubstitutionError) as info:
+        substitute(b"Bearer <<vault:evil>>", Context.HEADER, lookup)
+    err = info.value
+    assert (err.code, err.key) == ("illegal_value", "evil")
+    for text in (str(err), repr(err), repr(err.args), err.message):
+        assert "S3CRET" not in text
+    assert "evil" in str(err)
+    assert pickle.loads(pickle.dumps(err)).code == "illegal_value"
+
+
+def test_header_base64_of_value_with_newline_is_fine() -> None:
+    assert substitute(b"<<vault:evil|base64>>", Context.HEADER, lookup)[0] == base64.b64encode(
+        b"S3CRET\r\nX-Injected: 1"
+    )
+
+
+@pytest.mark.parametrize("context", [Context.URL, Context.HEADER, Context.JSON, Context.FORM])
+@pytest.mark.parametrize("flt", [None, "raw", "urlencode"])
+def test_non_utf8_bytes_need_base64_outside_raw(context: Context, flt: str | None) -> None:
+    with pytest.raises(SubstitutionError) as info:
+        substitute(b"<<vault:blob" + (b"|" + flt.encode() if flt else b"") + b">>", context, lookup)
+    assert info.value.code == "not_utf8" and "S3CRET" not in str(info.value)
+    out, _ = substitute(b"<<vault:blob|base64>>", context, lookup)
+    assert base64.b64decode(unquote(out.decode())) == SECRETS["blob"]
+
+
+def test_non_utf8_bytes_go_as_is_into_raw_bytes_but_not_into_str() -> None:
+    assert substitute(b"x<<vault:blob>>y", Context.RAW, lookup) == (b"xS3CRET\xff\xfe\x00y", ["blob"])
+    assert substitute(b"<<vault:blob|urlencode>>", Context.RAW, lookup)[0] == b"S3CRET%FF%FE%00"
+    with pytest.raises(SubstitutionError) as info:
+        substitute("<<vault:blob>>", Context.RAW, lookup)
+    assert info.value.code == "not_utf8"
+
+
+def test_lone_surrogate_is_refused_not_crashed() -> None:
+    for context in Context:
+        with pytest.raises(SubstitutionError) as info:
+            substitute("<<vault:k>>", context, lambda key: "x\ud800")
+        assert info.value.code == "not_utf8"
+
+
+def test_output_type_follows_input_type() -> None:
+    assert substitute("<<vault:a>>", Context.RAW, lookup) == ("S3CRET-alpha", ["a"])
+    assert substitute(b"<<vault:a>>", Context.RAW, lookup) == (b"S3CRET-alpha", ["a"])
+    assert substitute("é<<vault:a>>", Context.URL, lambda k: "é") == ("é%C3%A9", ["a"])
+
+
+def test_no_placeholder_returns_the_same_object_without_lookup() -> None:
+    for data in (b"plain body", "plain", b"", "", b"<<vault:>>"):
+        out, keys = substitute(data, Context.RAW, must_not_lookup)
+        assert out is data and keys == []
+
+
+def test_keys_in_order_without_repeats_and_one_lookup_per_placeholder_kind() -> None:
+    calls: list[str] = []
+
+    def counting(key: str) -> str | bytes | None:
+        calls.append(key)
+        return lookup(key)
+
+    data = "<<vault:b>> <<vault:a>> <<vault:b>> <<vault:b|base64>> <<vault:a>>"
+    out, keys = substitute(data, Context.RAW, counting)
+    assert keys == ["b", "a"]
+    assert out == "S3CRET-bravo S3CRET-alpha S3CRET-bravo {} S3CRET-alpha".format(
+        base64.b64encode(b"S3CRET-bravo").decode()
+    )
+    assert calls == ["b", "a", "b"]
+
+
+def test_missing_key_with_none_is_kept_literally() -> None:
+    data = b"<<vault:nope>> <<vault:a>> <<vault:nope|raw>>"
+    assert substitute(data, Context.RAW, lookup) == (b"<<vault:nope>> S3CRET-alpha <<vault:nope|raw>>", ["a"])
+    only_missing = b"x <<vault:nope>> y"
+    assert substitute(only_missing, Context.RAW, lookup)[0] is only_missing
+
+
+def test_refusing_lookup_propagates_and_nothing_is_returned() -> None:
+    def refuse_b(key: str) -> str | bytes | None:
+        if key == "b":
+            raise SubstitutionError("host_not_allowed", key, f"{key!r} is not allowed for this host")
+        return lookup(key)
+
+    with pytest.raises(SubstitutionError) as info:
+        substitute("<<vault:a>> <<vault:b>>", Context.HEADER, refuse_b)
+    assert (info.value.code, info.value.key) == ("host_not_allowed", "b")
+
+
+def test_value_looking_like_a_placeholder_is_not_resolved_again() -> None:
+    assert substitute("<<vault:nested>>", Context.RAW, lookup) == ("S3CRET<<vault:b>>", ["nested"])
+
+
+def test_find_references_offsets_match_the_input() -> None:
+    data = "é <<vault:a|raw>> %3C%3Cvault%3Ab%3E%3E"
+    refs = find_references(data, Context.URL)
+    assert [data[r.start : r.end] for r in refs] == ["<<vault:a|raw>>", "%3C%3Cvault%3Ab%3E%3E"]
+    raw = data.encode()
+    assert [raw[r.start : r.end] for r in find_references(raw, Context.URL)] == [
+        b"<<vault:a|raw>>",
+        b"%3C%3Cvault%3Ab%3E%3E",
+    ]
+    assert [(r.key, r.filter) for r in refs] == [("a", "raw"), ("b", None)]
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+def stream(chunks: list[bytes], context: Context = Context.RAW, lk=lookup) -> tuple[bytes, list[str]]:
+    sub = StreamSubstituter(context, lk)
+    out = b"".join(sub.feed(c) for c in chunks) + sub.flush()
+    return out, sub.keys_used
+
+
+@pytest.mark.parametrize(
+    ("data", "context"),
+    [
+        (b'{"k":"Bearer <<vault:svc/token-1>>","n":"<<vault:a|base64>>"}', Context.JSON),
+        (b"x=<<vault:" + b"k" * 256 + b"|urlencode>>&y=1", Context.FORM),
+        (b"/p/%3c%3Cvault%3A" + b"k" * 256 + b"%7curlencode%3E%3E?q=<<vault:a>>", Context.URL),
+        (b"<<vault:<<vault:a>>>> <<vault:a <<vault:nope>><", Context.RAW),
+    ],
+)
+def test_stream_split_at_every_position(data: bytes, context: Context) -> None:
+    lk = lambda key: "S3CRET-long" if key.startswith("kkk") else lookup(key)  # noqa: E731
+    expected = substitute(data, context, lk)
+    assert expected[0] is not data
+    for i in range(len(data) + 1):
+        assert stream([data[:i], data[i:]], context, lk) == expected, i
+
+
+def test_stream_many_tiny_chunks() -> None:
+    data = b"<p><<vault:a>></p>" * 50 + b"<<vault:b|base64>><<"
+    expected = substitute(data, Context.RAW, lookup)
+    assert stream([data[i : i + 1] for i in range(len(data))]) == expected
+    assert stream([data[i : i + 3] for i in range(0, len(data), 3)]) == expected
+
+
+def test_stream_emits_plain_data_at_once_and_holds_back_only_a_possible_start() -> None:
+    sub = StreamSubstituter(Context.RAW, lookup)
+    assert sub.feed(b"<html> a < b and c >> d") == b"<html> a < b and c >> d"
+    assert sub.feed(b"text <<vau") == b"text "
+    assert sub.feed(b"lt:a") == b""
+    assert sub.feed(b">> done <") == b"S3CRET-alpha done "
+    assert sub.flush() == b"<"
+    assert sub.keys_used == ["a"]
+
+
+def test_stream_refusal_propagates() -> None:
+    sub = StreamSubstituter(Context.HEADER, lookup)
+    with pytest.raises(SubstitutionError):
+        sub.feed(b"<<vault:evil>>")
+
+
+# --- JSON expansion ------------------------------------------------------------------------
+
+
+def test_expand_json_full_example() -> None:
+    text = '{"user":"a","conn":{"host":"h"},"hosts":["x","y"],"port":5432,"ok":true,"n":null}'
+    assert expand_json("db", text) == {
+        "db": text,
+        "db.user": "a",
+        "db.conn": '{"host":"h"}',
+        "db.conn.host": "h",
+        "db.hosts": '["x","y"]',
+        "db.hosts.0": "x",
+        "db.hosts.1": "y",
+        "db.port": "5432",
+        "db.ok": "true",
+        "db.n": "",
+    }
+
+
+def test_expand_json_deep_nesting_arrays_and_non_string_leaves() -> None:
+    text = '{ "a": [[1, {"b": false}], []], "f": 1.5, "u": "é", "e": {} }'
+    assert expand_json("s", text) == {
+        "s": text,
+        "s.a": '[[1,{"b":false}],[]]',
+        "s.a.0": '[1,{"b":false}]',
+        "s.a.0.0": "1",
+        "s.a.0.1": '{"b":false}',
+        "s.a.0.1.b": "false",
+        "s.a.1": "[]",
+        "s.f": "1.5",
+        "s.u": "é",
+        "s.e": "{}",
+    }
+
+
+def test_expand_json_skips_invalid_member_names_with_their_subtree() -> None:
+    doc = {"ok": "1", "a b": {"c": "2"}, "": "3", "é": "4", "x|y": "5", "k" * 300: "6", "d-1/2": "7"}
+    text = json.dumps(doc)
+    assert expand_json("s", text) == {"s": text, "s.ok": "1", "s.d-1/2": "7"}
+
+
+def test_expand_json_keys_stay_within_the_key_length() -> None:
+    deep = {"k" * 100: {"k" * 100: {"k" * 100: "v"}}}
+    keys = expand_json("s", json.dumps(deep))
+    assert sorted(keys) == ["s", "s." + "k" * 100, "s." + "k" * 100 + "." + "k" * 100]
+    assert all(KEY_RE.fullmatch(k) for k in keys)
+
+
+@pytest.mark.parametrize(
+    "text", ["S3CRET not json", '["S3CRET"]', '"S3CRET"', "42", "null", '{"a": S3CRET}', "[" * 100000]
+)
+def test_expand_json_refuses_non_objects_without_the_value(text: str) -> None:
+    with pytest.raises(ValueError) as info:
+        expand_json("db", text)
+    assert "S3CRET" not in str(info.value) and "db" in str(info.value)
+    # The JSON parser's error (whose .doc is the value) must not ride along in a traceback.
+    err = info.value
+    assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)
+
+
+def test_expand_json_refuses_an_invalid_alias() -> None:
+    with pytest.raises(ValueError):
+        expand_json("a b", "{}")
+
+
+# --- host and origin matching --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "patterns", "expected"),
+    [
+        ("api.stripe.com", ["api.stripe.com"], True),
+        ("API.Stripe.COM", ["api.stripe.com"], True),
+        ("api.stripe.com", ["API.STRIPE.COM"], True),
+        ("api.stripe.com.", ["api.stripe.com"], True),
+        ("api.stripe.com", ["api.stripe.com."], True),
+        ("evilapi.stripe.com", ["api.stripe.com"], False),
+        ("api.stripe.com.evil.net", ["api.stripe.com"], False),
+        ("a.example.com", ["*.example.com"], True),
+        ("a.b.example.com", ["*.example.com"], True),
+        ("example.com", ["*.example.com"], False),
+        ("badexample.com", ["*.example.com"], False),
+        ("example.com.evil.net", ["*.example.com"], False),
+        ("anything.at.all", ["*"], True),
+        ("127.0.0.1", ["*"], True),
+        ("", ["*"], False),
+        ("example.com", [], False),
+        ("example.com", ["other.com", "example.com"], True),
+        ("::1", ["[::1]"], True),
+        ("[::1]", ["::1"], True),
+        ("[2001:DB8::1]", ["2001:db8::1"], True),
+        ("::2", ["::1"], False),
+    ],
+)
+def test_host_matches(host: str, patterns: list[str], expected: bool) -> None:
+    assert host_matches(host, patterns) is expected
+
+
+def test_host_matches_accepts_any_iterable() -> None:
+    assert host_matches("a.example.com", (p for p in ["*.example.com"]))
+
+
+@pytest.mark.parametrize(
+    ("origin", "patterns", "expected"),
+    [
+        ("http://localhost:3000", ["http://localhost:3000"], True),
+        ("http://localhost:3000/", ["HTTP://LocalHost:3000"], True),
+        ("http://localhost:3001", ["http://localhost:3000"], False),
+        ("http://localhost", ["http://localhost:3000"], False),
+        ("https://localhost:3000", ["http://localhost:3000"], False),
+        ("https://app.example.com", ["https://app.example.com:443"], True),
+        ("https://app.example.com:443", ["https://app.example.com"], True),
+        ("http://app.example.com:80", ["http://app.example.com/"], True),
+        ("http://app.example.com:443", ["http://app.example.com"], False),
+        ("https://a.example.com", ["https://*.example.com"], True),
+        ("https://a.b.example.com", ["https://*.example.com"], True),
+        ("https://example.com", ["https://*.example.com"], False),
+        ("http://a.example.com", ["https://*.example.com"], False),
+        ("https://a.example.com:8443", ["https://*.example.com"], False),
+        ("http://[::1]:3000", ["http://[::1]:3000"], True),
+        ("null", ["null"], True),
+        ("null", ["*", "https://*", "http://localhost"], False),
+        ("NULL", ["null"], True),
+        ("http://localhost:3000", ["null"], False),
+        ("http://localhost:3000", [], False),
+        ("not an origin", ["not an origin"], False),
+        ("http://localhost:3000/path", ["http://localhost:3000/path"], False),
+        ("http://user@localhost", ["http://user@localhost"], False),
+    ],
+)
+def test_origin_matches(origin: str, patterns: list[str], expected: bool) -> None:
+    assert origin_matches(origin, patterns) is expected
+
+
+# --- properties ----------------------------------------------------------------------------
+
+unicode_chars = st.characters(exclude_categories=["Cs"])  # what a str value can hold as UTF-8
+# Text biased towards the characters of placeholders, so near misses are common.
+near_miss_text = st.text(
+    alphabet=st.sampled_from(list("<>vault:%3CcEeAa7|b ")) | unicode_chars, max_size=60
+)
+near_miss_bytes = near_miss_text.map(lambda s: s.encode()) | st.binary(max_size=60)
+values = st.text(max_size=40)
+keys = st.text(alphabet=st.sampled_from(list("abcXYZ019_.-/")), min_size=1, max_size=12)
+
+
+@FAST
+@given(data=near_miss_text | near_miss_bytes, context=st.sampled_from(Context))
+def test_prop_text_without_marker_is_returned_identical(data: str | bytes, context: Context) -> None:
+    marker = MARKER if isinstance(data, bytes) else MARKER_STR
+    text = data.decode("latin-1") if isinstance(data, bytes) else data
+    if marker in data or (context is Context.URL and PCT_OPENER_RE.search(text)):
+        lk = lambda key: None  # noqa: E731  (placeholders, if any, are all kept)
+    else:
+        lk = must_not_lookup
+    out, used = substitute(data, context, lk)
+    assert out is data and used == []
+
+
+@FAST
+@given(value=values, percent=st.booleans())
+def test_prop_url_value_round_trips_and_leaves_nothing_reserved(value: str, percent: bool) -> None:
+    placeholder = "%3C%3Cvault%3Ak%3E%3E" if percent else "<<vault:k>>"
+    out, _ = substitute("/x?q=" + placeholder + "&z=1", Context.URL, lambda key: value)
+    assert out.startswith("/x?q=") and out.endswith("&z=1")
+    encoded = out[len("/x?q=") : -len("&z=1")]
+    assert re.fullmatch(r"[A-Za-z0-9_.\-~%]*", encoded)
+    assert unquote(encoded) == value
+
+
+@FAST
+@given(value=st.binary(max_size=40), context=st.sampled_from(Context))
+def test_prop_any_bytes_survive_base64_in_every_context(value: bytes, context: Context) -> None:
+    out, _ = substitute(b"<<vault:k|base64>>", context, lambda key: value)
+    text = out.decode()
+    if context in (Context.URL, Context.FORM):
+        text = unquote(text)
+    assert base64.b64decode(text, validate=True) == value
+
+
+@FAST
+@given(value=values)
+def test_prop_json_value_round_trips(value: str) -> None:
+    out, _ = substitute(b'{"k": "Bearer <<vault:k>>!", "o": 1}', Context.JSON, lambda key: value)
+    assert json.loads(out) == {"k": "Bearer " + value + "!", "o": 1}
+
+
+@FAST
+@given(value=values)
+def test_prop_form_value_round_trips(value: str) -> None:
+    out, _ = substitute(b"a=1&k=<<vault:k>>&b=2", Context.FORM, lambda key: value.encode())
+    assert parse_qs(out.decode(), keep_blank_values=True, strict_parsing=True) == {
+        "a": ["1"],
+        "k": [value],
+        "b": ["2"],
+    }
+
+
+@FAST
+@given(value=st.text(alphabet=st.sampled_from(list("ab\r\n\x00\t é")) | unicode_chars, max_size=20))
+def test_prop_header_refuses_exactly_cr_lf_nul(value: str) -> None:
+    bad = any(c in value for c in "\r\n\x00")
+    try:
+        out, _ = substitute(b"Bearer <<vault:k>>", Context.HEADER, lambda key: value)
+    except SubstitutionError as err:
+        assert bad and err.code == "illegal_value"
+    else:
+        assert not bad and out == b"Bearer " + value.encode()
+
+
+# A template is a list of literal fillers (never containing the marker) and placeholder keys.
+fillers = st.text(alphabet=st.sampled_from(list("<>vault:|a x")), max_size=8).filter(
+    lambda s: MARKER_STR not in s
+)
+templates = st.tuples(st.lists(st.tuples(fillers, keys), max_size=6), fillers)
+
+
+def secret_for(key: str) -> str:
+    # Every value holds a placeholder of another key, which must stay literal.
+    return f"[{key}:<<vault:{key}x>>]"
+
+
+@FAST
+@given(template=templates)
+def test_prop_n_placeholders_give_exactly_n_replacements(template: tuple[list[tuple[str, str]], str]) -> None:
+    parts, tail = template
+    data = "".join(f"{filler}<<vault:{key}>>" for filler, key in parts) + tail
+    expected = "".join(filler + secret_for(key) for filler, key in parts) + tail
+    out, used = substitute(data, Context.RAW, secret_for)
+    assert out == expected
+    assert used == list(dict.fromkeys(key for _, key in parts))
+
+
+# Stream input: fragments of both placeholder forms, complete or not, among arbitrary bytes.
+fragments = st.sampled_from(
+    [b"<", b"<<vault:", b"%3C%3Cvault%3A", b"%3c%3cvault:", b"a", b"nope", b"k" * 250]
+    + [b"|raw", b"%7C", b"base64", b">", b">>", b"%3E%3E"]
+)
+stream_data = st.lists(fragments | st.binary(max_size=5), max_size=30).map(b"".join)
+
+
+def found_unless_n(key: str) -> str | None:
+    return None if key.startswith("n") else secret_for(key)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=stream_data,
+    context=st.sampled_from([Context.RAW, Context.JSON, Context.FORM, Context.URL]),
+    cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=10),
+)
+def test_prop_stream_equals_one_shot(data: bytes, context: Context, cuts: list[int]) -> None:
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    chunks = [data[i:j] for i, j in zip(bounds, bounds[1:])]
+    expected, used = substitute(data, context, found_unless_n)
+    assert stream(chunks, context, found_unless_n) == (expected, used)
+
+
+@FAST
+@given(data=stream_data, cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=10))
+def test_prop_stream_holds_back_less_than_a_placeholder(data: bytes, cuts: list[int]) -> None:
+    sub = StreamSubstituter(Context.URL, lambda key: None)  # nothing replaced: lengths comparable
+    fed = emitted = 0
+    for cut in sorted({min(c, len(data)) for c in cuts}):
+        chunk = data[fed:cut]
+        fed, emitted = cut, emitted + len(sub.feed(chunk))
+        assert fed - emitted <= MAX_PLACEHOLDER_LEN - 1
+    assert emitted + len(sub.feed(data[fed:]) + sub.flush()) == len(data)

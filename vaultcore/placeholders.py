@@ -1,0 +1,447 @@
+"""The `<<vault:KEY>>` placeholder engine: grammar, scanning and context-aware substitution.
+
+This module is the proxy's hot path and the one place that decides what a placeholder is,
+so it is pure (no I/O, no project imports) and works on the bytes/str it is handed:
+- a part without a placeholder costs one substring test and is returned as the same object;
+- every value is escaped for the syntax it lands in (URL, header, JSON, form, raw body), so a
+  secret can never break, or inject into, the request around it;
+- substitution is one left-to-right pass: a value is never scanned again, so a secret whose
+  value looks like a placeholder cannot pull in another secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import overload
+from urllib.parse import quote, quote_from_bytes, quote_plus
+
+MARKER = b"<<vault:"
+MARKER_STR = "<<vault:"
+
+FILTERS = ("base64", "urlencode", "raw")
+_KEY_MAX = 256
+_KEY_CHARS = r"[A-Za-z0-9_.\-/]"
+_KEY = rf"{_KEY_CHARS}{{1,{_KEY_MAX}}}"
+_FILTER = "|".join(FILTERS)
+_FILTER_MAX = max(map(len, FILTERS))
+
+KEY_RE = re.compile(_KEY)
+"""A whole valid key, for `KEY_RE.fullmatch(name)`."""
+
+# Named groups differ per form because `re` forbids duplicate names inside an alternation.
+_LITERAL = rf"<<vault:(?P<key>{_KEY})(?:\|(?P<filter>{_FILTER}))?>>"
+# Clients percent-encode the brackets in URLs (requests does), some also `:` and `|`;
+# the hex digits may be in either case, the word `vault` and the key may not.
+_PCT_OPENER = r"%3[cC]%3[cC]vault"
+_PERCENT = (
+    rf"{_PCT_OPENER}(?::|%3[aA])(?P<pkey>{_KEY})"
+    rf"(?:(?:\||%7[cC])(?P<pfilter>{_FILTER}))?%3[eE]%3[eE]"
+)
+
+_LITERAL_MAX = len("<<vault:") + _KEY_MAX + len("|") + _FILTER_MAX + len(">>")
+_PERCENT_MAX = len("%3C%3Cvault%3A") + _KEY_MAX + len("%7C") + _FILTER_MAX + len("%3E%3E")
+MAX_PLACEHOLDER_LEN: int = max(_LITERAL_MAX, _PERCENT_MAX)
+
+
+def _nested_prefixes(atoms: Sequence[str], tail: str) -> str:
+    """Regex for any non-empty prefix of the sequence of one-character `atoms`, or all of
+    them followed by what `tail` matches."""
+    rx = tail
+    for atom in reversed(atoms):
+        rx = f"{atom}(?:{rx})?"
+    return rx
+
+
+# What could still become a placeholder once more bytes arrive, up to the end of the buffer.
+# It may over-approximate (then a little more is held back), never under-approximate.
+_LITERAL_PARTIAL = _nested_prefixes(
+    [re.escape(c) for c in MARKER_STR],
+    rf"{_KEY_CHARS}{{0,{_KEY_MAX}}}(?:\|[a-z0-9]{{0,{_FILTER_MAX}}}>?|>)?",
+)
+_PERCENT_PARTIAL = _nested_prefixes(
+    ["%", "3", "[cC]", "%", "3", "[cC]", "v", "a", "u", "l", "t"], r"[A-Za-z0-9_.\-/:|%]*"
+)
+
+
+class Context(enum.Enum):
+    """Where in a request a placeholder sits, which decides how its value is escaped."""
+
+    URL = "url"  # path/query/fragment: percent-encoded, nothing reserved left raw
+    HEADER = "header"  # as is, but CR/LF/NUL refused
+    JSON = "json"  # inside a JSON string: JSON-string-escaped, no quotes added
+    FORM = "form"  # application/x-www-form-urlencoded: quote_plus
+    RAW = "raw"  # as is
+
+
+def _compile(pattern: str) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
+    return re.compile(pattern), re.compile(pattern.encode("ascii"))
+
+
+# (is_bytes, is_url) -> pattern; URL contexts also accept the percent-encoded form.
+_LITERAL_RE = _compile(_LITERAL)
+_URL_RE = _compile(f"{_LITERAL}|{_PERCENT}")
+_FULL = {
+    (False, False): _LITERAL_RE[0],
+    (True, False): _LITERAL_RE[1],
+    (False, True): _URL_RE[0],
+    (True, True): _URL_RE[1],
+}
+_PCT_OPENER_RE = _compile(_PCT_OPENER)
+# Streams are bytes only.
+_PARTIAL = {
+    False: re.compile(rf"{_LITERAL_PARTIAL}\Z".encode("ascii")),
+    True: re.compile(rf"(?:{_LITERAL_PARTIAL}|{_PERCENT_PARTIAL})\Z".encode("ascii")),
+}
+_HEADER_ILLEGAL = re.compile(rb"[\r\n\x00]")
+
+
+def _matches(data: bytes | str, context: Context) -> Iterator[re.Match]:
+    """The placeholders of `data`, left to right, like `finditer`. Outside URLs every one
+    starts with the marker, and `find` (memchr-fast) skips to it: on large bodies that is
+    over twice as fast as letting the regex engine scan."""
+    pattern = _FULL[isinstance(data, bytes), context is Context.URL]
+    if context is Context.URL:  # short, and the percent form needs the regex to find it
+        yield from pattern.finditer(data)
+        return
+    marker = MARKER if isinstance(data, bytes) else MARKER_STR
+    pos = data.find(marker)
+    while pos >= 0:
+        match = pattern.match(data, pos)
+        if match:
+            yield match
+        pos = data.find(marker, match.end() if match else pos + 1)
+
+
+def contains_placeholder(data: bytes | str, context: Context = Context.RAW) -> bool:
+    """The fast pre-check that lets a request without placeholders through untouched.
+
+    True when the marker (or, for URL, its percent-encoded opener) occurs; it may be a false
+    positive (`<<vault:>>`), never a false negative."""
+    if isinstance(data, bytes):
+        if MARKER in data:
+            return True
+        return context is Context.URL and b"%3" in data and _PCT_OPENER_RE[1].search(data) is not None
+    if MARKER_STR in data:
+        return True
+    return context is Context.URL and "%3" in data and _PCT_OPENER_RE[0].search(data) is not None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One placeholder found in an input: `data[start:end]` is its whole text."""
+
+    key: str
+    filter: str | None  # "base64" | "urlencode" | "raw" | None
+    start: int
+    end: int
+
+
+def _reference(match: re.Match) -> Reference:
+    key = match["key"] if match["key"] is not None else match["pkey"]
+    flt = match["filter"] if match["key"] is not None else match["pfilter"]
+    if isinstance(key, bytes):
+        key = key.decode("ascii")
+        flt = flt.decode("ascii") if flt is not None else None
+    return Reference(key, flt, match.start(), match.end())
+
+
+def find_references(data: bytes | str, context: Context = Context.RAW) -> list[Reference]:
+    """Every placeholder in `data`, left to right (as `substitute` would see them)."""
+    if not contains_placeholder(data, context):
+        return []
+    return [_reference(m) for m in _matches(data, context)]
+
+
+class SubstitutionError(Exception):
+    """A placeholder that cannot be resolved. Never carries a value.
+
+    `code` is machine-readable (the proxy sends it as X-Vaultproxy-Error): this module raises
+    "illegal_value" and "not_utf8"; lookup callbacks raise their own ("unknown_key",
+    "host_not_allowed"...)."""
+
+    def __init__(self, code: str, key: str, message: str) -> None:
+        super().__init__(code, key, message)  # all three in args, so the error pickles
+        self.code = code
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+Lookup = Callable[[str], "str | bytes | None"]
+"""Given a key, its value; None means unknown, keep the placeholder literally; raising
+SubstitutionError refuses the whole substitution."""
+
+_ESCAPE: dict[Context, Callable[[str], str]] = {
+    Context.URL: lambda v: quote(v, safe=""),
+    Context.HEADER: lambda v: v,
+    Context.JSON: lambda v: json.dumps(v, ensure_ascii=False)[1:-1],
+    Context.FORM: lambda v: quote_plus(v, safe=""),
+    Context.RAW: lambda v: v,
+}
+
+
+def _not_utf8(key: str) -> SubstitutionError:
+    return SubstitutionError(
+        "not_utf8", key, f"the value of {key!r} is not UTF-8 text: use <<vault:{key}|base64>>"
+    )
+
+
+def _value_bytes(value: str | bytes, key: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate cannot be sent
+        raise _not_utf8(key) from None
+
+
+def encode_value(value: str | bytes, filter: str | None, context: Context, key: str) -> bytes:
+    """Apply the filter, then the context's escaping; returns UTF-8 bytes.
+
+    base64: standard base64 of the value's bytes. urlencode: quote(v, safe=""), not escaped
+    again in URL context. raw: no context escaping, but the header CR/LF/NUL refusal still
+    applies (it is a security rule, not escaping). A bytes value that is not UTF-8 needs
+    |base64, except in RAW context where bytes go in as they are (|urlencode byte-wise)."""
+    raw = _value_bytes(value, key)
+    if filter == "base64":
+        text = base64.b64encode(raw).decode("ascii")
+    elif context is Context.RAW:
+        return quote_from_bytes(raw, safe="").encode("ascii") if filter == "urlencode" else raw
+    elif isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _not_utf8(key) from None
+    if filter == "urlencode":
+        text = quote(text, safe="")
+    if filter != "raw" and not (filter == "urlencode" and context is Context.URL):
+        text = _ESCAPE[context](text)
+    out = text.encode("utf-8")
+    if context is Context.HEADER and _HEADER_ILLEGAL.search(out):
+        raise SubstitutionError(
+            "illegal_value",
+            key,
+            f"the value of {key!r} contains CR, LF or NUL, which cannot go into a header"
+            f" (use <<vault:{key}|base64>> if the server expects that)",
+        )
+    return out
+
+
+class _Resolver:
+    """Renders placeholder matches for one substitution (one call or one stream), remembering
+    each rendered (key, filter) so a repeated placeholder costs one lookup."""
+
+    def __init__(self, context: Context, lookup: Lookup, as_str: bool) -> None:
+        self._context = context
+        self._lookup = lookup
+        self._as_str = as_str
+        self._rendered: dict[tuple[str, str | None], bytes | str | None] = {}
+        self.keys_used: dict[str, None] = {}  # an ordered set
+
+    def render(self, match: re.Match) -> bytes | str | None:
+        ref = _reference(match)
+        slot = (ref.key, ref.filter)
+        if slot not in self._rendered:
+            self._rendered[slot] = self._encode(ref)
+        out = self._rendered[slot]
+        if out is not None:
+            self.keys_used[ref.key] = None
+        return out
+
+    def _encode(self, ref: Reference) -> bytes | str | None:
+        value = self._lookup(ref.key)
+        if value is None:
+            return None
+        out = encode_value(value, ref.filter, self._context, ref.key)
+        if not self._as_str:
+            return out
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:  # RAW bytes cannot go into a str
+            raise _not_utf8(ref.key) from None
+
+    def replace(self, data: bytes | str) -> tuple[list, int, int]:
+        """Render every placeholder of `data`. Returns (pieces, copied, scanned): the pieces
+        spell out `data[:copied]` substituted; `scanned` is the end of the last placeholder
+        (kept ones included), so none starts before it unseen."""
+        pieces: list = []
+        copied = scanned = 0
+        for match in _matches(data, self._context):
+            scanned = match.end()
+            out = self.render(match)
+            if out is not None:
+                pieces += (data[copied : match.start()], out)
+                copied = scanned
+        return pieces, copied, scanned
+
+
+@overload
+def substitute(data: bytes, context: Context, lookup: Lookup) -> tuple[bytes, list[str]]: ...
+@overload
+def substitute(data: str, context: Context, lookup: Lookup) -> tuple[str, list[str]]: ...
+def substitute(data: bytes | str, context: Context, lookup: Lookup) -> tuple[bytes | str, list[str]]:
+    """Replace every placeholder in one left-to-right pass.
+
+    Returns (new data, keys substituted in order without repeats). When nothing was replaced
+    (no placeholder, or lookup returned None for all), the input object itself comes back, so
+    callers can tell by identity that they need not rewrite (and re-compress) a body. If a
+    lookup raises, the exception propagates: never a half-substituted result."""
+    if not contains_placeholder(data, context):
+        return data, []
+    resolver = _Resolver(context, lookup, isinstance(data, str))
+    pieces, copied, _ = resolver.replace(data)
+    if not pieces:
+        return data, []
+    pieces.append(data[copied:])
+    return data[:0].join(pieces), list(resolver.keys_used)
+
+
+class StreamSubstituter:
+    """Chunk-by-chunk substitution for streamed bodies: a placeholder split across chunks
+    still resolves, and the output equals one-shot `substitute` of the whole stream.
+
+    feed(chunk) returns the bytes safe to emit now, holding back at most
+    MAX_PLACEHOLDER_LEN-1 trailing bytes that could still become a placeholder; flush()
+    returns them at the end of the stream. After a SubstitutionError the stream is dead."""
+
+    def __init__(self, context: Context, lookup: Lookup) -> None:
+        self._context = context
+        self._resolver = _Resolver(context, lookup, as_str=False)
+        self._partial = _PARTIAL[context is Context.URL]
+        self._pending = b""
+
+    @property
+    def keys_used(self) -> list[str]:
+        return list(self._resolver.keys_used)
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._pending + chunk if self._pending else chunk
+        if contains_placeholder(buf, self._context):
+            pieces, copied, scanned = self._resolver.replace(buf)
+        else:
+            pieces, copied, scanned = [], 0, 0
+        # Every complete placeholder ends by `scanned`, so one that is still growing starts
+        # after it, and within the last MAX_PLACEHOLDER_LEN-1 bytes.
+        partial = self._partial.search(buf, max(scanned, len(buf) - (MAX_PLACEHOLDER_LEN - 1)))
+        cut = partial.start() if partial else len(buf)
+        self._pending = buf[cut:]
+        if not pieces:
+            return buf if cut == len(buf) else buf[:cut]
+        pieces.append(buf[copied:cut])
+        return b"".join(pieces)
+
+    def flush(self) -> bytes:
+        # What is held back contains no complete placeholder (feed rendered them all).
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+def expand_json(alias: str, text: str) -> dict[str, str]:
+    """Expand a JSON secret into dot keys, so one AWS secret can feed several placeholders.
+
+    `alias` is the whole text as given; each member is `alias.name` (arrays: `alias.0`);
+    objects and arrays are also their compact JSON text, other leaves their JSON text, null
+    is "". Member names that would not make a valid key are skipped (with their subtree); on a
+    clash between "a.b" and {"a":{"b"}} the first in document order wins.
+    Raises ValueError, without the value, when text is not a JSON object."""
+    if not KEY_RE.fullmatch(alias):
+        raise ValueError(f"{alias!r} is not a valid key name")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError(f"the value of {alias!r} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"the value of {alias!r} is JSON but not a JSON object")
+    out = {alias: text}
+    _expand_members(alias, doc, out)
+    return out
+
+
+_SEGMENT_RE = re.compile(rf"{_KEY_CHARS}+")
+
+
+def _expand_members(prefix: str, node: dict | list, out: dict[str, str]) -> None:
+    members = node.items() if isinstance(node, dict) else enumerate(node)
+    for name, child in members:
+        key = f"{prefix}.{name}"
+        # Deeper keys are only longer, so an invalid one ends the subtree (and bounds recursion).
+        if not _SEGMENT_RE.fullmatch(str(name)) or len(key) > _KEY_MAX:
+            continue
+        out.setdefault(key, _leaf_text(child))
+        if isinstance(child, (dict, list)):
+            _expand_members(key, child, out)
+
+
+def _leaf_text(node: object) -> str:
+    if isinstance(node, str):
+        return node
+    if node is None:
+        return ""
+    return json.dumps(node, ensure_ascii=False, separators=(",", ":"))
+
+
+def _normalize_host(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host.removesuffix(".")
+
+
+def host_matches(host: str, patterns: Iterable[str]) -> bool:
+    """Whether `host` (a name or IP, no port) matches one of the glob patterns.
+
+    Case-insensitive fnmatch: "*.example.com" matches a.example.com and a.b.example.com but
+    not example.com; "*" matches any host. IPv6 with or without brackets; a trailing dot is
+    ignored. An empty host or no patterns never match."""
+    host = _normalize_host(host)
+    if not host:
+        return False
+    # Brackets are stripped from patterns too: fnmatch would read "[::1]" as a character class.
+    return any(fnmatch.fnmatchcase(host, _normalize_host(p)) for p in patterns)
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_ORIGIN_RE = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.\-]*)://(?P<host>\[[^\]/]*\]|[^:/\[\]@]+)(?::(?P<port>\d+))?"
+)
+
+
+def _split_origin(origin: str) -> tuple[str, str, str | None] | None:
+    """(scheme, host, port or None when default) of a normalised origin, None if malformed."""
+    m = _ORIGIN_RE.fullmatch(origin.strip().lower().removesuffix("/"))
+    if m is None:
+        return None
+    port = m["port"]
+    if port is not None and port.lstrip("0") == _DEFAULT_PORTS.get(m["scheme"]):
+        port = None
+    return m["scheme"], m["host"], port
+
+
+def origin_matches(origin: str, patterns: Iterable[str]) -> bool:
+    """Whether a browser `Origin` is allowed by one of `patterns` (scheme://host[:port]).
+
+    Exact on scheme and port (default ports removed), case-insensitive, trailing slash
+    ignored, glob allowed in the pattern's host ("https://*.example.com"). The opaque origin
+    "null" (sandboxed frames, file://) only matches an explicit "null" pattern."""
+    patterns = [p.strip().lower() for p in patterns]
+    if origin.strip().lower() == "null":
+        return "null" in patterns
+    parts = _split_origin(origin)
+    if parts is None:
+        return False
+    scheme, host, port = parts
+    for pattern in patterns:
+        wanted = _split_origin(pattern)
+        if wanted is not None and wanted[0] == scheme and wanted[2] == port and host_matches(host, [wanted[1]]):
+            return True
+    return False
