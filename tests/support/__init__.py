@@ -1,0 +1,14 @@
+"""Real test infrastructure for end-to-end tests; everything binds 127.0.0.1 only.
+
+- net: free_port, wait_until (polling), wait_for_port, is_listening
+- env: environment isolation (no *_PROXY, AWS_*, VAULTPROXY_* leaking in), child_env
+- tls: a throwaway test CA and server certificate (localhost, 127.0.0.1, *.example.com)
+- upstream: RecordingUpstream (HTTP/1.1 and HTTPS, exact bytes, per-path replies,
+  misbehaviours) and WebSocketUpstream (records and echoes)
+- proxy: MitmdumpProcess (a real mitmdump subprocess) with requests/httpx/websockets
+  clients forced through it, and curl()
+- hosts_addon: a mitmdump script mapping test host names to loopback
+- moto: MotoServer, moto's Secrets Manager/STS server mode
+
+The fixtures in tests/conftest.py start and stop these for each test.
+"""
