@@ -107,6 +107,9 @@ class VaultProxy:
     def done(self) -> None:
         if self._watcher:
             self._watcher.cancel()
+        # On a script reload a new instance adds its own part: take this one out of the chain.
+        with contextlib.suppress(exceptions.AddonManagerError):
+            ctx.master.addons.remove(self.substitution)
         if self.vault:
             with contextlib.suppress(OSError):
                 (self.vault.home / RUNTIME_FILE).unlink()
@@ -115,9 +118,9 @@ class VaultProxy:
         """Tell `vaultproxy env` / `exec` where this proxy listens and where its CA is."""
         assert self.vault is not None
         host, port = ctx.options.listen_host or "127.0.0.1", ctx.options.listen_port
-        with contextlib.suppress(Exception):
-            addrs = ctx.master.addons.get("proxyserver").listen_addrs()
-            host, port = addrs[0][0], addrs[0][1]
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver and proxyserver.listen_addrs():  # the real port, also for --listen-port 0
+            host, port = proxyserver.listen_addrs()[0][:2]
         info = {"host": host, "port": port, "confdir": os.path.expanduser(ctx.options.confdir), "pid": os.getpid()}
         try:
             self.vault.home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -130,7 +133,10 @@ class VaultProxy:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
-            await self.reload_if_changed()
+            try:
+                await self.reload_if_changed()
+            except Exception as e:  # the watcher must outlive any one bad reload
+                logger.warning(f"vaultproxy: reload failed, keeping the last good state ({type(e).__name__})")
 
     async def reload_if_changed(self) -> None:
         assert self.vault is not None and self.snapshot is not None
@@ -204,7 +210,7 @@ class VaultProxy:
                 continue
             value = secret.value.encode() if isinstance(secret.value, str) else secret.value
             redacted = redacted.replace(value, b"<<vault:" + key.encode() + b">>")
-        if redacted is not content and redacted != content:
+        if redacted != content:
             response.content = redacted
 
 
