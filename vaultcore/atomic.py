@@ -27,12 +27,15 @@ def temp_files(path: Path) -> list[Path]:
 
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o600, backup: Path | None = None) -> None:
-    """Atomically make `data` the content of `path`.
+    """Atomically make `data` the content of `path`, or raise OSError with `path` unchanged.
 
     With `backup`, the old file becomes `backup` first, as a hard link (no copy, and at every
-    instant both names hold a whole file)."""
+    instant both names hold a whole file). The directory is not synced here: callers call
+    `fsync_dir`, since a failure there (the new file is in place, maybe not yet durable)
+    means something else to the user than a failure before the rename."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
+    backup_tmp = path.parent / f".{path.name}.{os.getpid()}-backup.tmp"
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
@@ -40,12 +43,14 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o600, backup: Path | N
             f.flush()
             os.fsync(f.fileno())
         if backup is not None and path.exists():
-            backup_tmp = path.parent / f".{path.name}.{os.getpid()}-backup.tmp"
             backup_tmp.unlink(missing_ok=True)
             os.link(path, backup_tmp)
             os.replace(backup_tmp, backup)
+            # rename() of two links to one file (a backup left equal to the file by a writer
+            # that died before its last rename) does nothing: drop the extra name
+            backup_tmp.unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        backup_tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)

@@ -20,10 +20,10 @@ from typing import Any, NoReturn
 from vaultcore import placeholders, proxyenv
 from vaultcore.index import Destination, is_loopback
 from vaultcore.placeholders import Context, SubstitutionError
-from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping
+from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping, dump_config
 from vaultcore.providers import aws
 from vaultcore.store import VaultError
-from vaultcore.vault import Vault, default_home
+from vaultcore.vault import Vault, abbreviated, config_error, default_home
 
 USER_ERRORS = (VaultError, ConfigError, aws.ProviderError)
 
@@ -230,12 +230,15 @@ def cmd_config_add(vault: Vault, args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         hosts=tuple(csv(args.hosts or "")),
     )
-    if args.source == "profile" and not args.aws_profile:
-        raise UsageError("--source profile needs --aws-profile NAME")
+    if (args.source == "profile") != bool(args.aws_profile):
+        raise UsageError("--aws-profile NAME goes with --source profile, and --source profile needs it")
     credentials = read_credentials(args.name) if args.source == "static" else None
     vault.add_config(config, credentials)
     print(f"saved configuration {args.name}")
-    return _report_test(vault, args.name)
+    # The configuration is saved either way (it may be set up before the network or the
+    # keys work), so a failed test is a warning here, not a failed command.
+    _report_test(vault, args.name)
+    return 0
 
 
 def _report_test(vault: Vault, name: str | None) -> int:
@@ -249,19 +252,28 @@ def _report_test(vault: Vault, name: str | None) -> int:
 
 
 def cmd_config_list(vault: Vault, args: argparse.Namespace) -> int:
-    active = vault.state().get("active_config")
-    rows = []
-    for config in vault.configs.load_all():
+    state = vault.state()
+    active = state.get("active_config")
+    rows: list[dict[str, Any]] = []
+    for name in vault.configs.names():
+        try:
+            config = vault.configs.load(name)
+        except ConfigError as e:  # one file broken by hand must not hide the others
+            rows.append({"name": name, "active": name == active, "error": str(e)})
+            continue
+        config_state = state.get("configs", {}).get(name, {})
         rows.append({
-            "name": config.name, "display_name": config.display_name, "region": config.region,
+            "name": name, "display_name": config.display_name, "region": config.region,
             "source": config.credentials_source, "endpoint_url": config.endpoint_url,
-            "secrets": len(config.secrets), "active": config.name == active,
+            "secrets": len(config.secrets), "active": name == active,
+            "last_fetched": config_state.get("last_fetched"), "error": config_error(config, config_state),
         })
     if args.json:
         print_json(rows)
     else:
-        print_table([{**r, "active": "*" if r["active"] else ""} for r in rows],
-                    ["active", "name", "display_name", "region", "source", "secrets"], "no configurations: vaultproxy config add NAME --region R")
+        print_table([{**r, "active": "*" if r["active"] else "", "status": r["error"] or "ok"} for r in rows],
+                    ["active", "name", "display_name", "region", "source", "secrets", "last_fetched", "status"],
+                    "no configurations: vaultproxy config add NAME --region R")
     return 0
 
 
@@ -283,6 +295,7 @@ def cmd_config_set_credentials(vault: Vault, args: argparse.Namespace) -> int:
 
 def cmd_config_remove(vault: Vault, args: argparse.Namespace) -> int:
     vault.remove_config(args.name)
+    print(f"removed configuration {args.name} with its keys and fetched values")
     return 0
 
 
@@ -293,8 +306,6 @@ def cmd_config_import(vault: Vault, args: argparse.Namespace) -> int:
 
 
 def cmd_config_export(vault: Vault, args: argparse.Namespace) -> int:
-    from vaultcore.profiles import dump_config
-
     sys.stdout.write(dump_config(vault.configs.load(args.name)))
     return 0
 
@@ -325,11 +336,15 @@ def cmd_secret_fetch(vault: Vault, args: argparse.Namespace) -> int:
         raise UsageError("name the aliases to fetch, or use refresh --all")
     results = vault.fetch(None if getattr(args, "all", False) else args.aliases, args.config,
                           use_batch=not args.no_batch, progress=progress_printer())
-    failed = [r for r in results.values() if r.error]
-    for r in failed:
-        print(f"vaultproxy: {r.alias}: {r.error}", file=sys.stderr)
-    print(f"fetched {len(results) - len(failed)} of {len(results)}")
-    return 1 if failed else 0
+    failed: dict[str, list[str]] = {}  # one line per distinct error: an outage fails every secret alike
+    for r in results.values():
+        if r.error:
+            failed.setdefault(r.error, []).append(r.alias)
+    for error, aliases in failed.items():
+        print(f"vaultproxy: {abbreviated(aliases)}: {error}", file=sys.stderr)
+    failures = sum(len(aliases) for aliases in failed.values())
+    print(f"fetched {len(results) - failures} of {len(results)}")
+    return 1 if failures else 0
 
 
 def cmd_secret_move_to_local(vault: Vault, args: argparse.Namespace) -> int:
@@ -348,8 +363,11 @@ def cmd_secret_remove(vault: Vault, args: argparse.Namespace) -> int:
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"vaultproxy: error: {message}\n")
+        """One line, like every other error; the usage is one `--help` away."""
+        if message.startswith("unrecognized arguments"):
+            # argparse would quote them back: one may be a value typed into argv by mistake
+            message = "unrecognized arguments (not repeated here: one may be a secret; values go on stdin)"
+        self.exit(2, f"vaultproxy: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # never a traceback (it could quote a value); the type says where to look
         if os.environ.get("VAULTPROXY_DEBUG"):
             raise
-        print(f"vaultproxy: unexpected error ({type(e).__name__}); run with VAULTPROXY_DEBUG=1 for details", file=sys.stderr)
+        print(f"vaultproxy: error: unexpected {type(e).__name__}; run with VAULTPROXY_DEBUG=1 for details", file=sys.stderr)
         return 1
 
 

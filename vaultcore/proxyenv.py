@@ -39,10 +39,12 @@ def mitmdump_argv(home: Path, listen_host: str, listen_port: int, extra: list[st
 
 
 def runtime_info(home: Path) -> dict[str, object]:
+    """What the running proxy wrote about itself; empty when absent or unreadable."""
     try:
-        return json.loads((home / RUNTIME_FILE).read_text())
+        info = json.loads((home / RUNTIME_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    return info if isinstance(info, dict) else {}
 
 
 def proxy_address(home: Path) -> tuple[str, int]:
@@ -50,7 +52,12 @@ def proxy_address(home: Path) -> tuple[str, int]:
     host = str(info.get("host") or DEFAULT_ADDRESS[0])
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return host, int(info.get("port") or DEFAULT_ADDRESS[1])  # type: ignore[call-overload]
+    port = info.get("port")
+    return host, port if isinstance(port, int) and 0 < port < 65536 else DEFAULT_ADDRESS[1]
+
+
+def proxy_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def system_ca_file() -> Path | None:
@@ -84,8 +91,7 @@ def ca_bundle(home: Path) -> Path:
 
 
 def client_environment(home: Path) -> dict[str, str]:
-    host, port = proxy_address(home)
-    proxy = f"http://{host}:{port}"
+    proxy = proxy_url(*proxy_address(home))
     bundle = str(ca_bundle(home))
     return {
         "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,

@@ -35,6 +35,8 @@ from typing import Any, Protocol, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vaultcore.atomic import fsync_dir, replace_file, temp_files
+
 MAGIC = b"VAULTPX\x00"
 FORMAT_VERSION = 1
 VAULT_FILE = "vault.enc"
@@ -114,16 +116,27 @@ class KeyFile:
         return data
 
     def create(self) -> bytes:
-        """Write a new random key, refusing to overwrite one that exists."""
+        """Write a new random key, refusing to overwrite one that exists.
+
+        The key is complete on disk before it gets its name (a temp file, then a hard link,
+        which unlike a rename fails when a key exists): a crash never leaves a torn key that
+        would block every later write."""
         key = secrets.token_bytes(32)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, self.path)
+            fsync_dir(self.path.parent)
         except FileExistsError:
             return self.key({})
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-            f.flush()
-            os.fsync(f.fileno())
+        except OSError as e:
+            raise VaultError(f"cannot create the key file {self.path}: {e.strerror}; the vault is unchanged") from None
+        finally:
+            tmp.unlink(missing_ok=True)
         return key
 
 
@@ -206,15 +219,17 @@ class Keyring:
         return key
 
 
+KEY_SOURCES: dict[str, Callable[[Path], KeySource]] = {
+    "keyfile": lambda home: KeyFile(home / KEY_FILE),
+    "passphrase": lambda home: Passphrase(),
+    "keyring": Keyring,
+}
+
+
 def key_source_named(name: str, home: Path) -> KeySource:
-    sources: dict[str, Callable[[], KeySource]] = {
-        "keyfile": lambda: KeyFile(home / KEY_FILE),
-        "passphrase": Passphrase,
-        "keyring": lambda: Keyring(home),
-    }
-    if name not in sources:
-        raise VaultError(f"unknown key source {name!r}: use one of {', '.join(sources)}")
-    return sources[name]()
+    if name not in KEY_SOURCES:
+        raise VaultError(f"unknown key source {name!r}: use one of {', '.join(KEY_SOURCES)}")
+    return KEY_SOURCES[name](home)
 
 
 def default_key_source(home: Path) -> KeySource:
@@ -254,8 +269,10 @@ def read_header(data: bytes, path: Path) -> tuple[dict[str, Any], bytes, bytes]:
         version = header["format"]
     except (ValueError, KeyError, TypeError):
         raise VaultError(f"{path} is damaged (unreadable header); the previous good copy is {path}.bak") from None
-    if version != FORMAT_VERSION:
+    if type(version) is int and version > FORMAT_VERSION:
         raise VaultError(f"{path} has format {version}; this vaultproxy reads format {FORMAT_VERSION}: upgrade vaultproxy")
+    if version != FORMAT_VERSION:
+        raise VaultError(f"{path} is damaged (unknown format {version!r}); the previous good copy is {path}.bak")
     return header, data[:end], data[end:]
 
 
@@ -265,9 +282,10 @@ def decrypt(data: bytes, path: Path, key_for: Callable[[dict[str, Any]], bytes])
     try:
         key = key_for(header)
         nonce = _unb64(header["nonce"])
+        key_check = str(header["key_check"]).encode()
     except (KeyError, ValueError, TypeError):
         raise VaultError(f"{path} is damaged (bad header fields); the previous good copy is {path}.bak") from None
-    if not hmac.compare_digest(_key_check(key), str(header.get("key_check", ""))):
+    if not hmac.compare_digest(_key_check(key).encode(), key_check):
         raise VaultError(
             f"cannot open {path}: wrong {'passphrase' if header.get('key_source') == 'passphrase' else 'key'} "
             f"(the vault uses its {header.get('key_source')})"
@@ -310,18 +328,24 @@ class Store:
     def read(self) -> State:
         """The decrypted state; an empty one when no vault exists yet."""
         self._check_home()
+        data = self._read_bytes()
+        return {} if data is None else decrypt(data, self.path, self._key_for)[0]
+
+    def _read_bytes(self) -> bytes | None:
+        """The raw vault file, None when there is none yet."""
         try:
-            data = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
-            return {}
+            return None
         except OSError as e:
             raise VaultError(f"cannot read {self.path}: {e.strerror}") from None
-        return decrypt(data, self.path, self._key_for)[0]
 
     def _key_for(self, header: dict[str, Any]) -> bytes:
         name = header.get("key_source")
+        if name not in KEY_SOURCES:
+            raise KeyError(name)  # decrypt() reports the header as damaged
         if self._key_source is None or self._key_source.name != name:
-            self._key_source = key_source_named(str(name), self.home)
+            self._key_source = key_source_named(name, self.home)
         return self._key_source.key(header)
 
     # writing
@@ -330,13 +354,14 @@ class Store:
         """Apply `change` to the current state under the lock and write the result."""
         self._ensure_home()
         with self._locked():
-            for stale in self.home.glob(f".{VAULT_FILE}.*-*"):
+            for stale in [*temp_files(self.path), *self.home.glob(f".{KEY_FILE}.tmp-*")]:
                 stale.unlink(missing_ok=True)  # left by a writer that died mid-write
-            try:
-                state, key, header = decrypt(self.path.read_bytes(), self.path, self._key_for)
-            except FileNotFoundError:
-                state = {}
+            data = self._read_bytes()
+            if data is None:
+                state: State = {}
                 key, header = self._new_key()
+            else:
+                state, key, header = decrypt(data, self.path, self._key_for)
             result = change(state)
             self._replace(encrypt(state, key, header))
             return result
@@ -352,28 +377,16 @@ class Store:
         return key, header
 
     def _replace(self, data: bytes) -> None:
-        """Atomically make `data` the vault, keeping the old file as the backup.
-
-        Order matters: the new file is complete on disk before anything is renamed, and
-        the backup is a hard link to the old file, so at every instant `vault.enc` is a
-        whole vault (old or new) and `vault.enc.bak` is a whole earlier one."""
-        tmp = self.home / f".{VAULT_FILE}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """Atomically make `data` the vault, keeping the old file as `vault.enc.bak`: at every
+        instant `vault.enc` is a whole vault (old or new) and the backup a whole earlier one."""
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if self.path.exists():
-                backup_tmp = self.home / f".{VAULT_FILE}.bak-{os.getpid()}"
-                backup_tmp.unlink(missing_ok=True)
-                os.link(self.path, backup_tmp)
-                os.replace(backup_tmp, self.backup_path)
-            os.replace(tmp, self.path)
-            _fsync_dir(self.home)
+            replace_file(self.path, data, backup=self.backup_path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise VaultError(f"cannot write {self.path}: {e.strerror}; the vault is unchanged") from None
+        try:
+            fsync_dir(self.home)
+        except OSError as e:
+            raise VaultError(f"{self.path} was written, but syncing {self.home} to disk failed: {e.strerror}") from None
 
     # the home directory and the lock
 
@@ -407,11 +420,3 @@ class Store:
             yield
         finally:
             os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
