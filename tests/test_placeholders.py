@@ -180,7 +180,6 @@ VALUE = "a b&c=d/é+\"\\\t%"
     [
         (Context.URL, None, "a%20b%26c%3Dd%2F%C3%A9%2B%22%5C%09%25"),
         (Context.URL, "urlencode", "a%20b%26c%3Dd%2F%C3%A9%2B%22%5C%09%25"),
-        (Context.URL, "raw", VALUE),
         (Context.HEADER, None, VALUE),
         (Context.HEADER, "urlencode", "a%20b%26c%3Dd%2F%C3%A9%2B%22%5C%09%25"),
         (Context.JSON, None, 'a b&c=d/é+\\"\\\\\\t%'),
@@ -195,6 +194,14 @@ VALUE = "a b&c=d/é+\"\\\t%"
 def test_context_and_filter_escaping(context: Context, flt: str | None, expected: str) -> None:
     assert encode_value(VALUE, flt, context, "k") == expected.encode()
     assert encode_value(VALUE.encode(), flt, context, "k") == expected.encode()
+
+
+def test_raw_url_values_pass_unescaped_but_never_break_the_request_line() -> None:
+    assert encode_value("a&b=c/d%20", "raw", Context.URL, "k") == b"a&b=c/d%20"
+    for bad in ("a b", "a\tb", "a\rb", "a\nb", "a\x00b", "a\x7fb"):
+        with pytest.raises(SubstitutionError) as caught:
+            encode_value(bad, "raw", Context.URL, "k")
+        assert caught.value.code == "illegal_value"
 
 
 def test_base64_filter_then_context_escaping() -> None:

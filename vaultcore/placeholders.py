@@ -98,7 +98,12 @@ _PARTIAL = {
     False: re.compile(rf"{_LITERAL_PARTIAL}\Z".encode("ascii")),
     True: re.compile(rf"(?:{_LITERAL_PARTIAL}|{_PERCENT_PARTIAL})\Z".encode("ascii")),
 }
-_HEADER_ILLEGAL = re.compile(rb"[\r\n\x00]")
+# What would end or corrupt the line a value lands in, letting it inject lines: CR, LF and
+# NUL in a header; in the request line also a space or any other control character.
+_ILLEGAL = {
+    Context.HEADER: (re.compile(rb"[\r\n\x00]"), "CR, LF or NUL, which cannot go into a header"),
+    Context.URL: (re.compile(rb"[\x00-\x20\x7f]"), "a space or control character, which cannot go into a URL unescaped"),
+}
 
 
 def _matches(data: bytes | str, context: Context) -> Iterator[re.Match]:
@@ -207,9 +212,9 @@ def encode_value(value: str | bytes, filter: str | None, context: Context, key: 
     """Apply the filter, then the context's escaping; returns UTF-8 bytes.
 
     base64: standard base64 of the value's bytes. urlencode: quote(v, safe=""), not escaped
-    again in URL context. raw: no context escaping, but the header CR/LF/NUL refusal still
-    applies (it is a security rule, not escaping). A bytes value that is not UTF-8 needs
-    |base64, except in RAW context where bytes go in as they are (|urlencode byte-wise)."""
+    again in URL context. raw: no context escaping, but the refusal of line-breaking
+    characters in headers and URLs still applies (it is a security rule, not escaping). A bytes value that is not UTF-8
+    needs |base64, except in RAW context where bytes go in as they are (|urlencode byte-wise)."""
     raw = _value_bytes(value, key)
     if filter == "base64":
         text = base64.b64encode(raw).decode("ascii")
@@ -227,11 +232,12 @@ def encode_value(value: str | bytes, filter: str | None, context: Context, key: 
     if filter != "raw" and not (filter == "urlencode" and context is Context.URL):
         text = _ESCAPE[context](text)
     out = text.encode("utf-8")
-    if context is Context.HEADER and _HEADER_ILLEGAL.search(out):
+    illegal = _ILLEGAL.get(context)
+    if illegal and illegal[0].search(out):
         raise SubstitutionError(
             "illegal_value",
             key,
-            f"the value of {key!r} contains CR, LF or NUL, which cannot go into a header"
+            f"the value of {key!r} contains {illegal[1]}"
             f" (use <<vault:{key}|base64>> if the server expects that)",
         )
     return out

@@ -77,9 +77,10 @@ def lookup_for(request: http.Request, index: SecretIndex, *, keep_unknown: bool,
 
     def lookup(key: str) -> str | bytes | None:
         nonlocal checked
-        if not checked:
+        value = resolve(key)  # first: an unknown key kept literally uses no secret
+        if value is not None and not checked:
             check_host_agrees(request)
             checked = True
-        return resolve(key)
+        return value
 
     return lookup
