@@ -6,8 +6,8 @@ of the decrypted state (the store only encrypts a JSON document):
     {"local":   {KEY: {"value", "binary", "hosts", "origins", "updated_at"}},
      "active_config": NAME | None,
      "configs": {NAME: {"credentials": {...}, "error", "error_code", "last_fetched",
-                        "cache": {ALIAS: {"value", "binary", "version_id", "fetched_at",
-                                          "error", "error_code"}}}}}
+                        "cache": {ALIAS: {"secret_id", "version_stage", "value", "binary",
+                                          "version_id", "fetched_at", "error", "error_code"}}}}}
 
 Values of binary secrets are kept base64-encoded with `"binary": true`. Configurations
 themselves (what to fetch, for which hosts) live in shareable YAML files beside the vault.
@@ -29,7 +29,7 @@ from typing import Any
 from vaultcore import placeholders
 from vaultcore.index import LOCAL_SOURCE, Destination, Secret, SecretIndex
 from vaultcore.placeholders import KEY_RE, Context
-from vaultcore.profiles import ConfigDirectory, ProviderConfig, SecretMapping
+from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, SecretMapping
 from vaultcore.providers import aws
 from vaultcore.store import State, Store, VaultError
 
@@ -77,22 +77,35 @@ def validate_value(value: str | bytes) -> None:
         raise VaultError(f"the value is {size} bytes; a secret holds at most {MAX_VALUE_BYTES} bytes (1 MiB)")
 
 
+def cached(mapping: SecretMapping, cache: dict[str, Any]) -> dict[str, Any]:
+    """A mapping's cache entry; empty when the alias was last fetched from another secret or
+    version stage (its mapping was changed since, by `secret add`, an import or an edit):
+    that value must not go out under the alias any more."""
+    entry = cache.get(mapping.alias) or {}
+    if (entry.get("secret_id"), entry.get("version_stage")) != (mapping.secret_id, mapping.version_stage):
+        return {}
+    return entry
+
+
 def provider_secrets(config: ProviderConfig, cache: dict[str, Any]) -> list[Secret]:
     """The keys a configuration's cached values resolve: an alias, and for JSON secrets
     its dot keys. A mapping never fetched resolves nothing."""
     secrets: list[Secret] = []
     source = f"{config.provider}:{config.name}"
     for mapping in config.secrets:
-        entry = cache.get(mapping.alias)
-        if not entry or entry.get("value") is None:
+        entry = cached(mapping, cache)
+        if entry.get("value") is None:
             continue
         value = unpack_value(entry)
         hosts, origins = config.hosts_for(mapping), mapping.origins
+        keys: dict[str, str | bytes] = {mapping.alias: value}
         if mapping.mode == "json" and isinstance(value, str):
-            for key, leaf in placeholders.expand_json(mapping.alias, value).items():
-                secrets.append(Secret(key, leaf, hosts, origins, source))
-        else:
-            secrets.append(Secret(mapping.alias, value, hosts, origins, source))
+            # A value fetched in plaintext mode, the file edited to json since, is no object:
+            # the next fetch marks the row; until then the alias keeps its whole value.
+            with contextlib.suppress(ValueError):
+                keys = dict(placeholders.expand_json(mapping.alias, value))
+        for key, leaf in keys.items():
+            secrets.append(Secret(key, leaf, hosts, origins, source))
     return secrets
 
 
@@ -205,7 +218,17 @@ class Vault:
 
     def _active(self, state: State) -> ProviderConfig | None:
         name = state.get("active_config")
-        return self.configs.load(name) if name else None
+        if not name:
+            return None
+        try:
+            return self.configs.load(name)
+        except ConfigError:
+            if name in self.configs.names():
+                raise  # the file is there but invalid: its error names the line
+            raise VaultError(
+                f"the active configuration {name} has no file in {self.configs.path} any more: restore it, "
+                f"or `vaultproxy config use OTHER`, or `vaultproxy config remove {name}`"
+            ) from None
 
     @staticmethod
     def _config_state(state: State, name: str) -> dict[str, Any]:
@@ -224,9 +247,15 @@ class Vault:
         return active
 
     def add_config(self, config: ProviderConfig, credentials: aws.StaticCredentials | None = None) -> None:
-        """Save a configuration (and its static keys); the first one becomes active."""
+        """Save a new configuration (and its static keys); the first one becomes active.
+        An existing one is refused: saving over it would drop its secret mappings."""
+        if config.name in self.configs.names():
+            raise VaultError(
+                f"configuration {config.name} already exists: change its keys with `vaultproxy config set-credentials "
+                f"{config.name}`, edit {self.configs.path / (config.name + '.yaml')}, or `vaultproxy config remove {config.name}` first"
+            )
         self.configs.save(config)
-        self._adopt(config.name, credentials)
+        self._adopt(config.name, credentials, fresh=True)
 
     def import_config(self, path: Path) -> ProviderConfig:
         """Add a shared YAML file; static keys are set separately (`config set-credentials`)."""
@@ -234,8 +263,10 @@ class Vault:
         self._adopt(config.name, None)
         return config
 
-    def _adopt(self, name: str, credentials: aws.StaticCredentials | None) -> None:
+    def _adopt(self, name: str, credentials: aws.StaticCredentials | None, *, fresh: bool = False) -> None:
         def change(state: State) -> None:
+            if fresh:  # what a removed configuration of the same name left is not this one's
+                state.setdefault("configs", {}).pop(name, None)
             if credentials is not None:
                 self._config_state(state, name)["credentials"] = credentials.to_dict()
             if not state.get("active_config"):
@@ -248,7 +279,12 @@ class Vault:
         self.store.update(lambda state: state.update(active_config=name))
 
     def remove_config(self, name: str) -> None:
-        self.configs.load(name)
+        """Delete a configuration with its keys and cache. One whose file no longer validates,
+        or was deleted by hand while the vault still knows it, can be removed too."""
+        has_file = name in self.configs.names()
+        state = self.state()
+        if not (has_file or name in state.get("configs", {}) or state.get("active_config") == name):
+            raise ConfigError(f"no configuration named {name}; `vaultproxy config list` shows them")
 
         def change(state: State) -> None:
             state.get("configs", {}).pop(name, None)
@@ -256,10 +292,16 @@ class Vault:
                 state["active_config"] = None
 
         self.store.update(change)
-        self.configs.remove(name)
+        if has_file:
+            self.configs.remove(name)
 
     def set_credentials(self, name: str, credentials: aws.StaticCredentials) -> None:
-        self.configs.load(name)
+        source = self.configs.load(name).credentials_source
+        if source != "static":
+            raise VaultError(
+                f"configuration {name} takes its credentials from the {'AWS profile' if source == 'profile' else 'default AWS chain'}, "
+                f"not from keys in the vault: set `credentials: {{source: static}}` in its file first"
+            )
         self.store.update(lambda state: self._config_state(state, name).update(credentials=credentials.to_dict()))
 
     def credentials(self, name: str, state: State | None = None) -> aws.StaticCredentials | None:
@@ -314,7 +356,7 @@ class Vault:
         except aws.ProviderError as e:
             results = {m.alias: aws.FetchResult(m.alias, None, error=str(e), error_code=e.code) for m in mappings}
         results = {alias: _checked(config.mapping(alias), result) for alias, result in results.items()}
-        self.store.update(lambda state: _record(self._config_state(state, config.name), results))
+        self.store.update(lambda state: _record(self._config_state(state, config.name), config, results))
         return results
 
     def move_to_local(self, alias: str, config_name: str | None = None) -> list[str]:
@@ -327,7 +369,7 @@ class Vault:
 
         def change(state: State) -> list[str]:
             cache = self._config_state(state, config.name).setdefault("cache", {})
-            if cache.get(alias, {}).get("value") is None:
+            if cached(mapping, cache).get("value") is None:
                 raise VaultError(f"{alias!r} has never been fetched: `vaultproxy secret fetch {alias}` first")
             single = dataclasses.replace(config, secrets=(mapping,))
             local = state.setdefault("local", {})
@@ -349,6 +391,7 @@ class Vault:
         state = self.state()
         config = self._active(state)
         config_state = state.get("configs", {}).get(config.name, {}) if config else {}
+        entries = {m.alias: cached(m, config_state.get("cache", {})) for m in (config.secrets if config else ())}
         index = self.index(state)
         rows: list[dict[str, Any]] = []
         for secret in index.secrets():
@@ -357,18 +400,18 @@ class Vault:
             rows.append({"key": key, "source": LOCAL_SOURCE, "shadowed_by": index.shadowed[key]})
         for row in rows:
             if row["source"] != LOCAL_SOURCE:
-                entry = config_state.get("cache", {}).get(row["key"].split(".")[0], {})
+                entry = entries.get(row["key"].split(".")[0], {})
                 row.update(last_fetched=entry.get("fetched_at"), error=entry.get("error"))
         unfetched = [
-            {"key": m.alias, "source": f"{config.provider}:{config.name}", "last_fetched": None,
-             "error": config_state.get("cache", {}).get(m.alias, {}).get("error") or "not fetched yet"}
+            {"key": m.alias, "source": f"{config.provider}:{config.name}", "hosts": list(config.hosts_for(m)),
+             "origins": list(m.origins), "last_fetched": None, "error": entries[m.alias].get("error") or "not fetched yet"}
             for m in (config.secrets if config else ())
-            if config_state.get("cache", {}).get(m.alias, {}).get("value") is None
+            if entries[m.alias].get("value") is None
         ]
         return {
             "home": str(self.home),
             "active_config": config.name if config else None,
-            "config_error": config_state.get("error"),
+            "config_error": config_error(config, config_state) if config else None,
             "configs": self.configs.names(),
             "keys": sorted(rows + unfetched, key=lambda r: r["key"]),
         }
@@ -379,7 +422,7 @@ class Vault:
         cache = self.state().get("configs", {}).get(config.name, {}).get("cache", {})
         rows = []
         for m in config.secrets:
-            entry = cache.get(m.alias, {})
+            entry = cached(m, cache)
             rows.append({
                 "alias": m.alias, "secret_id": m.secret_id, "mode": m.mode, "hosts": list(config.hosts_for(m)),
                 "last_fetched": entry.get("fetched_at"), "version_id": entry.get("version_id"),
@@ -410,12 +453,16 @@ def _checked(mapping: SecretMapping | None, result: aws.FetchResult) -> aws.Fetc
 CONFIG_WIDE_ERRORS = frozenset({"invalid_credentials", "expired_credentials", "missing_credentials", "unreachable", "timeout"})
 
 
-def _record(config_state: dict[str, Any], results: dict[str, aws.FetchResult]) -> None:
-    """Merge fetch results: values replace the cache, errors only mark it."""
+def _record(config_state: dict[str, Any], config: ProviderConfig, results: dict[str, aws.FetchResult]) -> None:
+    """Merge fetch results: values replace the cache, errors only mark it. Each entry notes
+    what it was fetched from (see `cached`)."""
     cache = config_state.setdefault("cache", {})
     fetched_at = now()
     for alias, result in results.items():
-        entry = cache.setdefault(alias, {})
+        mapping = config.mapping(alias)
+        assert mapping is not None  # results come from the configuration's own mappings
+        entry = cache[alias] = cached(mapping, cache)
+        entry.update(secret_id=mapping.secret_id, version_stage=mapping.version_stage)
         if result.error is None and result.value is not None:
             entry.update(pack_value(result.value), version_id=result.version_id, fetched_at=fetched_at, error=None, error_code=None)
         else:
@@ -423,5 +470,26 @@ def _record(config_state: dict[str, Any], results: dict[str, aws.FetchResult]) -
     failures = [r for r in results.values() if r.error_code in CONFIG_WIDE_ERRORS]
     if failures and len(failures) == len(results):
         config_state.update(error=failures[0].error, error_code=failures[0].error_code)
-    elif any(r.error is None for r in results.values()):
-        config_state.update(error=None, error_code=None, last_fetched=fetched_at)
+        return
+    # The endpoint answered for at least one secret (even "access denied"): credentials and
+    # network work again, so an earlier configuration-wide error is over.
+    config_state.update(error=None, error_code=None)
+    if any(r.error is None for r in results.values()):
+        config_state["last_fetched"] = fetched_at
+
+
+def config_error(config: ProviderConfig, config_state: dict[str, Any]) -> str | None:
+    """What is wrong with a configuration: a credentials or network failure of its last fetch,
+    else which of its secrets failed (their rows say why)."""
+    if config_state.get("error"):
+        return str(config_state["error"])
+    cache = config_state.get("cache", {})
+    failed = [m.alias for m in config.secrets if cached(m, cache).get("error")]
+    if not failed:
+        return None
+    return f"{len(failed)} of {len(config.secrets)} secrets failed to fetch: {abbreviated(failed)} (`vaultproxy secret list` says why)"
+
+
+def abbreviated(names: list[str], limit: int = 5) -> str:
+    """Names for a one-line message: hundreds of secrets can fail together."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,0 +1,341 @@
+"""The `config` and `secret` commands as a user runs them: the real CLI in a subprocess, with
+VAULTPROXY_HOME, credentials on stdin (or typed at a real terminal), against moto over HTTP.
+
+Every command's stdout and stderr is kept; at teardown none may hold a value or a secret key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.env import child_env
+from tests.support.moto import ACCOUNT_ID, REGION, MotoServer
+from tests.test_vault_aws import enforced_auth
+from vaultcore.profiles import SecretMapping
+from vaultcore.providers.aws import StaticCredentials
+from vaultcore.vault import Vault
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 120  # a guard against a hung command, not a measurement
+KEY_ID = "AKIACLITEST000000001"
+SECRET_KEY = "FAKE-cli-secret-access-key-9d4e"
+NEW_SECRET_KEY = "FAKE-cli-rotated-access-key-77b2"
+TOKEN = "FAKE-cli-token-value-0c3f"
+DB = {"user": "FAKE-cli-db-user", "password": "FAKE-cli-db-password", "conn": {"host": "db.internal", "port": 5432}}
+BLOB = b"\x00FAKE-cli-binary\xff"
+# Typed at a terminal: the wrapper makes the pty the child's controlling terminal, so getpass
+# really reads /dev/tty with echo off, as for a user.
+ON_TERMINAL = (
+    "import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "sys.argv[0] = 'vaultproxy'; runpy.run_module('vaultcore.cli', run_name='__main__', alter_sys=True)"
+)
+
+
+@dataclass
+class Cli:
+    """Runs `python -m vaultcore.cli` with its own home; remembers all output for leak checks."""
+
+    home: Path
+    env: dict[str, str]
+    transcript: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=lambda: [SECRET_KEY, NEW_SECRET_KEY, TOKEN, "FAKE-cli-db", "FAKE-cli-binary"])
+
+    def __call__(self, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "vaultcore.cli", *args], input=input, capture_output=True, text=True,
+            env=self.env, cwd=REPO, timeout=TIMEOUT, check=False,
+        )
+        self.transcript.append(f"$ {' '.join(args)}\n{result.stdout}{result.stderr}")
+        return result
+
+    def ok(self, *args: str, input: str = "") -> str:
+        result = self(*args, input=input)
+        assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stderr}"
+        return result.stdout
+
+    def fails(self, code: int, *args: str, input: str = "") -> str:
+        """Runs a command that must fail with `code`; returns its one-line message (stderr)."""
+        result = self(*args, input=input)
+        assert result.returncode == code, f"{args}: exit {result.returncode}, wanted {code}\n{result.stderr}"
+        assert result.stderr.startswith("vaultproxy: error: ") or code == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        return result.stderr
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json"))
+
+    def on_terminal(self, args: Sequence[str], replies: Sequence[tuple[str, str]] = ()) -> tuple[int, str]:
+        """Run with stdin, stdout and stderr on a pseudo-terminal; answer each prompt when it
+        appears. Returns the exit status and everything the terminal showed."""
+        master, slave = pty.openpty()
+        process = subprocess.Popen(
+            [sys.executable, "-c", ON_TERMINAL, *args], stdin=slave, stdout=slave, stderr=slave,
+            env=self.env, cwd=REPO, start_new_session=True,
+        )
+        os.close(slave)
+        shown, answered, pending = b"", 0, list(replies)
+        try:
+            while True:
+                if not select.select([master], [], [], TIMEOUT)[0]:
+                    raise TimeoutError(f"{args}: no output for {TIMEOUT}s; so far: {shown!r}")
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child has closed the terminal
+                    break
+                if not data:
+                    break
+                shown += data
+                if pending and pending[0][0].encode() in shown[answered:]:
+                    answered = len(shown)
+                    os.write(master, pending.pop(0)[1].encode() + b"\n")
+            status = process.wait(TIMEOUT)
+        finally:
+            os.close(master)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        text = shown.decode("utf-8", errors="replace")
+        self.transcript.append(f"$ (terminal) {' '.join(args)}\n{text}")
+        assert not pending, f"{args}: never prompted for {pending[0][0]!r}; terminal showed {text!r}"
+        return status, text
+
+    def vault(self) -> Vault:
+        return Vault(self.home)
+
+
+@pytest.fixture
+def admin(moto: MotoServer) -> Any:
+    return moto.client()
+
+
+@pytest.fixture
+def cli(tmp_path: Path, moto: MotoServer) -> Iterator[Cli]:
+    home = tmp_path / "vaultproxy-home"
+    runner = Cli(home, child_env({"VAULTPROXY_HOME": str(home)}, home=tmp_path / "user-home"))
+    yield runner
+    for text in runner.transcript:
+        for secret in runner.secrets:
+            assert secret not in text, f"a secret appeared in the output of:\n{text.splitlines()[0]}"
+
+
+def add_prod(cli: Cli, moto: MotoServer, *extra: str) -> str:
+    return cli.ok("config", "add", "prod", "--region", REGION, "--endpoint-url", moto.endpoint_url,
+                  "--hosts", "api.example.com", *extra, input=f"{KEY_ID}\n{SECRET_KEY}\n")
+
+
+def rows(listing: list[dict[str, Any]], key: str = "alias") -> dict[str, dict[str, Any]]:
+    return {r[key]: r for r in listing}
+
+
+# --- configurations ----------------------------------------------------------------------------
+
+
+def test_configuration_lifecycle(cli: Cli, moto: MotoServer, tmp_path: Path) -> None:
+    out = add_prod(cli, moto, "--display-name", "Production")
+    assert "saved configuration prod" in out and f"connected as arn:aws:sts::{ACCOUNT_ID}:" in out
+    assert cli.vault().credentials("prod") == StaticCredentials(KEY_ID, SECRET_KEY)
+    assert SECRET_KEY.encode() not in b"".join(p.read_bytes() for p in cli.home.rglob("*") if p.is_file())
+
+    # Saved even though its test fails (no credentials anywhere for the default chain).
+    result = cli("config", "add", "staging", "--region", "eu-west-1", "--source", "default",
+                 "--endpoint-url", moto.endpoint_url)
+    assert result.returncode == 0 and "saved configuration staging" in result.stdout
+    assert "connection test failed: no AWS credentials found" in result.stderr
+    aws_files = Path(cli.env["AWS_CONFIG_FILE"]).parent
+    aws_files.mkdir(parents=True)
+    Path(cli.env["AWS_CONFIG_FILE"]).write_text(f"[profile team]\nregion = {REGION}\n")
+    Path(cli.env["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+        "[team]\naws_access_key_id = AKIACLIPROFILE000001\naws_secret_access_key = FAKE-cli-profile-secret\n")
+    cli.secrets.append("FAKE-cli-profile-secret")
+    out = cli.ok("config", "add", "team", "--region", REGION, "--source", "profile", "--aws-profile", "team",
+                 "--endpoint-url", moto.endpoint_url)
+    assert f"connected as arn:aws:sts::{ACCOUNT_ID}:" in out
+
+    listed = rows(cli.json("config", "list"), "name")
+    assert set(listed) == {"prod", "staging", "team"}
+    assert listed["prod"]["active"] and not listed["staging"]["active"]  # the first one added
+    assert listed["prod"]["display_name"] == "Production" and listed["staging"]["source"] == "default"
+    assert listed["team"]["source"] == "profile" and cli.vault().configs.load("team").aws_profile == "team"
+    assert "staging" in cli.ok("config", "list")
+
+    assert cli.ok("config", "use", "staging") == "active configuration: staging\n"
+    assert f"connected as arn:aws:sts::{ACCOUNT_ID}:" in cli.ok("config", "test", "prod")
+    assert "connection test failed: no AWS credentials found" in cli.fails(1, "config", "test")  # the active one
+
+    assert "credentials of prod updated" in cli.ok("config", "set-credentials", "prod", input=f"{KEY_ID}\n{NEW_SECRET_KEY}\n")
+    assert cli.vault().credentials("prod") == StaticCredentials(KEY_ID, NEW_SECRET_KEY)
+    assert "default AWS chain" in cli.fails(1, "config", "set-credentials", "staging", input=f"{KEY_ID}\n{SECRET_KEY}\n")
+
+    cli.ok("secret", "add", "token", "--secret-id", "cli/token", "--config", "prod")
+    assert [r["alias"] for r in cli.json("secret", "list", "--config", "prod")] == ["token"]
+    exported = cli.ok("config", "export", "prod")
+    document = yaml.safe_load(exported)
+    assert document["credentials"] == {"source": "static"} and document["secrets"][0]["secret_id"] == "cli/token"
+    assert KEY_ID not in exported
+    shared = tmp_path / "prod-shared.yaml"
+    shared.write_text(exported)
+    cli.ok("config", "remove", "prod")
+    listed = rows(cli.json("config", "list"), "name")
+    assert set(listed) == {"staging", "team"} and listed["staging"]["active"]
+    assert cli.vault().credentials("prod") is None  # removed with its keys
+    out = cli.ok("config", "import", str(shared))
+    assert "imported configuration prod" in out and "vaultproxy config set-credentials prod" in out
+    assert cli.ok("config", "export", "prod") == exported
+
+
+def test_configuration_typed_at_a_terminal(cli: Cli, moto: MotoServer) -> None:
+    status, shown = cli.on_terminal(
+        ["config", "add", "prod", "--region", REGION, "--endpoint-url", moto.endpoint_url],
+        [("AWS access key id for prod: ", KEY_ID), ("AWS secret access key: ", SECRET_KEY),
+         ("AWS session token (empty if none): ", "FAKE-cli-session-token")],
+    )
+    assert status == 0 and "saved configuration prod" in shown and "connected as" in shown
+    assert "FAKE-cli-session-token" not in shown  # hidden prompts: the terminal never echoed them
+    assert cli.vault().credentials("prod") == StaticCredentials(KEY_ID, SECRET_KEY, "FAKE-cli-session-token")
+
+
+@pytest.mark.parametrize("args", [
+    ["config", "add", "x"],  # no --region
+    ["config", "add", "x", "--region", REGION, "--source", "profile"],
+    ["config", "add", "x", "--region", REGION, "--aws-profile", "team"],  # a profile with static keys
+    ["secret", "add", "a", "--secret-id", "x", "--mode", "yaml"],
+    ["secret", "fetch"],
+    ["secret", "refresh", "--all", "token"],
+], ids=lambda args: "-".join(args[:2]) + f"-{len(args)}")
+def test_usage_errors_exit_2(cli: Cli, args: list[str]) -> None:
+    assert cli.fails(2, *args, input=f"{KEY_ID}\n{SECRET_KEY}\n")
+    assert not cli.home.joinpath("configs").exists()
+
+
+def test_failures_exit_1_with_one_line(cli: Cli, moto: MotoServer, tmp_path: Path) -> None:
+    assert "no active configuration" in cli.fails(1, "secret", "list")
+    assert "access key id and a secret access key" in cli.fails(1, "config", "add", "x", "--region", REGION, input="")
+    assert "no configuration named nope" in cli.fails(1, "config", "use", "nope")
+    assert "no configuration named nope" in cli.fails(1, "config", "remove", "nope")
+    assert "cannot read" in cli.fails(1, "config", "import", str(tmp_path / "missing.yaml"))
+    add_prod(cli, moto)
+    assert "already exists" in cli.fails(1, "config", "add", "prod", "--region", REGION, input=f"{KEY_ID}\n{SECRET_KEY}\n")
+    assert "has no secret 'nope'" in cli.fails(1, "secret", "fetch", "nope")
+    assert "configs/prod.yaml" in cli.fails(1, "secret", "add", "a.b", "--secret-id", "x")  # no dots in aliases
+    assert cli.fails(1, "secret", "remove", "nope").count("\n") == 1
+    (cli.home / "configs" / "broken.yaml").write_text("name: broken\nregion: US East 1\n")
+    listed = rows(cli.json("config", "list"), "name")  # a file broken by hand does not hide the others
+    assert listed["prod"]["error"] is None and "broken.yaml:2: region" in listed["broken"]["error"]
+    cli.ok("config", "remove", "broken")
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+def test_secret_commands(cli: Cli, moto: MotoServer, admin: Any) -> None:
+    admin.create_secret(Name="cli/token", SecretString=TOKEN)
+    admin.create_secret(Name="cli/db", SecretString=json.dumps(DB))
+    blob_arn = admin.create_secret(Name="cli/blob", SecretBinary=BLOB)["ARN"]
+    add_prod(cli, moto)
+    cli.ok("local", "set", "db.password", "--hosts", "api.example.com", input="FAKE-cli-db-local-shadowed\n")
+    cli.ok("secret", "add", "token", "--secret-id", "cli/token", "--hosts", "api.example.com,*.example.org",
+           "--origins", "http://localhost:3000")
+    cli.ok("secret", "add", "db", "--secret-id", "cli/db", "--mode", "json")
+    cli.ok("secret", "add", "blob", "--secret-id", blob_arn, "--version-stage", "AWSCURRENT")
+
+    assert cli.ok("secret", "fetch", "token", "db") == "fetched 2 of 2\n"
+    listed = rows(cli.json("secret", "list"))
+    assert listed["token"]["status"] == "ok" and listed["token"]["last_fetched"] and listed["token"]["mode"] == "plaintext"
+    assert listed["token"]["hosts"] == ["api.example.com", "*.example.org"]
+    assert listed["db"]["mode"] == "json" and listed["blob"]["status"] == "not fetched"
+    assert listed["blob"]["secret_id"] == blob_arn
+
+    refreshed = cli("secret", "refresh", "--all")  # stderr is no terminal: no progress
+    assert (refreshed.returncode, refreshed.stdout, refreshed.stderr) == (0, "fetched 3 of 3\n", "")
+    vault = cli.vault()  # what other processes fetched, read here
+    assert (vault.get("token"), vault.get("db.user"), vault.get("db.conn.port"), vault.get("blob")) == (
+        TOKEN, DB["user"], "5432", BLOB)
+    status = cli.json("status")
+    keys = {r["key"]: r for r in status["keys"] if not r.get("shadowed_by")}
+    assert keys["db.user"]["source"] == "aws:prod" and keys["token"]["origins"] == ["http://localhost:3000"]
+    table = cli.ok("secret", "list")
+    assert "cli/db" in table and "json" in table and "ok" in table
+    assert "overridden by duplicate key in aws:prod" in (text := cli.ok("status")) and "secret list" not in text
+
+    admin.put_secret_value(SecretId="cli/token", SecretString="FAKE-cli-token-rotated")
+    cli.secrets.append("FAKE-cli-token-rotated")
+    assert cli.ok("secret", "refresh", "token") == "fetched 1 of 1\n"
+    assert cli.vault().get("token") == "FAKE-cli-token-rotated"
+    assert cli.ok("resolve", "Bearer <<vault:token>>", "--host", "api.example.com").startswith("Bearer ********")
+
+    refused = cli.fails(1, "local", "set", "token", input="FAKE-cli-db-overwrite\n")
+    assert "vaultproxy secret move-to-local token" in refused
+    moved = cli.ok("secret", "move-to-local", "db")
+    assert moved.startswith("db is now local: ") and "db.user" in moved
+    assert "cli/db" not in cli.ok("config", "export", "prod")
+    cli.ok("local", "set", "db.user", input="FAKE-cli-db-edited\n")
+    assert cli.vault().get("db.user") == "FAKE-cli-db-edited"
+    assert cli.vault().get("db.password") == DB["password"]  # the moved value replaced the shadowed one
+
+    cli.ok("secret", "remove", "blob")
+    assert [r["alias"] for r in cli.vault().secret_rows()] == ["token"] and "blob" not in cli.vault().keys()
+
+
+def test_fetch_errors_are_shown_and_cleared(cli: Cli, moto: MotoServer, admin: Any) -> None:
+    admin.create_secret(Name="cli/token", SecretString=TOKEN)
+    add_prod(cli, moto)
+    cli.ok("secret", "add", "token", "--secret-id", "cli/token")
+    cli.ok("secret", "add", "gone", "--secret-id", "cli/gone")
+    result = cli("secret", "fetch", "token", "gone")
+    assert (result.returncode, result.stdout) == (1, "fetched 1 of 2\n")
+    assert result.stderr == "vaultproxy: gone: secret not found: cli/gone\n"
+    assert rows(cli.json("secret", "list"))["gone"]["error"] == "secret not found: cli/gone"
+    assert "1 of 2 secrets failed to fetch: gone" in cli.json("status")["config_error"]
+    assert "secret not found: cli/gone" in cli.ok("status")
+
+    with enforced_auth(moto) as users:
+        cli.secrets.append(users.reader.secret_access_key)
+        result = cli("secret", "refresh", "--all")
+        assert result.returncode == 1 and result.stdout == "fetched 0 of 2\n"
+        assert result.stderr.count("\n") == 1 and "token, gone: credentials rejected (" in result.stderr
+        config_error = cli.json("status")["config_error"]
+        assert config_error.startswith("credentials rejected (") and "vaultproxy config set-credentials prod" in config_error
+        assert rows(cli.json("config", "list"), "name")["prod"]["error"] == config_error
+        assert "credentials rejected" in cli.ok("secret", "list")
+        # The cached value keeps resolving meanwhile.
+        assert cli.ok("resolve", "<<vault:token>>", "--host", "api.example.com") == "********\n  token: resolves (aws:prod)\n"
+        assert cli.vault().get("token") == TOKEN
+        assert cli.fails(1, "config", "test").startswith("vaultproxy: connection test failed: credentials rejected")
+
+        reader = users.reader
+        cli.ok("config", "set-credentials", "prod", input=f"{reader.access_key_id}\n{reader.secret_access_key}\n")
+        assert ":user/reader-" in cli.ok("config", "test")
+        assert cli.ok("secret", "fetch", "token") == "fetched 1 of 1\n"
+        assert cli.json("status")["config_error"].startswith("1 of 2 secrets failed to fetch: gone")
+    admin.create_secret(Name="cli/gone", SecretString="FAKE-cli-found-later")
+    cli.secrets.append("FAKE-cli-found-later")
+    assert cli.ok("secret", "refresh", "--all") == "fetched 2 of 2\n"
+    assert cli.json("status")["config_error"] is None
+    assert {r["status"] for r in cli.json("secret", "list")} == {"ok"}
+    assert rows(cli.json("config", "list"), "name")["prod"]["error"] is None
+
+
+def test_refresh_all_shows_progress_on_a_terminal(cli: Cli, moto: MotoServer, admin: Any) -> None:
+    add_prod(cli, moto)
+    config = cli.vault().configs.load("prod")
+    for i in range(25):
+        admin.create_secret(Name=f"cli/bulk{i}", SecretString=f"FAKE-cli-bulk-{i}")
+        config = config.with_secret(SecretMapping(f"bulk{i}", f"cli/bulk{i}"))
+    cli.vault().configs.save(config)
+    status, shown = cli.on_terminal(["secret", "refresh", "--all"])
+    assert status == 0
+    assert "\rfetched 1/25" in shown and "\rfetched 25/25" in shown and "fetched 25 of 25" in shown
+    assert "FAKE-cli-bulk" not in shown
+    assert cli("secret", "refresh", "--all").stderr == ""  # and none without a terminal
