@@ -21,11 +21,11 @@ from vaultcore import placeholders, proxyenv
 from vaultcore.index import Destination, is_loopback
 from vaultcore.placeholders import Context, SubstitutionError
 from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping, dump_config
-from vaultcore.providers import aws
+from vaultcore.providers.base import ProviderError, StaticCredentials
 from vaultcore.store import VaultError
 from vaultcore.vault import Vault, abbreviated, config_error, default_home
 
-USER_ERRORS = (VaultError, ConfigError, aws.ProviderError)
+USER_ERRORS = (VaultError, ConfigError, ProviderError)
 
 
 class UsageError(Exception):
@@ -75,7 +75,7 @@ def read_secret(prompt: str) -> str | bytes:
         return data
 
 
-def read_credentials(name: str) -> aws.StaticCredentials:
+def read_credentials(name: str) -> StaticCredentials:
     """Static AWS keys: prompted on a terminal, else three lines on stdin (the session token
     line may be empty or missing)."""
     if sys.stdin.isatty():
@@ -87,7 +87,7 @@ def read_credentials(name: str) -> aws.StaticCredentials:
         key_id, secret, token = (line.strip() for line in lines[:3])
     if not key_id or not secret:
         raise VaultError("an access key id and a secret access key are both needed")
-    return aws.StaticCredentials(key_id, secret, token or None)
+    return StaticCredentials(key_id, secret, token or None)
 
 
 def progress_printer() -> Callable[[int, int], None] | None:
@@ -244,7 +244,7 @@ def cmd_config_add(vault: Vault, args: argparse.Namespace) -> int:
 def _report_test(vault: Vault, name: str | None) -> int:
     try:
         identity = vault.test_config(name)
-    except aws.ProviderError as e:
+    except ProviderError as e:
         print(f"vaultproxy: connection test failed: {e}", file=sys.stderr)
         return 1
     print(f"connected as {identity.arn} (account {identity.account})")

@@ -14,7 +14,6 @@ import ssl
 import sys
 from pathlib import Path
 
-from vaultcore.index import is_loopback
 from vaultcore.store import VaultError
 
 ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addon" / "vaultproxy_addon.py"

@@ -30,7 +30,7 @@ from vaultcore import placeholders
 from vaultcore.index import LOCAL_SOURCE, Destination, Secret, SecretIndex
 from vaultcore.placeholders import KEY_RE, Context
 from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, SecretMapping
-from vaultcore.providers import aws
+from vaultcore.providers.base import FetchResult, Identity, ProviderError, StaticCredentials
 from vaultcore.store import State, Store, VaultError
 
 MAX_VALUE_BYTES = 1024 * 1024
@@ -246,7 +246,7 @@ class Vault:
             raise VaultError("no active configuration: `vaultproxy config add NAME --region R` or `vaultproxy config use NAME`")
         return active
 
-    def add_config(self, config: ProviderConfig, credentials: aws.StaticCredentials | None = None) -> None:
+    def add_config(self, config: ProviderConfig, credentials: StaticCredentials | None = None) -> None:
         """Save a new configuration (and its static keys); the first one becomes active.
         An existing one is refused: saving over it would drop its secret mappings."""
         if config.name in self.configs.names():
@@ -263,7 +263,7 @@ class Vault:
         self._adopt(config.name, None)
         return config
 
-    def _adopt(self, name: str, credentials: aws.StaticCredentials | None, *, fresh: bool = False) -> None:
+    def _adopt(self, name: str, credentials: StaticCredentials | None, *, fresh: bool = False) -> None:
         def change(state: State) -> None:
             if fresh:  # what a removed configuration of the same name left is not this one's
                 state.setdefault("configs", {}).pop(name, None)
@@ -295,7 +295,7 @@ class Vault:
         if has_file:
             self.configs.remove(name)
 
-    def set_credentials(self, name: str, credentials: aws.StaticCredentials) -> None:
+    def set_credentials(self, name: str, credentials: StaticCredentials) -> None:
         source = self.configs.load(name).credentials_source
         if source != "static":
             raise VaultError(
@@ -304,14 +304,14 @@ class Vault:
             )
         self.store.update(lambda state: self._config_state(state, name).update(credentials=credentials.to_dict()))
 
-    def credentials(self, name: str, state: State | None = None) -> aws.StaticCredentials | None:
+    def credentials(self, name: str, state: State | None = None) -> StaticCredentials | None:
         state = self.state() if state is None else state
         raw = state.get("configs", {}).get(name, {}).get("credentials")
-        return aws.StaticCredentials.from_dict(raw) if raw else None
+        return StaticCredentials.from_dict(raw) if raw else None
 
-    def test_config(self, name: str | None = None) -> aws.Identity:
+    def test_config(self, name: str | None = None) -> Identity:
         config = self.config(name)
-        return aws.test_connection(config, self.credentials(config.name))
+        return _aws().test_connection(config, self.credentials(config.name))
 
     def add_secret(self, mapping: SecretMapping, config_name: str | None = None) -> ProviderConfig:
         config = self.config(config_name).with_secret(mapping)
@@ -334,7 +334,7 @@ class Vault:
         *,
         use_batch: bool = True,
         progress: Callable[[int, int], None] | None = None,
-    ) -> dict[str, aws.FetchResult]:
+    ) -> dict[str, FetchResult]:
         """Fetch the named aliases (all when None) and store what came back.
 
         The network part runs without the lock; the results are then merged into the
@@ -352,9 +352,9 @@ class Vault:
         if not mappings:
             return {}
         try:
-            results = aws.fetch(config, mappings, self.credentials(config.name), use_batch=use_batch, progress=progress)
-        except aws.ProviderError as e:
-            results = {m.alias: aws.FetchResult(m.alias, None, error=str(e), error_code=e.code) for m in mappings}
+            results = _aws().fetch(config, mappings, self.credentials(config.name), use_batch=use_batch, progress=progress)
+        except ProviderError as e:
+            results = {m.alias: FetchResult(m.alias, None, error=str(e), error_code=e.code) for m in mappings}
         results = {alias: _checked(config.mapping(alias), result) for alias, result in results.items()}
         self.store.update(lambda state: _record(self._config_state(state, config.name), config, results))
         return results
@@ -432,7 +432,7 @@ class Vault:
         return rows
 
 
-def _checked(mapping: SecretMapping | None, result: aws.FetchResult) -> aws.FetchResult:
+def _checked(mapping: SecretMapping | None, result: FetchResult) -> FetchResult:
     """A JSON-mode secret must hold a JSON object; otherwise the row is an error and the
     cached value stays."""
     if mapping is None or mapping.mode != "json" or result.value is None:
@@ -442,7 +442,7 @@ def _checked(mapping: SecretMapping | None, result: aws.FetchResult) -> aws.Fetc
             raise ValueError("binary")
         placeholders.expand_json(mapping.alias, result.value)
     except ValueError:
-        return aws.FetchResult(
+        return FetchResult(
             result.alias, None, result.version_id,
             error=f"{mapping.secret_id} is not a JSON object, but {mapping.alias!r} is mode json: use mode plaintext",
             error_code="not_json",
@@ -453,7 +453,7 @@ def _checked(mapping: SecretMapping | None, result: aws.FetchResult) -> aws.Fetc
 CONFIG_WIDE_ERRORS = frozenset({"invalid_credentials", "expired_credentials", "missing_credentials", "unreachable", "timeout"})
 
 
-def _record(config_state: dict[str, Any], config: ProviderConfig, results: dict[str, aws.FetchResult]) -> None:
+def _record(config_state: dict[str, Any], config: ProviderConfig, results: dict[str, FetchResult]) -> None:
     """Merge fetch results: values replace the cache, errors only mark it. Each entry notes
     what it was fetched from (see `cached`)."""
     cache = config_state.setdefault("cache", {})
@@ -493,3 +493,11 @@ def config_error(config: ProviderConfig, config_state: dict[str, Any]) -> str | 
 def abbreviated(names: list[str], limit: int = 5) -> str:
     """Names for a one-line message: hundreds of secrets can fail together."""
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _aws() -> Any:
+    """The AWS provider module, imported on first use: boto3 takes longer to import than
+    the rest of a CLI command takes to run."""
+    from vaultcore.providers import aws
+
+    return aws

@@ -12,7 +12,7 @@ import html
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import boto3.session
@@ -20,6 +20,7 @@ import botocore.config
 import botocore.exceptions
 
 from vaultcore.profiles import ProviderConfig, SecretMapping
+from vaultcore.providers.base import FetchResult, Identity, ProviderError, StaticCredentials
 
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
@@ -39,54 +40,6 @@ _THROTTLED = {"ThrottlingException", "Throttling", "TooManyRequestsException", "
 _BATCH_UNAVAILABLE = _ACCESS_DENIED | {
     "UnknownOperationException", "InvalidAction", "NotImplemented", "UnsupportedOperation",
 }
-
-
-@dataclass(frozen=True)
-class StaticCredentials:
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {
-            "access_key_id": self.access_key_id,
-            "secret_access_key": self.secret_access_key,
-            "session_token": self.session_token,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StaticCredentials:
-        for key in ("access_key_id", "secret_access_key"):
-            if not isinstance(d.get(key), str) or not d[key]:
-                raise ValueError(f"stored AWS credentials lack {key}")
-        token = d.get("session_token")
-        if token is not None and not isinstance(token, str):
-            raise ValueError("stored AWS session_token is not a string")
-        return cls(d["access_key_id"], d["secret_access_key"], token or None)
-
-
-@dataclass(frozen=True)
-class Identity:
-    account: str
-    arn: str
-    user_id: str
-
-
-@dataclass(frozen=True)
-class FetchResult:
-    alias: str
-    value: str | bytes | None = field(default=None, repr=False)
-    version_id: str | None = None
-    error: str | None = None
-    error_code: str | None = None
-
-
-class ProviderError(Exception):
-    """A failure of the whole configuration (credentials, endpoint), with a stable `code`."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def _credentials_hint(config: ProviderConfig) -> str:
