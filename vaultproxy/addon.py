@@ -24,7 +24,8 @@ from pathlib import Path
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from vaultcore.index import POLICY_CODES, Destination, SecretIndex
+from vaultcore.atomic import replace_file
+from vaultcore.index import POLICY_CODES, SecretIndex
 from vaultcore.placeholders import MARKER, Lookup, StreamSubstituter, SubstitutionError, substitute
 from vaultcore.profiles import ConfigError
 from vaultcore.proxyenv import RUNTIME_FILE
@@ -56,6 +57,16 @@ def refusal(error: SubstitutionError) -> http.Response:
     )
 
 
+def unframeable(key: str) -> None:
+    """The body lookup of a streamed body whose length must not change (see
+    rewrite.streamed_framing): every placeholder in it stays literal, and says why."""
+    raise SubstitutionError(
+        "unframeable_stream", key,
+        f"{key!r} stays unresolved in this streamed HTTP/2 body: the upstream's protocol was not known when "
+        "it started, so its length could not change (raise stream_large_bodies, or use connection_strategy=eager)",
+    )
+
+
 class VaultProxy:
     def __init__(self) -> None:
         self.vault: Vault | None = None
@@ -81,7 +92,8 @@ class VaultProxy:
         loader.add_option("vault_audit_log", str, "", 'Audit log path (default: audit.log in the vault home; "off" to disable).')
 
     def configure(self, updated: set[str]) -> None:
-        if ctx.options.store_streamed_bodies:
+        # mitmproxy 11 has no store_streamed_bodies (it never records streamed bodies).
+        if "store_streamed_bodies" in ctx.options and ctx.options.store_streamed_bodies:
             raise exceptions.OptionsError(
                 "vaultproxy: store_streamed_bodies would record substituted values; turn it off"
             )
@@ -124,7 +136,9 @@ class VaultProxy:
         info = {"host": host, "port": port, "confdir": os.path.expanduser(ctx.options.confdir), "pid": os.getpid()}
         try:
             self.vault.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (self.vault.home / RUNTIME_FILE).write_text(json.dumps(info))
+            # Atomically: `vaultproxy env` may read it at any moment, and a half-written file
+            # would send clients to the default address.
+            replace_file(self.vault.home / RUNTIME_FILE, json.dumps(info).encode())
         except OSError as e:
             logger.warning(f"vaultproxy: cannot write {RUNTIME_FILE}: {e.strerror}")
 
@@ -221,8 +235,12 @@ class Substitution:
         self.proxy = proxy
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not live(flow):
+            return
+        if rewrite.streams_late(flow.request, ctx.options.stream_large_bodies):
+            flow.request.stream = True
         # A streamed request's headers leave right after this hook: resolve them now.
-        if flow.request.stream and live(flow):
+        if flow.request.stream:
             self._resolve(flow, streamed=True)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -247,16 +265,16 @@ class Substitution:
             )
             change = rewrite.rewrite_request(request, lookup, body)
         except SubstitutionError as e:
-            self._refuse(flow, e, original_path)
-            if streamed:
-                request.stream = False  # consume the body; mitmproxy then sends the refusal
+            self._refuse(flow, e, original_path, streamed=streamed)
             return
         proxy.flights.remember(flow, change, streamed_body=stream_body)
         if stream_body:
-            substituter = StreamSubstituter(rewrite.body_context(request.headers.get("content-type", "")), self._literal_on_refusal(flow, lookup))
+            framing = rewrite.streamed_framing(request, flow.server_conn)
+            body_lookup = lookup if framing else unframeable
+            substituter = StreamSubstituter(rewrite.body_context(request.headers.get("content-type", "")), self._literal_on_refusal(flow, body_lookup))
             proxy.flights.track_stream(flow, substituter)
             change.apply(request)
-            rewrite.prepare_streamed_body(request, substituter)
+            rewrite.prepare_streamed_body(request, substituter, framing)
         elif change.keys:
             proxy.audit.record(request, original_path, change.keys, "resolved")
             change.apply(request)
@@ -281,11 +299,17 @@ class Substitution:
             outcome = f"refused:{refusals[0].code}" if refusals else "resolved"
             self.proxy.audit.record(flow.request, self.proxy.flights.original_path(flow), keys + [e.key for e in refusals], outcome)
 
-    def _refuse(self, flow: http.HTTPFlow, error: SubstitutionError, path: str) -> None:
+    def _refuse(self, flow: http.HTTPFlow, error: SubstitutionError, path: str, *, streamed: bool) -> None:
         request = flow.request
         logger.warning(f"vaultproxy: refused {request.method} {request.host}{path.split('?', 1)[0]}: {error}")
         self.proxy.audit.record(request, path, [error.key] if error.key else [], f"refused:{error.code}")
-        flow.response = refusal(error)
+        if streamed:
+            # mitmproxy cannot answer a request whose body it streams: it refuses to stream with
+            # a response set, and streams anyway once the body outgrows stream_large_bodies.
+            # The connection is closed instead; the log says why.
+            flow.kill()
+        else:
+            flow.response = refusal(error)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None

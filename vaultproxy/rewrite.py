@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mitmproxy import http, websocket
+from mitmproxy import connection, http, websocket
 
 from vaultcore.placeholders import MARKER, Context, Lookup, StreamSubstituter, SubstitutionError, contains_placeholder, substitute
 
@@ -112,16 +112,44 @@ def streamable(request: http.Request) -> bool:
     return "content-encoding" not in request.headers and not media.startswith(BINARY_TYPES)
 
 
-def prepare_streamed_body(request: http.Request, substituter: StreamSubstituter) -> None:
-    """Stream the body through `substituter`. Values change the body's length, so a body
-    framed by Content-Length is re-framed: chunked for HTTP/1.1, by DATA frames for HTTP/2."""
-    if "content-length" in request.headers:
-        del request.headers["content-length"]
-        if not (request.is_http2 or request.is_http3):
-            request.headers["transfer-encoding"] = "chunked"
+def streams_late(request: http.Request, stream_large_bodies: str | None) -> bool:
+    """Whether mitmproxy may decide to stream this body only after `requestheaders`.
 
-    def stream(chunk: bytes) -> bytes:
-        return substituter.feed(chunk) if chunk else substituter.flush()
+    A chunked body's size is unknown up front: mitmproxy buffers it and, once it outgrows
+    stream_large_bodies, streams it without another hook, so its URL, headers and body
+    would leave unresolved. Such a request is streamed from the start instead."""
+    return bool(stream_large_bodies) and "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+def streamed_framing(request: http.Request, server: connection.Server) -> str | None:
+    """How a streamed body whose length changes is framed upstream: "chunked" (HTTP/1),
+    "frames" (HTTP/2 and 3, whose DATA frames need no length), or None when the upstream's
+    protocol is not known before the body starts (a connection not yet made), so the
+    length must not change.
+
+    The client's protocol is not necessarily the upstream's: mitmproxy translates an HTTP/2
+    request for an HTTP/1 server, which would read a body with neither Content-Length nor
+    chunked framing as the next request (request smuggling)."""
+    if not (request.is_http2 or request.is_http3) or request.scheme == "http":
+        return "chunked"
+    if not server.connected:
+        return None
+    return "frames" if server.alpn in (b"h2", b"h3") else "chunked"
+
+
+def prepare_streamed_body(request: http.Request, substituter: StreamSubstituter, framing: str | None) -> None:
+    """Stream the body through `substituter`. Values change the body's length, so a body
+    framed by Content-Length is re-framed as `framing` says (None: the length stays, and
+    `substituter` must not change it)."""
+    if framing is not None and "content-length" in request.headers:
+        del request.headers["content-length"]
+    if framing == "chunked" and "chunked" not in request.headers.get("transfer-encoding", "").lower():
+        request.headers["transfer-encoding"] = "chunked"
+
+    def stream(chunk: bytes) -> list[bytes]:
+        out = substituter.feed(chunk) if chunk else substituter.flush()
+        # Never an empty chunk: mitmproxy would frame it as "0\r\n\r\n", the end of a chunked body.
+        return [out] if out else []
 
     request.stream = stream
 

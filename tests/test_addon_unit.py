@@ -1,0 +1,208 @@
+"""In-process tests of the addon (mitmproxy's taddons and tflow) for what an end-to-end test
+cannot reach or cannot observe without timing: the `vault.reload` and `vault.status`
+commands, a failed reload logged once, the guards that skip flows which are not live, and
+the framing decisions for streamed bodies toward upstreams the harness cannot provide
+(HTTP/2 servers, connections already made).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mitmproxy import connection, exceptions, http
+from mitmproxy.addons import proxyserver
+from mitmproxy.test import taddons, tflow, tutils
+
+from vaultcore.index import Secret, SecretIndex
+from vaultcore.placeholders import Context, StreamSubstituter
+from vaultcore.vault import Snapshot, Vault
+from vaultproxy import rewrite
+from vaultproxy.addon import VaultProxy
+
+VALUE = "sk_live_Zq9Unit"
+HOST = "api.example.com"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "vault-home"
+    Vault(home).set("unit.k", VALUE, hosts=[HOST])
+    return home
+
+
+@pytest.fixture
+def addon() -> VaultProxy:
+    return VaultProxy()
+
+
+@pytest.fixture
+def tctx(addon: VaultProxy, home: Path) -> Iterator[taddons.context]:
+    """The addon loaded beside mitmproxy's proxyserver (which owns stream_large_bodies)."""
+    with taddons.context(proxyserver.Proxyserver(), addon) as context:
+        context.configure(addon, vault_home=str(home))
+        yield context
+
+
+def request_flow(**headers: str) -> http.HTTPFlow:
+    """A live HTTPS request to HOST, as mitmproxy hands it to the hooks."""
+    request = tutils.treq(host=HOST, port=443, scheme=b"https", headers=http.Headers(**headers), content=b"")
+    return tflow.tflow(req=request)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def test_commands_are_registered(tctx: taddons.context) -> None:
+    assert {"vault.reload", "vault.status"} <= set(tctx.master.commands.commands)
+
+
+def test_vault_reload_picks_up_a_change_now(tctx: taddons.context, addon: VaultProxy, home: Path) -> None:
+    Vault(home).set("unit.new", "sk_live_Zq9UnitNew", hosts=[HOST])
+    assert "unit.new" not in addon.index
+    tctx.master.commands.call("vault.reload")
+    assert "unit.new" in addon.index
+
+
+def test_vault_reload_of_a_bad_file_keeps_the_last_good_state(tctx: taddons.context, addon: VaultProxy, home: Path) -> None:
+    (home / "vault.enc").write_bytes(b"garbage")
+    with pytest.raises(exceptions.CommandError, match="reload failed, keeping the last good state: .* is not a vaultproxy vault"):
+        tctx.master.commands.call("vault.reload")
+    assert addon.index.get("unit.k") is not None
+
+
+def test_vault_status_lists_keys_sources_and_shadowing_never_values(tctx: taddons.context, addon: VaultProxy) -> None:
+    provider = Secret("shared", "sk_live_Zq9UnitAws", hosts=("*.example.com",), source="aws:production")
+    local = [Secret("shared", "sk_live_Zq9UnitShadowed", hosts=(HOST,)), Secret("bare", "sk_live_Zq9UnitBare")]
+    addon._use(Snapshot(SecretIndex([provider], local), signature=()))
+    lines = tctx.master.commands.call("vault.status")
+    assert lines == [
+        "shared\taws:production\t*.example.com",
+        "bare\tlocal\t(no hosts rule)",
+        "shared\tlocal\toverridden by duplicate key in aws:production",
+    ]
+    assert "sk_live" not in "\n".join(lines)
+
+
+# --- live reload ----------------------------------------------------------------------------
+
+
+def test_a_bad_file_is_reported_once_and_a_good_one_reloads(
+    tctx: taddons.context, addon: VaultProxy, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = (home / "vault.enc").read_bytes()
+    (home / "vault.enc").write_bytes(b"garbage")
+    run = tctx.master.event_loop.run_until_complete
+    with caplog.at_level(logging.WARNING, logger="vaultproxy.addon"):
+        run(addon.reload_if_changed())
+        run(addon.reload_if_changed())  # the same bad file: not read (and reported) again
+    assert [r.getMessage() for r in caplog.records].count(
+        f"vaultproxy: reload failed, keeping the last good state: {home / 'vault.enc'} is not a vaultproxy vault"
+    ) == 1
+    assert addon.index.get("unit.k") is not None
+    (home / "vault.enc").write_bytes(good)
+    Vault(home).set("unit.fixed", "sk_live_Zq9UnitFixed", hosts=[HOST])
+    run(addon.reload_if_changed())
+    assert "unit.fixed" in addon.index
+    assert "sk_live" not in caplog.text
+
+
+# --- hook guards ----------------------------------------------------------------------------
+
+
+def not_live(flow: http.HTTPFlow) -> None:
+    flow.live = False  # read from a file
+
+
+def replayed(flow: http.HTTPFlow) -> None:
+    flow.is_replay = "request"
+
+
+def answered(flow: http.HTTPFlow) -> None:
+    flow.response = tutils.tresp()  # by another addon
+
+
+@pytest.mark.parametrize("make", [not_live, replayed, answered])
+def test_flows_that_are_not_live_client_traffic_are_never_resolved(tctx: taddons.context, addon: VaultProxy, make) -> None:
+    flow = request_flow(x_key="<<vault:unit.k>>")
+    make(flow)
+    response = flow.response
+    addon.substitution.requestheaders(flow)
+    addon.substitution.request(flow)
+    assert flow.request.headers["x-key"] == "<<vault:unit.k>>"
+    assert flow.response is response
+
+
+def test_live_flow_is_resolved(tctx: taddons.context, addon: VaultProxy) -> None:
+    # The counterpart of the test above: the same flow, live, is resolved.
+    flow = request_flow(x_key="<<vault:unit.k>>")
+    addon.substitution.requestheaders(flow)
+    addon.substitution.request(flow)
+    assert flow.request.headers["x-key"] == VALUE
+
+
+# --- streaming decisions --------------------------------------------------------------------
+
+
+def test_chunked_request_is_streamed_from_its_headers(tctx: taddons.context, addon: VaultProxy) -> None:
+    tctx.configure(addon, stream_large_bodies="1k")
+    flow = request_flow(x_key="<<vault:unit.k>>", transfer_encoding="chunked")
+    addon.substitution.requestheaders(flow)
+    assert callable(flow.request.stream)
+    assert flow.request.headers["x-key"] == VALUE  # the head is resolved before it leaves
+
+
+def test_chunked_request_is_not_streamed_without_stream_large_bodies(tctx: taddons.context, addon: VaultProxy) -> None:
+    flow = request_flow(x_key="<<vault:unit.k>>", transfer_encoding="chunked")
+    addon.substitution.requestheaders(flow)
+    assert not flow.request.stream
+    assert flow.request.headers["x-key"] == "<<vault:unit.k>>"  # resolved later, in `request`
+
+
+def server(alpn: bytes | None, *, connected: bool) -> connection.Server:
+    conn = tflow.tserver_conn()
+    conn.alpn = alpn
+    conn.state = connection.ConnectionState.OPEN if connected else connection.ConnectionState.CLOSED
+    return conn
+
+
+@pytest.mark.parametrize(
+    ("http_version", "scheme", "upstream", "framing"),
+    [
+        ("HTTP/1.1", "https", server(None, connected=False), "chunked"),
+        ("HTTP/1.1", "https", server(b"h2", connected=True), "chunked"),  # HTTP/2 drops the header itself
+        ("HTTP/2.0", "http", server(None, connected=False), "chunked"),  # plain-text upstreams get HTTP/1
+        ("HTTP/2.0", "https", server(b"h2", connected=True), "frames"),
+        ("HTTP/2.0", "https", server(b"http/1.1", connected=True), "chunked"),
+        ("HTTP/2.0", "https", server(None, connected=False), None),  # not known before the body starts
+    ],
+)
+def test_streamed_framing_follows_the_upstreams_protocol(
+    http_version: str, scheme: str, upstream: connection.Server, framing: str | None
+) -> None:
+    request = tutils.treq(http_version=http_version.encode(), scheme=scheme.encode())
+    assert rewrite.streamed_framing(request, upstream) == framing
+
+
+@pytest.mark.parametrize(
+    ("framing", "content_length", "transfer_encoding"),
+    [("chunked", None, "chunked"), ("frames", None, None), (None, "7", None)],
+)
+def test_prepare_streamed_body_reframes_as_told(
+    framing: str | None, content_length: str | None, transfer_encoding: str | None
+) -> None:
+    request = tutils.treq()  # content-length: 7
+    rewrite.prepare_streamed_body(request, StreamSubstituter(Context.RAW, lambda key: None), framing)
+    assert request.headers.get("content-length") == content_length
+    assert request.headers.get("transfer-encoding") == transfer_encoding
+
+
+def test_streamed_chunks_are_never_empty() -> None:
+    # mitmproxy frames an empty chunk as "0\r\n\r\n", which would end a chunked body early.
+    request = tutils.treq()
+    rewrite.prepare_streamed_body(request, StreamSubstituter(Context.RAW, lambda key: VALUE), "chunked")
+    assert callable(request.stream)
+    pieces = [request.stream(chunk) for chunk in (b"a <<vau", b"lt:", b"unit.k", b">> b <<", b"")]
+    assert pieces == [[b"a "], [], [], [VALUE.encode() + b" b "], [b"<<"]]

@@ -1,0 +1,183 @@
+"""End to end: WebSocket messages through a real mitmdump with the vaultproxy addon.
+
+Client-to-server messages are resolved (JSON text messages with JSON escaping, other messages
+raw) over ws and wss; server-to-client messages are never touched; a message with a refused
+key is dropped while the connection lives on; and what mitmproxy records (the dumper's full
+output, a `-w` flow file, a HAR file) shows placeholders, never values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from mitmproxy import io
+from websockets.sync.server import ServerConnection, serve
+
+from tests.support.net import LOOPBACK
+from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.tls import TLSMaterial
+from vaultcore.vault import Vault
+
+TIMEOUT = 60
+VALUE = 'sk_live_Zq9Ws "quoted" \\ ✓'
+ELSEWHERE_VALUE = "sk_live_Zq9WsElsewhere"
+LEAK_TOKEN = "sk_live_Zq9Ws"  # a prefix of both values, kept by JSON escaping
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("vault-home")
+    vault = Vault(home)
+    vault.set("ws.k", VALUE, hosts=[LOOPBACK])
+    vault.set("ws.elsewhere", ELSEWHERE_VALUE, hosts=["elsewhere.example.org"])
+    return home
+
+
+def proxy_options(home: Path) -> dict[str, str | int]:
+    return {"vault_home": str(home), "flow_detail": 4}  # the dumper prints every message in full
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path) -> Iterator[MitmdumpProcess]:
+    process = MitmdumpProcess(tmp_path_factory.mktemp("websocket"), upstream_ca=tls_material.ca_cert, options=proxy_options(home))
+    with process:
+        yield process
+    assert LEAK_TOKEN not in process.output()
+    assert LEAK_TOKEN not in (home / "audit.log").read_text()
+
+
+class AckingUpstream:
+    """A WebSocket server (ws or wss) that greets each client with a message holding a
+    placeholder, records every message it receives and answers each with "ack N".
+
+    Unlike the harness's echo upstream it never sends a received value back, so mitmproxy's
+    records of the conversation must hold no value at all.
+    """
+
+    GREETING = "greeting <<vault:ws.k>>"
+
+    def __init__(self, tls: TLSMaterial | None = None) -> None:
+        self._ssl = tls.server_context() if tls is not None else None
+        self.received: list[str | bytes] = []
+        self.paths: list[str] = []
+        self._changed = threading.Condition()
+
+    def _handle(self, connection: ServerConnection) -> None:
+        assert connection.request is not None
+        self.paths.append(connection.request.path)
+        connection.send(self.GREETING)
+        for message in connection:
+            with self._changed:
+                self.received.append(message)
+                self._changed.notify_all()
+            connection.send(f"ack {len(self.received)}")
+
+    def wait_for(self, count: int) -> list[str | bytes]:
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.received) >= count, TIMEOUT), f"{len(self.received)} messages"
+            return list(self.received)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[str]:
+        """Serve on a free loopback port; yields the base URL (ws:// or wss://)."""
+        with serve(self._handle, LOOPBACK, 0, ssl=self._ssl) as server:
+            thread = threading.Thread(target=server.serve_forever, name="acking-upstream", daemon=True)
+            thread.start()
+            try:
+                yield f"{'wss' if self._ssl else 'ws'}://{LOOPBACK}:{server.socket.getsockname()[1]}"
+            finally:
+                server.shutdown()
+                thread.join()
+
+
+@pytest.fixture(params=["ws", "wss"])
+def upstream(request: pytest.FixtureRequest, tls_material: TLSMaterial) -> Iterator[tuple[AckingUpstream, str]]:
+    server = AckingUpstream(tls_material if request.param == "wss" else None)
+    with server.running() as url:
+        yield server, url
+
+
+def test_client_messages_are_resolved(proxy: MitmdumpProcess, upstream: tuple[AckingUpstream, str]) -> None:
+    server, url = upstream
+    with proxy.websocket(f"{url}/socket?auth=<<vault:ws.k>>") as connection:
+        connection.recv(TIMEOUT)
+        connection.send("token=<<vault:ws.k>>")
+        connection.send(b"binary:<<vault:ws.k>>")
+        assert server.wait_for(2) == [f"token={VALUE}", b"binary:" + VALUE.encode()]
+    # The handshake is an HTTP request like any other: its URL is resolved too.
+    assert server.paths == ["/socket?auth=" + quote(VALUE, safe="")]
+    proxy.wait_for_output("token=<<vault:ws.k>>")  # the dumper printed the message, as sent
+
+
+def test_json_text_message_gets_json_escaping(proxy: MitmdumpProcess, upstream: tuple[AckingUpstream, str]) -> None:
+    server, url = upstream
+    with proxy.websocket(f"{url}/json") as connection:
+        connection.send('{"auth": "<<vault:ws.k>>", "n": 1}')
+        (received,) = server.wait_for(1)
+    assert isinstance(received, str)
+    assert json.loads(received) == {"auth": VALUE, "n": 1}
+    assert r'\"quoted\" \\' in received  # escaped, not raw: the message is still valid JSON
+
+
+def test_server_messages_are_untouched(proxy: MitmdumpProcess, upstream: tuple[AckingUpstream, str]) -> None:
+    server, url = upstream
+    with proxy.websocket(f"{url}/greeting") as connection:
+        assert connection.recv(TIMEOUT) == AckingUpstream.GREETING
+        connection.send("reply <<vault:ws.k>>")  # while the client's own messages are resolved
+        assert server.wait_for(1) == [f"reply {VALUE}"]
+
+
+def test_message_with_refused_key_is_dropped_and_connection_kept(
+    proxy: MitmdumpProcess, upstream: tuple[AckingUpstream, str], home: Path
+) -> None:
+    server, url = upstream
+    with proxy.websocket(f"{url}/refused") as connection:
+        connection.recv(TIMEOUT)
+        connection.send("a <<vault:ws.elsewhere>>")
+        connection.send("b <<vault:no.such.key>>")
+        connection.send("c <<vault:ws.k>>")
+        # Messages keep their order on one connection: had a refused one gone through, the
+        # upstream would have received it first.
+        assert server.wait_for(1) == [f"c {VALUE}"]
+        assert connection.recv(TIMEOUT) == "ack 1"  # the connection still works both ways
+    output = proxy.output()
+    assert "vaultproxy: dropped a WebSocket message to 127.0.0.1: secret 'ws.elsewhere' is not allowed" in output
+    assert "vaultproxy: dropped a WebSocket message to 127.0.0.1: unknown key 'no.such.key'" in output
+    audit = [json.loads(line) for line in (home / "audit.log").read_text().splitlines()]
+    assert [(line["keys"], line["outcome"]) for line in audit if line["path"] == "/refused"][-3:] == [
+        (["ws.elsewhere"], "refused:host_not_allowed"),
+        (["no.such.key"], "refused:unknown_key"),
+        (["ws.k"], "resolved"),
+    ]
+
+
+@pytest.mark.parametrize("upstream", ["ws"], indirect=True)
+def test_saved_flows_show_placeholders_in_messages(
+    mitmdump: StartProxy, home: Path, tmp_path: Path, upstream: tuple[AckingUpstream, str]
+) -> None:
+    server, url = upstream
+    flows_path, har_path = tmp_path / "flows.mitm", tmp_path / "flows.har"
+    proxy = mitmdump(options={**proxy_options(home), "hardump": str(har_path)}, args=["-w", str(flows_path)])
+    sent = ["one <<vault:ws.k>>", '{"two": "<<vault:ws.k>>"}', "three <<vault:ws.elsewhere>>", "last <<vault:ws.k>>"]
+    with proxy.websocket(url + "/saved?auth=<<vault:ws.k>>") as connection:
+        for message in sent:
+            connection.send(message)
+        assert server.wait_for(3) == [f"one {VALUE}", json.dumps({"two": VALUE}, ensure_ascii=False), f"last {VALUE}"]
+    proxy.wait_for_output("WebSocket connection closed by client")
+    assert proxy.stop() == 0  # mitmdump writes the HAR file on exit
+
+    assert LEAK_TOKEN.encode() not in flows_path.read_bytes()
+    with flows_path.open("rb") as f:
+        (flow,) = [flow for flow in io.FlowReader(f).stream() if flow.websocket is not None]
+    assert flow.request.path == "/saved?auth=<<vault:ws.k>>"
+    client_messages = [(m.text, m.dropped) for m in flow.websocket.messages if m.from_client]
+    assert client_messages == [(sent[0], False), (sent[1], False), (sent[2], True), (sent[3], False)]
+    har_text = har_path.read_text()
+    assert LEAK_TOKEN not in har_text
+    assert "last <<vault:ws.k>>" in har_text  # the HAR file does hold the messages
