@@ -108,7 +108,7 @@ def progress_printer() -> Callable[[int, int], None] | None:
 
 
 def cmd_start(vault: Vault, args: argparse.Namespace) -> int:
-    extra = [a for a in args.mitmdump_args if a != "--"]
+    extra = args.mitmdump_args[1:] if args.mitmdump_args[:1] == ["--"] else args.mitmdump_args
     if not is_loopback(args.listen_host):
         print(
             f"vaultproxy: warning: listening on {args.listen_host}: anyone who can reach this address can use "

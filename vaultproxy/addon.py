@@ -117,6 +117,8 @@ class VaultProxy:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def done(self) -> None:
+        # Runs before save's `done`, which writes the flows still open: as placeholders.
+        self.flights.restore_all()
         if self._watcher:
             self._watcher.cancel()
         # On a script reload a new instance adds its own part: take this one out of the chain.

@@ -18,6 +18,7 @@ from vaultproxy.rewrite import Rewrite
 
 @dataclass
 class Original:
+    flow: http.HTTPFlow
     path: str | None = None
     fields: tuple[tuple[bytes, bytes], ...] | None = None
     raw_content: bytes | None = None
@@ -35,10 +36,15 @@ class Flights:
     def __len__(self) -> int:
         return len(self._requests) + len(self._messages)
 
+    def _original(self, flow: http.HTTPFlow) -> Original:
+        if flow.id not in self._requests:
+            self._requests[flow.id] = Original(flow)
+        return self._requests[flow.id]
+
     def remember(self, flow: http.HTTPFlow, rewrite: Rewrite, *, streamed_body: bool = False) -> None:
         """Keep the parts `rewrite` (or, for a streamed body, the re-framing) will change."""
         request = flow.request
-        original = self._requests.setdefault(flow.id, Original())
+        original = self._original(flow)
         if rewrite.path is not None and original.path is None:
             original.path = request.path
         if (rewrite.fields is not None or streamed_body) and original.fields is None:
@@ -48,10 +54,10 @@ class Flights:
         original.keys.extend(k for k in rewrite.keys if k not in original.keys)
 
     def track_stream(self, flow: http.HTTPFlow, substituter: StreamSubstituter) -> None:
-        self._requests.setdefault(flow.id, Original()).stream = substituter
+        self._original(flow).stream = substituter
 
     def add_refusal(self, flow: http.HTTPFlow, error: SubstitutionError) -> None:
-        self._requests.setdefault(flow.id, Original()).refusals.append(error)
+        self._original(flow).refusals.append(error)
 
     def stream_outcome(self, flow: http.HTTPFlow) -> tuple[list[str], list[SubstitutionError]]:
         """Keys a streamed request used (head and body) and the refusals in its body."""
@@ -79,6 +85,13 @@ class Flights:
             flow.request.raw_content = original.raw_content
         original.restored = True
 
+    def restore_all(self) -> None:
+        """At shutdown: flows still in flight are about to be saved as they are."""
+        for original in list(self._requests.values()):
+            self.restore(original.flow)
+        for flow_id in list(self._messages):
+            self._restore_messages(flow_id)
+
     def finish(self, flow: http.HTTPFlow) -> list[str]:
         """Restore and forget the flow; returns the keys it used (for response redaction)."""
         self.restore(flow)
@@ -91,5 +104,8 @@ class Flights:
     def restore_messages(self, flow: http.HTTPFlow) -> None:
         """Messages are sent right after the hook that substituted them; the next hook of the
         flow (a later message, the end, an error) puts their placeholders back."""
-        for message, content in self._messages.pop(flow.id, []):
+        self._restore_messages(flow.id)
+
+    def _restore_messages(self, flow_id: str) -> None:
+        for message, content in self._messages.pop(flow_id, []):
             message.content = content
