@@ -7,7 +7,7 @@ import base64
 import json
 import pickle
 import re
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlencode
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +18,7 @@ from vaultcore.placeholders import (
     MARKER,
     MARKER_STR,
     MAX_PLACEHOLDER_LEN,
+    PERCENT_CONTEXTS,
     Context,
     Reference,
     StreamSubstituter,
@@ -121,13 +122,22 @@ def test_unterminated_placeholder_is_literal_and_does_not_swallow_the_next_one()
         "%3C%3Cvault%3aa%3E%3E",
     ],
 )
-def test_percent_encoded_form_is_a_placeholder_in_urls_only(text: str) -> None:
+def test_percent_encoded_form_is_a_placeholder_in_urls_and_forms_only(text: str) -> None:
     url = "/p/" + text + "?q=1"
     assert find_references(url, Context.URL) == [Reference("a", None, 3, 3 + len(text))]
     assert substitute(url, Context.URL, lookup) == ("/p/S3CRET-alpha?q=1", ["a"])
     assert substitute(url.encode(), Context.URL, lookup) == (b"/p/S3CRET-alpha?q=1", ["a"])
-    for context in set(Context) - {Context.URL}:
+    form = "a=1&token=" + text
+    assert substitute(form, Context.FORM, lookup) == ("a=1&token=S3CRET-alpha", ["a"])
+    for context in set(Context) - PERCENT_CONTEXTS:
         assert substitute(url, context, lookup)[0] is url
+
+
+def test_form_encoded_placeholder_with_a_slash_in_its_key() -> None:
+    # what requests' data={"k": "<<vault:prod/db|base64>>"} sends
+    form = urlencode({"k": "<<vault:prod/db|raw>>"})
+    assert "%2F" in form
+    assert find_references(form, Context.FORM) == [Reference("prod/db", "raw", 2, len(form))]
 
 
 @pytest.mark.parametrize("sep", ["|", "%7C", "%7c"])
@@ -154,8 +164,9 @@ def test_key_re_validates_whole_names() -> None:
 def test_max_placeholder_len_covers_the_longest_form() -> None:
     key = "k" * 256
     longest_literal = f"<<vault:{key}|urlencode>>"
-    longest_percent = f"%3C%3Cvault%3A{key}%7Curlencode%3E%3E"
+    longest_percent = f"%3C%3Cvault%3A{'%2F' * 256}%7Curlencode%3E%3E"  # a key of 256 slashes, form-encoded
     assert find_references(longest_literal) and find_references(longest_percent, Context.URL)
+    assert find_references(longest_percent + "x", Context.FORM)[0].key == "/" * 256
     assert MAX_PLACEHOLDER_LEN == max(len(longest_literal), len(longest_percent))
     assert MARKER == MARKER_STR.encode()
 

@@ -220,6 +220,18 @@ def test_form_body_values_are_form_encoded(proxy: MitmdumpProcess, upstream: Rec
     assert_logged_without_values(proxy, "/form")
 
 
+def test_form_encoded_placeholders_from_a_form_encoder_resolve(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    # requests' data={...} (like a browser form) percent-encodes the placeholder itself
+    with proxy.requests_session() as session:
+        response = session.post(upstream.url + "/form-encoder", data={"user": "me", "pass": "<<vault:form.k>>"}, timeout=30)
+    assert response.status_code == 200
+    (received,) = upstream.wait_for(1)
+    assert b"%3Cvault" not in received.body
+    assert parse_qs(received.body.decode(), strict_parsing=True) == {"user": ["me"], "pass": [value("form.k")]}
+    assert_length_framed(received)
+    assert_logged_without_values(proxy, "/form-encoder")
+
+
 def test_multipart_body_values_are_raw(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
     prepared = requests.Request(
         "POST", upstream.url + "/multipart",

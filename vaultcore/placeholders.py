@@ -36,16 +36,18 @@ KEY_RE = re.compile(_KEY)
 
 # Named groups differ per form because `re` forbids duplicate names inside an alternation.
 _LITERAL = rf"<<vault:(?P<key>{_KEY})(?:\|(?P<filter>{_FILTER}))?>>"
-# Clients percent-encode the brackets in URLs (requests does), some also `:` and `|`;
-# the hex digits may be in either case, the word `vault` and the key may not.
+# Clients percent-encode the brackets in URLs (requests does), and form encoders (requests'
+# `data=`, browsers) also `:`, `|` and a key's `/`; the hex digits may be in either case,
+# the word `vault` and the rest of the key may not.
 _PCT_OPENER = r"%3[cC]%3[cC]vault"
+_PCT_KEY = rf"(?:[A-Za-z0-9_.\-/]|%2[fF]){{1,{_KEY_MAX}}}"
 _PERCENT = (
-    rf"{_PCT_OPENER}(?::|%3[aA])(?P<pkey>{_KEY})"
+    rf"{_PCT_OPENER}(?::|%3[aA])(?P<pkey>{_PCT_KEY})"
     rf"(?:(?:\||%7[cC])(?P<pfilter>{_FILTER}))?%3[eE]%3[eE]"
 )
 
 _LITERAL_MAX = len("<<vault:") + _KEY_MAX + len("|") + _FILTER_MAX + len(">>")
-_PERCENT_MAX = len("%3C%3Cvault%3A") + _KEY_MAX + len("%7C") + _FILTER_MAX + len("%3E%3E")
+_PERCENT_MAX = len("%3C%3Cvault%3A") + 3 * _KEY_MAX + len("%7C") + _FILTER_MAX + len("%3E%3E")
 MAX_PLACEHOLDER_LEN: int = max(_LITERAL_MAX, _PERCENT_MAX)
 
 
@@ -79,18 +81,22 @@ class Context(enum.Enum):
     RAW = "raw"  # as is
 
 
+# Contexts whose clients may percent-encode the placeholder itself.
+PERCENT_CONTEXTS = frozenset({Context.URL, Context.FORM})
+
+
 def _compile(pattern: str) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
     return re.compile(pattern), re.compile(pattern.encode("ascii"))
 
 
-# (is_bytes, is_url) -> pattern; URL contexts also accept the percent-encoded form.
+# (is_bytes, percent form accepted) -> pattern
 _LITERAL_RE = _compile(_LITERAL)
-_URL_RE = _compile(f"{_LITERAL}|{_PERCENT}")
+_ANY_FORM_RE = _compile(f"{_LITERAL}|{_PERCENT}")
 _FULL = {
     (False, False): _LITERAL_RE[0],
     (True, False): _LITERAL_RE[1],
-    (False, True): _URL_RE[0],
-    (True, True): _URL_RE[1],
+    (False, True): _ANY_FORM_RE[0],
+    (True, True): _ANY_FORM_RE[1],
 }
 _PCT_OPENER_RE = _compile(_PCT_OPENER)
 # Streams are bytes only.
@@ -110,8 +116,8 @@ def _matches(data: bytes | str, context: Context) -> Iterator[re.Match]:
     """The placeholders of `data`, left to right, like `finditer`. Outside URLs every one
     starts with the marker, and `find` (memchr-fast) skips to it: on large bodies that is
     over twice as fast as letting the regex engine scan."""
-    pattern = _FULL[isinstance(data, bytes), context is Context.URL]
-    if context is Context.URL:  # short, and the percent form needs the regex to find it
+    pattern = _FULL[isinstance(data, bytes), context in PERCENT_CONTEXTS]
+    if context in PERCENT_CONTEXTS:  # short, and the percent form needs the regex to find it
         yield from pattern.finditer(data)
         return
     marker = MARKER if isinstance(data, bytes) else MARKER_STR
@@ -131,10 +137,10 @@ def contains_placeholder(data: bytes | str, context: Context = Context.RAW) -> b
     if isinstance(data, bytes):
         if MARKER in data:
             return True
-        return context is Context.URL and b"%3" in data and _PCT_OPENER_RE[1].search(data) is not None
+        return context in PERCENT_CONTEXTS and b"%3" in data and _PCT_OPENER_RE[1].search(data) is not None
     if MARKER_STR in data:
         return True
-    return context is Context.URL and "%3" in data and _PCT_OPENER_RE[0].search(data) is not None
+    return context in PERCENT_CONTEXTS and "%3" in data and _PCT_OPENER_RE[0].search(data) is not None
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,8 @@ def _reference(match: re.Match) -> Reference:
     if isinstance(key, bytes):
         key = key.decode("ascii")
         flt = flt.decode("ascii") if flt is not None else None
+    if match["key"] is None:
+        key = key.replace("%2F", "/").replace("%2f", "/")
     return Reference(key, flt, match.start(), match.end())
 
 
@@ -323,7 +331,7 @@ class StreamSubstituter:
     def __init__(self, context: Context, lookup: Lookup) -> None:
         self._context = context
         self._resolver = _Resolver(context, lookup, as_str=False)
-        self._partial = _PARTIAL[context is Context.URL]
+        self._partial = _PARTIAL[context in PERCENT_CONTEXTS]
         self._pending = b""
 
     @property

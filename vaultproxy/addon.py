@@ -259,7 +259,7 @@ class Substitution:
         original_path = request.path
         try:
             body = None if streamed else rewrite.decoded_body(request)
-            if not (rewrite.head_has_placeholder(request) or (body is not None and MARKER in body) or stream_body):
+            if not (rewrite.head_has_placeholder(request) or rewrite.body_has_placeholder(request, body) or stream_body):
                 return
             lookup = guard.lookup_for(
                 request, proxy.index,

@@ -81,6 +81,11 @@ def decoded_body(request: http.Request) -> bytes | None:
         return None
 
 
+def body_has_placeholder(request: http.Request, body: bytes | None) -> bool:
+    """One substring check (form bodies: also the percent-encoded form a form encoder makes)."""
+    return body is not None and contains_placeholder(body, body_context(request.headers.get("content-type", "")))
+
+
 def rewrite_request(request: http.Request, lookup: Lookup, body: bytes | None) -> Rewrite:
     """Resolve the URL (path and query), every header value and `body` (the decoded body,
     None when it is streamed or absent)."""
@@ -98,7 +103,7 @@ def rewrite_request(request: http.Request, lookup: Lookup, body: bytes | None) -
                 rewrite._add(keys)
             fields.append((name, value))
         rewrite.fields = tuple(fields)
-    if body is not None and MARKER in body:
+    if body_has_placeholder(request, body):
         new, keys = substitute(body, body_context(request.headers.get("content-type", "")), lookup)
         if keys:
             rewrite.content = new
