@@ -18,8 +18,9 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -201,33 +202,43 @@ class VaultProxy:
 
     def response(self, flow: http.HTTPFlow) -> None:
         keys = self.flights.finish(flow)
-        if keys and ctx.options.vault_redact_responses and flow.response and not flow.response.stream:
-            self._redact(flow.response, keys)
+        if flow.websocket is not None:
+            self.flights.add_websocket_keys(flow, keys)  # the handshake's values may come back in messages
+        elif keys and ctx.options.vault_redact_responses and flow.response and not flow.response.stream:
+            content = flow.response.get_content(strict=False)
+            if content and (redacted := self.redact(content, keys)) != content:
+                flow.response.content = redacted
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.flights.finish(flow)
-        self.flights.restore_messages(flow)
+        self.flights.end_websocket(flow)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         self.flights.restore_messages(flow)
+        assert flow.websocket is not None
+        message = flow.websocket.messages[-1]
+        keys = self.flights.websocket_keys(flow)
+        if keys and not message.from_client and ctx.options.vault_redact_responses:
+            message.content = self.redact(message.content, keys)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        self.flights.restore_messages(flow)
+        self.flights.end_websocket(flow)
 
-    def _redact(self, response: http.Response, keys: list[str]) -> None:
-        """Replace injected values that a response echoes with their placeholders."""
-        content = response.get_content(strict=False)
-        if not content:
-            return
-        redacted = content
+    def redact(self, content: bytes, keys: Iterable[str]) -> bytes:
+        """`content` with every injected value it echoes (as sent, or JSON- or
+        percent-escaped) shown as its placeholder."""
         for key in keys:
             secret = self.index.get(key)
             if secret is None:
                 continue
-            value = secret.value.encode() if isinstance(secret.value, str) else secret.value
-            redacted = redacted.replace(value, b"<<vault:" + key.encode() + b">>")
-        if redacted != content:
-            response.content = redacted
+            placeholder = f"<<vault:{key}>>".encode()
+            value = secret.value if isinstance(secret.value, bytes) else secret.value.encode()
+            forms = {value}
+            if isinstance(secret.value, str):
+                forms |= {json.dumps(secret.value, ensure_ascii=False)[1:-1].encode(), quote(secret.value, safe="").encode()}
+            for form in sorted(forms, key=len, reverse=True):
+                content = content.replace(form, placeholder)
+        return content
 
 
 class Substitution:
@@ -331,6 +342,6 @@ class Substitution:
             message.drop()
             return
         if keys:
-            proxy.flights.remember_message(flow, message)
+            proxy.flights.remember_message(flow, message, keys)
             proxy.audit.record(flow.request, flow.request.path, keys, "resolved")
             message.content = content

@@ -32,6 +32,7 @@ class Flights:
     def __init__(self) -> None:
         self._requests: dict[str, Original] = {}
         self._messages: dict[str, list[tuple[websocket.WebSocketMessage, bytes]]] = {}
+        self._websocket_keys: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._requests) + len(self._messages)
@@ -98,8 +99,21 @@ class Flights:
         original = self._requests.pop(flow.id, None)
         return original.keys if original else []
 
-    def remember_message(self, flow: http.HTTPFlow, message: websocket.WebSocketMessage) -> None:
+    def remember_message(self, flow: http.HTTPFlow, message: websocket.WebSocketMessage, keys: list[str]) -> None:
         self._messages.setdefault(flow.id, []).append((message, message.content))
+        self.add_websocket_keys(flow, keys)
+
+    def add_websocket_keys(self, flow: http.HTTPFlow, keys: list[str]) -> None:
+        if keys:
+            self._websocket_keys.setdefault(flow.id, set()).update(keys)
+
+    def websocket_keys(self, flow: http.HTTPFlow) -> set[str]:
+        """Keys injected into this WebSocket so far (its handshake and its messages)."""
+        return self._websocket_keys.get(flow.id, set())
+
+    def end_websocket(self, flow: http.HTTPFlow) -> None:
+        self._restore_messages(flow.id)
+        self._websocket_keys.pop(flow.id, None)
 
     def restore_messages(self, flow: http.HTTPFlow) -> None:
         """Messages are sent right after the hook that substituted them; the next hook of the
