@@ -30,7 +30,7 @@ from vaultcore import placeholders
 from vaultcore.index import LOCAL_SOURCE, Destination, Secret, SecretIndex
 from vaultcore.placeholders import KEY_RE, Context
 from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, SecretMapping
-from vaultcore.providers.base import FetchResult, Identity, ProviderError, StaticCredentials
+from vaultcore.providers.base import FetchResult, Identity, ProviderError, StaticCredentials, provider_for
 from vaultcore.store import State, Store, VaultError
 
 MAX_VALUE_BYTES = 1024 * 1024
@@ -311,7 +311,7 @@ class Vault:
 
     def test_config(self, name: str | None = None) -> Identity:
         config = self.config(name)
-        return _aws().test_connection(config, self.credentials(config.name))
+        return provider_for(config).test_connection(config, self.credentials(config.name))
 
     def add_secret(self, mapping: SecretMapping, config_name: str | None = None) -> ProviderConfig:
         config = self.config(config_name).with_secret(mapping)
@@ -352,7 +352,7 @@ class Vault:
         if not mappings:
             return {}
         try:
-            results = _aws().fetch(config, mappings, self.credentials(config.name), use_batch=use_batch, progress=progress)
+            results = provider_for(config).fetch(config, mappings, self.credentials(config.name), use_batch=use_batch, progress=progress)
         except ProviderError as e:
             results = {m.alias: FetchResult(m.alias, None, error=str(e), error_code=e.code) for m in mappings}
         results = {alias: _checked(config.mapping(alias), result) for alias, result in results.items()}
@@ -494,10 +494,3 @@ def abbreviated(names: list[str], limit: int = 5) -> str:
     """Names for a one-line message: hundreds of secrets can fail together."""
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
-
-def _aws() -> Any:
-    """The AWS provider module, imported on first use: boto3 takes longer to import than
-    the rest of a CLI command takes to run."""
-    from vaultcore.providers import aws
-
-    return aws

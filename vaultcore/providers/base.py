@@ -1,4 +1,5 @@
-"""What a provider hands back and what the vault hands in: plain data, no SDK.
+"""The provider interface: what the vault hands a provider, what it hands back, and how a
+configuration finds its provider. Plain data, no SDK.
 
 Kept apart from `aws.py` so that the CLI and the proxy load boto3 only when they actually
 talk to AWS (importing it is most of a CLI command's start-up time).
@@ -6,8 +7,16 @@ talk to AWS (importing it is most of a CLI command's start-up time).
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from vaultcore.profiles import ProviderConfig, SecretMapping
+
+# configuration `provider:` -> the module that implements Provider for it
+PROVIDER_MODULES = {"aws": "vaultcore.providers.aws"}
 
 
 @dataclass(frozen=True)
@@ -56,3 +65,27 @@ class ProviderError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+class Provider(Protocol):
+    """What a secrets provider module offers the vault (`aws.py` is the one there is)."""
+
+    def test_connection(self, config: ProviderConfig, credentials: StaticCredentials | None) -> Identity: ...
+
+    def fetch(
+        self,
+        config: ProviderConfig,
+        mappings: Sequence[SecretMapping],
+        credentials: StaticCredentials | None,
+        *,
+        use_batch: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, FetchResult]: ...
+
+
+def provider_for(config: ProviderConfig) -> Provider:
+    """The provider module of a configuration, imported on first use."""
+    if config.provider not in PROVIDER_MODULES:
+        raise ProviderError("unknown_provider", f"configuration {config.name}: unknown provider {config.provider!r}")
+    module: Provider = importlib.import_module(PROVIDER_MODULES[config.provider])  # type: ignore[assignment]
+    return module
