@@ -1,0 +1,379 @@
+"""1. Proxy throughput and latency: what vaultproxy adds to a small HTTP/1.1 request.
+
+Five configurations, sampled in alternation through real mitmdump processes, with a load
+generator (wrk, or bench/loadgen.py) in its own process on the other CPU and the fast
+upstream of bench/upstream.py:
+
+    a  plain mitmdump
+    b  mitmdump + vaultproxy, a request without placeholders
+    c  mitmdump + vaultproxy, three header placeholders
+    d  plain mitmdump whose own modify_headers sets the same three headers
+    e  plain mitmdump + bench/null_addon.py (vaultproxy's hooks, doing nothing): what any
+       addon shaped like vaultproxy costs, the floor under b
+
+b and c share one mitmdump process. Before measuring, one request per configuration goes
+to the upstream's /echo, and the bench stops unless the headers arrived as intended. When a
+target is missed, mitmdump + vaultproxy is profiled under c's load (bench/profiled_mitmdump.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import hooks
+from bench.common import (
+    REPO, Child, CpuPlan, Target, alternate, bench_helper, median, paired_ratio, pinned_to, sched_seconds, table,
+)
+from bench.profiled_mitmdump import START_SIGNAL, STOP_SIGNAL
+from tests.support.env import child_env
+from tests.support.net import LOOPBACK, free_port, is_listening, wait_until
+from vaultcore.proxyenv import mitmdump_argv
+from vaultcore.vault import Vault
+
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+LUA_SCRIPT = Path(__file__).with_name("proxy.lua")
+NULL_ADDON = Path(__file__).with_name("null_addon.py")
+PROJECT_PACKAGES = ("vaultproxy", "vaultcore")
+PROFILE_LINES = 25
+START_ATTEMPTS = 3
+# Fake values: distinctive, so the /echo check proves they arrived, and not secrets.
+HEADER_VALUES = {f"bench.header{i}": f"bench-header-value-{i}-not-a-secret" for i in (1, 2, 3)}
+PLACEHOLDER_HEADERS = {f"X-Key-{i}": f"<<vault:bench.header{i}>>" for i in (1, 2, 3)}
+
+
+@dataclass(frozen=True)
+class Config:
+    label: str
+    process: str  # which mitmdump serves it
+    placeholders: bool  # whether the request carries the three placeholder headers
+
+
+CONFIGS = {
+    "a": Config("plain mitmdump", "plain", False),
+    "b": Config("mitmdump + vaultproxy, no placeholders", "addon", False),
+    "c": Config("mitmdump + vaultproxy, 3 header placeholders", "addon", True),
+    "d": Config("plain mitmdump + modify_headers (3 headers)", "modify", True),
+    "e": Config("plain mitmdump + empty addon with vaultproxy's hooks", "null", False),
+}
+HOOK_LABELS = {
+    "b": "vaultproxy, no placeholders",
+    "c": "vaultproxy, 3 header placeholders (audit log on, the default)",
+    "d": "mitmproxy ModifyHeaders, 3 headers",
+}
+
+
+def start_mitmdump(
+    workdir: Path,
+    *,
+    vault_home: Path | None = None,
+    extra: Sequence[str] = (),
+    cpus: frozenset[int] | None = None,
+    launcher: Sequence[str] | None = None,
+) -> Child:
+    """mitmdump as users run it (with the addon: `vaultcore.proxyenv.mitmdump_argv`), quiet
+    and with its own confdir, alike for every configuration. Returns it started.
+    `launcher` replaces the mitmdump executable (bench/profiled_mitmdump.py)."""
+    options = ["-q", "--set", f"confdir={workdir / 'confdir'}", *extra]
+    for attempt in range(START_ATTEMPTS):
+        port = free_port()  # another process may take it first: then try another
+        if vault_home is not None:
+            argv = mitmdump_argv(vault_home, LOOPBACK, port, options)
+        else:
+            argv = [str(MITMDUMP), "--listen-host", LOOPBACK, "--listen-port", str(port), *options]
+        if launcher is not None:
+            argv = [*launcher, *argv[1:]]
+        child = Child(argv, workdir / "mitmdump.log", cpus=cpus, home=workdir / "home", ready=lambda pid, port=port: is_listening(pid, port))
+        try:
+            child.start()
+        except RuntimeError:
+            if attempt == START_ATTEMPTS - 1:
+                raise
+            continue
+        child.port = port
+        return child
+    raise AssertionError("unreachable")
+
+
+def header_vault(home: Path) -> Path:
+    """A vault with the three header secrets, bound to the loopback upstream."""
+    vault = Vault(home)
+    for key, value in HEADER_VALUES.items():
+        vault.set(key, value, hosts=[LOOPBACK])
+    return home
+
+
+def modify_headers_specs() -> list[str]:
+    """mitmproxy's own equivalent: `/~q/NAME/VALUE` sets the header on requests."""
+    return [f"/~q/{name}/{value}" for name, value in zip(PLACEHOLDER_HEADERS, HEADER_VALUES.values())]
+
+
+def modify_headers_options() -> list[str]:
+    return [arg for spec in modify_headers_specs() for arg in ("--set", f"modify_headers={spec}")]
+
+
+def request_headers(config: Config) -> dict[str, str]:
+    return dict(PLACEHOLDER_HEADERS) if config.placeholders else {}
+
+
+def raw_request(upstream_port: int, path: str, headers: Mapping[str, str], *, close: bool = False) -> bytes:
+    """The absolute-form request a proxied client sends; the same bytes wrk sends."""
+    lines = [f"GET http://{LOOPBACK}:{upstream_port}{path} HTTP/1.1", f"Host: {LOOPBACK}:{upstream_port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def echoed_head(proxy_port: int, upstream_port: int, headers: Mapping[str, str]) -> bytes:
+    """What the upstream received for one request through the proxy (its /echo route)."""
+    with socket.create_connection((LOOPBACK, proxy_port), timeout=30) as sock:
+        sock.sendall(raw_request(upstream_port, "/echo", headers, close=True))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, _, body = answer.partition(b"\r\n\r\n")
+    if not status.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"the proxy answered {status.splitlines()[0]!r}, not 200: its log says why")
+    return body
+
+
+def check_configuration(name: str, config: Config, proxy_port: int, upstream_port: int) -> None:
+    """Stop the bench unless configuration `name` sends what it claims to."""
+    head = echoed_head(proxy_port, upstream_port, request_headers(config)).lower()
+    expected = [f"{h}: {v}".lower().encode() for h, v in zip(PLACEHOLDER_HEADERS, HEADER_VALUES.values())]
+    substituted = all(line in head for line in expected) and b"<<vault:" not in head
+    absent = not any(h.lower().encode() in head for h in PLACEHOLDER_HEADERS)
+    if not (substituted if config.placeholders else absent):
+        raise RuntimeError(f"configuration {name} ({config.label}) did not send the expected headers upstream")
+
+
+def load_command(loadgen: str, proxy_port: int, upstream_port: int, headers: Mapping[str, str], connections: int, seconds: float) -> tuple[list[str], dict[str, str]]:
+    if loadgen == "wrk":
+        env = {
+            "BENCH_TARGET": f"http://{LOOPBACK}:{upstream_port}/",
+            "BENCH_HOST": f"{LOOPBACK}:{upstream_port}",
+            "BENCH_HEADERS": "\n".join(f"{h}: {v}" for h, v in headers.items()),
+        }
+        argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(LUA_SCRIPT), f"http://{LOOPBACK}:{proxy_port}/"]
+        return argv, env
+    request = raw_request(upstream_port, "/", headers)
+    return [*bench_helper("loadgen"), str(proxy_port), str(connections), str(seconds), request.hex()], {}
+
+
+def run_load(loadgen: str, plan: CpuPlan, proxy: Child, upstream_port: int, headers: Mapping[str, str], connections: int, seconds: float) -> dict[str, Any]:
+    """One load run: requests per second, p50 and p99 latency (ms), errors; the proxy's CPU
+    time per request (µs), and the shares of the run it was busy and waiting for a CPU."""
+    argv, env = load_command(loadgen, proxy.port, upstream_port, headers, connections, seconds)
+    cpu_before, wait_before = sched_seconds(proxy.pid)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 120, env=child_env(env), cwd=REPO, preexec_fn=pinned_to(plan.client),
+    )
+    cpu_after, wait_after = sched_seconds(proxy.pid)
+    line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"{argv[0]} failed (status {done.returncode}): {done.stderr.strip()[-2000:]}")
+    result = json.loads(line.removeprefix("BENCH_RESULT "))
+    requests, duration = result["requests"], result["duration_us"] / 1e6
+    return {
+        "rps": requests / duration,
+        "p50_ms": result["p50_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000,
+        "cpu_us_per_request": (cpu_after - cpu_before) / requests * 1e6 if requests else float("nan"),
+        "busy": (cpu_after - cpu_before) / duration,
+        "cpu_wait": (wait_after - wait_before) / duration,
+        "requests": requests,
+        "errors": sum(result["errors"].values()),
+    }
+
+
+def choose_loadgen(requested: str) -> str:
+    if requested == "auto":
+        return "wrk" if shutil.which("wrk") else "python"
+    if requested == "wrk" and not shutil.which("wrk"):
+        raise RuntimeError("wrk is not installed (apt-get install wrk), use --loadgen python")
+    return requested
+
+
+def start_processes(stack: contextlib.ExitStack, workdir: Path, home: Path, plan: CpuPlan) -> dict[str, Child]:
+    options: dict[str, dict[str, Any]] = {
+        "plain": {},
+        "addon": {"vault_home": home},
+        "modify": {"extra": modify_headers_options()},
+        "null": {"extra": ["-s", str(NULL_ADDON)]},
+    }
+    processes: dict[str, Child] = {}
+    for process, kwargs in options.items():
+        processes[process] = stack.enter_context(start_mitmdump(workdir / process, cpus=plan.proxy, **kwargs))
+    return processes
+
+
+def addon_profile(workdir: Path, home: Path, upstream_port: int, plan: CpuPlan, loadgen: str, connections: int, seconds: float) -> dict[str, Any]:
+    """Where mitmdump + vaultproxy spends its time under configuration c's load: the share
+    of the event loop's busy time (not waiting in select) inside vaultproxy/vaultcore, and
+    per function of ours."""
+    session_file = workdir / "session.json"
+    with contextlib.ExitStack() as stack:
+        proxy = stack.enter_context(start_mitmdump(workdir, vault_home=home, cpus=plan.proxy, launcher=[*bench_helper("profiled_mitmdump"), str(session_file)]))
+        run_load(loadgen, plan, proxy, upstream_port, PLACEHOLDER_HEADERS, connections, 1.0)  # warm-up
+        os.kill(proxy.pid, START_SIGNAL)
+        run_load(loadgen, plan, proxy, upstream_port, PLACEHOLDER_HEADERS, connections, seconds)
+        os.kill(proxy.pid, STOP_SIGNAL)
+        wait_until(session_file.exists, 60, "the profile to be written")
+    from pyinstrument.session import Session
+
+    root = Session.load(str(session_file)).root_frame()
+    if root is None:
+        raise RuntimeError("the profile recorded no samples")
+    busy = root.time - idle_time(root)
+    ranked = sorted(project_functions(root).items(), key=lambda item: -item[1])[:PROFILE_LINES]
+    return {
+        "seconds": seconds,
+        "busy_share": busy / root.time,
+        "project_share": sum(t for _, t in outermost_project_frames(root)) / busy,
+        "functions": [{"function": name, "share": t / busy} for name, t in ranked],
+    }
+
+
+def idle_time(frame: Any) -> float:
+    """Time the event loop spent waiting for I/O (in the selector), not working."""
+    if frame.function == "select" and (frame.file_path or "").endswith("selectors.py"):
+        return frame.time
+    return sum(idle_time(child) for child in frame.children)
+
+
+def is_project(frame: Any) -> bool:
+    return any(f"/{part}/" in (frame.file_path or "") for part in PROJECT_PACKAGES)
+
+
+def outermost_project_frames(frame: Any) -> list[tuple[Any, float]]:
+    if frame is None:
+        return []
+    if is_project(frame):
+        return [(frame, frame.time)]
+    return [found for child in frame.children for found in outermost_project_frames(child)]
+
+
+def project_functions(root: Any) -> dict[str, float]:
+    """Inclusive time of each vaultproxy/vaultcore function, summed over every call path
+    (a function under itself counted once)."""
+    times: dict[str, float] = {}
+
+    def walk(frame: Any, path: frozenset[str]) -> None:
+        if is_project(frame):
+            name = f"{frame.class_name + '.' if frame.class_name else ''}{frame.function}  {frame.file_path_short}:{frame.line_no}"
+            if name not in path:
+                times[name] = times.get(name, 0.0) + frame.time
+                path = path | {name}
+        for child in frame.children:
+            walk(child, path)
+
+    walk(root, frozenset())
+    return times
+
+
+def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict[str, Any], str, list[Target]]:
+    loadgen = choose_loadgen(settings["loadgen"])
+    connections, seconds = settings["connections"], settings["seconds"]
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(Child(bench_helper("upstream"), workdir / "upstream.log", cpus=plan.client, announces_port=True))
+        home = header_vault(workdir / "vault")
+        processes = start_processes(stack, workdir, home, plan)
+        for name, config in CONFIGS.items():
+            check_configuration(name, config, processes[config.process].port, upstream.port)
+
+        def measure(name: str, duration: float = seconds) -> dict[str, Any]:
+            config = CONFIGS[name]
+            return run_load(loadgen, plan, processes[config.process], upstream.port, request_headers(config), connections, duration)
+
+        for name in CONFIGS:  # warm-up, not recorded
+            measure(name, settings["warmup_seconds"])
+        samples = alternate(list(CONFIGS), settings["rounds"], measure)
+        if not all(p.alive() for p in processes.values()):
+            raise RuntimeError(f"a mitmdump exited during the run: see the logs in {workdir}")
+        summary = summarize(samples)
+        c_over_d = paired_ratio([s["rps"] for s in samples["c"]], [s["rps"] for s in samples["d"]])
+        c_over_d_cpu = paired_ratio([s["cpu_us_per_request"] for s in samples["d"]], [s["cpu_us_per_request"] for s in samples["c"]])
+        targets = [
+            Target("proxy: b/a req/s (addon, no placeholders)", f"{summary['b']['ratio']:.3f} (CPU: {summary['b']['cpu_ratio']:.3f})", ">= 0.97", summary["b"]["ratio"] >= 0.97),
+            Target("proxy: c/a req/s (3 header placeholders)", f"{summary['c']['ratio']:.3f} (CPU: {summary['c']['cpu_ratio']:.3f})", ">= 0.95", summary["c"]["ratio"] >= 0.95),
+            Target("proxy: c/d req/s (vs modify_headers)", f"{c_over_d:.3f} (CPU: {c_over_d_cpu:.3f})", ">= 1.0", c_over_d >= 1.0),
+        ]
+        in_process = hooks.run(home, f"{LOOPBACK}:{upstream.port}", PLACEHOLDER_HEADERS, modify_headers_specs(), settings["hook_rounds"])
+        profile = None
+        if not all(t.met for t in targets) and importlib.util.find_spec("pyinstrument"):
+            profile = addon_profile(workdir / "profile", home, upstream.port, plan, loadgen, connections, settings["profile_seconds"])
+
+    rows = [
+        (name, CONFIGS[name].label, f"{s['rps']:.0f}", f"{s['ratio']:.3f}", f"{s['ratio_min']:.2f}-{s['ratio_max']:.2f}",
+         f"{s['cpu_us']:.0f}", f"{s['cpu_ratio']:.3f}", f"{s['busy']:.0%}", f"{s['cpu_wait']:.0%}",
+         f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", s["errors"])
+        for name, s in summary.items()
+    ]
+    markdown = (
+        "### 1. Proxy throughput and latency\n\n"
+        f"{loadgen}, {connections} keep-alive connections, {settings['rounds']} rounds of {seconds:g} s per configuration "
+        f"({'/'.join(CONFIGS)} alternating), {plan.describe()}. Medians over rounds; \"vs a\" = median of the per-round "
+        "ratios (range: lowest-highest round); \"CPU vs a\" = a's mitmdump CPU time per request over this one's, "
+        "the same comparison in CPU time, which other load on the machine disturbs far less; \"busy\" = mitmdump's "
+        "CPU time over wall time (near 100%: the proxy is the bottleneck), \"CPU wait\" = time it was runnable but "
+        "waiting for its CPU (other work on the machine).\n\n"
+        + table(("", "configuration", "req/s", "vs a", "range", "CPU µs/req", "CPU vs a", "busy", "CPU wait", "p50 ms", "p99 ms", "errors"), rows)
+        + f"\n\nc / d (vaultproxy vs mitmproxy's own modify_headers): {c_over_d:.3f} in req/s, {c_over_d_cpu:.3f} in CPU time per request."
+        + "\n\nThe hooks alone, in process (bench/hooks.py: real flows in mitmproxy's addon test context, no network; "
+        f"{in_process['cycles_per_sample']} requests per sample, {settings['hook_rounds']} samples alternating, medians), "
+        "beside plain mitmdump's whole CPU time per request (a):\n\n"
+        + table(("", "hooks", "µs per request", "share of a's CPU µs/req"), [
+            (name, label, f"{in_process['median_us'][name]:.1f}", f"{in_process['median_us'][name] / summary['a']['cpu_us']:.1%}")
+            for name, label in HOOK_LABELS.items()
+        ])
+    )
+    if profile is not None:
+        listing = "\n".join(f"{f['share']:6.1%}  {f['function']}" for f in profile["functions"])
+        markdown += (
+            f"\n\nProfile (a target was missed): mitmdump + vaultproxy under configuration c's load for {profile['seconds']:g} s, "
+            f"sampled by pyinstrument. The event loop was busy {profile['busy_share']:.0%} of the time; "
+            f"{profile['project_share']:.1%} of that busy time is inside vaultproxy/vaultcore (the rest is mitmproxy, "
+            "including its dispatch of the addon's hooks). Our functions, time including callees, as a share of the "
+            f"busy time:\n\n```\n{listing}\n```"
+        )
+    results = {
+        "loadgen": loadgen, "connections": connections, "seconds": seconds, "rounds": settings["rounds"],
+        "pinning": plan.describe(), "configs": {n: c.label for n, c in CONFIGS.items()},
+        "samples": samples, "summary": summary, "c_over_d": c_over_d, "c_over_d_cpu": c_over_d_cpu,
+        "hooks_in_process": in_process, "profile": profile,
+    }
+    return results, markdown, targets
+
+
+def summarize(samples: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    base_rps = [s["rps"] for s in samples["a"]]
+    base_cpu = [s["cpu_us_per_request"] for s in samples["a"]]
+    summary = {}
+    for name, runs in samples.items():
+        rps = [s["rps"] for s in runs]
+        per_round = [x / a for x, a in zip(rps, base_rps)]
+        summary[name] = {
+            "rps": median(rps),
+            "ratio": paired_ratio(rps, base_rps),
+            "ratio_min": min(per_round),
+            "ratio_max": max(per_round),
+            "cpu_us": median([s["cpu_us_per_request"] for s in runs]),
+            "cpu_ratio": paired_ratio(base_cpu, [s["cpu_us_per_request"] for s in runs]),
+            "busy": median([s["busy"] for s in runs]),
+            "cpu_wait": median([s["cpu_wait"] for s in runs]),
+            "p50_ms": median([s["p50_ms"] for s in runs]),
+            "p99_ms": median([s["p99_ms"] for s in runs]),
+            "errors": sum(s["errors"] for s in runs),
+        }
+    return summary
