@@ -7,6 +7,7 @@ Every refusal is a `SubstitutionError` whose code tells the proxy 403 (policy) o
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Destination:
     origin: str | None = None
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
     host = host.strip("[]").rstrip(".").lower()
     if host == "localhost" or host.endswith(".localhost"):

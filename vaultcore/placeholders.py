@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import enum
 import fnmatch
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -259,17 +260,19 @@ class _Resolver:
         self._context = context
         self._lookup = lookup
         self._as_str = as_str
-        self._rendered: dict[tuple[str, str | None], bytes | str | None] = {}
+        # placeholder text -> (key, rendering): a repeated placeholder is neither parsed nor
+        # looked up again (bodies may hold thousands of the same one)
+        self._rendered: dict[bytes | str, tuple[str, bytes | str | None]] = {}
         self.keys_used: dict[str, None] = {}  # an ordered set
 
     def render(self, match: re.Match) -> bytes | str | None:
-        ref = _reference(match)
-        slot = (ref.key, ref.filter)
-        if slot not in self._rendered:
-            self._rendered[slot] = self._encode(ref)
-        out = self._rendered[slot]
+        text = match.group(0)
+        if text not in self._rendered:
+            ref = _reference(match)
+            self._rendered[text] = (ref.key, self._encode(ref))
+        key, out = self._rendered[text]
         if out is not None:
-            self.keys_used[ref.key] = None
+            self.keys_used[key] = None
         return out
 
     def _encode(self, ref: Reference) -> bytes | str | None:
@@ -417,6 +420,12 @@ def host_matches(host: str, patterns: Iterable[str]) -> bool:
     Case-insensitive fnmatch: "*.example.com" matches a.example.com and a.b.example.com but
     not example.com; "*" matches any host. IPv6 with or without brackets; a trailing dot is
     ignored. An empty host or no patterns never match."""
+    return _host_matches(host, tuple(patterns))
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_matches(host: str, patterns: tuple[str, ...]) -> bool:
+    """Cached: the proxy asks the same few (host, hosts rule) questions on every request."""
     host = _normalize_host(host)
     if not host:
         return False

@@ -110,6 +110,7 @@ class VaultProxy:
             logger.info(f"vaultproxy: {len(snapshot.index)} keys from {home}")
         if "vault_audit_log" in updated or "vault_home" in updated or self.audit.path is None:
             setting = ctx.options.vault_audit_log
+            self.audit.close()
             self.audit = AuditLog(None if setting == "off" else Path(setting).expanduser() if setting else self.vault.home / "audit.log")
 
     def running(self) -> None:
@@ -120,6 +121,7 @@ class VaultProxy:
     def done(self) -> None:
         # Runs before save's `done`, which writes the flows still open: as placeholders.
         self.flights.restore_all()
+        self.audit.close()
         if self._watcher:
             self._watcher.cancel()
         # On a script reload a new instance adds its own part: take this one out of the chain.

@@ -6,11 +6,13 @@ It records what happened and never a value: time, method, host, the path without
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 
 from mitmproxy import http
 
@@ -18,8 +20,12 @@ logger = logging.getLogger(__name__)
 
 
 class AuditLog:
+    """Appends to `path`, kept open between requests (opening the file per request was a
+    sixth of the addon's per-request cost)."""
+
     def __init__(self, path: Path | None):
         self.path = path
+        self._file: TextIO | None = None
 
     def record(self, request: http.Request, path: str, keys: list[str], outcome: str) -> None:
         """`path` is the request's path as the client sent it (placeholders, not values)."""
@@ -34,8 +40,17 @@ class AuditLog:
             "outcome": outcome,
         }
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a") as f:
-                f.write(json.dumps(line) + "\n")
+            if self._file is None:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._file = os.fdopen(fd, "a", encoding="utf-8")
+            self._file.write(json.dumps(line) + "\n")
+            self._file.flush()
         except OSError as e:
+            self.close()
             logger.warning(f"vaultproxy: cannot write the audit log {self.path}: {e.strerror}")
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
