@@ -1,4 +1,5 @@
-"""Shared fixtures: loopback upstreams, TLS material, mitmdump processes, a moto server.
+"""Shared fixtures: loopback upstreams, TLS material, mitmdump and `vaultproxy start`
+processes, a moto server and a count of the Secrets Manager operations made.
 
 Every server is started by its fixture and stopped at teardown; nothing leaves 127.0.0.1.
 """
@@ -6,14 +7,16 @@ Every server is started by its fixture and stopped at teardown; nothing leaves 1
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
+from tests.support.cli import StartVaultproxy, VaultproxyStart
 from tests.support.env import aws_isolation, is_isolated
-from tests.support.moto import MotoServer
+from tests.support.moto import MotoServer, count_operations
 from tests.support.proxy import MitmdumpProcess, StartProxy
 from tests.support.tls import TLSMaterial, make_tls_material
 from tests.support.upstream import RecordingUpstream, WebSocketUpstream
@@ -67,6 +70,24 @@ def vault_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+Process = TypeVar("Process", bound=MitmdumpProcess)
+
+
+def _started_then_stopped(make: Callable[..., Process]) -> Iterator[Callable[..., Process]]:
+    """A factory fixture's body: each process `make` builds is started when asked for, and
+    stopped at teardown."""
+    started: list[Process] = []
+
+    def start(*args: Any, **kwargs: Any) -> Process:
+        process = make(*args, **kwargs)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
 @pytest.fixture
 def mitmdump(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial) -> Iterator[StartProxy]:
     """Factory: `start_proxy(**kwargs)` starts a MitmdumpProcess (kwargs as its constructor).
@@ -74,17 +95,23 @@ def mitmdump(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial
     Upstream certificates are verified against the test CA unless `upstream_ca` is given.
     Every proxy started is stopped at teardown.
     """
-    started: list[MitmdumpProcess] = []
 
-    def start_proxy(**kwargs: Any) -> MitmdumpProcess:
+    def make(**kwargs: Any) -> MitmdumpProcess:
         kwargs.setdefault("upstream_ca", tls_material.ca_cert)
-        proxy = MitmdumpProcess(tmp_path_factory.mktemp("mitmdump"), **kwargs)
-        started.append(proxy)
-        return proxy.start()
+        return MitmdumpProcess(tmp_path_factory.mktemp("mitmdump"), **kwargs)
 
-    yield start_proxy
-    for proxy in started:
-        proxy.stop()
+    yield from _started_then_stopped(make)
+
+
+@pytest.fixture
+def start_vaultproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartVaultproxy]:
+    """Factory: `start(vault_home, **kwargs)` runs `vaultproxy start` until it listens on a free
+    port (kwargs as VaultproxyStart). Every one started is stopped at teardown."""
+
+    def make(vault_home: Path, **kwargs: Any) -> VaultproxyStart:
+        return VaultproxyStart(tmp_path_factory.mktemp("vaultproxy-start"), vault_home, **kwargs)
+
+    yield from _started_then_stopped(make)
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +125,9 @@ def moto(moto_server: MotoServer) -> MotoServer:
     """The session's moto server, emptied for this test."""
     moto_server.reset()
     return moto_server
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """The Secrets Manager operations vaultcore's fetches make in this test, by name."""
+    return count_operations(monkeypatch)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from tests.support.moto import ACCOUNT_ID, REGION, MotoServer
+from tests.support.moto import ACCOUNT_ID, REGION, MotoServer, enforced_auth
+from tests.support.net import LOOPBACK, free_port
+from tests.support.upstream import RecordingUpstream
 from vaultcore.profiles import ProviderConfig, SecretMapping
 from vaultcore.providers import aws
 from vaultcore.providers.aws import FetchResult, ProviderError, StaticCredentials
@@ -47,27 +45,6 @@ def config_for(endpoint: str, **changes: Any) -> ProviderConfig:
 @pytest.fixture
 def config(moto_endpoint: str) -> ProviderConfig:
     return config_for(moto_endpoint)
-
-
-@pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Counts the Secrets Manager operations fetch makes, with a botocore event hook on the
-    session it creates (clients inherit the session's handlers)."""
-    counter: Counter[str] = Counter()
-    lock = threading.Lock()  # fetch calls from several threads
-    real_session_for = aws.session_for
-
-    def count(model: Any, **_: Any) -> None:
-        with lock:
-            counter[model.name] += 1
-
-    def counting_session_for(config: ProviderConfig, credentials: StaticCredentials | None) -> Any:
-        session = real_session_for(config, credentials)
-        session.events.register("before-call.secrets-manager", count)
-        return session
-
-    monkeypatch.setattr(aws, "session_for", counting_session_for)
-    return counter
 
 
 def ok(result: FetchResult) -> str | bytes:
@@ -155,29 +132,12 @@ class Guarded:
 
 @pytest.fixture
 def guarded(moto_server: MotoServer, secrets_admin: Any, prefix: str) -> Iterator[Guarded]:
-    """Two secrets and two users made while moto is open, then moto's IAM enforcement switched
-    on for the test and restored afterwards (it is process-wide: other tests must not see it)."""
+    """Two secrets, then two users and moto's IAM enforcement for the test (see enforced_auth);
+    the reader may not use BatchGetSecretValue."""
     for i in range(2):
         secrets_admin.create_secret(Name=f"{prefix}s{i}", SecretString=f"FAKE-guarded-{i}")
-    iam = moto_server.client("iam")
-    users = {}
-    for role, actions in (("nobody", []), ("reader", ["secretsmanager:GetSecretValue"])):
-        user = f"{role}-{uuid.uuid4().hex[:8]}"
-        iam.create_user(UserName=user)
-        if actions:
-            policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
-            iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName=user)["AccessKey"]
-        users[role] = StaticCredentials(key["AccessKeyId"], key["SecretAccessKey"])
-    # The body is the number of unauthenticated requests still allowed: 0 enforces IAM from now.
-    reset_auth = f"{moto_server.endpoint_url}/moto-api/reset-auth"
-    answer = requests.post(reset_auth, data=b"0", timeout=10)
-    answer.raise_for_status()
-    previous = answer.json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
-    try:
-        yield Guarded([SecretMapping(f"s{i}", f"{prefix}s{i}") for i in range(2)], **users)
-    finally:
-        requests.post(reset_auth, data=previous.encode(), timeout=10).raise_for_status()
+    with enforced_auth(moto_server, reader_actions=["secretsmanager:GetSecretValue"]) as users:
+        yield Guarded([SecretMapping(f"s{i}", f"{prefix}s{i}") for i in range(2)], users.nobody, users.reader)
 
 
 @pytest.mark.parametrize("credentials", [
@@ -222,14 +182,8 @@ def test_connection_ok(config: ProviderConfig) -> None:
     assert identity.arn.startswith(f"arn:aws:sts::{ACCOUNT_ID}:") and identity.user_id
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_endpoint_down_is_unreachable() -> None:
-    config = config_for(f"http://127.0.0.1:{closed_port()}")
+    config = config_for(f"http://{LOOPBACK}:{free_port()}")  # nobody listens there
     results = aws.fetch(config, [SecretMapping("a", "x"), SecretMapping("b", "y", version_stage="AWSPREVIOUS")], KEYS)
     for result in results.values():
         assert result.value is None and result.error_code == "unreachable"
@@ -239,36 +193,9 @@ def test_endpoint_down_is_unreachable() -> None:
     assert caught.value.code == "unreachable"
 
 
-@contextmanager
-def silent_endpoint() -> Iterator[str]:
-    """Accepts connections and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.05)
-    stop = threading.Event()
-    held: list[socket.socket] = []
-
-    def hold() -> None:
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        listener.close()
-
-
 def test_endpoint_that_never_answers_times_out() -> None:
-    with silent_endpoint() as endpoint:
-        results = aws.fetch(config_for(endpoint), [SecretMapping("a", "x")], KEYS, read_timeout=0.5)
+    with RecordingUpstream(behaviour="hang") as endpoint:  # reads requests, never answers
+        results = aws.fetch(config_for(endpoint.url), [SecretMapping("a", "x")], KEYS, read_timeout=0.5)
     assert results["a"].value is None and results["a"].error_code == "timeout"
 
 

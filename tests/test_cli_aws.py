@@ -20,14 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.env import child_env
-from tests.support.moto import ACCOUNT_ID, REGION, MotoServer
-from tests.test_vault_aws import enforced_auth
+from tests.support.cli import cli_env, run_cli
+from tests.support.moto import ACCOUNT_ID, REGION, MotoServer, enforced_auth
 from vaultcore.profiles import SecretMapping
 from vaultcore.providers.aws import StaticCredentials
 from vaultcore.vault import Vault
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # a guard against a hung command, not a measurement
 KEY_ID = "AKIACLITEST000000001"
 SECRET_KEY = "FAKE-cli-secret-access-key-9d4e"
@@ -45,18 +43,21 @@ ON_TERMINAL = (
 
 @dataclass
 class Cli:
-    """Runs `python -m vaultcore.cli` with its own home; remembers all output for leak checks."""
+    """Runs the CLI against the vault at `home`, with HOME in `user_home`; remembers all output
+    for leak checks."""
 
     home: Path
-    env: dict[str, str]
+    user_home: Path
     transcript: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=lambda: [SECRET_KEY, NEW_SECRET_KEY, TOKEN, "FAKE-cli-db", "FAKE-cli-binary"])
 
+    @property
+    def env(self) -> dict[str, str]:
+        return cli_env(self.home, self.user_home)
+
     def __call__(self, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "vaultcore.cli", *args], input=input, capture_output=True, text=True,
-            env=self.env, cwd=REPO, timeout=TIMEOUT, check=False,
-        )
+        ran = run_cli(self.home, *args, stdin=input.encode(), user_home=self.user_home, timeout=TIMEOUT)
+        result = subprocess.CompletedProcess(ran.args, ran.returncode, ran.stdout.decode(), ran.stderr.decode())
         self.transcript.append(f"$ {' '.join(args)}\n{result.stdout}{result.stderr}")
         return result
 
@@ -82,7 +83,7 @@ class Cli:
         master, slave = pty.openpty()
         process = subprocess.Popen(
             [sys.executable, "-c", ON_TERMINAL, *args], stdin=slave, stdout=slave, stderr=slave,
-            env=self.env, cwd=REPO, start_new_session=True,
+            env=self.env, cwd=self.user_home, start_new_session=True,
         )
         os.close(slave)
         shown, answered, pending = b"", 0, list(replies)
@@ -122,8 +123,9 @@ def admin(moto: MotoServer) -> Any:
 
 @pytest.fixture
 def cli(tmp_path: Path, moto: MotoServer) -> Iterator[Cli]:
-    home = tmp_path / "vaultproxy-home"
-    runner = Cli(home, child_env({"VAULTPROXY_HOME": str(home)}, home=tmp_path / "user-home"))
+    user_home = tmp_path / "user-home"
+    user_home.mkdir()  # the working directory of commands run on a terminal
+    runner = Cli(tmp_path / "vaultproxy-home", user_home)
     yield runner
     for text in runner.transcript:
         for secret in runner.secrets:

@@ -4,18 +4,15 @@
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.env import child_env
+from tests.support.cli import parse_exports, run_cli
 from tests.support.tls import TLSMaterial
 
-REPO = Path(__file__).resolve().parent.parent
 FAKE_VALUE = "FAKE-cli-secret-0b7d3e91"
 FAKE_OTHER = "FAKE-cli-other-6a2f55c4"
 FAKE_BINARY = b"\xff\x00FAKE-cli-binary\xfe\x80"
@@ -24,15 +21,6 @@ FAKE_BINARY = b"\xff\x00FAKE-cli-binary\xfe\x80"
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "vault-home"
-
-
-def vaultproxy(home: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    """Run the CLI with VAULTPROXY_HOME=home; HOME points into the test's tmp dir too."""
-    return subprocess.run(
-        [sys.executable, "-m", "vaultcore.cli", *args],
-        input=stdin, capture_output=True, cwd=REPO, timeout=60,
-        env=child_env({"VAULTPROXY_HOME": str(home)}, home=home.parent / "user-home"),
-    )
 
 
 def no_value_in(*texts: bytes) -> None:
@@ -56,7 +44,7 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
 
 
 def set_value(home: Path, key: str, value: bytes, *options: str) -> subprocess.CompletedProcess[bytes]:
-    result = vaultproxy(home, "local", "set", key, *options, stdin=value)
+    result = run_cli(home, "local", "set", key, *options, stdin=value)
     assert result.returncode == 0, result.stderr.decode()
     no_value_in(result.stdout, result.stderr)
     return result
@@ -69,36 +57,36 @@ def test_set_get_list_status_unset(home: Path, tmp_path: Path) -> None:
     result = set_value(home, "api_token", FAKE_VALUE.encode() + b"\n", "--hosts", "api.example.com,*.example.org")
     assert result.stdout == b"" and result.stderr == b""
 
-    got = vaultproxy(home, "local", "get", "api_token")
+    got = run_cli(home, "local", "get", "api_token")
     assert got.returncode == 0 and got.stdout == FAKE_VALUE.encode()  # echo's newline dropped, none added
 
-    listing = vaultproxy(home, "local", "list")
+    listing = run_cli(home, "local", "list")
     assert listing.returncode == 0
     assert b"api_token" in listing.stdout and b"api.example.com,*.example.org" in listing.stdout
-    rows = json.loads(vaultproxy(home, "local", "list", "--json").stdout)
+    rows = json.loads(run_cli(home, "local", "list", "--json").stdout)
     assert [(r["key"], r["hosts"]) for r in rows] == [("api_token", ["api.example.com", "*.example.org"])]
 
-    status = vaultproxy(home, "status")
+    status = run_cli(home, "status")
     assert status.returncode == 0 and b"api_token" in status.stdout and b"local" in status.stdout
-    status_json = json.loads(vaultproxy(home, "status", "--json").stdout)
+    status_json = json.loads(run_cli(home, "status", "--json").stdout)
     assert [(r["key"], r["source"]) for r in status_json["keys"]] == [("api_token", "local")]
     no_value_in(listing.stdout, json.dumps(rows).encode(), status.stdout, json.dumps(status_json).encode())
 
     assert files_containing(tmp_path, FAKE_VALUE.encode()) == []
 
-    assert vaultproxy(home, "local", "unset", "api_token").returncode == 0
-    assert "unknown key 'api_token'" in assert_error(vaultproxy(home, "local", "get", "api_token"), 1)
-    assert vaultproxy(home, "local", "list").stdout == b"no local secrets\n"
-    assert json.loads(vaultproxy(home, "local", "list", "--json").stdout) == []
+    assert run_cli(home, "local", "unset", "api_token").returncode == 0
+    assert "unknown key 'api_token'" in assert_error(run_cli(home, "local", "get", "api_token"), 1)
+    assert run_cli(home, "local", "list").stdout == b"no local secrets\n"
+    assert json.loads(run_cli(home, "local", "list", "--json").stdout) == []
 
 
 def test_values_keep_their_bytes(home: Path) -> None:
     set_value(home, "multi", b"line1\nline2\n\n", "--hosts", "h.test")  # only the last newline goes
-    assert vaultproxy(home, "local", "get", "multi").stdout == b"line1\nline2\n"
+    assert run_cli(home, "local", "get", "multi").stdout == b"line1\nline2\n"
     set_value(home, "bin", FAKE_BINARY, "--hosts", "h.test")
-    assert vaultproxy(home, "local", "get", "bin").stdout == FAKE_BINARY
+    assert run_cli(home, "local", "get", "bin").stdout == FAKE_BINARY
     set_value(home, "bin", FAKE_VALUE.encode())  # a new value keeps the hosts rule
-    assert json.loads(vaultproxy(home, "local", "list", "--json").stdout)[0]["hosts"] == ["h.test"]
+    assert json.loads(run_cli(home, "local", "list", "--json").stdout)[0]["hosts"] == ["h.test"]
 
 
 def test_set_without_hosts_rule_warns_but_succeeds(home: Path) -> None:
@@ -111,29 +99,29 @@ def test_set_without_hosts_rule_warns_but_succeeds(home: Path) -> None:
 
 def test_resolve_masks_the_value(home: Path) -> None:
     set_value(home, "k", FAKE_VALUE.encode(), "--hosts", "api.example.com")
-    result = vaultproxy(home, "resolve", "Bearer <<vault:k>>", "--host", "api.example.com")
+    result = run_cli(home, "resolve", "Bearer <<vault:k>>", "--host", "api.example.com")
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()
     assert lines[0] == "Bearer ********"
     assert "k: resolves (local)" in lines[1]
     no_value_in(result.stdout, result.stderr)
 
-    as_json = vaultproxy(home, "resolve", "Bearer <<vault:k>>", "--host", "api.example.com", "--json")
+    as_json = run_cli(home, "resolve", "Bearer <<vault:k>>", "--host", "api.example.com", "--json")
     assert json.loads(as_json.stdout) == {"text": "Bearer ********", "keys": [{"key": "k", "resolves": True, "source": "local"}]}
 
 
 def test_resolve_for_a_disallowed_host_fails_and_says_why(home: Path) -> None:
     set_value(home, "k", FAKE_VALUE.encode(), "--hosts", "api.example.com")
-    result = vaultproxy(home, "resolve", "Bearer <<vault:k>>", "--host", "evil.test")
+    result = run_cli(home, "resolve", "Bearer <<vault:k>>", "--host", "evil.test")
     assert result.returncode == 1
     out = result.stdout.decode()
     assert "Bearer ********" in out
     assert "REFUSED host_not_allowed" in out and "'evil.test'" in out and "api.example.com" in out
     no_value_in(result.stdout, result.stderr)
 
-    plain = vaultproxy(home, "resolve", "<<vault:k>>", "--host", "api.example.com", "--scheme", "http")
+    plain = run_cli(home, "resolve", "<<vault:k>>", "--host", "api.example.com", "--scheme", "http")
     assert plain.returncode == 1 and b"plaintext_not_allowed" in plain.stdout
-    unknown = vaultproxy(home, "resolve", "<<vault:nope>>", "--host", "api.example.com")
+    unknown = run_cli(home, "resolve", "<<vault:nope>>", "--host", "api.example.com")
     assert unknown.returncode == 1 and b"unknown_key" in unknown.stdout
 
 
@@ -167,12 +155,12 @@ def test_failed_operations_exit_1_with_one_line(
 ) -> None:
     if prepare:
         prepare(home)
-    assert says in assert_error(vaultproxy(home, *args, stdin=stdin), 1)
+    assert says in assert_error(run_cli(home, *args, stdin=stdin), 1)
 
 
 def test_vault_home_that_is_a_file_exits_1(home: Path) -> None:
     home.write_text("a file")
-    assert "not a directory" in assert_error(vaultproxy(home, "local", "list"), 1)
+    assert "not a directory" in assert_error(run_cli(home, "local", "list"), 1)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +171,7 @@ def test_vault_home_that_is_a_file_exits_1(home: Path) -> None:
          "extra-argument"],
 )
 def test_usage_errors_exit_2_with_one_line(home: Path, args: list[str]) -> None:
-    assert_error(vaultproxy(home, *args), 2)
+    assert_error(run_cli(home, *args), 2)
     assert not home.exists()
 
 
@@ -198,8 +186,8 @@ def test_usage_errors_exit_2_with_one_line(home: Path, args: list[str]) -> None:
     ids=["value", "value-and-hosts", "value-with-space", "get-with-value"],
 )
 def test_a_value_in_argv_is_refused_not_stored_and_not_echoed(home: Path, args: list[str], says: str) -> None:
-    assert says in assert_error(vaultproxy(home, *args, stdin=FAKE_OTHER.encode()), 2)
-    assert "unknown key" in assert_error(vaultproxy(home, "local", "get", "k"), 1)
+    assert says in assert_error(run_cli(home, *args, stdin=FAKE_OTHER.encode()), 2)
+    assert "unknown key" in assert_error(run_cli(home, "local", "get", "k"), 1)
     assert not (home / "vault.enc").exists()
 
 
@@ -214,14 +202,9 @@ def test_env_points_clients_at_the_proxy_and_its_ca(home: Path, tmp_path: Path, 
     home.mkdir(mode=0o700)
     (home / "proxy.json").write_text(json.dumps({"host": "127.0.0.1", "port": 18555, "confdir": str(confdir)}))
 
-    result = vaultproxy(home, "env")
+    result = run_cli(home, "env")
     assert result.returncode == 0, result.stderr.decode()
-    exported = {}
-    for line in result.stdout.decode().splitlines():
-        word, assignment = shlex.split(line)
-        assert word == "export"
-        name, _, value = assignment.partition("=")
-        exported[name] = value
+    exported = parse_exports(result.stdout.decode())
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         assert exported[name] == "http://127.0.0.1:18555"
     bundles = {exported[name] for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")}
@@ -234,7 +217,7 @@ def test_env_points_clients_at_the_proxy_and_its_ca(home: Path, tmp_path: Path, 
 def test_env_before_the_proxy_ever_ran_says_to_start_it(home: Path, tmp_path: Path) -> None:
     home.mkdir(mode=0o700)
     (home / "proxy.json").write_text(json.dumps({"host": "127.0.0.1", "port": 18555, "confdir": str(tmp_path / "empty")}))
-    assert "vaultproxy start" in assert_error(vaultproxy(home, "env"), 1)
+    assert "vaultproxy start" in assert_error(run_cli(home, "env"), 1)
 
 
 def test_an_unexpected_exception_is_one_line_without_its_message(

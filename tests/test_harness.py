@@ -24,9 +24,9 @@ from botocore.exceptions import ClientError
 from tests.support.env import child_env, is_isolated
 from tests.support.moto import ACCOUNT_ID, MotoServer
 from tests.support.net import LOOPBACK, free_port, is_listening, wait_until
-from tests.support.proxy import MitmdumpProcess, StartProxy, curl
+from tests.support.proxy import EXAMPLE_HOSTS, MitmdumpProcess, StartProxy, curl
 from tests.support.tls import TLSMaterial, make_tls_material
-from tests.support.upstream import RecordingUpstream, Reply, WebSocketUpstream
+from tests.support.upstream import RecordingUpstream, Reply, WebSocketMessage, WebSocketUpstream
 
 JSON_BODY = '{"name": "café", "nested": {"n": 1, "list": [true, null]}}'.encode()
 TIMEOUT = 60
@@ -39,7 +39,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial) -
         tmp_path_factory.mktemp("plain-mitmdump"),
         addon=False,
         upstream_ca=tls_material.ca_cert,
-        hosts={"*.example.com": LOOPBACK},
+        hosts=EXAMPLE_HOSTS,
     )
     with proxy:
         yield proxy
@@ -240,6 +240,21 @@ def test_secure_websocket_through_proxy(plain: MitmdumpProcess, tls_material: TL
     plain.wait_for_output(f"GET https://{LOOPBACK}:{server.port}/secure")
 
 
+def test_websocket_upstream_answers_as_told(plain: MitmdumpProcess) -> None:
+    """Instead of echoing: a greeting first, then each message's answer (None: no answer)."""
+
+    def answer(message: WebSocketMessage, count: int) -> str | None:
+        return None if message == "quiet" else f"ack {count}"
+
+    with WebSocketUpstream(answer=answer, greeting="hello") as server:
+        with plain.websocket(server.url + "/told") as connection:
+            assert connection.recv(timeout=TIMEOUT) == "hello"
+            connection.send("quiet")
+            connection.send("loud")
+            assert connection.recv(timeout=TIMEOUT) == "ack 2"
+        assert server.wait_for(2) == ["quiet", "loud"]
+
+
 # --- the recording upstream itself (raw sockets, no proxy) ----------------------------
 
 
@@ -334,7 +349,7 @@ def test_proxy_that_cannot_listen_reports_its_output(tmp_path: Path) -> None:
 
 def test_stop_ends_the_process_and_frees_the_port(mitmdump: StartProxy) -> None:
     proxy = mitmdump(addon=False)
-    pid, port = proxy._process.pid, proxy.port  # type: ignore[union-attr]
+    pid, port = proxy.pid, proxy.port
     assert is_listening(pid, port)
     assert proxy.ca_path.is_file()
     proxy.stop()

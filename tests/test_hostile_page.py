@@ -14,10 +14,7 @@ that the trusted page does get the secret on an honest request to the allowed ho
 
 from __future__ import annotations
 
-import secrets
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +22,12 @@ import httpx
 import pytest
 import requests
 
-from tests.support.env import child_env
+from tests.support.cli import run_cli
+from tests.support.leaks import Needle, hunt_bytes, leak_value, mask, needles_for
 from tests.support.net import LOOPBACK
-from tests.support.proxy import CLIENT_TIMEOUT, MitmdumpProcess
+from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MitmdumpProcess
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordingUpstream, Reply
-from tests.test_leak_hunt import Needle, hunt_bytes, mask, needles_for
 
 TRUSTED = "https://app.example"
 EVIL = "https://evil.example"
@@ -54,15 +51,10 @@ TRUSTED_PAGE_ONLY = pytest.mark.parametrize("scene", ["trusted-origin"], indirec
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Needle]]:
     """A vault home holding `guarded`: bound to api.example.com and 127.0.0.1, trusting
     TRUSTED. Returns the home and the needles of its value."""
-    token = f"LEAK-{secrets.token_hex(12)}"
-    value = f'{token} "x"&y=/z'
+    token, value = leak_value(' "x"&y=/z')
     home = tmp_path_factory.mktemp("hostile-vault")
-    subprocess.run(
-        [sys.executable, "-m", "vaultcore.cli", "local", "set", "guarded",
-         "--hosts", f"api.example.com,{LOOPBACK}", "--origins", TRUSTED],
-        input=value.encode(), env=child_env({"VAULTPROXY_HOME": str(home)}, home=home),
-        capture_output=True, timeout=CLIENT_TIMEOUT, check=True,
-    )
+    run_cli(home, "local", "set", "guarded", "--hosts", f"api.example.com,{LOOPBACK}", "--origins", TRUSTED,
+            stdin=value.encode(), user_home=home, check=True)
     return home, needles_for("guarded", value, token)
 
 
@@ -75,26 +67,12 @@ def proxy(
         tmp_path_factory.mktemp("hostile-mitmdump"),
         upstream_ca=tls_material.ca_cert,
         env={"VAULTPROXY_HOME": str(guarded[0])},
-        hosts={"*.example.com": LOOPBACK},
+        hosts=EXAMPLE_HOSTS,
         options={"connection_strategy": "lazy"},  # lets httpx speak HTTP/2 to the proxy
     )
     with process:
         yield process
     assert not hunt_bytes("proxy output", process.output().encode(), guarded[1])
-
-
-@pytest.fixture
-def forbidden_tls(tls_material: TLSMaterial) -> Iterator[RecordingUpstream]:
-    """Reached as other.example.com: not in the secret's hosts."""
-    with RecordingUpstream(tls=tls_material) as server:
-        yield server
-
-
-@pytest.fixture
-def forbidden_http() -> Iterator[RecordingUpstream]:
-    """Reached as localhost: loopback (no plaintext rule in the way), not in the secret's hosts."""
-    with RecordingUpstream() as server:
-        yield server
 
 
 class Scene:
@@ -151,11 +129,13 @@ class Scene:
 @pytest.fixture(params=[page if page in QUICK_PAGES else pytest.param(page, marks=pytest.mark.stress) for page in PAGES])
 def scene(
     request: pytest.FixtureRequest, proxy: MitmdumpProcess, guarded: tuple[Path, list[Needle]],
-    upstream: RecordingUpstream, tls_upstream: RecordingUpstream,
-    forbidden_http: RecordingUpstream, forbidden_tls: RecordingUpstream,
-) -> Scene:
-    return Scene(proxy, guarded[1], request.param, http=upstream, https=tls_upstream,
-                 forbidden_http=forbidden_http, forbidden_tls=forbidden_tls)
+    tls_material: TLSMaterial, upstream: RecordingUpstream, tls_upstream: RecordingUpstream,
+) -> Iterator[Scene]:
+    """The forbidden upstreams are reached as localhost (loopback, so no plaintext rule is in
+    the way) and other.example.com: neither is in the secret's hosts."""
+    with RecordingUpstream() as forbidden_http, RecordingUpstream(tls=tls_material) as forbidden_tls:
+        yield Scene(proxy, guarded[1], request.param, http=upstream, https=tls_upstream,
+                    forbidden_http=forbidden_http, forbidden_tls=forbidden_tls)
 
 
 # --- attacks ---------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ the test's temp dirs, the argv and environment of every child process, the respo
 clients got, and all bytes a forbidden upstream received. Secrets used only in refused
 requests (and the AWS secret access keys) may appear nowhere at all.
 
-The hunt is generic (a walk that reports every hit with its location and a masked excerpt),
-and `test_hunt_finds_planted_values` proves it finds what it looks for.
+The hunt (tests/support/leaks.py) is generic: a walk that reports every hit with its location
+and a masked excerpt; `test_hunt_finds_planted_values` proves it finds what it looks for.
 """
 
 from __future__ import annotations
@@ -19,14 +19,9 @@ import base64
 import binascii
 import gzip
 import json
-import os
-import secrets
-import subprocess
-import sys
-import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +32,24 @@ import pytest
 import requests
 from mitmproxy import http, io
 from mitmproxy.test import tflow
-from websockets.sync.server import Server, ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import serve as websocket_serve
 
-from tests.support.env import child_env
+from tests.support.cli import start_cli
+from tests.support.leaks import (
+    Exposure,
+    Needle,
+    fail_on,
+    hunt_bytes,
+    hunt_flow_file,
+    hunt_paths,
+    leak_value,
+    mask,
+    needles_for,
+)
 from tests.support.moto import MotoServer
-from tests.support.net import LOOPBACK, POLL_INTERVAL, free_port, wait_until
-from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.net import LOOPBACK, POLL_INTERVAL, free_port
+from tests.support.proxy import EXAMPLE_HOSTS, MitmdumpProcess, StartProxy
 from tests.support.tls import TLSMaterial
-from tests.support.upstream import RecordingUpstream, Reply
+from tests.support.upstream import RecordingUpstream, Reply, WebSocketMessage, WebSocketUpstream
 from vaultcore.vault import Vault
 
 TIMEOUT = 60
@@ -55,201 +58,7 @@ CLI_WORKERS = 4
 BURST_WORKERS = 8
 STREAM_THRESHOLD = "64k"  # bodies above this are streamed by mitmproxy (stream_large_bodies)
 REFUSED = "/refused/"  # the path prefix of every request the proxy must refuse
-EXCERPT = 40  # bytes shown on each side of a hit
-QUIET = "quiet"  # SilentWebSocketUpstream leaves messages starting with this unanswered
-MIN_TOKEN = 16
-
-
-# --- the hunt: needles, hits, and walks over files, flows and processes ---------------------
-
-
-@dataclass(frozen=True)
-class Needle:
-    """One byte string that must not be found: a secret in one of its encodings."""
-
-    secret: str
-    form: str
-    data: bytes = field(repr=False)
-
-    @property
-    def label(self) -> str:
-        return f"{self.secret}[{self.form}]"
-
-
-@dataclass(frozen=True)
-class Hit:
-    where: str
-    offset: int
-    needle: Needle
-    excerpt: str  # the surroundings, with every needle masked by its label
-
-    def __str__(self) -> str:
-        return f"{self.where} @{self.offset}: {self.needle.label} in ...{self.excerpt}..."
-
-
-def base64_fragments(data: bytes) -> dict[str, bytes]:
-    """What any base64 text of anything containing `data` contains, for each of the three
-    alignments `data` can have relative to base64's 3-byte groups (standard and URL-safe)."""
-    fragments = {}
-    for shift in range(3):
-        encoded = base64.b64encode(bytes(shift) + data)
-        start = 4 if shift else 0  # the first group mixes filler and data
-        fragment = encoded[start : 4 * ((shift + len(data)) // 3)]
-        fragments[f"base64@{shift}"] = fragment
-        fragments[f"base64url@{shift}"] = fragment.translate(bytes.maketrans(b"+/", b"-_"))
-    return fragments
-
-
-def needles_for(secret: str, value: str | bytes, token: str) -> list[Needle]:
-    """Every form of `value` worth looking for.
-
-    `token` is the random core embedded in the value: it survives percent-, form- and
-    JSON-escaping (it is plain ASCII letters, digits and '-'), so it catches any encoding not
-    listed here; base64 and hex, which do not keep it, are searched at every alignment.
-    """
-    assert len(token) >= MIN_TOKEN, "a short token would match by chance, and its base64 fragments may be empty"
-    raw = value if isinstance(value, bytes) else value.encode()
-    forms: dict[str, bytes] = {"token": token.encode(), "raw": raw, "hex": binascii.hexlify(token.encode())}
-    forms["HEX"] = forms["hex"].upper()
-    forms["percent"] = quote(raw, safe="").encode()
-    forms["percent-lower"] = re.sub(rb"%[0-9A-F]{2}", lambda escape: escape[0].lower(), forms["percent"])
-    forms["form"] = quote_plus(raw, safe="").encode()
-    if isinstance(value, str):
-        forms["json"] = json.dumps(value)[1:-1].encode()
-        forms["json-utf8"] = json.dumps(value, ensure_ascii=False)[1:-1].encode()
-    forms.update(base64_fragments(raw))
-    forms.update({f"token-{name}": data for name, data in base64_fragments(token.encode()).items()})
-    unique: dict[bytes, str] = {}
-    for name, data in forms.items():
-        unique.setdefault(data, name)
-    return [Needle(secret, name, data) for data, name in unique.items()]
-
-
-def mask(data: bytes, needles: Iterable[Needle]) -> str:
-    """`data` printable with every needle replaced by its label: failure messages must not
-    print the values they are about."""
-    for needle in sorted(needles, key=lambda n: -len(n.data)):
-        data = data.replace(needle.data, f"<{needle.label}>".encode())
-    return data.decode("utf-8", errors="backslashreplace")
-
-
-def hunt_bytes(where: str, data: bytes, needles: Iterable[Needle]) -> list[Hit]:
-    needles = list(needles)
-    spans = []
-    for needle in needles:
-        offset = data.find(needle.data)
-        while offset >= 0:
-            spans.append((offset, offset + len(needle.data), needle))
-            offset = data.find(needle.data, offset + 1)
-    hits = []
-    for start, end, needle in spans:
-        low, high = max(0, start - EXCERPT), end + EXCERPT
-        # An occurrence cut by the excerpt's edge would not be masked: widen over it.
-        while cut := [(s, e) for s, e, _ in spans if s < low < e or s < high < e]:
-            low, high = min(low, *(s for s, _ in cut)), max(high, *(e for _, e in cut))
-        hits.append(Hit(where, start, needle, mask(data[low:high], needles)))
-    return hits
-
-
-def hunt_state(where: str, state: Any, needles: list[Needle]) -> list[Hit]:
-    """Every bytes/str leaf of a nested state (mitmproxy's get_state()), located by its path."""
-    if isinstance(state, Mapping):
-        return [hit for key, item in state.items() for hit in hunt_state(f"{where}.{key}", item, needles)]
-    if isinstance(state, (list, tuple)):
-        return [hit for i, item in enumerate(state) for hit in hunt_state(f"{where}[{i}]", item, needles)]
-    if isinstance(state, str):
-        return hunt_bytes(where, state.encode("utf-8", errors="surrogateescape"), needles)
-    if isinstance(state, bytes):
-        return hunt_bytes(where, state, needles)
-    return []
-
-
-def hunt_flow_file(path: Path, needles: list[Needle]) -> list[Hit]:
-    """The flows of a mitmproxy flow file, field by field, plus the decoded (decompressed)
-    bodies, which the raw file does not show."""
-    hits = []
-    with path.open("rb") as f:
-        for i, flow in enumerate(io.FlowReader(f).stream()):
-            where = f"{path} flow {i} ({flow.type})"
-            hits += hunt_state(where, flow.get_state(), needles)
-            if isinstance(flow, http.HTTPFlow):
-                for name, message in (("request", flow.request), ("response", flow.response)):
-                    if message is not None and message.raw_content:
-                        content = message.get_content(strict=False) or b""
-                        hits += hunt_bytes(f"{where} decoded {name} body", content, needles)
-    return hits
-
-
-def files_under(roots: Iterable[Path]) -> Iterator[Path]:
-    """Every regular file under `roots` (recursively, without following links)."""
-    for root in roots:
-        for directory, _, names in os.walk(root):
-            for name in names:
-                path = Path(directory, name)
-                if path.is_file() and not path.is_symlink():
-                    yield path
-
-
-def hunt_paths(roots: Iterable[Path], needles: list[Needle]) -> list[Hit]:
-    return [hit for path in files_under(roots) for hit in hunt_bytes(str(path), path.read_bytes(), needles)]
-
-
-# --- child processes: their argv and environment, read from /proc while they run ------------
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of `pid` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        # The command name (field 2) is in parentheses and may hold spaces: split after it.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def child_with(marker: bytes) -> int:
-    """The one child of this process whose command line contains `marker`."""
-    (pid,) = [pid for pid in children_of(os.getpid()) if marker in (read_process(pid) or (b"", b""))[0]]
-    return pid
-
-
-def read_process(pid: int) -> tuple[bytes, bytes] | None:
-    """(cmdline, environ) of a live process; None once it has exited (a zombie has neither)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return None
-    return (cmdline, environ) if cmdline else None
-
-
-@dataclass
-class Exposure:
-    """Everything the session exposed outside the allowed upstreams, by location."""
-
-    blobs: dict[str, bytes] = field(default_factory=dict)
-
-    def add(self, where: str, data: bytes) -> None:
-        self.blobs[where] = data
-
-    def record_process(self, where: str, pid: int, marker: bytes) -> bool:
-        """Record the argv and environment of `pid` if it still runs the program whose
-        command line contains `marker`."""
-        seen = read_process(pid)
-        if seen is None or marker not in seen[0]:
-            return False
-        self.add(f"{where}: /proc/{pid}/cmdline", seen[0])
-        self.add(f"{where}: /proc/{pid}/environ", seen[1])
-        return True
-
-    def hunt(self, needles: list[Needle]) -> list[Hit]:
-        return [hit for where, data in self.blobs.items() for hit in hunt_bytes(where, data, needles)]
+QUIET = "quiet"  # the WebSocket upstream leaves messages starting with this unanswered
 
 
 @dataclass
@@ -266,14 +75,10 @@ class Cli:
 
     def __call__(self, *args: str, stdin: bytes = b"", expect: int | None = 0) -> str:
         """Run and return stdout; `expect` is the exit status (None: not checked)."""
-        env = child_env({"VAULTPROXY_HOME": str(self.vault_home)}, home=self.home)
         where = f"cli {' '.join(args)}"
         for _ in range(CLI_ATTEMPTS):
             # stdin stays open until after /proc is read: a command that reads it waits there.
-            process = subprocess.Popen(
-                [sys.executable, "-m", "vaultcore.cli", *args],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=self.home,
-            )
+            process = start_cli(self.vault_home, *args, user_home=self.home)
             # Right after exec the new command line is briefly empty: poll while it runs.
             seen = False
             while not seen and process.poll() is None:
@@ -299,57 +104,17 @@ class Cli:
             return list(pool.map(lambda run: self(*run[0], **run[1]), runs))
 
 
-class SilentWebSocketUpstream:
-    """A WebSocket server on 127.0.0.1 that records messages and answers each with "ack",
-    except those starting with QUIET, which it leaves unanswered.
-
-    The harness's WebSocketUpstream echoes, and an echo would carry the value back into the
-    flow's server messages: legitimate, but it would blind the hunt there.
-    """
-
-    def __init__(self) -> None:
-        self.messages: list[str | bytes] = []
-        self.handshake_headers: list[tuple[str, str]] = []
-        self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.socket.getsockname()[1]
-
-    def _handle(self, connection: ServerConnection) -> None:
-        assert connection.request is not None
-        self.handshake_headers += connection.request.headers.raw_items()
-        try:
-            for message in connection:
-                self.messages.append(message)
-                if not str(message).startswith(QUIET):
-                    connection.send("ack")
-        except ConnectionClosed:
-            pass  # the proxy went away without a closing handshake (a test stopped it)
-
-    def wait_for(self, count: int) -> None:
-        wait_until(lambda: len(self.messages) >= count, TIMEOUT, f"{count} WebSocket messages")
-
-    def __enter__(self) -> SilentWebSocketUpstream:
-        self._server = websocket_serve(self._handle, LOOPBACK, 0)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="silent-websocket", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._thread.join()
+def ack_unless_quiet(message: WebSocketMessage, count: int) -> str | None:
+    """The WebSocket upstream's answer: "ack", never the message (an echo would carry the value
+    back into the flow's server messages: legitimate, but it would blind the hunt there)."""
+    return None if str(message).startswith(QUIET) else "ack"
 
 
 # --- the hunt finds what it looks for --------------------------------------------------------
 
 
 def test_hunt_finds_planted_values(tmp_path: Path) -> None:
-    token = f"LEAK-{secrets.token_hex(12)}"
-    value = f'{token} "q"&a=b/c+d\\é'
+    token, value = leak_value(' "q"&a=b/c+d\\é')
     needles = needles_for("planted", value, token)
     nested = tmp_path / "a" / "b"
     nested.mkdir(parents=True)
@@ -384,12 +149,6 @@ def test_hunt_finds_planted_values(tmp_path: Path) -> None:
 
 
 # --- the session -------------------------------------------------------------------------------
-
-
-def leak_value(extra: str = "") -> tuple[str, str]:
-    """(token, value): a random token, and a value made of it plus `extra`."""
-    token = f"LEAK-{secrets.token_hex(12)}"
-    return token, token + extra
 
 
 @dataclass
@@ -477,11 +236,11 @@ class Upstreams:
     http: RecordingUpstream  # plain HTTP on loopback: may receive secrets
     https: RecordingUpstream  # api.example.com: may receive secrets
     forbidden: RecordingUpstream  # other.example.com: must receive no value
-    ws: SilentWebSocketUpstream  # may receive secrets
+    ws: WebSocketUpstream  # may receive secrets
 
     def allowed_bytes(self) -> bytes:
         messages = [m if isinstance(m, bytes) else m.encode() for m in self.ws.messages]
-        handshakes = [f"{k}: {v}".encode() for k, v in self.ws.handshake_headers]
+        handshakes = [f"{k}: {v}".encode() for handshake in self.ws.handshakes for k, v in handshake.headers]
         return b"\n".join([self.http.all_bytes(), self.https.all_bytes(), *messages, *handshakes])
 
 
@@ -629,19 +388,18 @@ def test_no_secret_leaks_anywhere(
     set_up_vault(cli, moto, s)
 
     flows_path, har_path = tmp_path / "flows.mitm", tmp_path / "flows.har"
-    with RecordingUpstream(tls=tls_material) as forbidden, SilentWebSocketUpstream() as ws:
+    with RecordingUpstream(tls=tls_material) as forbidden, WebSocketUpstream(answer=ack_unless_quiet) as ws:
         up = Upstreams(upstream, tls_upstream, forbidden, ws)
         proxy = mitmdump(
             env={"VAULTPROXY_HOME": str(vault_home)},
-            hosts={"*.example.com": LOOPBACK},
+            hosts=EXAMPLE_HOSTS,
             args=["-w", str(flows_path)],
             options={
                 "hardump": str(har_path), "flow_detail": 4, "termlog_verbosity": "debug",
                 "connection_strategy": "lazy", "stream_large_bodies": STREAM_THRESHOLD,
             },
         )
-        pid = child_with(f"--listen-port\0{proxy.port}\0".encode())
-        assert exposure.record_process("mitmdump", pid, b"mitmdump")
+        assert exposure.record_process("mitmdump", proxy.pid, b"mitmdump")
 
         drive_traffic(proxy, up, exposure, s.needles())
         burst(proxy, up, burst_size)
@@ -652,7 +410,7 @@ def test_no_secret_leaks_anywhere(
             (("resolve", "Bearer <<vault:api_token>> <<vault:db.password>>", "--host", "api.example.com"), {}),
             (("resolve", "<<vault:guarded>>", "--host", "other.example.com", "--json"), {"expect": 1}),
         ])
-        assert exposure.record_process("mitmdump (end)", pid, b"mitmdump")
+        assert exposure.record_process("mitmdump (end)", proxy.pid, b"mitmdump")
         proxy.stop()  # mitmdump writes the HAR file and closes the flow file on exit
         check_allowed_traffic(up, s)
         exposure.add("forbidden upstream (all bytes received)", forbidden.all_bytes())
@@ -675,8 +433,7 @@ def test_no_secret_leaks_anywhere(
     hits += hunt_flow_file(flows_path, needles)
     # Secrets that were only ever refused must not even have reached an allowed upstream.
     hits += hunt_bytes("allowed upstreams (refused secrets only)", up.allowed_bytes(), s.needles(set(s.values) - s.sent))
-    if hits:
-        pytest.fail(f"{len(hits)} leaks:\n" + "\n".join(map(str, hits[:60])), pytrace=False)
+    fail_on(hits)
 
 
 def test_flows_in_flight_when_the_proxy_stops(
@@ -690,7 +447,7 @@ def test_flows_in_flight_when_the_proxy_stops(
     needles = needles_for("inflight", value, token)
     upstream.route("/hang", Reply(behaviour="hang"))
     flows_path = tmp_path / "flows.mitm"
-    with SilentWebSocketUpstream() as ws, ThreadPoolExecutor(max_workers=1) as pool:
+    with WebSocketUpstream(answer=ack_unless_quiet) as ws, ThreadPoolExecutor(max_workers=1) as pool:
         proxy = mitmdump(env={"VAULTPROXY_HOME": str(vault_home)}, args=["-w", str(flows_path)])
         with proxy.requests_session() as session:
             waiting = pool.submit(session.get, f"{upstream.url}/hang?k=<<vault:inflight>>",
@@ -698,7 +455,7 @@ def test_flows_in_flight_when_the_proxy_stops(
             upstream.wait_for(1)
             with proxy.websocket(f"ws://{LOOPBACK}:{ws.port}/ws") as connection:
                 connection.send(f"{QUIET} <<vault:inflight>>")
-                ws.wait_for(1)
+                ws.wait_for(1, TIMEOUT)
                 proxy.stop()
             with pytest.raises(requests.ConnectionError):  # the proxy went away mid-request
                 waiting.result(TIMEOUT)
@@ -708,6 +465,4 @@ def test_flows_in_flight_when_the_proxy_stops(
     with flows_path.open("rb") as f:
         saved = {flow.request.path.split("?")[0] for flow in io.FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)}
     assert saved == {"/hang", "/ws"}, "mitmdump saved both open flows at shutdown"
-    hits = hunt_bytes(str(flows_path), flows_path.read_bytes(), needles) + hunt_flow_file(flows_path, needles)
-    if hits:
-        pytest.fail(f"{len(hits)} leaks:\n" + "\n".join(map(str, hits)), pytrace=False)
+    fail_on(hunt_bytes(str(flows_path), flows_path.read_bytes(), needles) + hunt_flow_file(flows_path, needles))

@@ -27,13 +27,12 @@ import requests
 from mitmproxy import http, io
 
 from tests.support.net import LOOPBACK
-from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.proxy import EXAMPLE_HOSTS, MitmdumpProcess, StartProxy, audit_lines
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.vault import Vault
 
 TIMEOUT = 60
-HOSTS = {"*.example.com": LOOPBACK}
 ALLOWED = [LOOPBACK, "api.example.com"]
 SECRETS = {
     "c.url": ("sk_live_Zq9CtUrl/&=?", ALLOWED),
@@ -121,7 +120,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial) -> 
     records = tmp_path_factory.mktemp("records")
     flows_path, har_path = records / "flows.mitm", records / "flows.har"
     proxy = MitmdumpProcess(
-        tmp_path_factory.mktemp("containment"), upstream_ca=tls_material.ca_cert, hosts=HOSTS,
+        tmp_path_factory.mktemp("containment"), upstream_ca=tls_material.ca_cert, hosts=EXAMPLE_HOSTS,
         options={
             "vault_home": str(home), "flow_detail": 4, "hardump": str(har_path),
             "stream_large_bodies": "64k", "connection_strategy": "lazy",  # lazy: HTTP/2 to the proxy
@@ -144,7 +143,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial) -> 
             upstream=plain.requests, tls_upstream=tls.requests, reset_upstream_bytes=reset.all_bytes(),
             responses=responses, flows=flows, flow_bytes=flows_path.read_bytes(),
             har=json.loads(har_text), har_text=har_text, output=proxy.output(),
-            audit=[json.loads(line) for line in (home / "audit.log").read_text().splitlines()],
+            audit=audit_lines(home),
         )
 
 

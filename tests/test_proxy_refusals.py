@@ -9,25 +9,21 @@ must show placeholders only (nothing half-substituted).
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import httpx
 import pytest
 import requests
 
 from tests.support.net import LOOPBACK
-from tests.support.proxy import MitmdumpProcess, OptionValue, StartProxy, curl
-from tests.support.tls import TLSMaterial
+from tests.support.proxy import EXAMPLE_HOSTS, MitmdumpProcess, StartProxy, curl
+from tests.support.secret_set import Entry, SecretSet, module_fixtures, proxy_options
 from tests.support.upstream import RecordingUpstream
-from vaultcore.vault import Vault
 
 TIMEOUT = 60
-HOSTS = {"*.example.com": LOOPBACK}
 CURL_SEPARATOR = "\n--curl-write-out--\n"
 # Refusals about where a secret may go are 403; the rest (unknown key, bad value...) are 400.
 POLICY_CODES = {
@@ -35,36 +31,17 @@ POLICY_CODES = {
     "plaintext_not_allowed", "origin_not_allowed",
 }
 
-
-class Entry(NamedTuple):
-    """A test secret: a distinctive token that survives every escaping but base64, then
-    the characters the test needs. A token (or the base64 form) in any output is a leak."""
-
-    token: str
-    rest: str = ""
-    hosts: tuple[str, ...] = (LOOPBACK, "*.example.com")
-    origins: tuple[str, ...] = ()
-
-    @property
-    def value(self) -> str:
-        return self.token + self.rest
-
-
-SECRETS = {
-    "ok.k": Entry("sk_live_Zq9Ok", "/+&="),
+WILDCARD_HOSTS = (LOOPBACK, "*.example.com")  # the hosts rule of most secrets here
+SECRETS = SecretSet({
+    "ok.k": Entry("sk_live_Zq9Ok", "/+&=", hosts=WILDCARD_HOSTS),
     "bound.k": Entry("sk_live_Zq9Bound", hosts=("billing.example.com",)),
     "nohosts.k": Entry("sk_live_Zq9NoHosts", hosts=()),
-    "crlf.k": Entry("sk_live_Zq9Crlf", "\r\nX-Injected: yes"),
-    "lf.k": Entry("sk_live_Zq9Lf", "\nX-Injected: yes"),
-    "nul.k": Entry("sk_live_Zq9Nul", "\x00X-Injected"),
-    "web.k": Entry("sk_live_Zq9Web", origins=("http://localhost:3000",)),
-}
-FORBIDDEN = {key: (entry.token, base64.b64encode(entry.value.encode()).decode()) for key, entry in SECRETS.items()}
-
-
-def leaked_keys(text: str) -> list[str]:
-    """Keys whose value shows in `text` (named by key, so a failure does not print values)."""
-    return [key for key, forms in FORBIDDEN.items() if any(form in text for form in forms)]
+    "crlf.k": Entry("sk_live_Zq9Crlf", "\r\nX-Injected: yes", hosts=WILDCARD_HOSTS),
+    "lf.k": Entry("sk_live_Zq9Lf", "\nX-Injected: yes", hosts=WILDCARD_HOSTS),
+    "nul.k": Entry("sk_live_Zq9Nul", "\x00X-Injected", hosts=WILDCARD_HOSTS),
+    "web.k": Entry("sk_live_Zq9Web", hosts=WILDCARD_HOSTS, origins=("http://localhost:3000",)),
+})
+home, proxy, h2_proxy = module_fixtures(SECRETS)
 
 
 @dataclass(frozen=True)
@@ -111,49 +88,10 @@ def assert_refused(
     assert answer.headers["content-type"].startswith("text/plain")
     for name in names:
         assert name in answer.body
-    assert leaked_keys(answer.body) == []
+    assert SECRETS.leaked_keys(answer.body) == []
     assert server.requests == []
     assert server.all_bytes() == b""
-    proxy.wait_for_output(marker)
-    assert leaked_keys(proxy.output()) == []
-
-
-def proxy_options(home: Path, **extra: OptionValue) -> dict[str, OptionValue]:
-    return {"vault_home": str(home), "flow_detail": 3, **extra}
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("vault-home")
-    vault = Vault(home)
-    for key, entry in SECRETS.items():
-        vault.set(key, entry.value, hosts=entry.hosts, origins=entry.origins)
-    return home
-
-
-def running_proxy(
-    tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path, **extra: OptionValue
-) -> Iterator[MitmdumpProcess]:
-    """A module's shared proxy; at teardown neither its output nor the audit log holds a value."""
-    process = MitmdumpProcess(
-        tmp_path_factory.mktemp("vaultproxy"), upstream_ca=tls_material.ca_cert,
-        options=proxy_options(home, **extra), hosts=HOSTS,
-    )
-    with process:
-        yield process
-    assert leaked_keys(process.output()) == []
-    assert leaked_keys((home / "audit.log").read_text()) == []
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path) -> Iterator[MitmdumpProcess]:
-    yield from running_proxy(tmp_path_factory, tls_material, home)
-
-
-@pytest.fixture(scope="module")
-def h2_proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path) -> Iterator[MitmdumpProcess]:
-    """Lazy upstream connections, so that clients can speak HTTP/2 to the proxy."""
-    yield from running_proxy(tmp_path_factory, tls_material, home, connection_strategy="lazy")
+    SECRETS.assert_logged_without_values(proxy, marker)
 
 
 # --- keys and hosts -------------------------------------------------------------------------
@@ -238,14 +176,13 @@ def test_plain_http_to_a_non_loopback_host(proxy: MitmdumpProcess, upstream: Rec
 def test_plain_http_to_a_non_loopback_host_with_allow_plaintext(
     mitmdump: StartProxy, home: Path, upstream: RecordingUpstream
 ) -> None:
-    proxy = mitmdump(options=proxy_options(home, vault_allow_plaintext=True), hosts=HOSTS)
+    proxy = mitmdump(options=proxy_options(home, vault_allow_plaintext=True), hosts=EXAMPLE_HOSTS)
     answer = send(proxy, upstream.url_for("api.example.com") + "/plaintext-allowed", {"X-Key": "<<vault:ok.k>>"})
     assert answer.status == 200
     (received,) = upstream.wait_for(1)
-    assert received.header("X-Key") == SECRETS["ok.k"].value
+    assert received.header("X-Key") == SECRETS.value("ok.k")
     assert received.header("Host") == f"api.example.com:{upstream.port}"
-    proxy.wait_for_output("/plaintext-allowed")
-    assert leaked_keys(proxy.output()) == []
+    SECRETS.assert_logged_without_values(proxy, "/plaintext-allowed")
 
 
 # --- browsers -------------------------------------------------------------------------------

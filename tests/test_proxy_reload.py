@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.env import child_env
+from tests.support.cli import run_cli
 from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import MitmdumpProcess
 from tests.support.tls import TLSMaterial
@@ -27,7 +25,6 @@ from vaultcore.vault import Vault
 
 TIMEOUT = 60
 RELOAD_WAIT = 30.0  # the addon polls every 0.5 s; this only bounds a broken reload
-CLI = Path(sys.executable).with_name("vaultproxy")
 TOKEN = "sk_live_Zq9Rl"  # a prefix of every value here
 
 
@@ -47,15 +44,6 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, h
     with process:
         yield process
     assert TOKEN not in process.output()
-
-
-def vaultproxy(home: Path, tmp_path: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI against `home`; its own HOME in tmp_path, so nothing else is touched."""
-    result = subprocess.run(
-        [str(CLI), *args], input=stdin, capture_output=True, timeout=TIMEOUT, check=False,
-        env=child_env({"VAULTPROXY_HOME": str(home)}, home=tmp_path),
-    )
-    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
 
 
 def send(proxy: MitmdumpProcess, upstream: RecordingUpstream, key: str) -> requests.Response:
@@ -83,29 +71,31 @@ def test_local_set_takes_effect_on_the_next_request(
     proxy: MitmdumpProcess, upstream: RecordingUpstream, home: Path, tmp_path: Path
 ) -> None:
     assert send(proxy, upstream, "reload.new").headers["X-Vaultproxy-Error"] == "unknown_key"
-    result = vaultproxy(home, tmp_path, "local", "set", "reload.new", "--hosts", LOOPBACK, stdin=f"{TOKEN}New\n".encode())
-    assert result.returncode == 0, result.stderr
+    result = run_cli(home, "local", "set", "reload.new", "--hosts", LOOPBACK, stdin=f"{TOKEN}New\n".encode(),
+                     user_home=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
     wait_for_status(proxy, upstream, "reload.new", 200)
     assert sent_values(upstream) == [f"{TOKEN}New"]  # refused requests never reached it
     # A changed value is picked up the same way.
-    result = vaultproxy(home, tmp_path, "local", "set", "reload.new", stdin=f"{TOKEN}Changed".encode())
-    assert result.returncode == 0, result.stderr
+    result = run_cli(home, "local", "set", "reload.new", stdin=f"{TOKEN}Changed".encode(), user_home=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
 
     def sends_changed_value() -> bool:
         return send(proxy, upstream, "reload.new").status_code == 200 and sent_values(upstream)[-1] == f"{TOKEN}Changed"
 
     wait_until(sends_changed_value, RELOAD_WAIT, "the changed value to be sent")
-    assert TOKEN not in result.stdout + result.stderr
+    assert TOKEN.encode() not in result.stdout + result.stderr
 
 
 def test_local_unset_takes_effect_on_the_next_request(
     proxy: MitmdumpProcess, upstream: RecordingUpstream, home: Path, tmp_path: Path
 ) -> None:
-    result = vaultproxy(home, tmp_path, "local", "set", "reload.gone", "--hosts", LOOPBACK, stdin=f"{TOKEN}Gone".encode())
-    assert result.returncode == 0, result.stderr
+    result = run_cli(home, "local", "set", "reload.gone", "--hosts", LOOPBACK, stdin=f"{TOKEN}Gone".encode(),
+                     user_home=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
     wait_for_status(proxy, upstream, "reload.gone", 200)
     upstream.clear()
-    assert vaultproxy(home, tmp_path, "local", "unset", "reload.gone").returncode == 0
+    assert run_cli(home, "local", "unset", "reload.gone", user_home=tmp_path).returncode == 0
     refused = wait_for_status(proxy, upstream, "reload.gone", 400)
     assert refused.headers["X-Vaultproxy-Error"] == "unknown_key" and "'reload.gone'" in refused.text
     # Some requests may have resolved before the reload; none after it.

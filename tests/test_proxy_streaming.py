@@ -29,7 +29,7 @@ from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons
 
 from tests.support.net import LOOPBACK, wait_until
-from tests.support.proxy import MitmdumpProcess
+from tests.support.proxy import MitmdumpProcess, audit_lines
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordingUpstream
 from vaultcore.vault import Vault
@@ -77,11 +77,6 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, h
 def lazy_proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path) -> Iterator[MitmdumpProcess]:
     """Lazy upstream connections: an HTTP/2 client then meets an HTTP/1-only upstream."""
     yield from streaming_proxy(tmp_path_factory, tls_material, home, connection_strategy="lazy")
-
-
-def audit_lines(home: Path, path: str) -> list[dict[str, object]]:
-    lines = [json.loads(line) for line in (home / "audit.log").read_text().splitlines()]
-    return [line for line in lines if line["path"] == path]
 
 
 def large_json(size: int) -> tuple[bytes, int]:

@@ -14,38 +14,19 @@ import gzip
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 import requests
 from mitmproxy.net import encoding
 
-from tests.support.net import LOOPBACK
-from tests.support.proxy import MitmdumpProcess, OptionValue, StartProxy, curl
+from tests.support.proxy import EXAMPLE_HOSTS, MitmdumpProcess, StartProxy, curl
+from tests.support.secret_set import Entry, SecretSet, module_fixtures, proxy_options, running_proxy
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream
-from vaultcore.vault import Vault
 
 TIMEOUT = 60
-HOSTS = {"*.example.com": LOOPBACK}
-
-
-class Entry(NamedTuple):
-    """A test secret: a distinctive token that survives every escaping but base64, then
-    the characters the test needs. A token (or the base64 form) in any output is a leak."""
-
-    token: str
-    rest: str = ""
-    hosts: tuple[str, ...] = (LOOPBACK, "api.example.com")
-    origins: tuple[str, ...] = ()
-
-    @property
-    def value(self) -> str:
-        return self.token + self.rest
-
-
-SECRETS = {
+SECRETS = SecretSet({
     "url.k": Entry("sk_live_Zq9Url", " a&b=c/d?e#f%+ü☃"),
     "raw.k": Entry("sk_live_Zq9Raw", "&extra=1/seg"),
     "hdr.a": Entry("sk_live_Zq9HdrA", ' "é/+=;,'),
@@ -55,63 +36,8 @@ SECRETS = {
     "text.k": Entry("sk_live_Zq9Text", ' "as is" \\n\r\n<b>&amp;'),
     "web.k": Entry("sk_live_Zq9Web", origins=("http://localhost:3000",)),
     "mapped.k": Entry("sk_live_Zq9Mapped", hosts=("api.example.com",)),
-}
-FORBIDDEN = {key: (entry.token, base64.b64encode(entry.value.encode()).decode()) for key, entry in SECRETS.items()}
-
-
-def value(key: str) -> str:
-    return SECRETS[key].value
-
-
-def leaked_keys(text: str) -> list[str]:
-    """Keys whose value shows in `text` (named by key, so a failure does not print values)."""
-    return [key for key, forms in FORBIDDEN.items() if any(form in text for form in forms)]
-
-
-def assert_logged_without_values(proxy: MitmdumpProcess, marker: str) -> None:
-    """The dumper printed the flow whose URL holds `marker`, and no value anywhere."""
-    proxy.wait_for_output(marker)
-    assert leaked_keys(proxy.output()) == []
-
-
-def proxy_options(home: Path, **extra: OptionValue) -> dict[str, OptionValue]:
-    return {"vault_home": str(home), "flow_detail": 3, **extra}
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One vault for the module, filled before any proxy starts."""
-    home = tmp_path_factory.mktemp("vault-home")
-    vault = Vault(home)
-    for key, entry in SECRETS.items():
-        vault.set(key, entry.value, hosts=entry.hosts, origins=entry.origins)
-    return home
-
-
-def running_proxy(
-    tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path, **extra: OptionValue
-) -> Iterator[MitmdumpProcess]:
-    """A module's shared proxy; at teardown neither its output nor the audit log holds a value."""
-    process = MitmdumpProcess(
-        tmp_path_factory.mktemp("vaultproxy"), upstream_ca=tls_material.ca_cert,
-        options=proxy_options(home, **extra), hosts=HOSTS,
-    )
-    with process:
-        yield process
-    assert leaked_keys(process.output()) == []
-    assert leaked_keys((home / "audit.log").read_text()) == []
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path) -> Iterator[MitmdumpProcess]:
-    """mitmdump with the addon and default options, shared by the module."""
-    yield from running_proxy(tmp_path_factory, tls_material, home)
-
-
-@pytest.fixture(scope="module")
-def h2_proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path) -> Iterator[MitmdumpProcess]:
-    """Lazy upstream connections, so that clients can speak HTTP/2 to the proxy (see httpx_client)."""
-    yield from running_proxy(tmp_path_factory, tls_material, home, connection_strategy="lazy")
+})
+home, proxy, h2_proxy = module_fixtures(SECRETS)
 
 
 # --- URL ------------------------------------------------------------------------------------
@@ -133,13 +59,13 @@ def test_url_path_and_query_values_are_percent_encoded(
         result = curl(proxy, url, "--fail")
         assert result.returncode == 0, result.stderr.decode()
     (received,) = upstream.wait_for(1)
-    encoded = quote(value("url.k"), safe="")
+    encoded = quote(SECRETS.value("url.k"), safe="")
     assert received.target == f"/url-{client}/{encoded}/tail?q={encoded}&plain=1"
     target = urlsplit(received.target)
-    assert unquote(target.path.split("/")[2]) == value("url.k")
-    assert parse_qs(target.query) == {"q": [value("url.k")], "plain": ["1"]}
+    assert unquote(target.path.split("/")[2]) == SECRETS.value("url.k")
+    assert parse_qs(target.query) == {"q": [SECRETS.value("url.k")], "plain": ["1"]}
     # The client really sent this form: the dumper shows the request as the client wrote it.
-    assert_logged_without_values(proxy, f"/url-{client}/{form_seen}/tail?q={form_seen}&plain=1")
+    SECRETS.assert_logged_without_values(proxy, f"/url-{client}/{form_seen}/tail?q={form_seen}&plain=1")
 
 
 def test_url_filters_raw_base64_urlencode(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
@@ -147,14 +73,14 @@ def test_url_filters_raw_base64_urlencode(proxy: MitmdumpProcess, upstream: Reco
     with proxy.requests_session() as session:  # sends "|" as %7C
         assert session.get(url, timeout=TIMEOUT).status_code == 200
     (received,) = upstream.wait_for(1)
-    b64 = base64.b64encode(value("url.k").encode()).decode()
-    encoded = quote(value("url.k"), safe="")
-    assert received.target == f"/filters?raw={value('raw.k')}&b64={quote(b64, safe='')}&enc={encoded}"
+    b64 = base64.b64encode(SECRETS.value("url.k").encode()).decode()
+    encoded = quote(SECRETS.value("url.k"), safe="")
+    assert received.target == f"/filters?raw={SECRETS.value('raw.k')}&b64={quote(b64, safe='')}&enc={encoded}"
     # |raw left the value's & and = as they are: they now delimit query parameters.
     assert parse_qs(urlsplit(received.target).query) == {
-        "raw": ["sk_live_Zq9Raw"], "extra": ["1/seg"], "b64": [b64], "enc": [value("url.k")],
+        "raw": ["sk_live_Zq9Raw"], "extra": ["1/seg"], "b64": [b64], "enc": [SECRETS.value("url.k")],
     }
-    assert_logged_without_values(proxy, "/filters?raw=%3C%3Cvault:raw.k%7Craw%3E%3E")
+    SECRETS.assert_logged_without_values(proxy, "/filters?raw=%3C%3Cvault:raw.k%7Craw%3E%3E")
 
 
 # --- headers --------------------------------------------------------------------------------
@@ -173,7 +99,7 @@ def test_every_header_resolved_with_name_case_and_order_kept(proxy: MitmdumpProc
     result = curl(proxy, upstream.url + "/headers", "--fail", *args)
     assert result.returncode == 0, result.stderr.decode()
     (received,) = upstream.wait_for(1)
-    a, b = value("hdr.a").encode(), value("hdr.b").encode()
+    a, b = SECRETS.value("hdr.a").encode(), SECRETS.value("hdr.b").encode()
     assert received.headers[-len(headers):] == [  # after curl's own headers
         (b"X-Api-Key", a),
         (b"authorization", b"Bearer " + b),
@@ -182,7 +108,7 @@ def test_every_header_resolved_with_name_case_and_order_kept(proxy: MitmdumpProc
         (b"X-Dup", b),
         (b"X-Untouched", b"<<vault:>> << vault:hdr.a >>"),
     ]
-    assert_logged_without_values(proxy, "/headers")
+    SECRETS.assert_logged_without_values(proxy, "/headers")
 
 
 # --- bodies ---------------------------------------------------------------------------------
@@ -205,19 +131,20 @@ def test_json_body_values_are_json_escaped(proxy: MitmdumpProcess, upstream: Rec
     path = "/json/" + quote(media, safe="")
     post(proxy, upstream.url + path, body, {"Content-Type": media})
     (received,) = upstream.wait_for(1)
-    assert received.json() == {"token": value("json.k"), "nested": ["x" + value("json.k") + "y"], "n": 1}
+    assert received.json() == {"token": SECRETS.value("json.k"), "nested": ["x" + SECRETS.value("json.k") + "y"], "n": 1}
     assert received.header("Content-Type") == media
     assert_length_framed(received)
-    assert_logged_without_values(proxy, path)
+    SECRETS.assert_logged_without_values(proxy, path)
 
 
 def test_form_body_values_are_form_encoded(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
     body = b"user=me&pass=<<vault:form.k>>&note=a+b"
     post(proxy, upstream.url + "/form", body, {"Content-Type": "application/x-www-form-urlencoded"})
     (received,) = upstream.wait_for(1)
-    assert parse_qs(received.body.decode(), strict_parsing=True) == {"user": ["me"], "pass": [value("form.k")], "note": ["a b"]}
+    form = parse_qs(received.body.decode(), strict_parsing=True)
+    assert form == {"user": ["me"], "pass": [SECRETS.value("form.k")], "note": ["a b"]}
     assert_length_framed(received)
-    assert_logged_without_values(proxy, "/form")
+    SECRETS.assert_logged_without_values(proxy, "/form")
 
 
 def test_form_encoded_placeholders_from_a_form_encoder_resolve(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
@@ -227,9 +154,9 @@ def test_form_encoded_placeholders_from_a_form_encoder_resolve(proxy: MitmdumpPr
     assert response.status_code == 200
     (received,) = upstream.wait_for(1)
     assert b"%3Cvault" not in received.body
-    assert parse_qs(received.body.decode(), strict_parsing=True) == {"user": ["me"], "pass": [value("form.k")]}
+    assert parse_qs(received.body.decode(), strict_parsing=True) == {"user": ["me"], "pass": [SECRETS.value("form.k")]}
     assert_length_framed(received)
-    assert_logged_without_values(proxy, "/form-encoder")
+    SECRETS.assert_logged_without_values(proxy, "/form-encoder")
 
 
 def test_multipart_body_values_are_raw(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
@@ -242,19 +169,19 @@ def test_multipart_body_values_are_raw(proxy: MitmdumpProcess, upstream: Recordi
     with proxy.requests_session() as session:
         assert session.send(prepared, timeout=TIMEOUT).status_code == 200
     (received,) = upstream.wait_for(1)
-    assert received.body == prepared.body.replace(b"<<vault:text.k>>", value("text.k").encode())
+    assert received.body == prepared.body.replace(b"<<vault:text.k>>", SECRETS.value("text.k").encode())
     assert received.header("Content-Type") == prepared.headers["Content-Type"]  # boundary unchanged
     assert_length_framed(received)
-    assert_logged_without_values(proxy, "/multipart")
+    SECRETS.assert_logged_without_values(proxy, "/multipart")
 
 
 def test_text_body_values_are_raw(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
     body = "key: <<vault:text.k>>\nagain: <<vault:text.k>>, ünïcode stays\n".encode()
     post(proxy, upstream.url + "/text", body, {"Content-Type": "text/plain; charset=utf-8"})
     (received,) = upstream.wait_for(1)
-    assert received.body == body.replace(b"<<vault:text.k>>", value("text.k").encode())
+    assert received.body == body.replace(b"<<vault:text.k>>", SECRETS.value("text.k").encode())
     assert_length_framed(received)
-    assert_logged_without_values(proxy, "/text")
+    SECRETS.assert_logged_without_values(proxy, "/text")
 
 
 @pytest.mark.parametrize("codec", ["gzip", "deflate", "br", "zstd"])
@@ -269,8 +196,8 @@ def test_compressed_bodies_are_decoded_substituted_and_reencoded(
     assert_length_framed(received)
     decoded = encoding.decode(received.body, codec)
     assert decoded != received.body  # really compressed on the wire
-    assert json.loads(decoded) == {"token": value("json.k"), "pad": "compressible " * 200}
-    assert_logged_without_values(proxy, f"/compressed-{codec}")
+    assert json.loads(decoded) == {"token": SECRETS.value("json.k"), "pad": "compressible " * 200}
+    SECRETS.assert_logged_without_values(proxy, f"/compressed-{codec}")
 
 
 # --- clients and protocols ------------------------------------------------------------------
@@ -320,11 +247,11 @@ def test_clients_and_protocols(
     )
     assert version == ("HTTP/2" if client.endswith("h2") else "HTTP/1.1")
     (received,) = server.wait_for(1)
-    assert received.target == f"{marker}?q={quote(value('url.k'), safe='')}"
-    assert received.header("X-Key") == value("hdr.b")
-    assert received.json() == {"t": value("json.k")}
+    assert received.target == f"{marker}?q={quote(SECRETS.value('url.k'), safe='')}"
+    assert received.header("X-Key") == SECRETS.value("hdr.b")
+    assert received.json() == {"t": SECRETS.value("json.k")}
     assert_length_framed(received)
-    assert_logged_without_values(via, marker)
+    SECRETS.assert_logged_without_values(via, marker)
 
 
 # --- options and the addon chain ------------------------------------------------------------
@@ -333,7 +260,7 @@ def test_clients_and_protocols(
 def test_on_missing_keep_passes_unknown_placeholders_literally(
     mitmdump: StartProxy, home: Path, upstream: RecordingUpstream
 ) -> None:
-    proxy = mitmdump(options=proxy_options(home, vault_on_missing="keep"), hosts=HOSTS)
+    proxy = mitmdump(options=proxy_options(home, vault_on_missing="keep"), hosts=EXAMPLE_HOSTS)
     with proxy.requests_session() as session:
         kept = session.post(
             upstream.url + "/keep/<<vault:nope.k>>?known=<<vault:hdr.b>>",
@@ -350,19 +277,19 @@ def test_on_missing_keep_passes_unknown_placeholders_literally(
     assert (refused.status_code, refused.headers["X-Vaultproxy-Error"]) == (403, "host_not_allowed")
     assert unused.returncode == 0, unused.stderr.decode()
     received, other_host = upstream.wait_for(2)
-    assert received.target == f"/keep/%3C%3Cvault:nope.k%3E%3E?known={value('hdr.b')}"
-    assert received.header("X-Both") == f"<<vault:nope.k>> {value('hdr.b')}"
-    assert received.json() == {"a": "<<vault:nope.k>>", "b": value("hdr.b")}
+    assert received.target == f"/keep/%3C%3Cvault:nope.k%3E%3E?known={SECRETS.value('hdr.b')}"
+    assert received.header("X-Both") == f"<<vault:nope.k>> {SECRETS.value('hdr.b')}"
+    assert received.json() == {"a": "<<vault:nope.k>>", "b": SECRETS.value("hdr.b")}
     assert (other_host.path, other_host.header("Host")) == ("/keep-other-host", "other.example.com")
     assert other_host.header("X-Unknown") == "<<vault:nope.k>>"
-    assert_logged_without_values(proxy, "/keep-other-host")
+    SECRETS.assert_logged_without_values(proxy, "/keep-other-host")
 
 
 @pytest.fixture(scope="module")
 def chained_proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path) -> Iterator[MitmdumpProcess]:
     """mitmproxy's own modify_headers and map_remote change requests before substitution."""
     yield from running_proxy(
-        tmp_path_factory, tls_material, home,
+        tmp_path_factory.mktemp("vaultproxy"), tls_material, home, SECRETS,
         modify_headers="|~u /modified|X-Added|Bearer <<vault:hdr.b>>",
         map_remote=[
             "|//alias.example.com:|//api.example.com:",
@@ -376,8 +303,8 @@ def test_header_added_by_modify_headers_is_resolved(chained_proxy: MitmdumpProce
     with proxy.requests_session() as session:
         assert session.get(upstream.url + "/modified", timeout=TIMEOUT).status_code == 200
     (received,) = upstream.wait_for(1)
-    assert received.header("X-Added") == f"Bearer {value('hdr.b')}"
-    assert_logged_without_values(proxy, "/modified")
+    assert received.header("X-Added") == f"Bearer {SECRETS.value('hdr.b')}"
+    SECRETS.assert_logged_without_values(proxy, "/modified")
 
 
 def test_map_remote_is_checked_against_the_final_host(
@@ -397,8 +324,8 @@ def test_map_remote_is_checked_against_the_final_host(
     (received,) = tls_upstream.requests
     assert received.path == "/mapped"
     assert received.header("Host") == f"api.example.com:{tls_upstream.port}"
-    assert received.header("X-Key") == value("mapped.k")
-    assert_logged_without_values(proxy, "/divert")
+    assert received.header("X-Key") == SECRETS.value("mapped.k")
+    SECRETS.assert_logged_without_values(proxy, "/divert")
 
 
 @pytest.fixture(scope="module")
@@ -443,8 +370,8 @@ def test_allowed_web_origin_resolves(proxy: MitmdumpProcess, upstream: Recording
                                headers={"Origin": "http://localhost:3000", "X-Key": "<<vault:web.k>>"})
     assert response.status_code == 200
     (received,) = upstream.wait_for(1)
-    assert received.header("X-Key") == value("web.k")
-    assert_logged_without_values(proxy, "/origin")
+    assert received.header("X-Key") == SECRETS.value("web.k")
+    SECRETS.assert_logged_without_values(proxy, "/origin")
 
 
 def test_navigation_typed_by_the_user_resolves(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
@@ -454,5 +381,5 @@ def test_navigation_typed_by_the_user_resolves(proxy: MitmdumpProcess, upstream:
                                headers={"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"})
     assert response.status_code == 200
     (received,) = upstream.wait_for(1)
-    assert received.target == f"/navigate?k={value('hdr.b')}"
-    assert_logged_without_values(proxy, "/navigate")
+    assert received.target == f"/navigate?k={SECRETS.value('hdr.b')}"
+    SECRETS.assert_logged_without_values(proxy, "/navigate")

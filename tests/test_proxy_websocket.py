@@ -8,26 +8,25 @@ output, a `-w` flow file, a HAR file) shows placeholders, never values.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from mitmproxy import io
-from websockets.sync.server import ServerConnection, serve
 
 from tests.support.net import LOOPBACK
-from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
 from tests.support.tls import TLSMaterial
+from tests.support.upstream import WebSocketMessage, WebSocketUpstream
 from vaultcore.vault import Vault
 
 TIMEOUT = 60
 VALUE = 'sk_live_Zq9Ws "quoted" \\ ✓'
 ELSEWHERE_VALUE = "sk_live_Zq9WsElsewhere"
 LEAK_TOKEN = "sk_live_Zq9Ws"  # a prefix of both values, kept by JSON escaping
+GREETING = "greeting <<vault:ws.k>>"  # the upstream's first message to each client
 
 
 @pytest.fixture(scope="module")
@@ -52,105 +51,62 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, h
     assert LEAK_TOKEN not in (home / "audit.log").read_text()
 
 
-class AckingUpstream:
-    """A WebSocket server (ws or wss) that greets each client with a message holding a
-    placeholder, records every message it receives and answers each with "ack N".
-
-    Unlike the harness's echo upstream it never sends a received value back, so mitmproxy's
-    records of the conversation must hold no value at all.
-    """
-
-    GREETING = "greeting <<vault:ws.k>>"
-
-    def __init__(self, tls: TLSMaterial | None = None) -> None:
-        self._ssl = tls.server_context() if tls is not None else None
-        self.received: list[str | bytes] = []
-        self.paths: list[str] = []
-        self._changed = threading.Condition()
-
-    def _handle(self, connection: ServerConnection) -> None:
-        assert connection.request is not None
-        self.paths.append(connection.request.path)
-        connection.send(self.GREETING)
-        for message in connection:
-            with self._changed:
-                self.received.append(message)
-                self._changed.notify_all()
-            connection.send(f"ack {len(self.received)}")
-
-    def wait_for(self, count: int) -> list[str | bytes]:
-        with self._changed:
-            assert self._changed.wait_for(lambda: len(self.received) >= count, TIMEOUT), f"{len(self.received)} messages"
-            return list(self.received)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[str]:
-        """Serve on a free loopback port; yields the base URL (ws:// or wss://)."""
-        with serve(self._handle, LOOPBACK, 0, ssl=self._ssl) as server:
-            thread = threading.Thread(target=server.serve_forever, name="acking-upstream", daemon=True)
-            thread.start()
-            try:
-                yield f"{'wss' if self._ssl else 'ws'}://{LOOPBACK}:{server.socket.getsockname()[1]}"
-            finally:
-                server.shutdown()
-                thread.join()
+def acknowledge(message: WebSocketMessage, count: int) -> str:
+    """The upstream's answer: "ack N", never the message, so that mitmproxy's records of the
+    conversation must hold no value at all."""
+    return f"ack {count}"
 
 
 @pytest.fixture(params=["ws", "wss"])
-def upstream(request: pytest.FixtureRequest, tls_material: TLSMaterial) -> Iterator[tuple[AckingUpstream, str]]:
-    server = AckingUpstream(tls_material if request.param == "wss" else None)
-    with server.running() as url:
-        yield server, url
+def upstream(request: pytest.FixtureRequest, tls_material: TLSMaterial) -> Iterator[WebSocketUpstream]:
+    tls = tls_material if request.param == "wss" else None
+    with WebSocketUpstream(tls, answer=acknowledge, greeting=GREETING) as server:
+        yield server
 
 
-def test_client_messages_are_resolved(proxy: MitmdumpProcess, upstream: tuple[AckingUpstream, str]) -> None:
-    server, url = upstream
-    with proxy.websocket(f"{url}/socket?auth=<<vault:ws.k>>") as connection:
+def test_client_messages_are_resolved(proxy: MitmdumpProcess, upstream: WebSocketUpstream) -> None:
+    with proxy.websocket(f"{upstream.url}/socket?auth=<<vault:ws.k>>") as connection:
         connection.recv(TIMEOUT)
         connection.send("token=<<vault:ws.k>>")
         connection.send(b"binary:<<vault:ws.k>>")
-        assert server.wait_for(2) == [f"token={VALUE}", b"binary:" + VALUE.encode()]
+        assert upstream.wait_for(2, TIMEOUT) == [f"token={VALUE}", b"binary:" + VALUE.encode()]
     # The handshake is an HTTP request like any other: its URL is resolved too.
-    assert server.paths == ["/socket?auth=" + quote(VALUE, safe="")]
+    assert [handshake.path for handshake in upstream.handshakes] == ["/socket?auth=" + quote(VALUE, safe="")]
     proxy.wait_for_output("token=<<vault:ws.k>>")  # the dumper printed the message, as sent
 
 
-def test_json_text_message_gets_json_escaping(proxy: MitmdumpProcess, upstream: tuple[AckingUpstream, str]) -> None:
-    server, url = upstream
-    with proxy.websocket(f"{url}/json") as connection:
+def test_json_text_message_gets_json_escaping(proxy: MitmdumpProcess, upstream: WebSocketUpstream) -> None:
+    with proxy.websocket(f"{upstream.url}/json") as connection:
         connection.send('{"auth": "<<vault:ws.k>>", "n": 1}')
-        (received,) = server.wait_for(1)
+        (received,) = upstream.wait_for(1, TIMEOUT)
     assert isinstance(received, str)
     assert json.loads(received) == {"auth": VALUE, "n": 1}
     assert r'\"quoted\" \\' in received  # escaped, not raw: the message is still valid JSON
 
 
-def test_server_messages_are_untouched(proxy: MitmdumpProcess, upstream: tuple[AckingUpstream, str]) -> None:
-    server, url = upstream
-    with proxy.websocket(f"{url}/greeting") as connection:
-        assert connection.recv(TIMEOUT) == AckingUpstream.GREETING
+def test_server_messages_are_untouched(proxy: MitmdumpProcess, upstream: WebSocketUpstream) -> None:
+    with proxy.websocket(f"{upstream.url}/greeting") as connection:
+        assert connection.recv(TIMEOUT) == GREETING
         connection.send("reply <<vault:ws.k>>")  # while the client's own messages are resolved
-        assert server.wait_for(1) == [f"reply {VALUE}"]
+        assert upstream.wait_for(1, TIMEOUT) == [f"reply {VALUE}"]
 
 
 def test_message_with_refused_key_is_dropped_and_connection_kept(
-    proxy: MitmdumpProcess, upstream: tuple[AckingUpstream, str], home: Path
+    proxy: MitmdumpProcess, upstream: WebSocketUpstream, home: Path
 ) -> None:
-    server, url = upstream
-    with proxy.websocket(f"{url}/refused") as connection:
+    with proxy.websocket(f"{upstream.url}/refused") as connection:
         connection.recv(TIMEOUT)
         connection.send("a <<vault:ws.elsewhere>>")
         connection.send("b <<vault:no.such.key>>")
         connection.send("c <<vault:ws.k>>")
         # Messages keep their order on one connection: had a refused one gone through, the
         # upstream would have received it first.
-        assert server.wait_for(1) == [f"c {VALUE}"]
+        assert upstream.wait_for(1, TIMEOUT) == [f"c {VALUE}"]
         assert connection.recv(TIMEOUT) == "ack 1"  # the connection still works both ways
     output = proxy.output()
     assert "vaultproxy: dropped a WebSocket message to 127.0.0.1: secret 'ws.elsewhere' is not allowed" in output
     assert "vaultproxy: dropped a WebSocket message to 127.0.0.1: unknown key 'no.such.key'" in output
-    audit = [json.loads(line) for line in (home / "audit.log").read_text().splitlines()]
-    assert [(line["keys"], line["outcome"]) for line in audit if line["path"] == "/refused"][-3:] == [
+    assert [(line["keys"], line["outcome"]) for line in audit_lines(home, "/refused")][-3:] == [
         (["ws.elsewhere"], "refused:host_not_allowed"),
         (["no.such.key"], "refused:unknown_key"),
         (["ws.k"], "resolved"),
@@ -159,16 +115,15 @@ def test_message_with_refused_key_is_dropped_and_connection_kept(
 
 @pytest.mark.parametrize("upstream", ["ws"], indirect=True)
 def test_saved_flows_show_placeholders_in_messages(
-    mitmdump: StartProxy, home: Path, tmp_path: Path, upstream: tuple[AckingUpstream, str]
+    mitmdump: StartProxy, home: Path, tmp_path: Path, upstream: WebSocketUpstream
 ) -> None:
-    server, url = upstream
     flows_path, har_path = tmp_path / "flows.mitm", tmp_path / "flows.har"
     proxy = mitmdump(options={**proxy_options(home), "hardump": str(har_path)}, args=["-w", str(flows_path)])
     sent = ["one <<vault:ws.k>>", '{"two": "<<vault:ws.k>>"}', "three <<vault:ws.elsewhere>>", "last <<vault:ws.k>>"]
-    with proxy.websocket(url + "/saved?auth=<<vault:ws.k>>") as connection:
+    with proxy.websocket(upstream.url + "/saved?auth=<<vault:ws.k>>") as connection:
         for message in sent:
             connection.send(message)
-        assert server.wait_for(3) == [f"one {VALUE}", json.dumps({"two": VALUE}, ensure_ascii=False), f"last {VALUE}"]
+        assert upstream.wait_for(3, TIMEOUT) == [f"one {VALUE}", json.dumps({"two": VALUE}, ensure_ascii=False), f"last {VALUE}"]
     proxy.wait_for_output("WebSocket connection closed by client")
     assert proxy.stop() == 0  # mitmdump writes the HAR file on exit
 

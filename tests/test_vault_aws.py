@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from tests.support.moto import REGION, MotoServer
+from tests.support.moto import REGION, MotoServer, enforced_auth
 from vaultcore.placeholders import SubstitutionError
 from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping
 from vaultcore.providers import aws
@@ -70,26 +65,6 @@ def own_moto() -> Iterator[MotoServer]:
     with MotoServer() as server:
         server.reset()
         yield server
-
-
-@pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Secrets Manager operations made by fetches, counted by a botocore event hook."""
-    counter: Counter[str] = Counter()
-    lock = threading.Lock()
-    real_session_for = aws.session_for
-
-    def count(model: Any, **_: Any) -> None:
-        with lock:
-            counter[model.name] += 1
-
-    def counting_session_for(config: ProviderConfig, credentials: StaticCredentials | None) -> Any:
-        session = real_session_for(config, credentials)
-        session.events.register("before-call.secrets-manager", count)
-        return session
-
-    monkeypatch.setattr(aws, "session_for", counting_session_for)
-    return counter
 
 
 def row(vault: Vault, alias: str, name: str | None = None) -> dict[str, Any]:
@@ -227,36 +202,6 @@ def test_secret_not_found_marks_the_row_and_the_configuration(vault: Vault, admi
     vault.fetch(["gone"])
     assert row(vault, "gone")["status"] == "ok" and vault.get("gone") == "FAKE-found-later"
     assert vault.status()["config_error"] is None
-
-
-@dataclass(frozen=True)
-class Enforced:
-    reader: StaticCredentials
-    nobody: StaticCredentials
-
-
-@contextmanager
-def enforced_auth(moto: MotoServer) -> Iterator[Enforced]:
-    """IAM users made while moto is open, then moto's IAM enforcement on (process-wide: it is
-    always restored)."""
-    iam = moto.client("iam")
-    users = {}
-    for role, actions in (("reader", ["secretsmanager:GetSecretValue", "secretsmanager:BatchGetSecretValue"]), ("nobody", [])):
-        user = f"{role}-{uuid.uuid4().hex[:8]}"
-        iam.create_user(UserName=user)
-        if actions:
-            policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
-            iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName=user)["AccessKey"]
-        users[role] = StaticCredentials(key["AccessKeyId"], key["SecretAccessKey"])
-    reset_auth = f"{moto.endpoint_url}/moto-api/reset-auth"
-    answer = requests.post(reset_auth, data=b"0", timeout=10)
-    answer.raise_for_status()
-    try:
-        yield Enforced(**users)
-    finally:
-        requests.post(reset_auth, data=answer.json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"].encode(),
-                      timeout=10).raise_for_status()
 
 
 def test_invalid_then_denied_credentials_keep_the_cache_until_fixed(vault: Vault, admin: Any, moto: MotoServer) -> None:

@@ -1,14 +1,17 @@
 """Real test infrastructure for end-to-end tests; everything binds 127.0.0.1 only.
 
-- net: free_port, wait_until (polling), wait_for_port, is_listening
+- net: free_port, wait_until (polling), wait_for_port, is_listening, listening_addresses
 - env: environment isolation (no *_PROXY, AWS_*, VAULTPROXY_* leaking in), child_env
 - tls: a throwaway test CA and server certificate (localhost, 127.0.0.1, *.example.com)
 - upstream: RecordingUpstream (HTTP/1.1 and HTTPS, exact bytes, per-path replies,
-  misbehaviours) and WebSocketUpstream (records and echoes)
+  misbehaviours) and WebSocketUpstream (records; echoes, or answers as told)
 - proxy: MitmdumpProcess (a real mitmdump subprocess) with requests/httpx/websockets
   clients forced through it, and curl()
 - hosts_addon: a mitmdump script mapping test host names to loopback
-- moto: MotoServer, moto's Secrets Manager/STS server mode
+- moto: MotoServer, moto's Secrets Manager/STS/IAM server mode; enforced_auth, count_operations
+- cli: the `vaultproxy` command as a child process (run_cli, start_cli) and `vaultproxy start`
+- leaks: the leak hunt (needles in every encoding, hunts over bytes, files, flow files, processes)
+- secret_set: a module's test secrets, found by key in any output, and its shared proxy
 
 The fixtures in tests/conftest.py start and stop these for each test.
 """

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 LOOPBACK = "127.0.0.1"
 POLL_INTERVAL = 0.02
@@ -50,6 +51,29 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = LOOPBACK) -> Non
     wait_until(lambda: port_accepts(port, host), timeout, f"{host}:{port} to accept connections")
 
 
+def _listeners(port: int) -> Iterator[tuple[str, str]]:
+    """(local address in hex, socket inode) of every TCP socket listening on `port` (Linux /proc/net/tcp{,6})."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)  # column titles
+            for row in rows:
+                fields = row.split()
+                address, local_port = fields[1].rsplit(":", 1)
+                if fields[3] == TCP_LISTEN and int(local_port, 16) == port:
+                    yield address, fields[9]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of every TCP socket listening on `port` ("0.0.0.0": every interface)."""
+    found = set()
+    for address, _ in _listeners(port):
+        # The kernel prints each 32-bit word of the address in host (little-endian) order.
+        raw = bytes.fromhex(address)
+        packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+        found.add(str(ipaddress.ip_address(packed)))
+    return found
+
+
 def is_listening(pid: int, port: int) -> bool:
     """True when process `pid` holds a socket listening on TCP `port` (Linux /proc).
 
@@ -68,12 +92,4 @@ def is_listening(pid: int, port: int) -> bool:
             continue  # closed meanwhile
         if target.startswith("socket:["):
             inodes.add(target[len("socket:["):-1])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as rows:
-            next(rows)  # column titles
-            for row in rows:
-                fields = row.split()
-                local_port = int(fields[1].rsplit(":", 1)[1], 16)
-                if fields[3] == TCP_LISTEN and local_port == port and fields[9] in inodes:
-                    return True
-    return False
+    return any(inode in inodes for _, inode in _listeners(port))

@@ -7,6 +7,7 @@ the environment, so loopback traffic really goes through mitmdump.
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
 import sys
@@ -30,6 +31,8 @@ STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 CLIENT_TIMEOUT = 60.0
 PORT_ATTEMPTS = 5
+# `hosts=` for upstreams reached as api.example.com, other.example.com... (the test certificate's names)
+EXAMPLE_HOSTS = {"*.example.com": LOOPBACK}
 
 OptionValue = str | int | bool | Sequence[str]
 StartProxy = Callable[..., "MitmdumpProcess"]  # the `mitmdump` fixture's factory
@@ -178,6 +181,13 @@ class MitmdumpProcess:
     def _exit_status(self) -> int | None:
         return self._process.poll() if self._process is not None else None
 
+    @property
+    def pid(self) -> int:
+        """The mitmdump process's id (for /proc checks)."""
+        if self._process is None:
+            raise RuntimeError("mitmdump not started")
+        return self._process.pid
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -247,6 +257,13 @@ class MitmdumpProcess:
         if url.startswith("wss:"):
             kwargs.setdefault("ssl", self.ssl_context())
         return websocket_connect(url, proxy=self.url, open_timeout=CLIENT_TIMEOUT, **kwargs)
+
+
+def audit_lines(vault_home: Path, path: str | None = None) -> list[dict[str, Any]]:
+    """The addon's audit log (audit.log in the vault home, a JSON object a request); only the
+    requests for `path` (without query) when given."""
+    lines = [json.loads(line) for line in (vault_home / "audit.log").read_text().splitlines()]
+    return [line for line in lines if path is None or line["path"] == path]
 
 
 def curl(

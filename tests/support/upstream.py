@@ -3,7 +3,7 @@
 `RecordingUpstream` is a hand-written HTTP/1.1 server (on socketserver) rather than
 http.server, because tests must see the bytes as they arrived: header order and case,
 chunked framing, and everything any connection ever sent (for leak checks).
-`WebSocketUpstream` records and echoes WebSocket messages.
+`WebSocketUpstream` records WebSocket messages and echoes them (or answers as told).
 """
 
 from __future__ import annotations
@@ -40,6 +40,15 @@ DEFAULT_WAIT = 30.0
 SHUTDOWN_POLL = 0.05  # how often serve_forever checks for stop(): keeps teardown quick
 
 T = TypeVar("T")
+WebSocketMessage = str | bytes
+# How a WebSocketUpstream answers a message, given the message and how many it has received
+# (this one included): the answer to send, or None to send nothing.
+Answer = Callable[[WebSocketMessage, int], WebSocketMessage | None]
+
+
+def echo(message: WebSocketMessage, count: int) -> WebSocketMessage:
+    """WebSocketUpstream's default answer: the message itself."""
+    return message
 
 
 def _find_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
@@ -103,10 +112,12 @@ class _Recorder(Generic[T]):
         self._items: list[T] = []
         self._changed = threading.Condition()
 
-    def append(self, item: T) -> None:
+    def append(self, item: T) -> int:
+        """Add `item`; returns how many items there are now."""
         with self._changed:
             self._items.append(item)
             self._changed.notify_all()
+            return len(self._items)
 
     def snapshot(self) -> list[T]:
         with self._changed:
@@ -410,14 +421,19 @@ class WebSocketHandshake:
 
 
 class WebSocketUpstream:
-    """A WebSocket echo server on 127.0.0.1 (optionally TLS) that records every message.
+    """A WebSocket server on 127.0.0.1 (optionally TLS) that records every message and echoes it.
 
+    `answer` replaces the echo (see Answer): an upstream that never sends a received value
+    back keeps values out of mitmproxy's records of the conversation, which an echo would
+    legitimately put there. `greeting`: a message sent to each client as it connects.
     Runs the `websockets` asyncio server on its own event loop in a background thread.
     """
 
-    def __init__(self, tls: TLSMaterial | None = None) -> None:
+    def __init__(self, tls: TLSMaterial | None = None, *, answer: Answer = echo, greeting: str | None = None) -> None:
         self._ssl_context = tls.server_context() if tls is not None else None
-        self._messages: _Recorder[str | bytes] = _Recorder()
+        self._answer = answer
+        self._greeting = greeting
+        self._messages: _Recorder[WebSocketMessage] = _Recorder()
         self._handshakes: _Recorder[WebSocketHandshake] = _Recorder()
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -436,14 +452,14 @@ class WebSocketUpstream:
         return f"{scheme}://{LOOPBACK}:{self._port}"
 
     @property
-    def messages(self) -> list[str | bytes]:
+    def messages(self) -> list[WebSocketMessage]:
         return self._messages.snapshot()
 
     @property
     def handshakes(self) -> list[WebSocketHandshake]:
         return self._handshakes.snapshot()
 
-    def wait_for(self, count: int, timeout: float = DEFAULT_WAIT) -> list[str | bytes]:
+    def wait_for(self, count: int, timeout: float = DEFAULT_WAIT) -> list[WebSocketMessage]:
         """Block until at least `count` messages were received; returns them."""
         return self._messages.wait_for(count, timeout, "websocket messages")
 
@@ -452,11 +468,14 @@ class WebSocketUpstream:
         if request is not None:
             self._handshakes.append(WebSocketHandshake(request.path, list(request.headers.raw_items())))
         try:
+            if self._greeting is not None:
+                await connection.send(self._greeting)
             async for message in connection:
-                self._messages.append(message)
-                await connection.send(message)
+                reply = self._answer(message, self._messages.append(message))
+                if reply is not None:
+                    await connection.send(reply)
         except ConnectionClosed:
-            pass  # the client or proxy went away mid-conversation: nothing left to echo
+            pass  # the client or proxy went away mid-conversation: nothing left to answer
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()

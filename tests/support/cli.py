@@ -1,0 +1,103 @@
+"""The `vaultproxy` command run as a user runs it: a real child process with VAULTPROXY_HOME in
+its environment, values on stdin (never in argv), and a HOME of its own in the test's tmp dir.
+
+- run_cli: one command to completion; start_cli: the same, left running for a caller that
+  watches it (its /proc entries) before collecting its output
+- VaultproxyStart: `vaultproxy start`, which execs mitmdump, handled like a MitmdumpProcess
+- parse_exports: the `export NAME=value` lines `vaultproxy env` prints
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .env import child_env
+from .proxy import MitmdumpProcess
+
+CLI = (sys.executable, "-m", "vaultcore.cli")
+CONSOLE_SCRIPT = Path(sys.executable).with_name("vaultproxy")  # what `pip install` gives users
+CLI_TIMEOUT = 60.0  # a guard against a hung command, not a measurement
+StartVaultproxy = Callable[..., "VaultproxyStart"]  # the `start_vaultproxy` fixture's factory
+
+
+def cli_env(vault_home: Path, user_home: Path) -> dict[str, str]:
+    """The CLI's environment: VAULTPROXY_HOME, and HOME and the AWS files in `user_home`, so
+    nothing falls back to the developer's ~ (their AWS profile, ~/.curlrc...)."""
+    return child_env({"VAULTPROXY_HOME": str(vault_home)}, home=user_home)
+
+
+def _user_home(vault_home: Path, user_home: Path | None) -> Path:
+    """`user_home`, by default "user-home" beside the vault; made, as it is the working directory too."""
+    home = user_home if user_home is not None else vault_home.parent / "user-home"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def run_cli(
+    vault_home: Path, *args: str, stdin: bytes = b"", user_home: Path | None = None,
+    timeout: float = CLI_TIMEOUT, check: bool = False,
+) -> subprocess.CompletedProcess[bytes]:
+    """`vaultproxy ARGS` against `vault_home` with `stdin`, to completion; output captured.
+
+    Its HOME and working directory are `user_home` (see _user_home): whatever it writes by
+    default stays in the test's tmp dir.
+    """
+    home = _user_home(vault_home, user_home)
+    return subprocess.run(
+        [*CLI, *args], input=stdin, capture_output=True, env=cli_env(vault_home, home), cwd=home,
+        timeout=timeout, check=check,
+    )
+
+
+def start_cli(vault_home: Path, *args: str, user_home: Path | None = None) -> subprocess.Popen[bytes]:
+    """As run_cli, but returns the running process with pipes on stdin, stdout and stderr:
+    a command that reads stdin waits until the caller's communicate() sends it."""
+    home = _user_home(vault_home, user_home)
+    return subprocess.Popen(
+        [*CLI, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=cli_env(vault_home, home), cwd=home,
+    )
+
+
+def parse_exports(output: str) -> dict[str, str]:
+    """`export NAME='value'` lines, parsed as a shell would; anything else fails the test."""
+    variables = {}
+    for line in output.splitlines():
+        word, assignment = shlex.split(line)
+        assert word == "export"
+        name, _, value = assignment.partition("=")
+        variables[name] = value
+    return variables
+
+
+class VaultproxyStart(MitmdumpProcess):
+    """`vaultproxy start` (the console script) in place of mitmdump: the harness's start (free
+    port, retry on a lost port race, wait until this very process listens), stop, logs and
+    clients apply unchanged, because `start` execs mitmdump in the same process.
+
+    `confdir`: mitmproxy's confdir (default: in workdir); one shared by several runs saves
+    making a CA, which takes seconds, for each.
+    """
+
+    def __init__(
+        self, workdir: Path, vault_home: Path, *, start_args: Sequence[str] = (), mitmdump_args: Sequence[str] = (),
+        confdir: Path | None = None,
+    ) -> None:
+        super().__init__(workdir, env={"VAULTPROXY_HOME": str(vault_home)})
+        if confdir is not None:
+            self.confdir = confdir
+        self._start_args = list(start_args)
+        self._mitmdump_args = list(mitmdump_args)
+
+    def command(self) -> list[str]:
+        return [
+            str(CONSOLE_SCRIPT), "start", *self._start_args, "--listen-port", str(self.port),
+            "--", "--set", f"confdir={self.confdir}", *self._mitmdump_args,
+        ]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
