@@ -1,8 +1,8 @@
 # Sourced by the scripts: pick the interpreter and bootstrap its virtual environment.
 #
 # The newest Python >= 3.12 found gets mitmproxy 12; else python3 >= 3.11 gets mitmproxy 11.
-# VAULTPROXY_PYTHON names an interpreter explicitly. Each interpreter gets its own venv
-# (.venv for the preferred one, .venv-3.11 for 3.11) so both mitmproxy lines can coexist.
+# The chosen interpreter's venv is .venv (what the README activates). VAULTPROXY_PYTHON names
+# another interpreter, whose venv is .venv-VERSION, so both mitmproxy lines can coexist.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -39,7 +39,7 @@ bootstrap_venv() {
   local extras=$1 python version venv stamp
   python=$(find_python) || return 1
   version=$(python_version "$python")
-  if version_ok "$version" 12; then venv="$ROOT/.venv"; else venv="$ROOT/.venv-$version"; fi
+  if [ -n "${VAULTPROXY_PYTHON:-}" ]; then venv="$ROOT/.venv-$version"; else venv="$ROOT/.venv"; fi
   stamp="$venv/.installed-$extras"
   if [ ! -x "$venv/bin/python" ]; then
     echo "creating $venv with $python (Python $version)" >&2
