@@ -26,7 +26,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -39,11 +38,11 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.env import child_env
 from tests.support.moto import REGION, MotoServer
 from tests.support.net import LOOPBACK, free_port, wait_until
-from tests.support.proxy import REPO, MitmdumpProcess, StartProxy
-from tests.support.upstream import RecordingUpstream, Reply
+from tests.support.cli import run_cli, start_cli
+from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.profiles import ProviderConfig, SecretMapping
 from vaultcore.providers import aws
 from vaultcore.providers.aws import StaticCredentials
@@ -61,21 +60,9 @@ RELOAD_FAILED = "reload failed, keeping the last good state"
 # --- helpers -------------------------------------------------------------------------------
 
 
-def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vaultcore.cli", *args]
-
-
-def cli_env(home: Path) -> dict[str, str]:
-    """The CLI's environment: this vault home, and a HOME of its own (no ~/.aws, no config dir)."""
-    return child_env({"VAULTPROXY_HOME": str(home)}, home=home.parent / "user-home")
-
-
 def cli(home: Path, *args: str, stdin: bytes = b"", timeout: float = CLI_TIMEOUT, **popen: Any) -> subprocess.CompletedProcess[bytes]:
     """Run the real CLI to completion (not checked: tests look at the exit code)."""
-    return subprocess.run(
-        cli_command(*args), input=stdin, capture_output=True, env=cli_env(home), cwd=REPO,
-        timeout=timeout, check=False, **popen,
-    )
+    return run_cli(home, *args, stdin=stdin, timeout=timeout, **popen)
 
 
 def ok(result: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[bytes]:
@@ -126,7 +113,7 @@ def start_vault_proxy(mitmdump: StartProxy, home: Path, **options: str) -> Mitmd
     return mitmdump(env={"VAULTPROXY_HOME": str(home)}, options=options)
 
 
-def resolved_through(proxy: MitmdumpProcess, upstream: RecordingUpstream, path: str, headers: dict[str, str]) -> Any:
+def resolved_through(proxy: MitmdumpProcess, upstream: RecordingUpstream, path: str, headers: dict[str, str]) -> RecordedRequest:
     """Send one request with placeholders through the proxy; the request the upstream got."""
     upstream.clear()
     with proxy.requests_session() as session:
@@ -183,10 +170,7 @@ def config_use(target: str) -> Write:
 
 def spawn_cli(home: Path, args: tuple[str, ...], stdin: bytes) -> subprocess.Popen[bytes]:
     """Start the CLI with its input already written and closed, so a kill never finds it waiting."""
-    process = subprocess.Popen(
-        cli_command(*args), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=cli_env(home), cwd=REPO,
-    )
+    process = start_cli(home, *args)
     assert process.stdin is not None
     process.stdin.write(stdin)
     process.stdin.close()
@@ -209,7 +193,7 @@ IN_CREATE, IN_DELETE, IN_MOVED_TO = 0x100, 0x200, 0x80
 def directory_events(path: Path) -> Iterator[int]:
     """An inotify descriptor that turns readable when an entry of `path` is created, renamed
     in or deleted: it wakes a waiter within microseconds of a write's first step, which
-    polling cannot (a whole vault write takes about a millisecond)."""
+    polling cannot (a vault write, fsyncs included, takes a few milliseconds)."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.inotify_init1(os.O_CLOEXEC)
     if fd < 0:
@@ -276,7 +260,7 @@ def run_kill_loop(kill_vault: tuple[Vault, Any], tmp_path: Path, writes: int) ->
         with directory_events(home) as events:
             process = spawn_cli(home, write.args, write.stdin)
             if in_write:
-                kill_when_home_changes(process, events, rng.uniform(0.0, 0.008))  # a write with its fsyncs: 2-6 ms here
+                kill_when_home_changes(process, events, rng.uniform(0.0, 0.008))  # a write, fsyncs included: a few ms
             else:
                 # Anywhere: mostly start-up or the network part of a fetch, sometimes the write.
                 with contextlib.suppress(subprocess.TimeoutExpired):

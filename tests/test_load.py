@@ -9,10 +9,7 @@ value in the proxy's output, and no write lost.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -24,9 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.support.env import child_env
 from tests.support.net import LOOPBACK, wait_until
-from tests.support.proxy import REPO, StartProxy
+from tests.support.cli import run_cli
+from tests.support.proxy import StartProxy
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.vault import Vault
 
@@ -48,13 +45,9 @@ class Writer:
     writes: int = 0
 
     def run(self) -> None:
-        env = child_env({"VAULTPROXY_HOME": str(self.home)}, home=self.home.parent / "user-home")
         while not self.stop.is_set():
             key, value = f"other-{self.writes % OTHER_KEYS}", f"FAKE-other-{self.writes}-{uuid.uuid4().hex}"
-            result = subprocess.run(
-                [sys.executable, "-m", "vaultcore.cli", "local", "set", key, "--hosts", HOST],
-                input=value.encode(), capture_output=True, env=env, cwd=REPO, timeout=WAIT, check=False,
-            )
+            result = run_cli(self.home, "local", "set", key, "--hosts", HOST, stdin=value.encode(), timeout=WAIT)
             if result.returncode != 0:
                 self.failures.append(result.stderr.decode(errors="replace"))
             else:
@@ -94,11 +87,6 @@ def run_load(home: Path, mitmdump: StartProxy, upstream: RecordingUpstream, clie
     # Once set, clients stop after their quota; until then they go on, so that the load
     # certainly spans reloads of the proxy's index.
     enough = threading.Event()
-    # Each client's first request opens its connections (client-proxy, proxy-upstream), which
-    # then stay open. RecordingUpstream listens with socketserver's default backlog of 5, so
-    # 50 connects at once would overflow it (resets, 502s, with plain mitmdump too): open them
-    # a few at a time; every request after that runs fully concurrently.
-    connecting = threading.Semaphore(4)
     sent: list[str] = []
     sent_lock = threading.Lock()
 
@@ -108,12 +96,11 @@ def run_load(home: Path, mitmdump: StartProxy, upstream: RecordingUpstream, clie
             n = 0
             while n < per_client or not enough.is_set():
                 request_id = f"c{i}-r{n}"
-                with connecting if n == 0 else contextlib.nullcontext():
-                    answer = session.post(
-                        url, params={"s": placeholder, "id": request_id},
-                        headers={"X-Request-Id": request_id, "X-Secret": placeholder},
-                        json={"id": request_id, "s": placeholder}, timeout=WAIT,
-                    )
+                answer = session.post(
+                    url, params={"s": placeholder, "id": request_id},
+                    headers={"X-Request-Id": request_id, "X-Secret": placeholder},
+                    json={"id": request_id, "s": placeholder}, timeout=WAIT,
+                )
                 assert answer.status_code == 200, f"{request_id}: {answer.status_code} {answer.text[:300]}"
                 assert answer.json() == {"id": request_id, "s": values[f"load-{i}"]}
                 with sent_lock:

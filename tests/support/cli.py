@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .env import child_env
 from .proxy import MitmdumpProcess
@@ -39,17 +40,18 @@ def _user_home(vault_home: Path, user_home: Path | None) -> Path:
 
 def run_cli(
     vault_home: Path, *args: str, stdin: bytes = b"", user_home: Path | None = None,
-    timeout: float = CLI_TIMEOUT, check: bool = False,
+    timeout: float = CLI_TIMEOUT, check: bool = False, **popen: Any,
 ) -> subprocess.CompletedProcess[bytes]:
     """`vaultproxy ARGS` against `vault_home` with `stdin`, to completion; output captured.
 
     Its HOME and working directory are `user_home` (see _user_home): whatever it writes by
-    default stays in the test's tmp dir.
+    default stays in the test's tmp dir. `popen` goes to subprocess (e.g. a preexec_fn that
+    sets a resource limit).
     """
     home = _user_home(vault_home, user_home)
     return subprocess.run(
         [*CLI, *args], input=stdin, capture_output=True, env=cli_env(vault_home, home), cwd=home,
-        timeout=timeout, check=check,
+        timeout=timeout, check=check, **popen,
     )
 
 

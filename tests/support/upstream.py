@@ -280,6 +280,7 @@ class _Handler(socketserver.BaseRequestHandler):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
+    request_queue_size = 128  # load tests connect 50 clients at once; the default backlog is 5
     block_on_close = True  # server_close() joins handler threads, after stop() unblocked them
 
     def __init__(self, upstream: RecordingUpstream) -> None:
