@@ -449,3 +449,17 @@ def test_active_configuration_file_deleted_by_hand(vault: Vault, vault_home: Pat
     vault.remove_config("prod")  # the way out: forget it
     assert vault.get("local-key") == "FAKE-local-still-here"
     assert vault.credentials("prod") is None and vault.status()["active_config"] is None
+
+
+def test_a_broken_active_configuration_file_leaves_local_secrets_editable(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "home")
+    vault.add_config(ProviderConfig(name="q", display_name="Q", region="us-east-1", credentials_source="default"))
+    vault.set("local.k", "FAKE-local", hosts=["api.example.com"])
+    (vault.configs.path / "q.yaml").write_text("name: q\nregion: [\n")
+    vault.set("other", "FAKE-other", hosts=["api.example.com"])
+    vault.unset("local.k")
+    status = vault.status()
+    assert status["active_config"] == "q" and "q.yaml:" in status["config_error"]
+    assert [row["key"] for row in status["keys"]] == ["other"]
+    with pytest.raises(ConfigError):
+        vault.index()  # the proxy keeps its last good index rather than dropping the provider's keys

@@ -85,6 +85,14 @@ class SecretIndex:
         """The secret for `key` if `destination` may receive it; otherwise a SubstitutionError
         that names the key and the fix (never the value)."""
         secret = self._secrets.get(key)
+        # A web page learns nothing from a refusal it can read (a same-origin probe): unless
+        # its origin is allowed, every answer is the same, whether the key exists or not.
+        if destination.origin is not None and (secret is None or not origin_matches(destination.origin, secret.origins)):
+            raise SubstitutionError(
+                "origin_not_allowed", key,
+                f"a web page at {destination.origin!r} may not use secret {key!r}: "
+                f"add the origin with `--origins {destination.origin}` if you trust it",
+            )
         if secret is None:
             raise SubstitutionError(
                 "unknown_key", key,
@@ -101,12 +109,6 @@ class SecretIndex:
             raise SubstitutionError(
                 "host_not_allowed", key,
                 f"secret {key!r} is not allowed for host {destination.host!r} (its hosts: {', '.join(secret.hosts)})",
-            )
-        if destination.origin is not None and not origin_matches(destination.origin, secret.origins):
-            raise SubstitutionError(
-                "origin_not_allowed", key,
-                f"a web page at {destination.origin!r} may not use secret {key!r}: "
-                f"add the origin with `--origins {destination.origin}` if you trust it",
             )
         if destination.scheme == "http" and not allow_plaintext and not is_loopback(destination.host):
             raise SubstitutionError(

@@ -145,12 +145,16 @@ class Vault:
         return Snapshot(self.index(), signature)
 
     def index(self, state: State | None = None) -> SecretIndex:
+        """Raises when the active configuration's file is broken: the proxy then keeps its
+        last good index rather than silently dropping the provider's keys."""
         state = self.state() if state is None else state
+        return self._index(state, self._active(state))
+
+    def _index(self, state: State, config: ProviderConfig | None) -> SecretIndex:
         local = [
             Secret(key, unpack_value(e), tuple(e.get("hosts", ())), tuple(e.get("origins", ())), LOCAL_SOURCE)
             for key, e in state.get("local", {}).items()
         ]
-        config = self._active(state)
         provided = provider_secrets(config, self._config_state(state, config.name).get("cache", {})) if config else []
         return SecretIndex(provided, local)
 
@@ -206,7 +210,10 @@ class Vault:
         ]
 
     def _refuse_provider_key(self, state: State, key: str) -> None:
-        config = self._active(state)
+        try:
+            config = self._active(state)
+        except (ConfigError, VaultError):
+            return  # a broken configuration resolves nothing until fixed; local secrets stay editable
         owner = config and next((m for m in config.secrets if key == m.alias or key.startswith(m.alias + ".")), None)
         if owner:
             raise VaultError(
@@ -389,10 +396,14 @@ class Vault:
     def status(self) -> dict[str, Any]:
         """Everything `vaultproxy status` shows: no values."""
         state = self.state()
-        config = self._active(state)
+        broken: str | None = None
+        try:
+            config = self._active(state)
+        except (ConfigError, VaultError) as e:  # show it, and everything else
+            config, broken = None, str(e)
         config_state = state.get("configs", {}).get(config.name, {}) if config else {}
         entries = {m.alias: cached(m, config_state.get("cache", {})) for m in (config.secrets if config else ())}
-        index = self.index(state)
+        index = self._index(state, config)
         rows: list[dict[str, Any]] = []
         for secret in index.secrets():
             rows.append({"key": secret.key, "source": secret.source, "hosts": list(secret.hosts), "origins": list(secret.origins)})
@@ -410,8 +421,8 @@ class Vault:
         ]
         return {
             "home": str(self.home),
-            "active_config": config.name if config else None,
-            "config_error": config_error(config, config_state) if config else None,
+            "active_config": config.name if config else state.get("active_config"),
+            "config_error": config_error(config, config_state) if config else broken,
             "configs": self.configs.names(),
             "keys": sorted(rows + unfetched, key=lambda r: r["key"]),
         }

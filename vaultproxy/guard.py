@@ -33,36 +33,42 @@ def check_authority(request: http.Request) -> None:
 
 
 def check_host_agrees(request: http.Request) -> None:
-    """The Host header / authority must name the host the proxy connects to."""
-    claimed = request.host_header
-    if not claimed:
-        return
-    try:
-        host, port = url.parse_authority(claimed, check=False)
-    except ValueError:
-        host, port = claimed, None
+    """Every name the request gives for its host (the HTTP/2 authority and each Host header:
+    an HTTP/1 upstream routes on Host even when the client spoke HTTP/2) must be the host the
+    proxy connects to."""
     default_port = 443 if request.scheme == "https" else 80
-    if host.strip("[]").rstrip(".").lower() != request.host.strip("[]").rstrip(".").lower() or (port or default_port) != request.port:
-        raise SubstitutionError(
-            "host_mismatch", "",
-            f"the Host header names {claimed!r} but the request goes to {request.host}:{request.port}; "
-            "secrets are only sent where the Host header agrees with the destination",
-        )
+    for claimed in [request.authority, *request.headers.get_all("host")]:
+        if not claimed:
+            continue
+        try:
+            host, port = url.parse_authority(claimed, check=False)
+        except ValueError:
+            host, port = claimed, None
+        if host.strip("[]").rstrip(".").lower() != request.host.strip("[]").rstrip(".").lower() or (port or default_port) != request.port:
+            raise SubstitutionError(
+                "host_mismatch", "",
+                f"the request names host {claimed!r} but goes to {request.host}:{request.port}; "
+                "secrets are only sent where the Host header and authority agree with the destination",
+            )
 
 
 def request_origin(request: http.Request) -> str | None:
     """The web origin that made this request, or None for a non-browser client.
 
-    Browsers send Origin on fetch/XHR/form posts but not on navigations; those carry
-    Sec-Fetch-Site, which is "none" only for what the user typed or bookmarked."""
+    Browsers send Origin on fetch/XHR/form posts but not on navigations or no-cors loads
+    (img, script, iframe). Those carry Sec-Fetch-Site ("none" only for what the user typed or
+    bookmarked), except where browsers send no fetch metadata (plain-HTTP hosts, older
+    browsers): there a Referer gives the page away. Its origin, or "null", is then the
+    request's origin."""
     origin = request.headers.get("origin")
     if origin is not None:
         return origin.strip()
     site = request.headers.get("sec-fetch-site")
-    if site is None or site.lower() == "none":
+    referer = request.headers.get("referer")
+    if (site is not None and site.lower() == "none") or (site is None and referer is None):
         return None
-    referer = urlsplit(request.headers.get("referer", ""))
-    return f"{referer.scheme}://{referer.netloc}" if referer.scheme and referer.netloc else "null"
+    parts = urlsplit(referer or "")
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "null"
 
 
 def lookup_for(request: http.Request, index: SecretIndex, *, keep_unknown: bool, allow_plaintext: bool) -> Lookup:

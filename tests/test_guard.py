@@ -1,0 +1,69 @@
+"""Unit tests of the proxy's guard: who made a request (browser origin) and which names it
+gives for its host, on mitmproxy Request objects without a proxy."""
+
+from __future__ import annotations
+
+import pytest
+from mitmproxy import http
+
+from vaultcore.index import Destination, Secret, SecretIndex
+from vaultcore.placeholders import SubstitutionError
+from vaultproxy.guard import check_host_agrees, request_origin
+
+
+def request(url: str = "https://api.example.com/v1", headers: dict[str, str] | None = None, http2: bool = False) -> http.Request:
+    made = http.Request.make("GET", url)
+    made.headers.update(headers or {})  # after make(): setting the URL rewrites Host
+    if http2:
+        made.http_version = "HTTP/2.0"
+        made.authority = made.host
+    return made
+
+
+@pytest.mark.parametrize(
+    ("headers", "origin"),
+    [
+        ({}, None),  # curl, requests, a script
+        ({"Origin": "https://app.example"}, "https://app.example"),
+        ({"Sec-Fetch-Site": "none"}, None),  # typed into the address bar
+        ({"Sec-Fetch-Site": "cross-site", "Referer": "https://evil.example/page"}, "https://evil.example"),
+        ({"Sec-Fetch-Site": "cross-site"}, "null"),
+        # an <img> on a plain-HTTP host, or a browser without fetch metadata: only the Referer tells
+        ({"Referer": "http://evil.example/page.html", "Accept": "image/avif,image/webp"}, "http://evil.example"),
+        ({"Referer": "about:blank"}, "null"),
+    ],
+)
+def test_request_origin(headers: dict[str, str], origin: str | None) -> None:
+    assert request_origin(request(headers=headers)) == origin
+
+
+def test_host_header_must_agree_with_the_destination() -> None:
+    check_host_agrees(request(headers={"Host": "api.example.com"}))
+    check_host_agrees(request(headers={"Host": "API.example.com:443"}))
+    with pytest.raises(SubstitutionError) as caught:
+        check_host_agrees(request(headers={"Host": "evil.example.net"}))
+    assert caught.value.code == "host_mismatch"
+
+
+def test_http2_host_header_is_checked_beside_the_authority() -> None:
+    # an HTTP/1 upstream routes on Host even when the client spoke HTTP/2
+    check_host_agrees(request(http2=True))
+    with pytest.raises(SubstitutionError) as caught:
+        check_host_agrees(request(headers={"Host": "evil.example.net"}, http2=True))
+    assert caught.value.code == "host_mismatch"
+
+
+def test_a_page_cannot_tell_which_keys_exist() -> None:
+    index = SecretIndex(local_secrets=[Secret("k", "FAKE-value", ("api.example.com",), ("https://trusted.example",))])
+    page = Destination("evil.example.net", "https", "https://evil.example")
+    answers = []
+    for key in ("k", "no-such-key"):
+        with pytest.raises(SubstitutionError) as caught:
+            index.check(key, page)
+        answers.append((caught.value.code, str(caught.value).replace(key, "KEY")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == "origin_not_allowed" and "api.example.com" not in answers[0][1]
+    trusted = Destination("evil.example.net", "https", "https://trusted.example")
+    with pytest.raises(SubstitutionError) as caught:
+        index.check("k", trusted)  # a trusted page gets the detail
+    assert caught.value.code == "host_not_allowed"
