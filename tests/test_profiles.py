@@ -111,7 +111,7 @@ def test_shipped_examples_are_valid_and_round_trip(path: Path) -> None:
                      id="malformed-yaml"),
         pytest.param(replaced("region: us-east-1", "region: 5"), 4, "region", "must be a non-empty string (got int)",
                      id="wrong-type"),
-        pytest.param(replaced('hosts: ["*.example.com"]', 'hosts: "*.example.com"'), 8, "hosts", "must be a list", id="hosts-not-list"),
+        pytest.param(replaced('hosts: ["*.example.com"]', 'hosts: "*.example.com"'), 8, "hosts", "must be a list, e.g. [\"api.example.com\"] (got a string)", id="hosts-not-list"),
         pytest.param(replaced("provider: aws", "provder: aws"), 3, "provder", "unknown field; valid fields: name,",
                      id="unknown-field"),
         pytest.param(replaced("    secret_id: prod/stripe", "    secretid: prod/stripe"), 14, "secrets[1].secretid",

@@ -254,7 +254,9 @@ def _kind(node: yaml.Node) -> str:
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     kind = node.tag.rsplit(":", 1)[-1]
-    return "an empty string" if kind == "str" else kind
+    if kind == "str":
+        return "a string" if node.value else "an empty string"
+    return kind
 
 
 def _shown(value: str) -> str:
