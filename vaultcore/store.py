@@ -214,6 +214,11 @@ class Keyring:
         return _unb64(stored)
 
     def create(self) -> bytes:
+        """A new key, unless the keyring already holds one for this home: like the key file,
+        never replace a key (a `vault.enc.bak` may still need it)."""
+        existing = self._keyring().get_password(self.service, self.account)
+        if existing is not None:
+            return _unb64(existing)
         key = secrets.token_bytes(32)
         self._keyring().set_password(self.service, self.account, _b64(key))
         return key
