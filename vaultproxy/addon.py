@@ -274,10 +274,7 @@ class Substitution:
             body = None if streamed else rewrite.decoded_body(request)
             if not (rewrite.head_has_placeholder(request) or rewrite.body_has_placeholder(request, body) or stream_body):
                 return
-            lookup = guard.lookup_for(
-                request, proxy.index,
-                keep_unknown=ctx.options.vault_on_missing == "keep", allow_plaintext=ctx.options.vault_allow_plaintext,
-            )
+            lookup = self._lookup_for(request)
             change = rewrite.rewrite_request(request, lookup, body)
         except SubstitutionError as e:
             self._refuse(flow, e, original_path, streamed=streamed)
@@ -293,6 +290,12 @@ class Substitution:
         elif change.keys:
             proxy.audit.record(request, original_path, change.keys, "resolved")
             change.apply(request)
+
+    def _lookup_for(self, request: http.Request) -> Lookup:
+        return guard.lookup_for(
+            request, self.proxy.index,
+            keep_unknown=ctx.options.vault_on_missing == "keep", allow_plaintext=ctx.options.vault_allow_plaintext,
+        )
 
     def _literal_on_refusal(self, flow: http.HTTPFlow, lookup: Lookup) -> Lookup:
         """For a streamed body, whose start has already left: a refused key stays a literal
@@ -333,11 +336,7 @@ class Substitution:
             return
         proxy = self.proxy
         try:
-            lookup = guard.lookup_for(
-                flow.request, proxy.index,
-                keep_unknown=ctx.options.vault_on_missing == "keep", allow_plaintext=ctx.options.vault_allow_plaintext,
-            )
-            content, keys = substitute(message.content, rewrite.websocket_context(message), lookup)
+            content, keys = substitute(message.content, rewrite.websocket_context(message), self._lookup_for(flow.request))
         except SubstitutionError as e:
             logger.warning(f"vaultproxy: dropped a WebSocket message to {flow.request.host}: {e}")
             proxy.audit.record(flow.request, flow.request.path, [e.key] if e.key else [], f"refused:{e.code}")
