@@ -1,5 +1,5 @@
 """Tests for vaultcore.placeholders: grammar, contexts, filters, streaming, JSON expansion,
-host/origin matching, and hypothesis properties of the substitution."""
+and hypothesis properties of the substitution (host and origin rules: test_hostrules.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ from vaultcore.placeholders import (
     encode_value,
     expand_json,
     find_references,
-    host_matches,
-    origin_matches,
     substitute,
 )
 
@@ -457,75 +455,6 @@ def test_expand_json_refuses_non_objects_without_the_value(text: str) -> None:
 def test_expand_json_refuses_an_invalid_alias() -> None:
     with pytest.raises(ValueError):
         expand_json("a b", "{}")
-
-
-# --- host and origin matching --------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("host", "patterns", "expected"),
-    [
-        ("api.stripe.com", ["api.stripe.com"], True),
-        ("API.Stripe.COM", ["api.stripe.com"], True),
-        ("api.stripe.com", ["API.STRIPE.COM"], True),
-        ("api.stripe.com.", ["api.stripe.com"], True),
-        ("api.stripe.com", ["api.stripe.com."], True),
-        ("evilapi.stripe.com", ["api.stripe.com"], False),
-        ("api.stripe.com.evil.net", ["api.stripe.com"], False),
-        ("a.example.com", ["*.example.com"], True),
-        ("a.b.example.com", ["*.example.com"], True),
-        ("example.com", ["*.example.com"], False),
-        ("badexample.com", ["*.example.com"], False),
-        ("example.com.evil.net", ["*.example.com"], False),
-        ("anything.at.all", ["*"], True),
-        ("127.0.0.1", ["*"], True),
-        ("", ["*"], False),
-        ("example.com", [], False),
-        ("example.com", ["other.com", "example.com"], True),
-        ("::1", ["[::1]"], True),
-        ("[::1]", ["::1"], True),
-        ("[2001:DB8::1]", ["2001:db8::1"], True),
-        ("::2", ["::1"], False),
-    ],
-)
-def test_host_matches(host: str, patterns: list[str], expected: bool) -> None:
-    assert host_matches(host, patterns) is expected
-
-
-def test_host_matches_accepts_any_iterable() -> None:
-    assert host_matches("a.example.com", (p for p in ["*.example.com"]))
-
-
-@pytest.mark.parametrize(
-    ("origin", "patterns", "expected"),
-    [
-        ("http://localhost:3000", ["http://localhost:3000"], True),
-        ("http://localhost:3000/", ["HTTP://LocalHost:3000"], True),
-        ("http://localhost:3001", ["http://localhost:3000"], False),
-        ("http://localhost", ["http://localhost:3000"], False),
-        ("https://localhost:3000", ["http://localhost:3000"], False),
-        ("https://app.example.com", ["https://app.example.com:443"], True),
-        ("https://app.example.com:443", ["https://app.example.com"], True),
-        ("http://app.example.com:80", ["http://app.example.com/"], True),
-        ("http://app.example.com:443", ["http://app.example.com"], False),
-        ("https://a.example.com", ["https://*.example.com"], True),
-        ("https://a.b.example.com", ["https://*.example.com"], True),
-        ("https://example.com", ["https://*.example.com"], False),
-        ("http://a.example.com", ["https://*.example.com"], False),
-        ("https://a.example.com:8443", ["https://*.example.com"], False),
-        ("http://[::1]:3000", ["http://[::1]:3000"], True),
-        ("null", ["null"], True),
-        ("null", ["*", "https://*", "http://localhost"], False),
-        ("NULL", ["null"], True),
-        ("http://localhost:3000", ["null"], False),
-        ("http://localhost:3000", [], False),
-        ("not an origin", ["not an origin"], False),
-        ("http://localhost:3000/path", ["http://localhost:3000/path"], False),
-        ("http://user@localhost", ["http://user@localhost"], False),
-    ],
-)
-def test_origin_matches(origin: str, patterns: list[str], expected: bool) -> None:
-    assert origin_matches(origin, patterns) is expected
 
 
 # --- properties ----------------------------------------------------------------------------

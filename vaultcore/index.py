@@ -12,13 +12,17 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vaultcore.placeholders import Lookup, SubstitutionError, host_matches, origin_matches
+from vaultcore.hostrules import host_matches, origin_matches
+from vaultcore.placeholders import Lookup, SubstitutionError
 
 LOCAL_SOURCE = "local"
 
 # Refusals that are about where a secret may go (403); everything else is a bad request (400).
 POLICY_CODES = frozenset(
-    {"no_hosts_rule", "host_not_allowed", "origin_not_allowed", "plaintext_not_allowed", "host_mismatch", "placeholder_in_authority"}
+    {
+        "no_hosts_rule", "host_not_allowed", "origin_not_allowed", "plaintext_not_allowed", "host_mismatch",
+        "placeholder_in_authority", "sni_mismatch", "name_not_served",
+    }
 )
 
 
@@ -39,6 +43,16 @@ class Destination:
     host: str
     scheme: str = "https"
     origin: str | None = None
+    via: str | None = None  # an upstream proxy the request travels through
+    verified: bool = True  # whether an HTTPS upstream's certificate is verified
+    port: int | None = None  # None: unknown, then only hosts rules without a port match
+
+    def cleartext_hops(self) -> list[str]:
+        """Hosts that could read the request on its way: the destination over plain HTTP or
+        unverified TLS, and an upstream proxy carrying plain HTTP (it reads the request whole)."""
+        if self.scheme == "https":
+            return [] if self.verified else [self.host]
+        return [self.host] + ([self.via] if self.via else [])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -50,6 +64,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def origin_allowed(secret: Secret, destination: Destination) -> bool:
+    """Non-browser requests (no origin) pass; a page's origin must be in the secret's list."""
+    return destination.origin is None or origin_matches(destination.origin, secret.origins)
 
 
 class SecretIndex:
@@ -87,7 +106,7 @@ class SecretIndex:
         secret = self._secrets.get(key)
         # A web page learns nothing from a refusal it can read (a same-origin probe): unless
         # its origin is allowed, every answer is the same, whether the key exists or not.
-        if destination.origin is not None and (secret is None or not origin_matches(destination.origin, secret.origins)):
+        if destination.origin is not None and (secret is None or not origin_allowed(secret, destination)):
             raise SubstitutionError(
                 "origin_not_allowed", key,
                 f"a web page at {destination.origin!r} may not use secret {key!r}: "
@@ -105,15 +124,17 @@ class SecretIndex:
                 f"secret {key!r} has no hosts rule, so it is injected nowhere: "
                 f"`vaultproxy local set {key} --hosts {destination.host}` (or `hosts:` in its configuration)",
             )
-        if not host_matches(destination.host, secret.hosts):
+        if not host_matches(destination.host, destination.port, secret.hosts):
             raise SubstitutionError(
                 "host_not_allowed", key,
                 f"secret {key!r} is not allowed for host {destination.host!r} (its hosts: {', '.join(secret.hosts)})",
             )
-        if destination.scheme == "http" and not allow_plaintext and not is_loopback(destination.host):
+        exposed = [hop for hop in destination.cleartext_hops() if not is_loopback(hop)]
+        if exposed and not allow_plaintext:
             raise SubstitutionError(
                 "plaintext_not_allowed", key,
-                f"refusing to send secret {key!r} over plain HTTP to {destination.host!r}: "
+                f"refusing to send secret {key!r} where {', '.join(map(repr, exposed))} can read it "
+                "(plain HTTP, an upstream proxy, or an unverified certificate): "
                 "use https, or start the proxy with `--set vault_allow_plaintext=true`",
             )
         return secret
@@ -123,7 +144,10 @@ class SecretIndex:
         literal (on_missing: keep); every other refusal still raises."""
 
         def lookup(key: str) -> str | bytes | None:
-            if keep_unknown and key not in self._secrets:
+            # A page whose origin may not use a key learns nothing either: with keep, its
+            # placeholders stay literal whether the key exists or not.
+            secret = self._secrets.get(key)
+            if keep_unknown and (secret is None or not origin_allowed(secret, destination)):
                 return None
             return self.check(key, destination, allow_plaintext=allow_plaintext).value
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import base64
 import enum
-import fnmatch
-import functools
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 from urllib.parse import quote, quote_from_bytes, quote_plus
@@ -252,14 +250,32 @@ def encode_value(value: str | bytes, filter: str | None, context: Context, key: 
     return out
 
 
+class Budget:
+    """How many bytes substitution may still add to one request, across all its parts: a
+    short request repeating a large value must not become an enormous one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.left = limit
+
+    def spend(self, grown: int, key: str) -> None:
+        self.left -= grown
+        if self.left < 0:
+            raise SubstitutionError(
+                "too_large", key,
+                f"resolving {key!r} grows the request by more than {self.limit} bytes "
+                "(the proxy's vault_max_growth option)",
+            )
+
+
 class _Resolver:
     """Renders placeholder matches for one substitution (one call or one stream), remembering
     each rendered (key, filter) so a repeated placeholder costs one lookup."""
 
-    def __init__(self, context: Context, lookup: Lookup, as_str: bool) -> None:
+    def __init__(self, context: Context, lookup: Lookup, as_str: bool, budget: Budget | None = None) -> None:
         self._context = context
         self._lookup = lookup
         self._as_str = as_str
+        self._budget = budget
         # placeholder text -> (key, rendering): a repeated placeholder is neither parsed nor
         # looked up again (bodies may hold thousands of the same one)
         self._rendered: dict[bytes | str, tuple[str, bytes | str | None]] = {}
@@ -273,6 +289,8 @@ class _Resolver:
         key, out = self._rendered[text]
         if out is not None:
             self.keys_used[key] = None
+            if self._budget is not None:
+                self._budget.spend(len(out) - len(text), key)
         return out
 
     def _encode(self, ref: Reference) -> bytes | str | None:
@@ -303,10 +321,10 @@ class _Resolver:
 
 
 @overload
-def substitute(data: bytes, context: Context, lookup: Lookup) -> tuple[bytes, list[str]]: ...
+def substitute(data: bytes, context: Context, lookup: Lookup, budget: Budget | None = None) -> tuple[bytes, list[str]]: ...
 @overload
-def substitute(data: str, context: Context, lookup: Lookup) -> tuple[str, list[str]]: ...
-def substitute(data: bytes | str, context: Context, lookup: Lookup) -> tuple[bytes | str, list[str]]:
+def substitute(data: str, context: Context, lookup: Lookup, budget: Budget | None = None) -> tuple[str, list[str]]: ...
+def substitute(data: bytes | str, context: Context, lookup: Lookup, budget: Budget | None = None) -> tuple[bytes | str, list[str]]:
     """Replace every placeholder in one left-to-right pass.
 
     Returns (new data, keys substituted in order without repeats). When nothing was replaced
@@ -315,7 +333,7 @@ def substitute(data: bytes | str, context: Context, lookup: Lookup) -> tuple[byt
     lookup raises, the exception propagates: never a half-substituted result."""
     if not contains_placeholder(data, context):
         return data, []
-    resolver = _Resolver(context, lookup, isinstance(data, str))
+    resolver = _Resolver(context, lookup, isinstance(data, str), budget)
     pieces, copied, _ = resolver.replace(data)
     if not pieces:
         return data, []
@@ -331,9 +349,9 @@ class StreamSubstituter:
     MAX_PLACEHOLDER_LEN-1 trailing bytes that could still become a placeholder; flush()
     returns them at the end of the stream. After a SubstitutionError the stream is dead."""
 
-    def __init__(self, context: Context, lookup: Lookup) -> None:
+    def __init__(self, context: Context, lookup: Lookup, budget: Budget | None = None) -> None:
         self._context = context
-        self._resolver = _Resolver(context, lookup, as_str=False)
+        self._resolver = _Resolver(context, lookup, as_str=False, budget=budget)
         self._partial = _PARTIAL[context in PERCENT_CONTEXTS]
         self._pending = b""
 
@@ -405,66 +423,3 @@ def _leaf_text(node: object) -> str:
     if node is None:
         return ""
     return json.dumps(node, ensure_ascii=False, separators=(",", ":"))
-
-
-def _normalize_host(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host.removesuffix(".")
-
-
-def host_matches(host: str, patterns: Iterable[str]) -> bool:
-    """Whether `host` (a name or IP, no port) matches one of the glob patterns.
-
-    Case-insensitive fnmatch: "*.example.com" matches a.example.com and a.b.example.com but
-    not example.com; "*" matches any host. IPv6 with or without brackets; a trailing dot is
-    ignored. An empty host or no patterns never match."""
-    return _host_matches(host, tuple(patterns))
-
-
-@functools.lru_cache(maxsize=4096)
-def _host_matches(host: str, patterns: tuple[str, ...]) -> bool:
-    """Cached: the proxy asks the same few (host, hosts rule) questions on every request."""
-    host = _normalize_host(host)
-    if not host:
-        return False
-    # Brackets are stripped from patterns too: fnmatch would read "[::1]" as a character class.
-    return any(fnmatch.fnmatchcase(host, _normalize_host(p)) for p in patterns)
-
-
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
-_ORIGIN_RE = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.\-]*)://(?P<host>\[[^\]/]*\]|[^:/\[\]@]+)(?::(?P<port>\d+))?"
-)
-
-
-def _split_origin(origin: str) -> tuple[str, str, str | None] | None:
-    """(scheme, host, port or None when default) of a normalised origin, None if malformed."""
-    m = _ORIGIN_RE.fullmatch(origin.strip().lower().removesuffix("/"))
-    if m is None:
-        return None
-    port = m["port"]
-    if port is not None and port.lstrip("0") == _DEFAULT_PORTS.get(m["scheme"]):
-        port = None
-    return m["scheme"], m["host"], port
-
-
-def origin_matches(origin: str, patterns: Iterable[str]) -> bool:
-    """Whether a browser `Origin` is allowed by one of `patterns` (scheme://host[:port]).
-
-    Exact on scheme and port (default ports removed), case-insensitive, trailing slash
-    ignored, glob allowed in the pattern's host ("https://*.example.com"). The opaque origin
-    "null" (sandboxed frames, file://) only matches an explicit "null" pattern."""
-    patterns = [p.strip().lower() for p in patterns]
-    if origin.strip().lower() == "null":
-        return "null" in patterns
-    parts = _split_origin(origin)
-    if parts is None:
-        return False
-    scheme, host, port = parts
-    for pattern in patterns:
-        wanted = _split_origin(pattern)
-        if wanted is not None and wanted[0] == scheme and wanted[2] == port and host_matches(host, [wanted[1]]):
-            return True
-    return False
