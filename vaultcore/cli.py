@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vaultcore import placeholders, proxyenv
+from vaultcore.credential import CREDENTIAL_FILE
 from vaultcore.index import Destination, is_loopback
 from vaultcore.placeholders import Context, SubstitutionError
 from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping, dump_config
 from vaultcore.providers.base import ProviderError, StaticCredentials
-from vaultcore.store import VaultError
+from vaultcore.store import PASSPHRASE_ENV, PASSPHRASE_FD_ENV, VaultError, check_home, pass_passphrase_by_pipe
 from vaultcore.vault import Vault, abbreviated, config_error, default_home
 
 USER_ERRORS = (VaultError, ConfigError, ProviderError)
@@ -109,15 +110,17 @@ def progress_printer() -> Callable[[int, int], None] | None:
 
 def cmd_start(vault: Vault, args: argparse.Namespace) -> int:
     extra = args.mitmdump_args[1:] if args.mitmdump_args[:1] == ["--"] else args.mitmdump_args
+    check_home(vault.home)
     if not is_loopback(args.listen_host):
         print(
-            f"vaultproxy: warning: listening on {args.listen_host}: anyone who can reach this address can use "
-            "your secrets; add proxy authentication (-- --set proxyauth=USER:PASS) or listen on 127.0.0.1",
+            f"vaultproxy: warning: listening on {args.listen_host}: anyone who can reach this address can ask for "
+            f"your secrets, so every client must present the proxy credential ({vault.home / CREDENTIAL_FILE}; "
+            "`vaultproxy env` and `vaultproxy exec` pass it on); listen on 127.0.0.1 unless you need this",
             file=sys.stderr,
         )
     argv = proxyenv.mitmdump_argv(vault.home, args.listen_host, args.listen_port, extra)
-    os.execv(argv[0], argv)
-    return 1  # not reached: execv replaces this process
+    os.execve(argv[0], argv, pass_passphrase_by_pipe(dict(os.environ)))
+    return 1  # not reached: execve replaces this process
 
 
 def cmd_env(vault: Vault, args: argparse.Namespace) -> int:
@@ -140,7 +143,9 @@ def cmd_exec(vault: Vault, args: argparse.Namespace) -> int:
         socket.create_connection((host, port), timeout=2).close()
     except OSError:
         raise VaultError(f"no proxy answers on {host}:{port}: start it with `vaultproxy start`") from None
-    os.execvpe(command[0], command, {**os.environ, **environment})
+    # The command gets the proxy, never the vault's passphrase (it could open the vault itself).
+    inherited = {name: value for name, value in os.environ.items() if name not in (PASSPHRASE_ENV, PASSPHRASE_FD_ENV)}
+    os.execvpe(command[0], command, {**inherited, **environment})
     return 1  # not reached
 
 

@@ -1,6 +1,6 @@
 """Where the proxy runs and how clients find it: the mitmdump command line that
 `vaultproxy start` runs, and the environment (`vaultproxy env` / `exec`) that points curl,
-Python and Node at the proxy and makes them trust mitmproxy's CA.
+Python and Node at the proxy, with its credential, and makes them trust mitmproxy's CA.
 
 The running addon writes `proxy.json` into the vault home (address and mitmproxy confdir),
 so `env` and `exec` follow whatever `--listen-port` or confdir the proxy was started with.
@@ -14,7 +14,8 @@ import ssl
 import sys
 from pathlib import Path
 
-from vaultcore.store import VaultError
+from vaultcore.credential import CREDENTIAL_USER, read_credential
+from vaultcore.store import VaultError, check_home
 
 ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addon" / "vaultproxy_addon.py"
 RUNTIME_FILE = "proxy.json"
@@ -55,8 +56,11 @@ def proxy_address(home: Path) -> tuple[str, int]:
     return host, port if isinstance(port, int) and 0 < port < 65536 else DEFAULT_ADDRESS[1]
 
 
-def proxy_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def proxy_url(host: str, port: int, credential: str | None = None) -> str:
+    """The proxy's URL; with the credential as its password (clients send it as
+    Proxy-Authorization) when there is one."""
+    userinfo = f"{CREDENTIAL_USER}:{credential}@" if credential else ""
+    return f"http://{userinfo}[{host}]:{port}" if ":" in host else f"http://{userinfo}{host}:{port}"
 
 
 def system_ca_file() -> Path | None:
@@ -90,7 +94,10 @@ def ca_bundle(home: Path) -> Path:
 
 
 def client_environment(home: Path) -> dict[str, str]:
-    proxy = proxy_url(*proxy_address(home))
+    """The variables that send a client through the proxy: in a home someone else can write
+    to, proxy.json could send it (and its secrets) anywhere, so such a home is refused."""
+    check_home(home)
+    proxy = proxy_url(*proxy_address(home), read_credential(home))
     bundle = str(ca_bundle(home))
     return {
         "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,

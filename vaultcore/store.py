@@ -1,4 +1,4 @@
-"""The encrypted local state file: format, key sources, atomic writes, locking.
+"""The encrypted local state file: format, key sources, atomic writes, locking, its home's checks.
 
 `vault.enc` is one JSON document encrypted with AES-256-GCM:
 
@@ -25,6 +25,8 @@ import hmac
 import json
 import os
 import secrets
+import select
+import stat
 import struct
 import sys
 import time
@@ -45,6 +47,7 @@ LOCK_FILE = "vault.lock"
 SCRYPT_PARAMS = {"n": 2**15, "r": 8, "p": 1}
 LOCK_TIMEOUT_SECONDS = 30.0
 PASSPHRASE_ENV = "VAULTPROXY_PASSPHRASE"
+PASSPHRASE_FD_ENV = "VAULTPROXY_PASSPHRASE_FD"
 KEY_SOURCE_ENV = "VAULTPROXY_KEY_SOURCE"
 
 T = TypeVar("T")
@@ -140,8 +143,59 @@ class KeyFile:
         return key
 
 
+_handed_over: str | None = None  # the passphrase once taken out of the environment (see below)
+
+
+def handed_over_passphrase() -> str | None:
+    """The passphrase this process was given without a prompt: `VAULTPROXY_PASSPHRASE`, else
+    the pipe that `VAULTPROXY_PASSPHRASE_FD` names (see `pass_passphrase_by_pipe`), else the
+    one `forget_passphrase_environment` kept. A pipe can be read once: its value is kept."""
+    global _handed_over
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is not None:
+        return value
+    fd = os.environ.pop(PASSPHRASE_FD_ENV, None)
+    if fd is not None:
+        try:
+            with open(int(fd), "rb") as pipe:
+                _handed_over = os.fsdecode(pipe.read())
+        except (OSError, ValueError):
+            raise VaultError(f"{PASSPHRASE_FD_ENV}={fd} names no readable pipe") from None
+    return _handed_over
+
+
+def pass_passphrase_by_pipe(environment: dict[str, str]) -> dict[str, str]:
+    """`environment` for a program this process is about to exec, with `VAULTPROXY_PASSPHRASE`
+    moved into a pipe the program inherits (`VAULTPROXY_PASSPHRASE_FD` names it): the
+    program's /proc/PID/environ, which its own user's processes can read for its whole life,
+    then never holds the passphrase. Unchanged when no passphrase is set."""
+    value = environment.get(PASSPHRASE_ENV)
+    if value is None:
+        return environment
+    data = os.fsencode(value)
+    # Up to PIPE_BUF bytes, a write to an empty pipe is whole and never blocks.
+    if len(data) > select.PIPE_BUF:
+        raise VaultError(f"{PASSPHRASE_ENV} is longer than {select.PIPE_BUF} bytes")
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    rest = {name: v for name, v in environment.items() if name != PASSPHRASE_ENV}
+    return {**rest, PASSPHRASE_FD_ENV: str(read_end)}
+
+
+def forget_passphrase_environment() -> None:
+    """Take the passphrase out of this process's environment, so that no process it starts
+    inherits it. The proxy calls this once it has opened the vault; the value stays in this
+    process for later reloads (a vault written anew gets a new salt and needs it again)."""
+    global _handed_over
+    _handed_over = handed_over_passphrase()
+    os.environ.pop(PASSPHRASE_ENV, None)
+
+
 class Passphrase:
-    """A passphrase from `VAULTPROXY_PASSPHRASE` or a hidden prompt, stretched with scrypt.
+    """A passphrase from `VAULTPROXY_PASSPHRASE` (or the pipe `vaultproxy start` hands it over
+    in) or a hidden prompt, stretched with scrypt.
 
     The salt stays the same for the vault's life (only the nonce changes per write), so a
     long-running proxy derives the key once and reloads cheaply."""
@@ -157,7 +211,7 @@ class Passphrase:
 
     def _get_passphrase(self) -> str:
         if self._passphrase is None:
-            value = os.environ.get(PASSPHRASE_ENV)
+            value = handed_over_passphrase()
             if value is None:
                 if not sys.stdin.isatty():
                     raise VaultError(
@@ -305,6 +359,38 @@ def decrypt(data: bytes, path: Path, key_for: Callable[[dict[str, Any]], bytes])
     return state, key, header
 
 
+# --- the home directory -----------------------------------------------------------------
+
+
+def check_home(home: Path) -> None:
+    """Refuse a vault home that another user could change: whoever can write to it can plant
+    configurations, a `proxy.json` that sends clients elsewhere, or an audit log of their own."""
+    try:
+        st = home.stat()
+    except FileNotFoundError:
+        return  # made 0700 on first write
+    except OSError as e:
+        raise VaultError(f"cannot read vault home {home}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise VaultError(f"vault home {home} is not a directory (set VAULTPROXY_HOME to a directory)")
+    if st.st_uid != os.geteuid():
+        raise VaultError(
+            f"vault home {home} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): "
+            "set VAULTPROXY_HOME to a directory of your own"
+        )
+    if st.st_mode & 0o022:
+        raise VaultError(f"vault home {home} is writable by other users: chmod 700 {home}")
+
+
+def ensure_home(home: Path) -> None:
+    """A checked vault home, made 0700 when missing."""
+    check_home(home)
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise VaultError(f"cannot create vault home {home}: {e.strerror}") from None
+
+
 # --- the store -------------------------------------------------------------------------
 
 
@@ -332,7 +418,7 @@ class Store:
 
     def read(self) -> State:
         """The decrypted state; an empty one when no vault exists yet."""
-        self._check_home()
+        check_home(self.home)
         data = self._read_bytes()
         return {} if data is None else decrypt(data, self.path, self._key_for)[0]
 
@@ -357,7 +443,7 @@ class Store:
 
     def update(self, change: Callable[[State], T]) -> T:
         """Apply `change` to the current state under the lock and write the result."""
-        self._ensure_home()
+        ensure_home(self.home)
         with self._locked():
             for stale in [*temp_files(self.path), *self.home.glob(f".{KEY_FILE}.tmp-*")]:
                 stale.unlink(missing_ok=True)  # left by a writer that died mid-write
@@ -393,18 +479,7 @@ class Store:
         except OSError as e:
             raise VaultError(f"{self.path} was written, but syncing {self.home} to disk failed: {e.strerror}") from None
 
-    # the home directory and the lock
-
-    def _check_home(self) -> None:
-        if self.home.exists() and not self.home.is_dir():
-            raise VaultError(f"vault home {self.home} is not a directory (set VAULTPROXY_HOME to a directory)")
-
-    def _ensure_home(self) -> None:
-        self._check_home()
-        try:
-            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise VaultError(f"cannot create vault home {self.home}: {e.strerror}") from None
+    # the lock
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -425,3 +500,4 @@ class Store:
             yield
         finally:
             os.close(fd)
+

@@ -8,6 +8,7 @@
 - proxy: MitmdumpProcess (a real mitmdump subprocess) with requests/httpx/websockets
   clients forced through it, and curl()
 - hosts_addon: a mitmdump script mapping test host names to loopback
+- environ_addon: a mitmdump script that shows the names in the proxy's environment
 - moto: MotoServer, moto's Secrets Manager/STS/IAM server mode; enforced_auth, count_operations
 - cli: the `vaultproxy` command as a child process (run_cli, start_cli) and `vaultproxy start`
 - leaks: the leak hunt (needles in every encoding, hunts over bytes, files, flow files, processes)

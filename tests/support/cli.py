@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,11 @@ CLI_TIMEOUT = 60.0  # a guard against a hung command, not a measurement
 StartVaultproxy = Callable[..., "VaultproxyStart"]  # the `start_vaultproxy` fixture's factory
 
 
-def cli_env(vault_home: Path, user_home: Path) -> dict[str, str]:
+def cli_env(vault_home: Path, user_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The CLI's environment: VAULTPROXY_HOME, and HOME and the AWS files in `user_home`, so
-    nothing falls back to the developer's ~ (their AWS profile, ~/.curlrc...)."""
-    return child_env({"VAULTPROXY_HOME": str(vault_home)}, home=user_home)
+    nothing falls back to the developer's ~ (their AWS profile, ~/.curlrc...); plus `extra`
+    (e.g. VAULTPROXY_PASSPHRASE)."""
+    return child_env({"VAULTPROXY_HOME": str(vault_home), **(extra or {})}, home=user_home)
 
 
 def _user_home(vault_home: Path, user_home: Path | None) -> Path:
@@ -40,28 +41,30 @@ def _user_home(vault_home: Path, user_home: Path | None) -> Path:
 
 def run_cli(
     vault_home: Path, *args: str, stdin: bytes = b"", user_home: Path | None = None,
-    timeout: float = CLI_TIMEOUT, check: bool = False, **popen: Any,
+    timeout: float = CLI_TIMEOUT, check: bool = False, env: Mapping[str, str] | None = None, **popen: Any,
 ) -> subprocess.CompletedProcess[bytes]:
     """`vaultproxy ARGS` against `vault_home` with `stdin`, to completion; output captured.
 
     Its HOME and working directory are `user_home` (see _user_home): whatever it writes by
-    default stays in the test's tmp dir. `popen` goes to subprocess (e.g. a preexec_fn that
-    sets a resource limit).
+    default stays in the test's tmp dir. `env`: more environment variables. `popen` goes to
+    subprocess (e.g. a preexec_fn that sets a resource limit).
     """
     home = _user_home(vault_home, user_home)
     return subprocess.run(
-        [*CLI, *args], input=stdin, capture_output=True, env=cli_env(vault_home, home), cwd=home,
+        [*CLI, *args], input=stdin, capture_output=True, env=cli_env(vault_home, home, env), cwd=home,
         timeout=timeout, check=check, **popen,
     )
 
 
-def start_cli(vault_home: Path, *args: str, user_home: Path | None = None) -> subprocess.Popen[bytes]:
+def start_cli(
+    vault_home: Path, *args: str, user_home: Path | None = None, env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """As run_cli, but returns the running process with pipes on stdin, stdout and stderr:
     a command that reads stdin waits until the caller's communicate() sends it."""
     home = _user_home(vault_home, user_home)
     return subprocess.Popen(
         [*CLI, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=cli_env(vault_home, home), cwd=home,
+        env=cli_env(vault_home, home, env), cwd=home,
     )
 
 
@@ -82,14 +85,14 @@ class VaultproxyStart(MitmdumpProcess):
     clients apply unchanged, because `start` execs mitmdump in the same process.
 
     `confdir`: mitmproxy's confdir (default: in workdir); one shared by several runs saves
-    making a CA, which takes seconds, for each.
+    making a CA, which takes seconds, for each. `env`: more environment (VAULTPROXY_PASSPHRASE...).
     """
 
     def __init__(
         self, workdir: Path, vault_home: Path, *, start_args: Sequence[str] = (), mitmdump_args: Sequence[str] = (),
-        confdir: Path | None = None,
+        confdir: Path | None = None, env: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(workdir, env={"VAULTPROXY_HOME": str(vault_home)})
+        super().__init__(workdir, env={"VAULTPROXY_HOME": str(vault_home), **(env or {})})
         if confdir is not None:
             self.confdir = confdir
         self._start_args = list(start_args)

@@ -1,0 +1,299 @@
+"""End to end: only the OS user who runs the proxy may use it, and whoever they give the proxy
+credential to.
+
+The attack: another local user (here `nobody`, which needs the tests to run as root, as they
+do in CI) points curl at the proxy on 127.0.0.1 with a placeholder and a listener of their
+own as the destination, and gets the owner's secret. Each test runs a real mitmdump with the
+addon, a real upstream on 127.0.0.1 and the real curl; the uid lookup's parser is also tested
+on sample /proc text, and its reader on real loopback connections.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from mitmproxy.test import tflow
+
+from tests.support.env import child_env
+from tests.support.leaks import fail_on, hunt_bytes, leak_value, needles_for, read_process
+from tests.support.net import LOOPBACK, free_port, listening_addresses, wait_until
+from tests.support.proxy import CLIENT_TIMEOUT, STARTUP_TIMEOUT, MitmdumpProcess, StartProxy, curl
+from tests.support.secret_set import Entry, SecretSet, proxy_options
+from tests.support.tls import TLSMaterial
+from tests.support.upstream import RecordedRequest, RecordingUpstream
+from vaultcore.credential import CREDENTIAL_FILE, read_credential
+from vaultcore.proxyenv import proxy_url
+from vaultproxy.clientgate import client_uid, kernel_forms, socket_uid
+
+SECRETS = SecretSet({"gate.loc": Entry(leak_value()[0])})
+PLACEHOLDER_HEADER = "X-Token: <<vault:gate.loc>>"
+
+try:
+    NOBODY: pwd.struct_passwd | None = pwd.getpwnam("nobody")
+except KeyError:
+    NOBODY = None
+as_another_user = pytest.mark.skipif(
+    os.geteuid() != 0 or NOBODY is None, reason="runs curl as the user nobody, which needs root and that user"
+)
+
+
+def curl_as_nobody(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The real curl as `nobody`, another local user than the proxy's. Its working directory is
+    / (nobody cannot enter the tests' 0700 temp dirs); -q: no ~/.curlrc. A proxy URL with the
+    credential goes in `env`, as `vaultproxy exec` passes it, never in argv."""
+    assert NOBODY is not None
+    return subprocess.run(
+        ["curl", "-q", "--silent", "--show-error", "--noproxy", "", *args, url],
+        user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[], cwd="/",
+        env={"PATH": os.environ["PATH"], **(env or {})}, capture_output=True, timeout=CLIENT_TIMEOUT, check=False,
+    )
+
+
+def wait_for_credential(home: Path) -> str:
+    """The proxy writes its credential in running(), a moment after its port listens."""
+    wait_until((home / CREDENTIAL_FILE).exists, STARTUP_TIMEOUT, "the proxy credential")
+    token = read_credential(home)
+    assert token is not None
+    return token
+
+
+def delivered(request: RecordedRequest) -> bool:
+    """Whether the upstream got the secret (a bool: a failed assert must not print the value)."""
+    return request.header("x-token") == SECRETS.value("gate.loc")
+
+
+def new_output(proxy: MitmdumpProcess, start: int) -> list[str]:
+    return proxy.output()[start:].splitlines()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return SECRETS.fill(tmp_path_factory.mktemp("vault-home"))
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial, home: Path) -> Iterator[MitmdumpProcess]:
+    """One proxy for the module: an HTTP proxy on 127.0.0.1, and a SOCKS5 one on a port of
+    its choosing. At teardown its output holds neither a value nor the credential."""
+    process = MitmdumpProcess(
+        tmp_path_factory.mktemp("vaultproxy"), upstream_ca=tls_material.ca_cert,
+        options=proxy_options(home, mode=["regular", f"socks5@{LOOPBACK}:0"]),
+    )
+    with process:
+        token = wait_for_credential(home)
+        yield process
+    output = process.output()
+    assert SECRETS.leaked_keys(output) == []
+    fail_on(hunt_bytes("proxy output", output.encode(), needles_for("credential", token, token)))
+
+
+@pytest.fixture(scope="module")
+def socks_port(proxy: MitmdumpProcess) -> int:
+    pattern = re.compile(rf"SOCKS v5 proxy listening at {re.escape(LOOPBACK)}:(\d+)")
+    wait_until(lambda: pattern.search(proxy.output()) is not None, STARTUP_TIMEOUT, "the SOCKS5 listener")
+    match = pattern.search(proxy.output())
+    assert match is not None
+    return int(match[1])
+
+
+# --- the uid lookup --------------------------------------------------------------------------
+
+# /proc/net/tcp on a little-endian host: the proxy listens on 127.0.0.1:8080 (1F90); uid 65534's
+# client (port 8A6E) is connected, as the proxy's own socket (uid 0) on the other side shows;
+# a closed connection from port 8A70 lingers in TIME_WAIT (06), where the kernel shows uid 0.
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1567 1 0000000037639367 100 0 0 10 0
+   1: 0100007F:8A6E 0100007F:1F90 01 00000000:00000000 00:00000000 00000000 65534        0 40012 1 0000000011111111 20 4 30 10 -1
+   2: 0100007F:1F90 0100007F:8A6E 01 00000000:00000000 00:00000000 00000000     0        0 40013 1 0000000022222222 20 4 30 10 -1
+   3: 0100007F:8A70 0100007F:1F90 06 00000000:00000000 03:00000A18 00000000     0        0 0 3 0000000095924d87
+"""
+# /proc/net/tcp6: an IPv6 client socket on an IPv4-mapped address (uid 1000), one on ::1 (uid 1001).
+PROC_NET_TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2001 1 0000000000000000 100 0 0 10 0
+   1: 0000000000000000FFFF00000100007F:8A72 0000000000000000FFFF00000100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 2002 1 0000000000000000 20 4 30 10 -1
+   2: 00000000000000000000000001000000:8A74 00000000000000000000000001000000:1F90 01 00000000:00000000 00:00000000 00000000  1001        0 2003 1 0000000000000000 20 4 30 10 -1
+"""
+PROXY = (LOOPBACK, 0x1F90)
+
+
+@pytest.mark.parametrize(("table", "client", "proxy_side", "uid"), [
+    pytest.param(PROC_NET_TCP, (LOOPBACK, 0x8A6E), PROXY, 65534, id="ipv4"),
+    # A proxy on a dual-stack socket sees the same client as ::ffff:127.0.0.1.
+    pytest.param(PROC_NET_TCP, ("::ffff:127.0.0.1", 0x8A6E), ("::ffff:127.0.0.1", 0x1F90), 65534, id="mapped-peer"),
+    pytest.param(PROC_NET_TCP, PROXY, (LOOPBACK, 0x8A6E), 0, id="direction-matters"),
+    pytest.param(PROC_NET_TCP, (LOOPBACK, 0x8A70), PROXY, None, id="time-wait-is-nobody"),
+    pytest.param(PROC_NET_TCP, (LOOPBACK, 0x9999), PROXY, None, id="no-such-connection"),
+    pytest.param(PROC_NET_TCP6, (LOOPBACK, 0x8A72), PROXY, 1000, id="mapped-socket-in-tcp6"),
+    pytest.param(PROC_NET_TCP6, ("::1", 0x8A74), ("::1", 0x1F90), 1001, id="ipv6"),
+    pytest.param(PROC_NET_TCP6, (LOOPBACK, 0x8A74), PROXY, None, id="ipv4-is-not-ipv6"),
+])
+def test_socket_uid_reads_proc_net_tcp(table: str, client: tuple[str, int], proxy_side: tuple[str, int], uid: int | None) -> None:
+    assert socket_uid(table, client, proxy_side, "little") == uid
+
+
+def test_kernel_forms_follow_the_hosts_byte_order() -> None:
+    assert kernel_forms((LOOPBACK, 8080), "little") == {"0100007F:1F90", "0000000000000000FFFF00000100007F:1F90"}
+    assert kernel_forms((LOOPBACK, 8080), "big") == {"7F000001:1F90", "00000000000000000000FFFF7F000001:1F90"}
+    assert kernel_forms(("::1", 80), "little") == {"00000000000000000000000001000000:0050"}
+
+
+@pytest.fixture
+def crowd() -> Iterator[None]:
+    """A hundred more loopback connections, so that /proc/net/tcp is longer than one read
+    (the kernel hands it out a page at a time)."""
+    with socket.socket() as server:
+        server.bind((LOOPBACK, 0))
+        server.listen(128)
+        clients = [socket.create_connection(server.getsockname()) for _ in range(100)]
+        try:
+            yield
+        finally:
+            for client in clients:
+                client.close()
+
+
+@pytest.mark.parametrize(("family", "listen_on", "connect_to"), [
+    pytest.param(socket.AF_INET, LOOPBACK, LOOPBACK, id="ipv4"),
+    pytest.param(socket.AF_INET6, "::1", "::1", id="ipv6"),
+    pytest.param(socket.AF_INET6, "::ffff:127.0.0.1", LOOPBACK, id="dual-stack-listener"),
+])
+def test_client_uid_finds_the_owner_of_a_real_connection(
+    family: socket.AddressFamily, listen_on: str, connect_to: str, crowd: None
+) -> None:
+    with socket.socket(family) as server:
+        if family == socket.AF_INET6:
+            server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            server.bind((listen_on, 0))
+        except OSError as e:
+            pytest.skip(f"cannot listen on {listen_on}: {e.strerror}")
+        server.listen()
+        with socket.create_connection((connect_to, server.getsockname()[1])), server.accept()[0] as accepted:
+            client = tflow.tclient_conn()
+            client.peername, client.sockname = accepted.getpeername(), accepted.getsockname()
+            assert client_uid(client) == os.geteuid()
+            client.peername = ("10.1.2.3", client.peername[1])
+            assert client_uid(client) is None  # not on loopback: nobody to look up
+
+
+# --- the gate --------------------------------------------------------------------------------
+
+
+def test_the_proxy_makes_its_credential_for_its_user_alone(proxy: MitmdumpProcess, home: Path) -> None:
+    token = read_credential(home)
+    assert token is not None
+    info = (home / CREDENTIAL_FILE).stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, os.geteuid())
+    seen = read_process(proxy.pid)
+    assert seen is not None
+    cmdline, environ = seen
+    assert token.encode() not in cmdline and token.encode() not in environ
+
+
+def test_the_owner_needs_no_credential_and_proxy_authorization_never_goes_upstream(
+    proxy: MitmdumpProcess, upstream: RecordingUpstream
+) -> None:
+    result = curl(proxy, f"{upstream.url}/owner", "-H", PLACEHOLDER_HEADER, "-H", "Proxy-Authorization: Basic dXNlcjpwYXNz")
+    assert result.returncode == 0, result.stderr.decode()
+    (received,) = upstream.wait_for(1)
+    assert delivered(received)
+    assert received.header("proxy-authorization") is None
+
+
+@as_another_user
+def test_another_user_without_the_credential_gets_no_secret(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    start = len(proxy.output())
+    plain = curl_as_nobody(f"{upstream.url}/stolen", "--include", "-x", proxy.url, "-H", PLACEHOLDER_HEADER)
+    assert plain.stdout.startswith(b"HTTP/1.1 407 "), plain.stderr.decode()
+    assert b'Proxy-Authenticate: Basic realm="vaultproxy"' in plain.stdout
+    tunnel = curl_as_nobody(f"https://{LOOPBACK}:{upstream.port}/stolen", "--verbose", "-x", proxy.url, "-H", PLACEHOLDER_HEADER)
+    assert tunnel.returncode != 0 and b"CONNECT tunnel failed, response 407" in tunnel.stderr
+    assert b"< Proxy-Authenticate: Basic" in tunnel.stderr
+    wrong = curl_as_nobody(f"{upstream.url}/stolen", "--include", "-H", PLACEHOLDER_HEADER,
+                           env={"http_proxy": proxy_url(LOOPBACK, proxy.port, "not-the-credential-" + "x" * 20)})
+    assert wrong.stdout.startswith(b"HTTP/1.1 407 ")
+
+    assert upstream.requests == [] and upstream.all_bytes() == b""  # nothing left the proxy
+    assert NOBODY is not None
+    proxy.wait_for_output(f"refused a client of uid {NOBODY.pw_uid}")
+    refusals = [line for line in new_output(proxy, start) if "vaultproxy: refused a client" in line]
+    assert len(refusals) == 3 and all(f"of uid {NOBODY.pw_uid} at 127.0.0.1:" in line for line in refusals), refusals
+
+
+@as_another_user
+def test_another_user_with_the_credential_is_served(proxy: MitmdumpProcess, upstream: RecordingUpstream, home: Path) -> None:
+    """The owner gave them the credential: they get the secret, and the upstream never sees the credential."""
+    token = read_credential(home)
+    assert token is not None
+    result = curl_as_nobody(f"{upstream.url}/given", "-H", PLACEHOLDER_HEADER,
+                            env={"http_proxy": proxy_url(LOOPBACK, proxy.port, token)})
+    assert result.returncode == 0, result.stderr.decode()
+    (received,) = upstream.wait_for(1)
+    assert delivered(received)
+    assert received.header("proxy-authorization") is None
+    fail_on(hunt_bytes("upstream", upstream.all_bytes(), needles_for("credential", token, token)))
+
+
+def test_socks5_serves_the_owner(proxy: MitmdumpProcess, socks_port: int, upstream: RecordingUpstream) -> None:
+    result = subprocess.run(
+        ["curl", "-q", "--silent", "--show-error", "--noproxy", "", "-x", f"socks5h://{LOOPBACK}:{socks_port}",
+         "-H", PLACEHOLDER_HEADER, f"{upstream.url}/socks"],
+        capture_output=True, env=child_env(), timeout=CLIENT_TIMEOUT, check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    (received,) = upstream.wait_for(1)
+    assert delivered(received)
+
+
+@as_another_user
+def test_socks5_closes_the_connection_of_another_user(proxy: MitmdumpProcess, socks_port: int, upstream: RecordingUpstream) -> None:
+    """SOCKS5 has no Proxy-Authorization: a client that is not the owner is cut off."""
+    start = len(proxy.output())
+    result = curl_as_nobody(f"{upstream.url}/socks", "-x", f"socks5h://{LOOPBACK}:{socks_port}", "-H", PLACEHOLDER_HEADER)
+    assert result.returncode != 0
+    assert upstream.requests == [] and upstream.all_bytes() == b""
+    assert NOBODY is not None
+    proxy.wait_for_output(f"refused a client of uid {NOBODY.pw_uid}")
+    assert sum("vaultproxy: refused a client" in line for line in new_output(proxy, start)) == 1
+
+
+def test_beyond_loopback_every_client_needs_the_credential(
+    mitmdump: StartProxy, tmp_path: Path, upstream: RecordingUpstream, tls_upstream: RecordingUpstream
+) -> None:
+    """Listening on 0.0.0.0 (here as a mode's address): a warning, and the owner's own uid is
+    not enough any more (a loopback connection may be forwarded for someone else)."""
+    home = SECRETS.fill(tmp_path / "home")
+    port = free_port()
+    proxy = mitmdump(options={"vault_home": str(home), "mode": [f"regular@0.0.0.0:{port}"]}, port=port)
+    token = wait_for_credential(home)
+    assert listening_addresses(port) == {"0.0.0.0"}
+    proxy.wait_for_output(f"vaultproxy: warning: listening on *:{port}: every client must present the proxy credential")
+    servers = {"http": upstream, "https": tls_upstream}
+
+    def get(scheme: str, credential: str | None) -> requests.Response:
+        with proxy.requests_session() as session:
+            session.proxies = {s: proxy_url(LOOPBACK, port, credential) for s in servers}
+            return session.get(f"{servers[scheme].url}/far", headers={"X-Token": "<<vault:gate.loc>>"}, timeout=CLIENT_TIMEOUT)
+
+    assert get("http", None).status_code == 407
+    with pytest.raises(requests.exceptions.ProxyError, match="407"):  # the CONNECT is refused
+        get("https", None)
+    assert upstream.all_bytes() == b"" and tls_upstream.all_bytes() == b""
+    for scheme, server in servers.items():
+        assert get(scheme, token).status_code == 200
+        (received,) = server.requests
+        assert delivered(received)
+        assert received.header("proxy-authorization") is None
+    proxy.stop()
+    fail_on(hunt_bytes("proxy output", proxy.output().encode(), needles_for("credential", token, token)))

@@ -1,0 +1,207 @@
+"""Who may use the proxy: by default only the OS user who runs it.
+
+The proxy hands a secret to whoever sends its placeholder, and any local user can connect to
+127.0.0.1. So on Linux each loopback client is identified, once per connection, by the uid
+that owns its end of the TCP connection (/proc/net/tcp and tcp6); a client of the proxy's own
+uid is let in. Every other client must present the proxy credential (vaultcore.credential) as
+the password of Proxy-Authorization Basic: another local user the owner gave it to, a remote
+client, any client on another OS, and every client of a proxy that listens beyond loopback
+(there a connection of the owner's uid may be forwarded for someone else, by ssh -R or a
+container runtime). Modes without Proxy-Authorization (socks5, reverse...) only let the owner
+in. The model is mitmproxy's proxyauth: a verdict per connection, kept for the requests in a
+CONNECT tunnel, and the header never goes upstream.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import sys
+import weakref
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.addons.proxyauth import parse_http_basic_auth
+from mitmproxy.connection import Address
+from mitmproxy.proxy import mode_specs
+from mitmproxy.utils.human import format_address
+
+from vaultcore.credential import CREDENTIAL_FILE, ensure_credential
+from vaultcore.index import is_loopback
+from vaultcore.store import VaultError
+from vaultcore.vault import home_from_option
+
+logger = logging.getLogger(__name__)
+
+TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+# Only live connections: a closed socket lingers as a TIME_WAIT row with uid 0, whoever owned it.
+ESTABLISHED = "01"
+UID_COLUMN = 7
+AUTH_HEADER = "Proxy-Authorization"
+# The modes whose clients talk to mitmproxy as to a proxy, and so can send Proxy-Authorization.
+PROXY_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode)
+IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+# --- who is at the other end of a loopback connection (Linux) -------------------------------
+
+
+def kernel_forms(address: Address, byteorder: Literal["little", "big"] = sys.byteorder) -> set[str]:
+    """`address` as /proc/net/tcp{,6} print it: each 32-bit word of the IP as a native-endian
+    hex number, a colon, the port in hex. An IPv4 address is in tcp, or IPv4-mapped
+    (::ffff:127.0.0.1) in tcp6 for an IPv6 socket; a mapped one is the same IPv4 address."""
+    ip = ipaddress.ip_address(address[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    packed_forms = [ip.packed, IPV4_MAPPED_PREFIX + ip.packed] if ip.version == 4 else [ip.packed]
+    return {
+        "".join(f"{int.from_bytes(packed[i : i + 4], byteorder):08X}" for i in range(0, len(packed), 4))
+        + f":{address[1]:04X}"
+        for packed in packed_forms
+    }
+
+
+def socket_uid(table: str, local: Address, remote: Address, byteorder: Literal["little", "big"] = sys.byteorder) -> int | None:
+    """The uid that owns the live TCP socket from `local` to `remote`, found in `table` (the
+    text of /proc/net/tcp or tcp6); None when no row matches."""
+    local_forms, remote_forms = kernel_forms(local, byteorder), kernel_forms(remote, byteorder)
+    for row in table.splitlines():
+        fields = row.split()
+        if len(fields) > UID_COLUMN and fields[3] == ESTABLISHED and fields[1] in local_forms and fields[2] in remote_forms:
+            return int(fields[UID_COLUMN])
+    return None
+
+
+def client_uid(client: connection.Client) -> int | None:
+    """The uid of the local process at the other end of `client`: the owner of the socket
+    whose local address is the client's peername and whose remote address is the proxy's
+    sockname. None for a client that is not on loopback TCP, or where /proc has no such row
+    (another OS, a client that has already closed): such a client needs the credential."""
+    if client.transport_protocol != "tcp" or not is_loopback(client.peername[0]):
+        return None
+    for path in TCP_TABLES:
+        try:
+            uid = socket_uid(Path(path).read_text(), client.peername, client.sockname)
+        except OSError:
+            continue  # no /proc (another OS), or no IPv6
+        except ValueError:
+            return None  # a sockname that is no IP address is in no table
+        if uid is not None:
+            return uid
+    return None
+
+
+def exposed_addresses() -> list[Address]:
+    """The addresses the proxy really listens on that are not loopback (0.0.0.0, :: ...),
+    however they were asked for (--listen-host, --mode regular@HOST:PORT, ...)."""
+    return [address for address in ctx.master.addons.get("proxyserver").listen_addrs() if not is_loopback(address[0])]
+
+
+# --- the addon ------------------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    """One client connection, as the gate sees it."""
+
+    uid: int | None  # the local user at the other end; None when unknown
+    admitted: bool  # in without (more) credentials: the owner, or a CONNECT that presented it
+
+
+def credential_required() -> http.Response:
+    """The answer to a request without the credential: 407, so that clients that have it
+    (curl, requests...) send it."""
+    return http.Response.make(
+        407,
+        b"vaultproxy: this proxy needs its credential: run the client with `vaultproxy exec`, "
+        b"or use the proxy URL that `vaultproxy env` prints\n",
+        {"Proxy-Authenticate": 'Basic realm="vaultproxy"', "Content-Type": "text/plain; charset=utf-8",
+         "X-Vaultproxy-Error": "proxy_credential_required"},
+    )
+
+
+class ClientGate:
+    def __init__(self) -> None:
+        self.credential: str | None = None  # read in running(): until then only the owner gets in
+        self.peers: MutableMapping[connection.Client, Peer] = weakref.WeakKeyDictionary()
+
+    def configure(self, updated: set[str]) -> None:
+        # `vault_home` is VaultProxy's option. At start-up the credential is read in running();
+        # a later change of home brings that home's credential.
+        if "vault_home" in updated and self.credential is not None:
+            try:
+                self.credential = ensure_credential(home_from_option(ctx.options.vault_home))
+            except VaultError as e:
+                raise exceptions.OptionsError(f"vaultproxy: {e}") from None
+
+    def running(self) -> None:
+        home = home_from_option(ctx.options.vault_home)
+        try:
+            self.credential = ensure_credential(home)
+        except VaultError as e:
+            logger.error(f"vaultproxy: {e}")  # mitmdump stops on an error logged at start-up
+            return
+        if exposed := exposed_addresses():
+            where = ", ".join(map(format_address, exposed))
+            logger.warning(
+                f"vaultproxy: warning: listening on {where}: every client must present the proxy credential "
+                f"({home / CREDENTIAL_FILE}; `vaultproxy env` and `vaultproxy exec` pass it on)"
+            )
+
+    def client_connected(self, client: connection.Client) -> None:
+        peer = self._meet(client)
+        if not peer.admitted and not isinstance(client.proxy_mode, PROXY_MODES):
+            self._log_refusal(client, peer)
+            client.error = "vaultproxy: not the proxy's user"  # closes the connection
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if self._admits(flow):
+            self.peers[flow.client_conn].admitted = True  # for the requests in the tunnel
+        flow.request.headers.pop(AUTH_HEADER, None)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.is_replay:  # replays are the owner's own (mitmproxy's replay commands)
+            self._admits(flow)
+        flow.request.headers.pop(AUTH_HEADER, None)
+
+    def _meet(self, client: connection.Client) -> Peer:
+        """Identify a connection, once: reading /proc is too slow to repeat for every request."""
+        uid = client_uid(client)
+        peer = self.peers[client] = Peer(uid, uid == os.geteuid() and not exposed_addresses())
+        return peer
+
+    def _admits(self, flow: http.HTTPFlow) -> bool:
+        """Whether the flow may go on; when not, the proxy answers it (or kills it)."""
+        client = flow.client_conn
+        # A connection this instance did not see open (the script was reloaded) is met now.
+        peer = self.peers.get(client) or self._meet(client)
+        if peer.admitted or self._has_credential(flow.request):
+            return True
+        self._log_refusal(client, peer)
+        if isinstance(client.proxy_mode, PROXY_MODES):
+            flow.response = credential_required()
+        else:
+            flow.kill()
+        return False
+
+    def _has_credential(self, request: http.Request) -> bool:
+        if self.credential is None:
+            return False
+        try:
+            _, _, password = parse_http_basic_auth(request.headers.get(AUTH_HEADER, ""))
+        except ValueError:
+            return False
+        return hmac.compare_digest(password.encode(), self.credential.encode())
+
+    @staticmethod
+    def _log_refusal(client: connection.Client, peer: Peer) -> None:
+        who = "of unknown uid" if peer.uid is None else f"of uid {peer.uid}"
+        logger.warning(
+            f"vaultproxy: refused a client {who} at {format_address(client.peername)}: "
+            "it did not present the proxy credential"
+        )
