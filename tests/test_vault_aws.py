@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.moto import REGION, MotoServer, enforced_auth
+from vaultcore.index import SecretIndex
 from vaultcore.placeholders import SubstitutionError
 from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping
 from vaultcore.providers import aws
@@ -462,4 +463,75 @@ def test_a_broken_active_configuration_file_leaves_local_secrets_editable(tmp_pa
     assert status["active_config"] == "q" and "q.yaml:" in status["config_error"]
     assert [row["key"] for row in status["keys"]] == ["other"]
     with pytest.raises(ConfigError):
-        vault.index()  # the proxy keeps its last good index rather than dropping the provider's keys
+        vault.index()  # the CLI says so; the proxy's snapshot keeps serving what it can (below)
+
+
+# --- the proxy's snapshot while the active configuration's file is broken ---------------------------
+
+
+BROKEN_YAML = "name: prod\nregion: [\n"
+
+
+def fetch_new(vault: Vault, admin: Any, *aliases: str) -> None:
+    for alias in aliases:
+        admin.create_secret(Name=f"prod/{alias}", SecretString=f"FAKE-{alias}-first")
+        vault.add_secret(SecretMapping(alias, f"prod/{alias}"))
+    assert all(result.error is None for result in vault.fetch().values())
+
+
+def values(index: SecretIndex) -> dict[str, str | bytes]:
+    return {secret.key: secret.value for secret in index.secrets()}
+
+
+def test_a_broken_active_file_does_not_stop_a_revocation(vault: Vault, admin: Any) -> None:
+    """Local secrets always come from the new state; provider ones from its cache, through the
+    last configuration that loaded. Only the mappings wait for a good file."""
+    fetch_new(vault, admin, "api", "db")
+    vault.set("rv", "FAKE-revoked-local", hosts=[HOST])
+    good = vault.snapshot()
+    assert values(good.index) == {"api": "FAKE-api-first", "db": "FAKE-db-first", "rv": "FAKE-revoked-local"}
+
+    # Before the proxy sees any of it: a rotation, a removed secret, a broken file, an unset.
+    admin.put_secret_value(SecretId="prod/api", SecretString="FAKE-api-rotated")
+    vault.fetch(["api"])
+    vault.remove_secret("db")
+    vault.configs.file("prod").write_text(BROKEN_YAML)
+    vault.unset("rv")
+    degraded = vault.snapshot(good)
+    assert values(degraded.index) == {"api": "FAKE-api-rotated"}
+    assert degraded.config == good.config and "prod.yaml:" in (degraded.config_error or "")
+    assert not degraded.is_stale()
+    # Still broken at the next change: the last good configuration carries on.
+    vault.set("new", "FAKE-new-local", hosts=[HOST])
+    again = vault.snapshot(degraded)
+    assert values(again.index) == {"api": "FAKE-api-rotated", "new": "FAKE-new-local"} and again.config == good.config
+    # Without a configuration that ever loaded (a proxy started now), no provider secret at all.
+    assert values(vault.snapshot().index) == {"new": "FAKE-new-local"}
+
+    vault.configs.save(good.config.without_secret("db"))  # fixed
+    fixed = vault.snapshot(again)
+    assert values(fixed.index) == {"api": "FAKE-api-rotated", "new": "FAKE-new-local"} and fixed.config_error is None
+
+
+def test_a_switch_to_a_broken_configuration_fails_closed(vault: Vault, admin: Any) -> None:
+    fetch_new(vault, admin, "api")
+    vault.add_config(config_for("staging", vault.config().endpoint_url or "", secrets=(SecretMapping("api", "prod/api"),)))
+    vault.fetch(config_name="staging")
+    vault.set("local", "FAKE-local-kept", hosts=[HOST])
+    good = vault.snapshot()
+    vault.use_config("staging")  # then broken before the proxy saw the switch
+    vault.configs.file("staging").write_text(BROKEN_YAML.replace("prod", "staging"))
+    switched = vault.snapshot(good)
+    assert values(switched.index) == {"local": "FAKE-local-kept"}  # neither prod's nor staging's cache
+    assert switched.config is None and "staging.yaml:" in (switched.config_error or "")
+
+
+def test_a_deleted_active_file_is_like_a_broken_one(vault: Vault, admin: Any) -> None:
+    fetch_new(vault, admin, "api")
+    good = vault.snapshot()
+    vault.configs.file("prod").unlink()
+    assert good.is_stale()
+    kept = vault.snapshot(good)
+    assert values(kept.index) == {"api": "FAKE-api-first"} and "has no file" in (kept.config_error or "")
+    vault.remove_config("prod")  # the way out: forget it
+    assert values(vault.snapshot(kept).index) == {}

@@ -1,8 +1,9 @@
 """The Vault facade for local secrets: set/get/unset, validation, resolution through the
-index and its host/origin/plaintext policy, shadowing, and the reload signature."""
+index and its host/origin/plaintext policy, shadowing, and the proxy's snapshot: when it is stale."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from vaultcore.index import Destination, Secret, SecretIndex
 from vaultcore.placeholders import Context, SubstitutionError
 from vaultcore.profiles import ConfigDirectory, ProviderConfig, SecretMapping
-from vaultcore.store import VaultError
+from vaultcore.store import State, VaultError
 from vaultcore.vault import MAX_VALUE_BYTES, Vault
 
 FAKE_TOKEN = "FAKE-token-5d2e8b1f"
@@ -258,34 +259,72 @@ def test_status_reports_a_shadowed_local_secret(vault: Vault) -> None:
         vault.set("shared", FAKE_OTHER)
 
 
-# --- the reload signature ------------------------------------------------------------------------
+# --- the reload signature: is the proxy's snapshot still current? ------------------------------
 
 
-def test_signature_changes_after_every_write(vault: Vault) -> None:
-    seen = [vault.signature()]
-    assert vault.signature() == seen[0]  # stable while nothing changes
+def test_snapshot_is_stale_after_every_write(vault: Vault) -> None:
+    snapshot = vault.snapshot()  # no vault file yet: its creation is a change too
     for i in range(40):
         # same size every time, and the same value half the time: only the write itself differs
-        vault.set("k", FAKE_TOKEN if i % 2 else FAKE_OTHER, hosts=["h"])
-        signature = vault.signature()
-        assert signature != seen[-1], i
-        assert vault.signature() == signature
-        seen.append(signature)
+        value = FAKE_TOKEN if i % 2 else FAKE_OTHER
+        vault.set("k", value, hosts=["h"])
+        assert snapshot.is_stale(), i
+        snapshot = vault.snapshot(snapshot)
+        assert not snapshot.is_stale() and snapshot.signature == vault.signature()
+        assert snapshot.index.get("k").value == value
     vault.unset("k")
-    assert vault.signature() != seen[-1]
+    assert snapshot.is_stale()
 
 
-def test_signature_follows_configuration_files(vault: Vault) -> None:
+def test_only_the_active_configuration_file_is_watched(vault: Vault) -> None:
+    vault.add_config(ProviderConfig(name="prod", display_name="Prod", region="us-east-1", credentials_source="default"))
+    snapshot = vault.snapshot()
+    assert snapshot.is_stale() is False and snapshot.config is not None and snapshot.config.name == "prod"
+    vault.configs.save(ProviderConfig(name="staging", display_name="Staging", region="us-east-1"))
+    assert snapshot.is_stale()  # renamed into configs/: its mtime changed
+    snapshot = vault.snapshot(snapshot)
+    # Edited in place (same inode, configs/ untouched), as some editors do: only the active file counts.
+    with vault.configs.file("staging").open("a") as f:
+        f.write("# another configuration\n")
+    assert not snapshot.is_stale()
+    with vault.configs.file("prod").open("a") as f:
+        f.write("# the active one\n")
+    assert snapshot.is_stale()
+
+
+def test_a_write_during_a_rebuild_is_seen_by_the_next_check(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file is stamped before it is read: a write landing mid-build leaves the snapshot stale."""
+    vault.add_config(ProviderConfig(name="prod", display_name="Prod", region="us-east-1", credentials_source="default"))
     vault.set("k", FAKE_TOKEN, hosts=["h"])
-    before = vault.signature()
-    ConfigDirectory(vault.home / "configs").save(ProviderConfig(name="prod", display_name="Prod", region="us-east-1"))
-    assert vault.signature() != before
+    other = Vault(vault.home)  # another process's CLI
+    read_state, load_config = vault.state, vault.configs.load
+
+    def read_then_write() -> State:
+        state = read_state()
+        other.set("k", FAKE_OTHER)
+        return state
+
+    def load_then_save(name: str) -> ProviderConfig:
+        config = load_config(name)
+        other.configs.save(dataclasses.replace(config, display_name="Prod again"))
+        return config
+
+    monkeypatch.setattr(vault, "state", read_then_write)
+    snapshot = vault.snapshot()
+    assert snapshot.index.get("k").value == FAKE_TOKEN and snapshot.is_stale()
+    monkeypatch.setattr(vault, "state", read_state)
+    monkeypatch.setattr(vault.configs, "load", load_then_save)
+    snapshot = vault.snapshot(snapshot)
+    assert snapshot.index.get("k").value == FAKE_OTHER and snapshot.is_stale()
 
 
 def test_vault_on_an_unreadable_vault_file_says_so(vault: Vault) -> None:
     vault.set("k", FAKE_TOKEN, hosts=["h"])
+    snapshot = vault.snapshot()
     path = vault.home / "vault.enc"
     path.write_bytes(os.urandom(64))
-    for call in (vault.keys, lambda: vault.get("k"), vault.status, lambda: vault.set("k", FAKE_OTHER)):
+    assert snapshot.is_stale()
+    calls = (vault.keys, lambda: vault.get("k"), vault.status, lambda: vault.set("k", FAKE_OTHER), lambda: vault.snapshot(snapshot))
+    for call in calls:
         with pytest.raises(VaultError, match="not a vaultproxy vault"):
             call()

@@ -337,7 +337,8 @@ class ConfigDirectory:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def _file(self, name: str) -> Path:
+    def file(self, name: str) -> Path:
+        """Where configuration `name` lives (whether or not it exists)."""
         # Checked here too: a name is also a path component (no "../x").
         if not NAME_RE.fullmatch(name):
             raise ConfigError(f"invalid configuration name {_shown(name)}: use 1-64 of A-Z a-z 0-9 _ -")
@@ -349,7 +350,7 @@ class ConfigDirectory:
         return sorted(p.stem for p in self.path.glob("*.yaml") if NAME_RE.fullmatch(p.stem))
 
     def load(self, name: str) -> ProviderConfig:
-        path = self._file(name)
+        path = self.file(name)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -362,7 +363,7 @@ class ConfigDirectory:
     def save(self, config: ProviderConfig) -> Path:
         """Write the configuration, re-validated first so that no invalid file is ever written
         (a ProviderConfig built in code could hold, say, a bad alias)."""
-        path = self._file(config.name)
+        path = self.file(config.name)
         text = dump_config(config)
         parse_config(text, str(path), expected_name=config.name)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -370,7 +371,7 @@ class ConfigDirectory:
         return path
 
     def remove(self, name: str) -> None:
-        path = self._file(name)
+        path = self.file(name)
         try:
             path.unlink()
         except FileNotFoundError:

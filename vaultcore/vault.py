@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultcore import placeholders
+from vaultcore.freshness import Signature
 from vaultcore.index import LOCAL_SOURCE, Destination, Secret, SecretIndex
 from vaultcore.placeholders import KEY_RE, Context
 from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, SecretMapping
@@ -46,6 +47,12 @@ def default_home() -> Path:
     if sys.platform == "win32":
         return Path(os.environ.get("APPDATA", Path.home())) / "vaultproxy"
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "vaultproxy"
+
+
+def home_from_option(value: str) -> Path:
+    """The vault home a setting names (the proxy's `vault_home`, the CLI's `--home`): that
+    directory, or the default home when it is empty."""
+    return Path(value).expanduser() if value else default_home()
 
 
 def now() -> str:
@@ -112,10 +119,21 @@ def provider_secrets(config: ProviderConfig, cache: dict[str, Any]) -> list[Secr
 @dataclass(frozen=True)
 class Snapshot:
     """An index and the signature of the files it was built from; the proxy rebuilds
-    when the signature changes."""
+    when the signature changes.
+
+    `config` is the active configuration as last loaded: it outlives a broken file, so that
+    the next rebuild still applies the vault's changes to its secrets (see `Vault.snapshot`);
+    `config_error` says why the file did not load."""
 
     index: SecretIndex
-    signature: tuple[Any, ...]
+    signature: Signature
+    config: ProviderConfig | None = None
+    config_error: str | None = None
+
+    def is_stale(self) -> bool:
+        """Whether a file the index was built from changed since: a few stat calls, so the
+        proxy can ask before each request it resolves."""
+        return self.signature.is_stale()
 
 
 class Vault:
@@ -129,24 +147,37 @@ class Vault:
     def state(self) -> State:
         return self.store.read()
 
-    def signature(self) -> tuple[Any, ...]:
-        """Cheap (stat only) identity of everything the index depends on: the vault file and
-        the configuration files."""
-        configs: list[tuple[str, int, int]] = []
-        if self.configs.path.is_dir():
-            for path in self.configs.path.glob("*.yaml"):
-                with contextlib.suppress(FileNotFoundError):
-                    st = path.stat()
-                    configs.append((path.name, st.st_mtime_ns, st.st_size))
-        return (self.store.signature(), tuple(sorted(configs)))
+    def signature(self) -> Signature:
+        """vault.enc and the configs directory (a file renamed into it changes its mtime),
+        stamped now. A snapshot adds its active configuration's file, the only other one its
+        index reads: so no glob, and the proxy can check before each request."""
+        return Signature.of(self.store.path, self.configs.path)
 
-    def snapshot(self) -> Snapshot:
-        signature = self.signature()  # taken first: a change during the build is seen next time
-        return Snapshot(self.index(), signature)
+    def snapshot(self, previous: Snapshot | None = None) -> Snapshot:
+        """The proxy's index. Raises only when vault.enc cannot be read: the caller keeps
+        `previous` then (the CLI cannot have changed a vault it cannot read either).
+
+        A change to the vault always takes effect, even while the active configuration's
+        file is broken or missing: local secrets come from the new state, and provider
+        secrets from the new state's cache through `previous`'s configuration of the same
+        name, so a removed or changed value counts at once. After a switch to a broken
+        configuration no provider secret resolves at all."""
+        signature = self.signature()  # stamped before they are read: a change during the build is seen next time
+        state = self.state()
+        name = state.get("active_config")
+        if not name:
+            return Snapshot(self._index(state, None), signature)
+        signature += Signature.of(self.configs.file(name))  # before it is read, likewise
+        try:
+            config, error = self._active(state), None
+        except (ConfigError, VaultError) as e:
+            last_good = previous.config if previous else None
+            config, error = (last_good if last_good and last_good.name == name else None), str(e)
+        return Snapshot(self._index(state, config), signature, config, error)
 
     def index(self, state: State | None = None) -> SecretIndex:
-        """Raises when the active configuration's file is broken: the proxy then keeps its
-        last good index rather than silently dropping the provider's keys."""
+        """Raises when the active configuration's file is broken, for the CLI to say so (the
+        proxy builds with `snapshot`, which keeps serving what it can)."""
         state = self.state() if state is None else state
         return self._index(state, self._active(state))
 
