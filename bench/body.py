@@ -21,8 +21,8 @@ from mitmproxy.net import encoding
 
 from bench.common import CpuPlan, Target, alternate, median, paired_ratio, profile, table, timed
 from vaultcore.index import Destination, Secret, SecretIndex
-from vaultcore.placeholders import Context, Lookup, StreamSubstituter, substitute
-from vaultproxy import rewrite
+from vaultcore.placeholders import Budget, Context, Lookup, StreamSubstituter, substitute
+from vaultproxy import guard, rewrite
 
 HOST = "api.example.com"
 KEY = "bench.body"
@@ -71,7 +71,7 @@ def gzip_request(data: bytes) -> http.Request:
 def rewrite_gzip(request: http.Request) -> http.Request:
     """What the addon does with a compressed body: decode, substitute, re-encode."""
     body = rewrite.decoded_body(request)
-    rewrite.rewrite_request(request, lookup(), body).apply(request)
+    rewrite.rewrite_request(request, lookup(), body, Budget(guard.Settings().max_growth)).apply(request)
     return request
 
 

@@ -49,7 +49,9 @@ def tctx(addon: VaultProxy, home: Path) -> Iterator[taddons.context]:
 def request_flow(**headers: str) -> http.HTTPFlow:
     """A live HTTPS request to HOST, as mitmproxy hands it to the hooks."""
     request = tutils.treq(host=HOST, port=443, scheme=b"https", headers=http.Headers(**headers), content=b"")
-    return tflow.tflow(req=request)
+    flow = tflow.tflow(req=request)
+    flow.server_conn.sni = HOST  # tflow's connection names "address"
+    return flow
 
 
 # --- commands -------------------------------------------------------------------------------

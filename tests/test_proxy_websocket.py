@@ -84,9 +84,12 @@ def test_json_text_message_gets_json_escaping(proxy: MitmdumpProcess, upstream: 
     assert r'\"quoted\" \\' in received  # escaped, not raw: the message is still valid JSON
 
 
-def test_server_messages_are_untouched(proxy: MitmdumpProcess, upstream: WebSocketUpstream) -> None:
+def test_server_messages_are_never_resolved_and_their_placeholders_are_neutralised(
+    proxy: MitmdumpProcess, upstream: WebSocketUpstream
+) -> None:
+    """A server's placeholder is no request of the client's: it must not come back resolvable."""
     with proxy.websocket(f"{upstream.url}/greeting") as connection:
-        assert connection.recv(TIMEOUT) == GREETING
+        assert connection.recv(TIMEOUT) == GREETING.replace("<<vault:", "<<blocked-vault:")
         connection.send("reply <<vault:ws.k>>")  # while the client's own messages are resolved
         assert upstream.wait_for(1, TIMEOUT) == [f"reply {VALUE}"]
 

@@ -18,21 +18,26 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from urllib.parse import quote
 
-from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import command, ctx, exceptions, http, websocket
 from mitmproxy.addonmanager import Loader
+from mitmproxy.net.http import url
+from mitmproxy.proxy import mode_specs
+from mitmproxy.utils import human
 
 from vaultcore.atomic import replace_file
+from vaultcore.freshness import Signature
 from vaultcore.index import POLICY_CODES, SecretIndex
-from vaultcore.placeholders import MARKER, Lookup, StreamSubstituter, SubstitutionError, substitute
+from vaultcore.placeholders import MARKER, Budget, Lookup, StreamSubstituter, SubstitutionError, substitute
 from vaultcore.profiles import ConfigError
 from vaultcore.proxyenv import RUNTIME_FILE
-from vaultcore.store import VaultError
-from vaultcore.vault import Snapshot, Vault, default_home
-from vaultproxy import guard, rewrite
+from vaultcore.redaction import Redactor
+from vaultcore.store import VaultError, forget_passphrase_environment
+from vaultcore.vault import Snapshot, Vault, home_from_option
+from vaultproxy import guard, responses, rewrite
 from vaultproxy.audit import AuditLog
 from vaultproxy.flights import Flights
 
@@ -48,14 +53,42 @@ def live(flow: http.HTTPFlow) -> bool:
     return flow.live and not flow.is_replay and flow.response is None and flow.error is None
 
 
+# UIs and options that show or record flows (and so values) before placeholders are put back.
+SHOWING_UIS = {"webaddon": "mitmweb", "consoleaddon": "mitmproxy's console UI"}
+SHOWING_OPTIONS = (
+    ("store_streamed_bodies", True, "store_streamed_bodies would record substituted values; turn it off"),
+    ("proxy_debug", True, "proxy_debug logs requests with their values; turn it off"),
+    ("termlog_verbosity", "debug", "termlog_verbosity=debug logs requests with their values; use info"),
+)
+
+
 def refusal(error: SubstitutionError) -> http.Response:
     """The proxy's own answer to a request it will not send: the key and the fix, no value."""
-    status = 403 if error.code in POLICY_CODES else 400
+    status = 403 if error.code in POLICY_CODES else 413 if error.code == "too_large" else 400
     return http.Response.make(
         status,
         f"vaultproxy refused this request: {error}\n".encode(),
-        {"Content-Type": "text/plain; charset=utf-8", "X-Vaultproxy-Error": error.code},
+        {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", "X-Vaultproxy-Error": error.code},
     )
+
+
+def check_nothing_shows_values() -> None:
+    """Refuse the configurations that would show or record a value: live UIs see flows while
+    their requests carry values, and debug logging prints them."""
+    for name, ui in SHOWING_UIS.items():
+        if ctx.master.addons.get(name) is not None:
+            raise exceptions.OptionsError(
+                f"vaultproxy: {ui} shows requests while they carry secret values; run vaultproxy headless "
+                "(`vaultproxy start` or mitmdump) and put the UI in front: mitmweb --mode upstream:http://127.0.0.1:8080"
+            )
+    for name, showing, fix in SHOWING_OPTIONS:
+        # Not every mitmproxy has each option (11 has no store_streamed_bodies), nor every master.
+        if name in ctx.options and getattr(ctx.options, name) == showing:
+            raise exceptions.OptionsError(f"vaultproxy: {fix}")
+
+
+def reverse_mode_in_use() -> bool:
+    return any(isinstance(mode_specs.ProxyMode.parse(spec), mode_specs.ReverseMode) for spec in ctx.options.mode)
 
 
 def unframeable(key: str) -> None:
@@ -75,9 +108,17 @@ class VaultProxy:
         self.index = SecretIndex()
         self.flights = Flights()
         self.audit = AuditLog(None)
+        self.settings = guard.Settings()
         self.substitution = Substitution(self)
         self._watcher: asyncio.Task | None = None
-        self._failed_signature: object = None
+        self._reloading = asyncio.Lock()
+        self._failed: Signature | None = None  # what a failed reload saw: not retried until it changes
+        # Reverse mode: whether this addon, not mitmproxy, rewrites Host to the target (so that
+        # it sees the name the client used first), and the flows whose client used another name.
+        self._rewrites_host = False
+        self.unserved: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
+        # Flows the proxy answered itself: their answers name placeholders on purpose.
+        self.refused: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 
     # --- options and state ---------------------------------------------------------------
 
@@ -89,23 +130,45 @@ class VaultProxy:
             choices=("block", "keep"),
         )
         loader.add_option("vault_allow_plaintext", bool, False, "Send secrets to non-loopback hosts over plain HTTP.")
-        loader.add_option("vault_redact_responses", bool, False, "Show placeholders instead of injected values that a response echoes back.")
+        loader.add_option(
+            "vault_redact_responses", bool, True,
+            "Show placeholders instead of the values a response echoes back (in every encoding a server plausibly "
+            "uses). Turned off, echoed values reach the client and whatever records flows (-w files, HAR, the dumper).",
+        )
         loader.add_option("vault_audit_log", str, "", 'Audit log path (default: audit.log in the vault home; "off" to disable).')
+        loader.add_option(
+            "vault_max_growth", str, "2m",
+            "How much resolving placeholders may grow one request (or WebSocket message), e.g. 512k or 2m; larger ones are refused.",
+        )
+        loader.add_option(
+            "vault_served_names", Sequence[str], [],
+            "Reverse mode: host names clients use to reach this proxy, besides its listen address and the reverse target. "
+            "A request naming any other host gets no secret (DNS rebinding).",
+        )
 
     def configure(self, updated: set[str]) -> None:
-        # mitmproxy 11 has no store_streamed_bodies (it never records streamed bodies).
-        if "store_streamed_bodies" in ctx.options and ctx.options.store_streamed_bodies:
-            raise exceptions.OptionsError(
-                "vaultproxy: store_streamed_bodies would record substituted values; turn it off"
-            )
+        check_nothing_shows_values()
+        try:
+            max_growth = human.parse_size(ctx.options.vault_max_growth) or 0
+        except ValueError:
+            raise exceptions.OptionsError(f"vaultproxy: vault_max_growth={ctx.options.vault_max_growth!r} is no size (e.g. 512k, 2m)") from None
+        self.settings = guard.Settings(
+            keep_unknown=ctx.options.vault_on_missing == "keep", allow_plaintext=ctx.options.vault_allow_plaintext,
+            verify_upstream=not ctx.options.ssl_insecure, max_growth=max_growth,
+        )
+        if {"mode", "keep_host_header"} & updated and not self._rewrites_host and reverse_mode_in_use() and not ctx.options.keep_host_header:
+            # mitmproxy would replace the client's Host with the target's before any hook sees it.
+            self._rewrites_host = True
+            ctx.options.update(keep_host_header=True)
         if "vault_home" in updated or self.vault is None:
-            home = Path(ctx.options.vault_home).expanduser() if ctx.options.vault_home else default_home()
+            home = home_from_option(ctx.options.vault_home)
             vault = Vault(home)
             try:
                 snapshot = vault.snapshot()
             except LOAD_ERRORS as e:
                 raise exceptions.OptionsError(f"vaultproxy: cannot load the vault: {e}") from None
-            self.vault = vault
+            forget_passphrase_environment()  # derived now: nothing the proxy starts may inherit it
+            self.vault, self._failed = vault, None
             self._use(snapshot)
             logger.info(f"vaultproxy: {len(snapshot.index)} keys from {home}")
         if "vault_audit_log" in updated or "vault_home" in updated or self.audit.path is None:
@@ -157,30 +220,51 @@ class VaultProxy:
             except Exception as e:  # the watcher must outlive any one bad reload
                 logger.warning(f"vaultproxy: reload failed, keeping the last good state ({type(e).__name__})")
 
+    def is_current(self) -> bool:
+        """Whether the index is what the vault's files say (a few stat calls), or they have
+        not changed since a reload of them failed."""
+        assert self.snapshot is not None
+        return not self.snapshot.is_stale() or (self._failed is not None and not self._failed.is_stale())
+
+    def when_current(self, then: Callable[[], None]) -> Awaitable[None] | None:
+        """Run `then` against an index that includes every write made before this request
+        arrived: a CLI change is in force for the next request. When the files changed, the
+        hook returns the awaitable and mitmproxy holds just this flow while a worker reloads."""
+        if self.is_current():
+            then()
+            return None
+        return self._reload_then(then)
+
+    async def _reload_then(self, then: Callable[[], None]) -> None:
+        await self.reload_if_changed()
+        then()
+
     async def reload_if_changed(self) -> None:
         assert self.vault is not None and self.snapshot is not None
-        try:
-            signature = self.vault.signature()
-        except LOAD_ERRORS:
-            return
-        if signature in (self.snapshot.signature, self._failed_signature):
-            return
-        try:
-            snapshot = await asyncio.to_thread(self.vault.snapshot)
-        except LOAD_ERRORS as e:
-            self._failed_signature = signature
-            logger.warning(f"vaultproxy: reload failed, keeping the last good state: {e}")
-            return
-        self._use(snapshot)
-        self._failed_signature = None
-        logger.info(f"vaultproxy: reloaded, {len(snapshot.index)} keys")
+        async with self._reloading:  # one reload, however many requests wait for it
+            if self.is_current():
+                return
+            attempt = self.snapshot.signature.restamped()
+            try:
+                snapshot = await asyncio.to_thread(self.vault.snapshot, self.snapshot)
+            except LOAD_ERRORS as e:
+                self._failed = attempt
+                logger.warning(f"vaultproxy: reload failed, keeping the last good state: {e}")
+                return
+            self._failed = None
+            self._use(snapshot)
+            if snapshot.config_error:
+                kept = "its secrets keep the last good mappings" if snapshot.config else "no provider secrets until it is fixed"
+                logger.warning(f"vaultproxy: reloaded, {len(snapshot.index)} keys; {snapshot.config_error} ({kept})")
+            else:
+                logger.info(f"vaultproxy: reloaded, {len(snapshot.index)} keys")
 
     @command.command("vault.reload")
     def reload(self) -> None:
         """Reload the vault now (it also reloads by itself when vault.enc changes)."""
         assert self.vault is not None
         try:
-            self._use(self.vault.snapshot())
+            self._use(self.vault.snapshot(self.snapshot))
         except LOAD_ERRORS as e:
             raise exceptions.CommandError(f"reload failed, keeping the last good state: {e}") from None
 
@@ -194,24 +278,47 @@ class VaultProxy:
         lines += [f"{key}\tlocal\toverridden by duplicate key in {source}" for key, source in self.index.shadowed.items()]
         return lines
 
-    # --- putting placeholders back --------------------------------------------------------
+    # --- reverse mode: the name the client used ----------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A page whose name was rebound to this reverse proxy's address talks to it as to its
+        own origin: only a client that names the proxy itself gets secrets."""
+        if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+            return
+        claimed = flow.request.host_header or ""
+        if not guard.client_named_proxy(flow, claimed, tuple(ctx.options.vault_served_names)):
+            self.unserved[flow] = claimed
+        if self._rewrites_host:  # as mitmproxy does when keep_host_header is off
+            server = flow.server_conn
+            flow.request.host_header = url.hostport("https" if server.tls else "http", *server.address)
+
+    # --- putting placeholders back, and what comes back ----------------------------------
+
+    def _redactor(self, index: SecretIndex | None, keys: Iterable[str]) -> Redactor | None:
+        return responses.redactor_for(index, keys) if ctx.options.vault_redact_responses else None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        # A streamed upload can get its response before it has finished: restoring its
-        # headers then would change the framing of the chunks still to come.
-        if flow.request.timestamp_end is not None:
-            self.flights.restore(flow)
+        self.flights.restore(flow)
+        response = flow.response
+        assert response is not None
+        if flow in self.refused:
+            return
+        used = self.flights.used(flow)
+        redactor = self._redactor(used.index, used.keys) if used else None
+        responses.clean_headers(response.headers, redactor)
+        if response.stream is True and (stream := responses.stream_filter(flow, redactor)) is not None:
+            response.stream = stream
 
     def response(self, flow: http.HTTPFlow) -> None:
-        keys = self.flights.finish(flow)
+        used = self.flights.finish(flow)
         if flow.websocket is not None:
-            self.flights.add_websocket_keys(flow, keys)  # the handshake's values may come back in messages
-        elif keys and ctx.options.vault_redact_responses and flow.response and not flow.response.stream:
-            content = flow.response.get_content(strict=False)
-            if content and (redacted := self.redact(content, keys)) != content:
-                flow.response.content = redacted
+            # the handshake's values may come back in messages
+            self.flights.add_websocket_keys(flow, used.keys if used else [], used.index if used else None)
+        elif flow.response is not None and not flow.response.stream and flow not in self.refused:
+            responses.clean_body(flow.response, self._redactor(used.index, used.keys) if used else None)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self.substitution.audit_stream(flow)  # a streamed request cut short is audited too
         self.flights.finish(flow)
         self.flights.end_websocket(flow)
 
@@ -219,28 +326,11 @@ class VaultProxy:
         self.flights.restore_messages(flow)
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
-        keys = self.flights.websocket_keys(flow)
-        if keys and not message.from_client and ctx.options.vault_redact_responses:
-            message.content = self.redact(message.content, keys)
+        if not message.from_client:
+            message.content = responses.cleaned(message.content, self._redactor(*self.flights.websocket_keys(flow)))
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.flights.end_websocket(flow)
-
-    def redact(self, content: bytes, keys: Iterable[str]) -> bytes:
-        """`content` with every injected value it echoes (as sent, or JSON- or
-        percent-escaped) shown as its placeholder."""
-        for key in keys:
-            secret = self.index.get(key)
-            if secret is None:
-                continue
-            placeholder = f"<<vault:{key}>>".encode()
-            value = secret.value if isinstance(secret.value, bytes) else secret.value.encode()
-            forms = {value}
-            if isinstance(secret.value, str):
-                forms |= {json.dumps(secret.value, ensure_ascii=False)[1:-1].encode(), quote(secret.value, safe="").encode()}
-            for form in sorted(forms, key=len, reverse=True):
-                content = content.replace(form, placeholder)
-        return content
 
 
 class Substitution:
@@ -249,41 +339,52 @@ class Substitution:
     def __init__(self, proxy: VaultProxy):
         self.proxy = proxy
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not live(flow):
-            return
+            return None
         if rewrite.streams_late(flow.request, ctx.options.stream_large_bodies):
             flow.request.stream = True
         # A streamed request's headers leave right after this hook: resolve them now.
-        if flow.request.stream:
-            self._resolve(flow, streamed=True)
+        return self._resolve(flow, streamed=True) if flow.request.stream else None
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        if not live(flow):
-            return
-        if flow.request.stream:
-            self._audit_stream(flow)
-        else:
-            self._resolve(flow, streamed=False)
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.request.stream:  # the end of a streamed body, possibly after an early response
+            if flow.live and not flow.is_replay:
+                self.audit_stream(flow)
+                self.proxy.flights.body_sent(flow)
+            return None
+        return self._resolve(flow, streamed=False) if live(flow) else None
 
-    def _resolve(self, flow: http.HTTPFlow, *, streamed: bool) -> None:
-        request, proxy = flow.request, self.proxy
+    def _resolve(self, flow: http.HTTPFlow, *, streamed: bool) -> Awaitable[None] | None:
+        """Requests that hold no placeholder pass at once; the others wait for a current index."""
+        request = flow.request
         stream_body = streamed and rewrite.streamable(request)
-        original_path = request.path
         try:
             body = None if streamed else rewrite.decoded_body(request)
-            if not (rewrite.head_has_placeholder(request) or rewrite.body_has_placeholder(request, body) or stream_body):
-                return
-            lookup = self._lookup_for(request)
-            change = rewrite.rewrite_request(request, lookup, body)
+        except SubstitutionError as e:
+            self._refuse(flow, e, request.path, streamed=streamed)
+            return None
+        if not (rewrite.head_has_placeholder(request) or rewrite.body_has_placeholder(request, body) or stream_body):
+            return None
+        return self.proxy.when_current(lambda: self._substitute(flow, body, streamed=streamed, stream_body=stream_body))
+
+    def _substitute(self, flow: http.HTTPFlow, body: bytes | None, *, streamed: bool, stream_body: bool) -> None:
+        request, proxy = flow.request, self.proxy
+        original_path = request.path
+        try:
+            lookup = self._lookup_for(flow)
+            budget = Budget(proxy.settings.max_growth)
+            change = rewrite.rewrite_request(request, lookup, body, budget)
         except SubstitutionError as e:
             self._refuse(flow, e, original_path, streamed=streamed)
             return
-        proxy.flights.remember(flow, change, streamed_body=stream_body)
+        proxy.flights.remember(flow, change, proxy.index, streamed_body=stream_body)
         if stream_body:
             framing = rewrite.streamed_framing(request, flow.server_conn)
             body_lookup = lookup if framing else unframeable
-            substituter = StreamSubstituter(rewrite.body_context(request.headers.get("content-type", "")), self._literal_on_refusal(flow, body_lookup))
+            substituter = StreamSubstituter(
+                rewrite.body_context(request.headers.get("content-type", "")), self._literal_on_refusal(flow, body_lookup), budget,
+            )
             proxy.flights.track_stream(flow, substituter)
             change.apply(request)
             rewrite.prepare_streamed_body(request, substituter, framing)
@@ -291,11 +392,8 @@ class Substitution:
             proxy.audit.record(request, original_path, change.keys, "resolved")
             change.apply(request)
 
-    def _lookup_for(self, request: http.Request) -> Lookup:
-        return guard.lookup_for(
-            request, self.proxy.index,
-            keep_unknown=ctx.options.vault_on_missing == "keep", allow_plaintext=ctx.options.vault_allow_plaintext,
-        )
+    def _lookup_for(self, flow: http.HTTPFlow) -> Lookup:
+        return guard.lookup_for(flow, self.proxy.index, self.proxy.settings, unserved=self.proxy.unserved.get(flow))
 
     def _literal_on_refusal(self, flow: http.HTTPFlow, lookup: Lookup) -> Lookup:
         """For a streamed body, whose start has already left: a refused key stays a literal
@@ -311,7 +409,10 @@ class Substitution:
 
         return stream_lookup
 
-    def _audit_stream(self, flow: http.HTTPFlow) -> None:
+    def audit_stream(self, flow: http.HTTPFlow) -> None:
+        """Once per streamed request, at the end of its body or when it fails."""
+        if not flow.request.stream or not self.proxy.flights.take_audit(flow):
+            return
         keys, refusals = self.proxy.flights.stream_outcome(flow)
         if keys or refusals:
             outcome = f"refused:{refusals[0].code}" if refusals else "resolved"
@@ -328,21 +429,27 @@ class Substitution:
             flow.kill()
         else:
             flow.response = refusal(error)
+            self.proxy.refused.add(flow)
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
         if not message.from_client or not flow.live or MARKER not in message.content:
-            return
+            return None
+        return self.proxy.when_current(lambda: self._substitute_message(flow, message))
+
+    def _substitute_message(self, flow: http.HTTPFlow, message: websocket.WebSocketMessage) -> None:
         proxy = self.proxy
         try:
-            content, keys = substitute(message.content, rewrite.websocket_context(message), self._lookup_for(flow.request))
+            content, keys = substitute(
+                message.content, rewrite.websocket_context(message), self._lookup_for(flow), Budget(proxy.settings.max_growth),
+            )
         except SubstitutionError as e:
             logger.warning(f"vaultproxy: dropped a WebSocket message to {flow.request.host}: {e}")
             proxy.audit.record(flow.request, flow.request.path, [e.key] if e.key else [], f"refused:{e.code}")
             message.drop()
             return
         if keys:
-            proxy.flights.remember_message(flow, message, keys)
+            proxy.flights.remember_message(flow, message, keys, proxy.index)
             proxy.audit.record(flow.request, flow.request.path, keys, "resolved")
             message.content = content

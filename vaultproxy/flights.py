@@ -2,8 +2,8 @@
 
 Values must reach the wire but nothing that records or shows a flow (save, HAR export, the
 dumper, the flow views): once a request has gone upstream its original parts, which hold
-placeholders, are put back. Only originals and key names are kept here, never a value, and
-never in `flow.metadata` (which is serialised).
+placeholders, are put back. Only originals, key names and the index their values came from
+are kept here (to redact echoes of them), never in `flow.metadata` (which is serialised).
 """
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ from dataclasses import dataclass, field
 
 from mitmproxy import http, websocket
 
+from vaultcore.index import SecretIndex
 from vaultcore.placeholders import StreamSubstituter, SubstitutionError
 from vaultproxy.rewrite import Rewrite
+
+
+# How a request's body is delimited on the wire. mitmproxy's HTTP/1 client reads these from the
+# live request for every chunk it sends, so they must not change while a body is streaming.
+FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
 
 
 @dataclass
@@ -23,16 +29,30 @@ class Original:
     fields: tuple[tuple[bytes, bytes], ...] | None = None
     raw_content: bytes | None = None
     keys: list[str] = field(default_factory=list)
+    index: SecretIndex | None = None  # what the keys resolved with
     restored: bool = False
     stream: StreamSubstituter | None = None
     refusals: list[SubstitutionError] = field(default_factory=list)
+    response_done: bool = False  # the response ended while the request body was still streaming
+    audited: bool = False
+
+
+def body_streaming(flow: http.HTTPFlow) -> bool:
+    """Whether the request's body is still going out (an upstream may answer before it ends)."""
+    return bool(flow.request.stream) and flow.request.timestamp_end is None
+
+
+def keep_framing(original: tuple[tuple[bytes, bytes], ...], current: http.Headers) -> tuple[tuple[bytes, bytes], ...]:
+    """The original header fields, but with the framing headers the body is being sent with."""
+    framing = tuple((n, v) for n, v in current.fields if n.lower() in FRAMING_HEADERS)
+    return tuple((n, v) for n, v in original if n.lower() not in FRAMING_HEADERS) + framing
 
 
 class Flights:
     def __init__(self) -> None:
         self._requests: dict[str, Original] = {}
         self._messages: dict[str, list[tuple[websocket.WebSocketMessage, bytes]]] = {}
-        self._websocket_keys: dict[str, set[str]] = {}
+        self._websocket_keys: dict[str, tuple[SecretIndex | None, set[str]]] = {}
 
     def __len__(self) -> int:
         return len(self._requests) + len(self._messages)
@@ -42,10 +62,11 @@ class Flights:
             self._requests[flow.id] = Original(flow)
         return self._requests[flow.id]
 
-    def remember(self, flow: http.HTTPFlow, rewrite: Rewrite, *, streamed_body: bool = False) -> None:
+    def remember(self, flow: http.HTTPFlow, rewrite: Rewrite, index: SecretIndex, *, streamed_body: bool = False) -> None:
         """Keep the parts `rewrite` (or, for a streamed body, the re-framing) will change."""
         request = flow.request
         original = self._original(flow)
+        original.index = index
         if rewrite.path is not None and original.path is None:
             original.path = request.path
         if (rewrite.fields is not None or streamed_body) and original.fields is None:
@@ -74,14 +95,20 @@ class Flights:
         return original.path if original and original.path is not None else flow.request.path
 
     def restore(self, flow: http.HTTPFlow) -> None:
-        """Put the placeholders back into the request (it has gone upstream)."""
+        """Put the placeholders back into the request (it has gone upstream).
+
+        A streamed request keeps the headers that frame its body as they were sent: an
+        upstream may answer before the body ends, and mitmproxy reads them again for every
+        chunk and for the body's end; changed mid-body, the rest would go out unframed and an
+        upstream would read it as further requests (smuggling)."""
         original = self._requests.get(flow.id)
         if original is None or original.restored:
             return
         if original.path is not None:
             flow.request.path = original.path
         if original.fields is not None:
-            flow.request.headers.fields = original.fields
+            streamed = bool(flow.request.stream)
+            flow.request.headers.fields = keep_framing(original.fields, flow.request.headers) if streamed else original.fields
         if original.raw_content is not None:
             flow.request.raw_content = original.raw_content
         original.restored = True
@@ -93,23 +120,51 @@ class Flights:
         for flow_id in list(self._messages):
             self._restore_messages(flow_id)
 
-    def finish(self, flow: http.HTTPFlow) -> list[str]:
-        """Restore and forget the flow; returns the keys it used (for response redaction)."""
+    def finish(self, flow: http.HTTPFlow) -> Original | None:
+        """Restore and forget the flow; returns what it used (for response redaction).
+
+        A request whose body is still streaming is kept until its body ends (`body_sent`)."""
         self.restore(flow)
-        original = self._requests.pop(flow.id, None)
-        return original.keys if original else []
+        original = self._requests.get(flow.id)
+        if original is None:
+            return None
+        if body_streaming(flow) and flow.error is None:
+            original.response_done = True
+        else:
+            del self._requests[flow.id]
+        return original
 
-    def remember_message(self, flow: http.HTTPFlow, message: websocket.WebSocketMessage, keys: list[str]) -> None:
+    def used(self, flow: http.HTTPFlow) -> Original | None:
+        """What the request used so far (keys, and the index they resolved with)."""
+        return self._requests.get(flow.id)
+
+    def body_sent(self, flow: http.HTTPFlow) -> None:
+        """A streamed body has ended: forget the flow if its response has already come."""
+        original = self._requests.get(flow.id)
+        if original is not None and original.response_done:
+            del self._requests[flow.id]
+
+    def take_audit(self, flow: http.HTTPFlow) -> bool:
+        """True once per flow: whoever audits a streamed request first (its end, or an error)."""
+        original = self._requests.get(flow.id)
+        if original is None or original.audited:
+            return False
+        original.audited = True
+        return True
+
+    def remember_message(self, flow: http.HTTPFlow, message: websocket.WebSocketMessage, keys: list[str], index: SecretIndex) -> None:
         self._messages.setdefault(flow.id, []).append((message, message.content))
-        self.add_websocket_keys(flow, keys)
+        self.add_websocket_keys(flow, keys, index)
 
-    def add_websocket_keys(self, flow: http.HTTPFlow, keys: list[str]) -> None:
+    def add_websocket_keys(self, flow: http.HTTPFlow, keys: list[str], index: SecretIndex | None) -> None:
         if keys:
-            self._websocket_keys.setdefault(flow.id, set()).update(keys)
+            _, known = self._websocket_keys.get(flow.id, (None, set()))
+            self._websocket_keys[flow.id] = (index, known | set(keys))
 
-    def websocket_keys(self, flow: http.HTTPFlow) -> set[str]:
-        """Keys injected into this WebSocket so far (its handshake and its messages)."""
-        return self._websocket_keys.get(flow.id, set())
+    def websocket_keys(self, flow: http.HTTPFlow) -> tuple[SecretIndex | None, set[str]]:
+        """Keys injected into this WebSocket so far (its handshake and its messages), and the
+        latest index they resolved with."""
+        return self._websocket_keys.get(flow.id, (None, set()))
 
     def end_websocket(self, flow: http.HTTPFlow) -> None:
         self._restore_messages(flow.id)

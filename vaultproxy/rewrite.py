@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from mitmproxy import connection, http, websocket
 
-from vaultcore.placeholders import MARKER, Context, Lookup, StreamSubstituter, SubstitutionError, contains_placeholder, substitute
+from vaultcore.placeholders import MARKER, Budget, Context, Lookup, StreamSubstituter, SubstitutionError, contains_placeholder, substitute
 
 # Streamed bodies of these types are passed through untouched: they are uploads, not requests
 # a user writes placeholders into, and chunked re-framing would cost them their Content-Length.
@@ -86,12 +86,12 @@ def body_has_placeholder(request: http.Request, body: bytes | None) -> bool:
     return body is not None and contains_placeholder(body, body_context(request.headers.get("content-type", "")))
 
 
-def rewrite_request(request: http.Request, lookup: Lookup, body: bytes | None) -> Rewrite:
+def rewrite_request(request: http.Request, lookup: Lookup, body: bytes | None, budget: Budget) -> Rewrite:
     """Resolve the URL (path and query), every header value and `body` (the decoded body,
-    None when it is streamed or absent)."""
+    None when it is streamed or absent); together they may grow by `budget` at most."""
     rewrite = Rewrite()
     if contains_placeholder(request.path, Context.URL):
-        path, keys = substitute(request.path, Context.URL, lookup)
+        path, keys = substitute(request.path, Context.URL, lookup, budget)
         if keys:
             rewrite.path = path
             rewrite._add(keys)
@@ -99,12 +99,12 @@ def rewrite_request(request: http.Request, lookup: Lookup, body: bytes | None) -
         fields = []
         for name, value in request.headers.fields:
             if MARKER in value:
-                value, keys = substitute(value, Context.HEADER, lookup)
+                value, keys = substitute(value, Context.HEADER, lookup, budget)
                 rewrite._add(keys)
             fields.append((name, value))
         rewrite.fields = tuple(fields)
     if body_has_placeholder(request, body):
-        new, keys = substitute(body, body_context(request.headers.get("content-type", "")), lookup)
+        new, keys = substitute(body, body_context(request.headers.get("content-type", "")), lookup, budget)
         if keys:
             rewrite.content = new
             rewrite._add(keys)

@@ -19,6 +19,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -37,7 +38,8 @@ MALFORMED_RESPONSE = b"HTTP/1.1 two hundred\r\nthis line is not a header\r\n\r\n
 MAX_LINE = 256 * 1024
 READ_SIZE = 65536
 DEFAULT_WAIT = 30.0
-SHUTDOWN_POLL = 0.05  # how often serve_forever checks for stop(): keeps teardown quick
+SHUTDOWN_POLL = 0.05
+TRICKLE_PAUSE = 0.002  # how often serve_forever checks for stop(): keeps teardown quick
 
 T = TypeVar("T")
 WebSocketMessage = str | bytes
@@ -94,7 +96,12 @@ class Reply:
     Content-Encoding; `gzip` compresses the body and sets Content-Encoding: gzip.
     `behaviour` other than "ok" misbehaves instead of answering: "reset" aborts the
     connection (TCP RST), "hang" never answers (until the upstream stops), "malformed"
-    answers with bytes that are not a valid HTTP response.
+    answers with bytes that are not a valid HTTP response. `early` answers as soon as the
+    request head has arrived (as servers do with 401 or 413), then reads the body as framed
+    and goes on with the next request on the connection. `respond` computes (extra headers,
+    body) from the request, for servers that reflect what they received in their own way.
+    `trickle` sends the response in pieces of that many bytes, pausing between them, so a
+    proxy reads it in many chunks.
     """
 
     status: int = 200
@@ -103,6 +110,9 @@ class Reply:
     echo: bool = False
     gzip: bool = False
     behaviour: Behaviour = "ok"
+    early: bool = False
+    respond: Callable[[RecordedRequest], tuple[list[tuple[str, str]], bytes]] | None = None
+    trickle: int = 0
 
 
 class _Recorder(Generic[T]):
@@ -192,8 +202,11 @@ def _read_chunked(reader: _Reader) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         reader.read(2)  # CRLF after the chunk data
 
 
-def _read_request(reader: _Reader, send: Callable[[bytes], None]) -> RecordedRequest | None:
-    """Read one request; None when the peer closed the connection between requests."""
+def _read_request(
+    reader: _Reader, send: Callable[[bytes], None], early_answer: Callable[[str], bytes | None] = lambda target: None
+) -> RecordedRequest | None:
+    """Read one request; None when the peer closed the connection between requests.
+    `early_answer(target)`: bytes to send before reading the body, if any."""
     reader.start_request()
     try:
         line = reader.readline()
@@ -205,6 +218,8 @@ def _read_request(reader: _Reader, send: Callable[[bytes], None]) -> RecordedReq
     headers = _read_fields(reader)
     if (_find_header(headers, "expect") or "").lower() == "100-continue":
         send(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if (early := early_answer(target)) is not None:
+        send(early)
     body, trailers, chunked = b"", [], False
     if "chunked" in (_find_header(headers, "transfer-encoding") or "").lower():
         body, trailers = _read_chunked(reader)
@@ -221,6 +236,9 @@ def _response(request: RecordedRequest, reply: Reply) -> tuple[bytes, bool]:
     """The response bytes for `request`, and whether the connection stays open after it."""
     headers = list(reply.headers)
     body = reply.body
+    if reply.respond is not None:
+        extra, body = reply.respond(request)
+        headers += extra
     if reply.echo:
         body = request.body
         copied = ("content-type", "content-encoding")
@@ -255,9 +273,10 @@ class _Handler(socketserver.BaseRequestHandler):
             if isinstance(conn, ssl.SSLSocket):
                 conn.do_handshake()
             reader = _Reader(conn, upstream._log_received)
-            while (request := _read_request(reader, conn.sendall)) is not None:
+            while (request := _read_request(reader, conn.sendall, upstream.early_answer)) is not None:
                 upstream._requests.append(request)
-                if not self._answer(conn, request, upstream.reply_for(request)):
+                reply = upstream.reply_for(request)
+                if not reply.early and not self._answer(conn, request, reply):
                     return
 
     def _answer(self, conn: socket.socket, request: RecordedRequest, reply: Reply) -> bool:
@@ -274,7 +293,11 @@ class _Handler(socketserver.BaseRequestHandler):
             conn.sendall(MALFORMED_RESPONSE)
             return False
         data, keep_alive = _response(request, reply)
-        conn.sendall(data)
+        pieces = [data[i : i + reply.trickle] for i in range(0, len(data), reply.trickle)] if reply.trickle else [data]
+        for piece in pieces:
+            conn.sendall(piece)
+            if reply.trickle:
+                time.sleep(TRICKLE_PAUSE)
         return keep_alive
 
 
@@ -348,6 +371,14 @@ class RecordingUpstream:
 
     def reply_for(self, request: RecordedRequest) -> Reply:
         return self._routes.get(request.path, self._default)
+
+    def early_answer(self, target: str) -> bytes | None:
+        """The response to send before a request's body is read, for `early` routes."""
+        reply = self._routes.get(urlsplit(target).path, self._default)
+        if not reply.early:
+            return None
+        head = RecordedRequest("POST", target, "HTTP/1.1", [], b"", False, [], b"")
+        return _response(head, reply)[0]
 
     def clear(self) -> None:
         """Forget recorded requests (all_bytes() keeps everything)."""

