@@ -489,17 +489,15 @@ def _escaped_letter() -> _Node:
     return _some(_alt(*branches))
 
 
-@functools.cache
 def _opener_regex() -> re.Pattern[bytes]:
-    """The two brackets of an opener, when its word follows. Compiled on first use (~0.2 s)."""
+    """The two brackets of an opener, when its word follows."""
     brackets = _render(_dispatch(_BRACKET, 1))
     return re.compile(brackets + brackets + b"(?=" + _render(_WORD) + b")")
 
 
-@functools.cache
 def _escaped_letter_regexes() -> tuple[re.Pattern[bytes], ...]:
     """One regex per first byte (`%`, `&`, `\\`): `re` finds a literal first byte at memchr
-    speed, a set of them ten times slower. Compiled on first use (~0.2 s)."""
+    speed, a set of them ten times slower."""
     node = _escaped_letter()
     return tuple(
         re.compile(_render(_some(_seq(_byte(b), _dispatch(_some(_deriv(node, b)), 3)))))
@@ -515,6 +513,9 @@ BLOCKED = b"blocked-"
 quotes, spaces or backslashes, it fits a URL, a header, JSON and HTML, escapes nothing, and
 no decoding turns `-vault` back into a placeholder; neutralising again changes nothing."""
 
+# Compiled at import (about 0.25 s), not at the first response, which would stall.
+_OPENER_REGEX = _opener_regex()
+_ESCAPED_LETTER_REGEXES = _escaped_letter_regexes()
 _OPENER_START = re.compile(b"[" + re.escape(bytes(sorted(_first(_OPENER)))) + b"]")
 _OPENER_BYTES = bytes(sorted(_alphabet(_OPENER)))
 # The longest unfinished opener a stream holds back (unpadded, one is at most 420 bytes).
@@ -530,13 +531,13 @@ def might_hold_placeholder(data: bytes) -> bool:
     `%3%43` into `%3C`; JSON parsers `\\u0076`), so spellings like `%76ault`, `\\u0076ault`,
     `&#118;ault`, `%7%36ault` or `%2576ault` are looked for too: three more scans, each
     stopping only at its `%`, `&` or `\\`."""
-    return b"vault" in data or any(regex.search(data) for regex in _escaped_letter_regexes())
+    return b"vault" in data or any(regex.search(data) for regex in _ESCAPED_LETTER_REGEXES)
 
 
 class _Neutraliser:
     def spans(self, data: bytes) -> Iterator[_Span]:
         if might_hold_placeholder(data):
-            for match in _opener_regex().finditer(data):
+            for match in _OPENER_REGEX.finditer(data):
                 yield match.start(), match.end(), match[0] + BLOCKED
 
     def hold(self, data: bytes) -> int:
