@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vaultcore.hostrules import HostRule, host_matches, normalise_host_rule, origin_matches, parse_host_rule
-from vaultcore.index import Destination, Secret, SecretIndex
+from vaultcore.index import Destination, Secret, SecretIndex, is_loopback
 from vaultcore.placeholders import SubstitutionError
 
 FAST = settings(max_examples=200, deadline=None)
@@ -420,3 +420,13 @@ def test_normalise_host_rule_returns_or_raises_value_error(text: str) -> None:
 @given(host=rule_text, port=st.none() | st.integers(-1, 70000), patterns=st.lists(rule_text, max_size=3))
 def test_host_matches_never_raises(host: str, port: int | None, patterns: list[str]) -> None:
     assert host_matches(host, port, patterns) in (True, False)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("localhost", True), ("a.localhost", True), ("127.0.0.5", True), ("::1", True), ("[::1]", True),
+     ("::ffff:127.0.0.1", True), ("::ffff:10.0.0.1", False), ("10.0.0.1", False), ("example.com", False)],
+)
+def test_loopback_for_the_plaintext_rule(host: str, loopback: bool) -> None:
+    """An IPv4-mapped loopback address is loopback on every Python (3.11 says otherwise)."""
+    assert is_loopback(host) is loopback

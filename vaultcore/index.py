@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vaultcore.hostrules import host_matches, origin_matches
@@ -61,9 +61,12 @@ def is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # ::ffff:127.0.0.1 (a dual-stack socket's view of an IPv4 client) is loopback; Python
+    # before 3.13 says it is not.
+    return (ip.ipv4_mapped or ip).is_loopback if isinstance(ip, ipaddress.IPv6Address) else ip.is_loopback
 
 
 def origin_allowed(secret: Secret, destination: Destination) -> bool:
@@ -75,11 +78,17 @@ class SecretIndex:
     """Keys to secrets, in resolution order: provider keys first, then local secrets.
 
     A local secret whose key a provider also has is shadowed ("overridden by duplicate key")
-    and recorded in `shadowed`, so `status` can say so."""
+    and recorded in `shadowed`, so `status` can say so. `unfetched` maps the aliases the
+    active configuration has no value for to their last fetch error (None: never fetched),
+    so that a refusal of one names the fix (`secret fetch`), not `local set`."""
 
-    def __init__(self, provider_secrets: Iterable[Secret] = (), local_secrets: Iterable[Secret] = ()):
+    def __init__(
+        self, provider_secrets: Iterable[Secret] = (), local_secrets: Iterable[Secret] = (),
+        unfetched: Mapping[str, str | None] | None = None,
+    ):
         self._secrets: dict[str, Secret] = {}
         self.shadowed: dict[str, str] = {}
+        self.unfetched = dict(unfetched or {})
         for secret in provider_secrets:
             self._secrets.setdefault(secret.key, secret)
         for secret in local_secrets:
@@ -113,11 +122,7 @@ class SecretIndex:
                 f"add the origin with `--origins {destination.origin}` if you trust it",
             )
         if secret is None:
-            raise SubstitutionError(
-                "unknown_key", key,
-                f"unknown key {key!r}: add it with `vaultproxy local set {key} --hosts HOST` "
-                "or map it in the active configuration",
-            )
+            raise SubstitutionError("unknown_key", key, self._unknown(key))
         if not secret.hosts:
             raise SubstitutionError(
                 "no_hosts_rule", key,
@@ -138,6 +143,17 @@ class SecretIndex:
                 "use https, or start the proxy with `--set vault_allow_plaintext=true`",
             )
         return secret
+
+    def _unknown(self, key: str) -> str:
+        alias = key.split(".", 1)[0]  # a JSON secret's keys are alias.field
+        if alias not in self.unfetched:
+            return (
+                f"unknown key {key!r}: add it with `vaultproxy local set {key} --hosts HOST` "
+                "or map it in the active configuration"
+            )
+        error = self.unfetched[alias]
+        why = f"its last fetch failed ({error})" if error else "it has not been fetched yet"
+        return f"{key!r} is mapped in the active configuration as {alias!r}, but {why}: `vaultproxy secret fetch {alias}`"
 
     def lookup_for(self, destination: Destination, *, keep_unknown: bool = False, allow_plaintext: bool = False) -> Lookup:
         """A placeholders.Lookup bound to one request. With `keep_unknown`, unknown keys stay
