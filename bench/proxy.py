@@ -145,7 +145,7 @@ def echoed_head(proxy_port: int, upstream_port: int, headers: Mapping[str, str])
     status, _, body = answer.partition(b"\r\n\r\n")
     if not status.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"the proxy answered {status.splitlines()[0]!r}, not 200: its log says why")
-    return body
+    return bytes.fromhex(body.decode())
 
 
 def check_configuration(name: str, config: Config, proxy_port: int, upstream_port: int) -> None:

@@ -4,7 +4,8 @@ tests/support's RecordingUpstream records every byte and runs a thread per conne
 right for tests, but under load it would be the bottleneck, not the proxy. This one is an
 asyncio Protocol that answers each request with a fixed 200 as soon as its body (framed by
 Content-Length; the bench sends nothing else) has arrived. `/echo` answers with the request
-head instead, so the bench can check what the proxy really sent.
+head instead (in hex, which the proxy's redaction leaves alone), so the bench can check what
+the proxy really sent.
 
     python -m bench.upstream    prints its port, serves 127.0.0.1 until stdin closes or SIGTERM
 """
@@ -30,7 +31,9 @@ def content_length(head: bytes) -> int:
 
 def answer(head: bytes) -> bytes:
     if head.split(b" ", 2)[1].endswith(b"/echo"):
-        return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(head), head)
+        # In hex: the proxy redacts values a response echoes, and the bench must see them.
+        body = head.hex().encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     return OK
 
 
