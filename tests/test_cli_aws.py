@@ -7,11 +7,7 @@ Every command's stdout and stderr is kept; at teardown none may hold a value or 
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.cli import cli_env, run_cli
+from tests.support.cli import cli_env, run_cli, run_on_terminal
 from tests.support.moto import ACCOUNT_ID, REGION, MotoServer, enforced_auth
 from vaultcore.profiles import SecretMapping
 from vaultcore.providers.aws import StaticCredentials
@@ -33,12 +29,6 @@ NEW_SECRET_KEY = "FAKE-cli-rotated-access-key-77b2"
 TOKEN = "FAKE-cli-token-value-0c3f"
 DB = {"user": "FAKE-cli-db-user", "password": "FAKE-cli-db-password", "conn": {"host": "db.internal", "port": 5432}}
 BLOB = b"\x00FAKE-cli-binary\xff"
-# Typed at a terminal: the wrapper makes the pty the child's controlling terminal, so getpass
-# really reads /dev/tty with echo off, as for a user.
-ON_TERMINAL = (
-    "import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "sys.argv[0] = 'vaultproxy'; runpy.run_module('vaultcore.cli', run_name='__main__', alter_sys=True)"
-)
 
 
 @dataclass
@@ -78,38 +68,9 @@ class Cli:
         return json.loads(self.ok(*args, "--json"))
 
     def on_terminal(self, args: Sequence[str], replies: Sequence[tuple[str, str]] = ()) -> tuple[int, str]:
-        """Run with stdin, stdout and stderr on a pseudo-terminal; answer each prompt when it
-        appears. Returns the exit status and everything the terminal showed."""
-        master, slave = pty.openpty()
-        process = subprocess.Popen(
-            [sys.executable, "-c", ON_TERMINAL, *args], stdin=slave, stdout=slave, stderr=slave,
-            env=self.env, cwd=self.user_home, start_new_session=True,
-        )
-        os.close(slave)
-        shown, answered, pending = b"", 0, list(replies)
-        try:
-            while True:
-                if not select.select([master], [], [], TIMEOUT)[0]:
-                    raise TimeoutError(f"{args}: no output for {TIMEOUT}s; so far: {shown!r}")
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child has closed the terminal
-                    break
-                if not data:
-                    break
-                shown += data
-                if pending and pending[0][0].encode() in shown[answered:]:
-                    answered = len(shown)
-                    os.write(master, pending.pop(0)[1].encode() + b"\n")
-            status = process.wait(TIMEOUT)
-        finally:
-            os.close(master)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        text = shown.decode("utf-8", errors="replace")
+        """Run on a pseudo-terminal, answering each prompt (see run_on_terminal)."""
+        status, text = run_on_terminal(self.home, args, replies, user_home=self.user_home, timeout=TIMEOUT)
         self.transcript.append(f"$ (terminal) {' '.join(args)}\n{text}")
-        assert not pending, f"{args}: never prompted for {pending[0][0]!r}; terminal showed {text!r}"
         return status, text
 
     def vault(self) -> Vault:
@@ -230,7 +191,8 @@ def test_failures_exit_1_with_one_line(cli: Cli, moto: MotoServer, tmp_path: Pat
     add_prod(cli, moto)
     assert "already exists" in cli.fails(1, "config", "add", "prod", "--region", REGION, input=f"{KEY_ID}\n{SECRET_KEY}\n")
     assert "has no secret 'nope'" in cli.fails(1, "secret", "fetch", "nope")
-    assert "configs/prod.yaml" in cli.fails(1, "secret", "add", "a.b", "--secret-id", "x")  # no dots in aliases
+    refused = cli.fails(2, "secret", "add", "a.b", "--secret-id", "x")  # no dots in aliases
+    assert "ALIAS: must be 1-256 of" in refused and "yaml" not in refused  # the flag, not the file it would go to
     assert cli.fails(1, "secret", "remove", "nope").count("\n") == 1
     (cli.home / "configs" / "broken.yaml").write_text("name: broken\nregion: US East 1\n")
     listed = rows(cli.json("config", "list"), "name")  # a file broken by hand does not hide the others
@@ -341,3 +303,111 @@ def test_refresh_all_shows_progress_on_a_terminal(cli: Cli, moto: MotoServer, ad
     assert "\rfetched 1/25" in shown and "\rfetched 25/25" in shown and "fetched 25 of 25" in shown
     assert "FAKE-cli-bulk" not in shown
     assert cli("secret", "refresh", "--all").stderr == ""  # and none without a terminal
+
+
+# --- rules that could never match, in flags and files --------------------------------------------
+
+
+def test_hosts_and_origins_are_checked_in_flags_and_files(cli: Cli, moto: MotoServer, tmp_path: Path) -> None:
+    assert "--hosts: invalid host rule 'exa mple.com'" in cli.fails(
+        2, "config", "add", "x", "--region", REGION, "--hosts", "exa mple.com", input=f"{KEY_ID}\n{SECRET_KEY}\n")
+    assert "--hosts: * matches every host; add --allow-any-host" in cli.fails(
+        2, "config", "add", "x", "--region", REGION, "--hosts", "*", input=f"{KEY_ID}\n{SECRET_KEY}\n")
+    add_prod(cli, moto)
+    result = cli("secret", "add", "token", "--secret-id", "cli/token", "--hosts", "https://API.example.com/v1")
+    assert result.returncode == 0 and "--hosts: https://API.example.com/v1 is taken as api.example.com" in result.stderr
+    assert "--origins: invalid origin 'localhost:3000': no scheme" in cli.fails(
+        2, "secret", "add", "token", "--secret-id", "cli/token", "--origins", "localhost:3000")
+    cli.ok("secret", "add", "any", "--secret-id", "cli/any", "--hosts", "*", "--allow-any-host")
+    mappings = {m.alias: m for m in cli.vault().configs.load("prod").secrets}
+    assert mappings["token"].hosts == ("api.example.com",) and mappings["any"].hosts == ("*",)
+
+    shared = tmp_path / "team.yaml"
+    shared.write_text("name: team\nregion: us-east-1\nsecrets:\n  - alias: a\n    secret_id: a\n"
+                      "    origins: [\"localhost:3000\"]\n")
+    refused = cli.fails(1, "config", "import", str(shared))
+    assert refused.startswith(f"vaultproxy: error: {shared}:6: secrets[0].origins[0]: invalid origin 'localhost:3000'")
+    (cli.home / "configs" / "hand.yaml").write_text("name: hand\nregion: us-east-1\nhosts: [\"https://api.example.com/\"]\n")
+    listed = rows(cli.json("config", "list"), "name")
+    assert "hand.yaml:3: hosts[0]: must be a host such as api.example.com, not a URL: write api.example.com" in listed["hand"]["error"]
+
+
+# --- config import: never silently over an existing configuration ------------------------------------
+
+
+def test_import_refuses_an_existing_name_without_replace_and_says_what_became_of_the_keys(
+    cli: Cli, moto: MotoServer, tmp_path: Path,
+) -> None:
+    add_prod(cli, moto)
+    cli.ok("secret", "add", "token", "--secret-id", "cli/token")
+    shared = tmp_path / "prod.yaml"
+    shared.write_text(f"name: prod\nregion: {REGION}\nendpoint_url: {moto.endpoint_url}\nhosts: [other.example.com]\n")
+    refused = cli.fails(1, "config", "import", str(shared))
+    assert f"configuration prod already exists: `vaultproxy config import {shared} --replace`" in refused
+    assert [m.alias for m in cli.vault().configs.load("prod").secrets] == ["token"]  # unchanged
+
+    out = cli.ok("config", "import", str(shared), "--replace")
+    assert out == "replaced configuration prod: uses the static AWS keys kept in the vault for prod\n"
+    assert cli.vault().configs.load("prod").hosts == ("other.example.com",)
+    assert "connected as" in cli.ok("config", "test", "prod")  # the keys stayed
+
+    shared.write_text(f"name: prod\nregion: {REGION}\ncredentials: {{source: profile, profile: team}}\n")
+    out = cli.ok("config", "import", str(shared), "--replace")
+    assert out == "replaced configuration prod: credentials come from AWS profile 'team'; the static keys kept in the vault stay unused\n"
+    shared.write_text(f"name: fresh\nregion: {REGION}\nhosts: ['*']\nsecrets:\n  - alias: a\n    secret_id: a\n")
+    result = cli("config", "import", str(shared))
+    assert result.stdout == "imported configuration fresh: no AWS keys yet: set them with `vaultproxy config set-credentials fresh`\n"
+    assert f"vaultproxy: warning: a may be sent to any host (a * hosts rule in {shared})" in result.stderr
+
+
+# --- mapped, but no value yet --------------------------------------------------------------------------
+
+
+def test_a_mapped_alias_without_a_value_names_secret_fetch(cli: Cli, moto: MotoServer, admin: Any) -> None:
+    admin.create_secret(Name="cli/db", SecretString=json.dumps(DB))
+    add_prod(cli, moto)
+    cli.ok("secret", "add", "db", "--secret-id", "cli/db", "--mode", "json")
+    cli.ok("secret", "add", "gone", "--secret-id", "cli/gone")
+    refused = cli("resolve", "<<vault:db.user>>", "--host", "api.example.com")
+    assert refused.returncode == 1 and refused.stdout.splitlines()[1] == (
+        "  db.user: REFUSED unknown_key: 'db.user' is mapped in the active configuration as 'db', "
+        "but it has not been fetched yet: `vaultproxy secret fetch db`")
+    cli("secret", "fetch", "gone")
+    refused = cli("resolve", "<<vault:gone>>", "--host", "api.example.com")
+    assert refused.returncode == 1 and refused.stdout.splitlines()[1] == (
+        "  gone: REFUSED unknown_key: 'gone' is mapped in the active configuration as 'gone', "
+        "but its last fetch failed (secret not found: cli/gone): `vaultproxy secret fetch gone`")
+
+
+# --- quiet mistakes say so ---------------------------------------------------------------------------------
+
+
+def test_quiet_aws_mistakes_warn(cli: Cli, moto: MotoServer) -> None:
+    result = cli("config", "add", "odd", "--region", "us-east-7", "--source", "default", "--endpoint-url", moto.endpoint_url)
+    assert result.returncode == 0 and "vaultproxy: warning: region 'us-east-7' is not one AWS Secrets Manager has" in result.stderr
+    assert "connection test failed: no AWS credentials found" in result.stderr
+    listed = rows(cli.json("config", "list"), "name")["odd"]
+    assert listed["error"].startswith("connection test failed: no AWS credentials found")  # not `ok`
+    assert "connection test failed" in cli.ok("config", "list") and "connection test failed" in cli.json("status")["config_error"]
+    assert "--region: must be an AWS region like us-east-1 (got 'US East 1')" in cli.fails(
+        2, "config", "add", "x", "--region", "US East 1", input=f"{KEY_ID}\n{SECRET_KEY}\n")
+
+    cli.ok("config", "remove", "odd")
+    cli.ok("config", "add", "bare", "--region", REGION, "--endpoint-url", moto.endpoint_url, input=f"{KEY_ID}\n{SECRET_KEY}\n")
+    assert rows(cli.json("config", "list"), "name")["bare"]["error"] is None  # its test passed
+    cli.ok("local", "set", "db.password", "--hosts", "api.example.com", input="FAKE-cli-db-local\n")
+    result = cli("secret", "add", "db", "--secret-id", "cli/db", "--mode", "json")
+    assert "vaultproxy: note: db has no hosts rule (and bare no default hosts), so it is injected nowhere" in result.stderr
+    assert ("vaultproxy: warning: db overrides the local secret db.password while bare is active "
+            "(provider keys come first)") in result.stderr
+    assert cli.ok("secret", "remove", "db") == "removed db with its fetched value from bare\n"
+
+
+def test_fetch_without_aliases_says_how(cli: Cli, moto: MotoServer, admin: Any) -> None:
+    admin.create_secret(Name="cli/token", SecretString=TOKEN)
+    add_prod(cli, moto)
+    cli.ok("secret", "add", "token", "--secret-id", "cli/token")
+    for verb in ("fetch", "refresh"):
+        says = cli.fails(2, "secret", verb)
+        assert f"name the aliases to {verb} (`vaultproxy secret list` shows them), or all of them: vaultproxy secret {verb} --all" in says
+        assert cli.ok("secret", verb, "--all") == "fetched 1 of 1\n"

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.cli import StartVaultproxy, parse_exports, run_cli, start_cli
 from tests.support.leaks import fail_on, hunt_bytes, leak_value, needles_for, read_process
-from tests.support.net import LOOPBACK, free_port, wait_until
+from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, REPO, MitmdumpProcess, StartProxy, curl
 from tests.support.upstream import RecordingUpstream
 from vaultcore import store
@@ -120,13 +120,13 @@ def test_exec_hands_on_the_credential_in_the_environment_and_never_the_passphras
 
 
 def test_exec_without_a_running_proxy_fails_clearly(proxy: MitmdumpProcess, home: Path) -> None:
+    record = (home / "proxy.json").read_text()
     proxy.stop()
-    # As a proxy that died without cleaning up would leave it: its port now answers nothing.
-    dead_port = free_port()
-    (home / "proxy.json").write_text(json.dumps({"host": LOOPBACK, "port": dead_port, "confdir": str(proxy.confdir)}))
+    # As a proxy that died without cleaning up would leave it: its pid has exited.
+    (home / "proxy.json").write_text(record)
     result = run_cli(home, "exec", "--", "curl", "--silent", "https://api.example.com/")
     assert result.returncode == 1
-    assert f"no proxy answers on {LOOPBACK}:{dead_port}: start it with `vaultproxy start`" in result.stderr.decode()
+    assert f"no proxy serves {home}: the one that did (pid {proxy.pid}) has exited; start one with `vaultproxy start`" in result.stderr.decode()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import parse_exports, run_cli
+from tests.support.cli import parse_exports, run_cli, stand_in_proxy
 from tests.support.tls import TLSMaterial
 
 FAKE_VALUE = "FAKE-cli-secret-0b7d3e91"
@@ -55,7 +55,7 @@ def set_value(home: Path, key: str, value: bytes, *options: str) -> subprocess.C
 
 def test_set_get_list_status_unset(home: Path, tmp_path: Path) -> None:
     result = set_value(home, "api_token", FAKE_VALUE.encode() + b"\n", "--hosts", "api.example.com,*.example.org")
-    assert result.stdout == b"" and result.stderr == b""
+    assert result.stdout == b"stored api_token (hosts: api.example.com, *.example.org)\n" and result.stderr == b""
 
     got = run_cli(home, "local", "get", "api_token")
     assert got.returncode == 0 and got.stdout == FAKE_VALUE.encode()  # echo's newline dropped, none added
@@ -74,7 +74,7 @@ def test_set_get_list_status_unset(home: Path, tmp_path: Path) -> None:
 
     assert files_containing(tmp_path, FAKE_VALUE.encode()) == []
 
-    assert run_cli(home, "local", "unset", "api_token").returncode == 0
+    assert run_cli(home, "local", "unset", "api_token").stdout == b"removed api_token\n"
     assert "unknown key 'api_token'" in assert_error(run_cli(home, "local", "get", "api_token"), 1)
     assert run_cli(home, "local", "list").stdout == b"no local secrets\n"
     assert json.loads(run_cli(home, "local", "list", "--json").stdout) == []
@@ -108,6 +108,16 @@ def test_resolve_masks_the_value(home: Path) -> None:
 
     as_json = run_cli(home, "resolve", "Bearer <<vault:k>>", "--host", "api.example.com", "--json")
     assert json.loads(as_json.stdout) == {"text": "Bearer ********", "keys": [{"key": "k", "resolves": True, "source": "local"}]}
+
+
+@pytest.mark.parametrize(("text", "problem"), [("<<vault:k|bas64>>", "base64"), ("<<VAULT:k>>", "case"), ("<<vault: k>>", "space")])
+def test_resolve_reports_a_near_miss_as_the_proxy_would(home: Path, text: str, problem: str) -> None:
+    set_value(home, "k", FAKE_VALUE.encode(), "--hosts", "api.example.com")
+    result = run_cli(home, "resolve", f"Bearer {text}", "--host", "api.example.com")
+    assert result.returncode == 1
+    out = result.stdout.decode()
+    assert "REFUSED malformed_placeholder" in out and problem in out.lower(), out
+    no_value_in(result.stdout, result.stderr)
 
 
 def test_resolve_for_a_disallowed_host_fails_and_says_why(home: Path) -> None:
@@ -199,14 +209,12 @@ def test_env_points_clients_at_the_proxy_and_its_ca(home: Path, tmp_path: Path, 
     confdir.mkdir()
     fake_ca = tls_material.ca_cert.read_text()
     (confdir / "mitmproxy-ca-cert.pem").write_text(fake_ca)
-    home.mkdir(mode=0o700)
-    (home / "proxy.json").write_text(json.dumps({"host": "127.0.0.1", "port": 18555, "confdir": str(confdir)}))
-
-    result = run_cli(home, "env")
+    with stand_in_proxy(home, confdir) as port:
+        result = run_cli(home, "env")
     assert result.returncode == 0, result.stderr.decode()
     exported = parse_exports(result.stdout.decode())
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        assert exported[name] == "http://127.0.0.1:18555"
+        assert exported[name] == f"http://127.0.0.1:{port}"
     bundles = {exported[name] for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")}
     assert len(bundles) == 1
     bundle = Path(bundles.pop())
@@ -215,9 +223,8 @@ def test_env_points_clients_at_the_proxy_and_its_ca(home: Path, tmp_path: Path, 
 
 
 def test_env_before_the_proxy_ever_ran_says_to_start_it(home: Path, tmp_path: Path) -> None:
-    home.mkdir(mode=0o700)
-    (home / "proxy.json").write_text(json.dumps({"host": "127.0.0.1", "port": 18555, "confdir": str(tmp_path / "empty")}))
-    assert "vaultproxy start" in assert_error(run_cli(home, "env"), 1)
+    with stand_in_proxy(home, tmp_path / "empty"):
+        assert "does not exist yet: start the proxy once (`vaultproxy start`)" in assert_error(run_cli(home, "env"), 1)
 
 
 def test_an_unexpected_exception_is_one_line_without_its_message(

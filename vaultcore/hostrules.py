@@ -76,8 +76,16 @@ class HostRule:
         return True
 
 
-def _invalid(text: str, reason: str) -> ValueError:
-    return ValueError(f"invalid host rule {text!r}: {reason}; {_EXPECTED}")
+class RuleError(ValueError):
+    """A rule that could never match; `reason` says why, without the expected form."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _invalid(text: str, reason: str) -> RuleError:
+    return RuleError(f"invalid host rule {text!r}: {reason}; {_EXPECTED}", reason)
 
 
 def _ascii(host: str) -> str | None:
@@ -272,3 +280,56 @@ def origin_matches(origin: str, patterns: Iterable[str]) -> bool:
         if wanted is not None and wanted[0] == scheme and wanted[2] == port and host_matches(host, None, [wanted[1]]):
             return True
     return False
+
+
+_EXPECTED_ORIGIN = (
+    "expected an origin as browsers send it: scheme://host[:port], e.g. http://localhost:3000, "
+    "https://app.example.com or https://*.example.com (or null)"
+)
+_SCHEME_RE = re.compile(r"[a-z][a-z0-9+.\-]*")
+
+
+def _invalid_origin(text: str, reason: str) -> RuleError:
+    return RuleError(f"invalid origin {text!r}: {reason}; {_EXPECTED_ORIGIN}", reason)
+
+
+def parse_origin_rule(text: str) -> str:
+    """The canonical text of an origins rule: `null`, or scheme://host[:port] whose host is a
+    hosts rule (globs allowed), lowercase, without the scheme's default port or a trailing
+    slash. Raises ValueError naming the expected form for a rule no browser's Origin could
+    match: no scheme (`localhost:3000`), a path, user info, a bad host or port."""
+    text = text.strip()
+    if text.lower() == "null":
+        return "null"
+    scheme, separator, rest = text.partition("://")
+    scheme, rest = scheme.lower(), rest.removesuffix("/")
+    if not separator or not _SCHEME_RE.fullmatch(scheme):
+        raise _invalid_origin(text, "no scheme")
+    if any(c in rest for c in "/?#"):
+        raise _invalid_origin(text, f"an origin is written without a path: write {scheme}://{re.split('[/?#]', rest)[0]}")
+    if "@" in rest:
+        raise _invalid_origin(text, "an origin has no user name")
+    try:
+        host, port = _split_port(rest)
+        rule = parse_host_rule(host)
+    except RuleError as e:
+        raise _invalid_origin(text, e.reason) from None
+    shown = f"[{rule.host}]" if ":" in rule.host else rule.host
+    default = port is not None and str(port) == _DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{shown}" + ("" if port is None or default else f":{port}")
+
+
+def normalise_origin_rule(text: str) -> str:
+    """As parse_origin_rule, also accepting a page's URL for its origin, because that is what
+    people paste: `http://localhost:3000/app?x=1` gives `http://localhost:3000`."""
+    scheme, separator, rest = text.strip().partition("://")
+    if separator:
+        text = f"{scheme}://{re.split('[/?#]', rest)[0]}"
+    return parse_origin_rule(text)
+
+
+def reaches_any_host(rule: str) -> bool:
+    """Whether a canonical hosts rule (`*`, `*:443`) or origins rule (`https://*`) lets every
+    host through: such a rule is only ever set on purpose."""
+    host = rule.partition("://")[2] or rule
+    return host == "*" or host.startswith("*:")

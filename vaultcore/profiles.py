@@ -3,7 +3,8 @@
 A configuration file (`$VAULTPROXY_HOME/configs/NAME.yaml`) is meant to be shared: it says
 which secrets to fetch from where and where each may be sent, never credentials or values.
 Files are written by hand, so every validation error names the file, the line and the field,
-and unknown fields are errors rather than silently ignored typos.
+and unknown fields are errors rather than silently ignored typos. The `check_*` functions
+validate one value for the reader here and for the CLI, which names its flag instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 from vaultcore.atomic import fsync_dir, replace_file
+from vaultcore.hostrules import normalise_host_rule, parse_host_rule, parse_origin_rule
 from vaultcore.placeholders import KEY_RE
 
 MODES = ("plaintext", "json")
@@ -30,7 +32,6 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Loose on purpose (Secrets Manager-compatible endpoints use their own region names): it only
 # has to catch "US East 1"-style typos.
 REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-ORIGIN_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+")
 URL_RE = re.compile(r"https?://\S+")
 # Keys that mean someone pasted credentials or a value into a shareable file.
 CREDENTIAL_KEYS = frozenset(
@@ -87,6 +88,50 @@ class ProviderConfig:
         return dataclasses.replace(self, secrets=tuple(m for m in self.secrets if m.alias != alias))
 
 
+# --- one value: the same rules for a file and for a command's flags -------------------------
+
+Check = Callable[[str], str]  # the value, or ValueError saying what is wrong (no file, no line)
+
+
+def _matching(pattern: re.Pattern[str], hint: str) -> Check:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{hint} (got {_shown(value)})")
+        return value
+
+    return check
+
+
+check_name = _matching(NAME_RE, "must be 1-64 of A-Z a-z 0-9 _ -")
+check_region = _matching(REGION_RE, "must be an AWS region like us-east-1")
+check_endpoint_url = _matching(URL_RE, "must be an http:// or https:// URL")
+
+
+def check_alias(value: str) -> str:
+    if not KEY_RE.fullmatch(value) or "." in value:
+        raise ValueError(f"must be 1-256 of A-Z a-z 0-9 _ - / with no '.' (dots name JSON fields) (got {_shown(value)})")
+    return value
+
+
+def check_host(value: str) -> str:
+    """A hosts rule that can match something (vaultcore/hostrules.py). A URL is refused with
+    the host to write: a file is fixed by hand, where the CLI takes the URL's host itself."""
+    if "://" in value:
+        try:
+            hint = f": write {normalise_host_rule(value)}"
+        except ValueError:
+            hint = ""
+        raise ValueError(f"must be a host such as api.example.com, not a URL{hint} (got {_shown(value)})")
+    parse_host_rule(value)
+    return value
+
+
+def check_origin(value: str) -> str:
+    """An origins rule that a browser's Origin can match: scheme://host[:port], or null."""
+    parse_origin_rule(value)
+    return value
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used. The message names the file, the line and the field:
     "configs/prod.yaml:7: secrets[1].mode: must be one of plaintext, json (got 'jsn')"."""
@@ -119,17 +164,18 @@ class _Reader:
             entries[key] = (key_node, value_node)
         return entries
 
-    def string(self, node: yaml.Node, field: str, pattern: re.Pattern[str] | None = None, hint: str = "") -> str:
+    def string(self, node: yaml.Node, field: str, check: Check | None = None) -> str:
         if not (isinstance(node, yaml.ScalarNode) and node.tag == _STR) or not node.value:
             raise self.error(node, field, f"must be a non-empty string (got {_kind(node)})")
-        if pattern is not None and not pattern.fullmatch(node.value):
-            raise self.error(node, field, f"{hint} (got {_shown(node.value)})")
-        return node.value
+        try:
+            return check(node.value) if check else node.value
+        except ValueError as e:
+            raise self.error(node, field, str(e)) from None
 
-    def optional_string(self, node: yaml.Node | None, field: str, pattern: re.Pattern[str] | None = None, hint: str = "") -> str | None:
+    def optional_string(self, node: yaml.Node | None, field: str, check: Check | None = None) -> str | None:
         if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
             return None
-        return self.string(node, field, pattern, hint)
+        return self.string(node, field, check)
 
     def choice(self, node: yaml.Node, field: str, choices: tuple[str, ...]) -> str:
         value = self.string(node, field)
@@ -137,28 +183,10 @@ class _Reader:
             raise self.error(node, field, f"must be one of {', '.join(choices)} (got {_shown(value)})")
         return value
 
-    def strings(self, node: yaml.Node, field: str, check: Callable[[yaml.Node, str], str]) -> tuple[str, ...]:
+    def strings(self, node: yaml.Node, field: str, check: Check) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, field, f"must be a list, e.g. [\"api.example.com\"] (got {_kind(node)})")
-        return tuple(check(item, f"{field}[{i}]") for i, item in enumerate(node.value))
-
-    def host(self, node: yaml.Node, field: str) -> str:
-        value = self.string(node, field)
-        if "/" in value or any(c.isspace() for c in value):
-            raise self.error(node, field, f"must be a host name or glob like *.example.com, not a URL (got {_shown(value)})")
-        return value
-
-    def origin(self, node: yaml.Node, field: str) -> str:
-        return self.string(node, field, ORIGIN_RE, "must be an origin like http://localhost:3000, without a path")
-
-    def alias(self, node: yaml.Node, field: str) -> str:
-        value = self.string(node, field)
-        if not KEY_RE.fullmatch(value) or "." in value:
-            raise self.error(
-                node, field,
-                f"must be 1-256 of A-Z a-z 0-9 _ - / with no '.' (dots name JSON fields) (got {_shown(value)})",
-            )
-        return value
+        return tuple(self.string(item, f"{field}[{i}]", check) for i, item in enumerate(node.value))
 
     def refuse_credentials(self, node: yaml.Node, field: str, name: str) -> None:
         """Refuse a file that holds anything that looks like a credential or a value, wherever
@@ -185,22 +213,20 @@ class _Reader:
             if required not in top:
                 raise self.error(root, required, "missing (required)")
         name_node = top["name"][1]
-        name = self.string(name_node, "name", NAME_RE, "must be 1-64 of A-Z a-z 0-9 _ -")
+        name = self.string(name_node, "name", check_name)
         if expected_name is not None and name != expected_name:
             raise self.error(name_node, "name", f"must match the file name {expected_name}.yaml (got {_shown(name)})")
         source, profile = self.credentials(top.get("credentials"))
-        hosts = self.strings(top["hosts"][1], "hosts", self.host) if "hosts" in top else ()
+        hosts = self.strings(top["hosts"][1], "hosts", check_host) if "hosts" in top else ()
         secrets = self.secrets(top["secrets"][1]) if "secrets" in top else ()
         return ProviderConfig(
             name=name,
             display_name=self.optional_string(_value(top, "display_name"), "display_name") or name,
-            region=self.string(top["region"][1], "region", REGION_RE, "must be an AWS region like us-east-1"),
+            region=self.string(top["region"][1], "region", check_region),
             provider=self.choice(top["provider"][1], "provider", PROVIDERS) if "provider" in top else "aws",
             credentials_source=source,
             aws_profile=profile,
-            endpoint_url=self.optional_string(
-                _value(top, "endpoint_url"), "endpoint_url", URL_RE, "must be an http:// or https:// URL"
-            ),
+            endpoint_url=self.optional_string(_value(top, "endpoint_url"), "endpoint_url", check_endpoint_url),
             hosts=hosts,
             secrets=secrets,
         )
@@ -228,15 +254,15 @@ class _Reader:
                 if required not in entries:
                     raise self.error(item, f"{field}.{required}", "missing (required)")
             alias_node = entries["alias"][1]
-            alias = self.alias(alias_node, f"{field}.alias")
+            alias = self.string(alias_node, f"{field}.alias", check_alias)
             if any(m.alias == alias for m in mappings):
                 raise self.error(alias_node, f"{field}.alias", f"{_shown(alias)} is already used by another secret")
             mappings.append(SecretMapping(
                 alias=alias,
                 secret_id=self.string(entries["secret_id"][1], f"{field}.secret_id"),
                 mode=self.choice(entries["mode"][1], f"{field}.mode", MODES) if "mode" in entries else "plaintext",
-                hosts=self.strings(entries["hosts"][1], f"{field}.hosts", self.host) if "hosts" in entries else None,
-                origins=self.strings(entries["origins"][1], f"{field}.origins", self.origin) if "origins" in entries else (),
+                hosts=self.strings(entries["hosts"][1], f"{field}.hosts", check_host) if "hosts" in entries else None,
+                origins=self.strings(entries["origins"][1], f"{field}.origins", check_origin) if "origins" in entries else (),
                 version_stage=self.optional_string(_value(entries, "version_stage"), f"{field}.version_stage"),
             ))
         return tuple(mappings)
@@ -378,13 +404,19 @@ class ConfigDirectory:
             raise ConfigError(f"no configuration named {name}; `vaultproxy config list` shows them") from None
         fsync_dir(self.path)
 
-    def import_file(self, path: Path) -> ProviderConfig:
+    def import_file(self, path: Path, *, replace: bool = False) -> ProviderConfig:
         """Validate a configuration file from anywhere (its name comes from `name:`) and save it
-        under that name, replacing a configuration of the same name."""
+        under that name. A configuration of the same name is refused unless `replace`: its
+        endpoint and secret list would be lost without a word."""
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
         config = parse_config(text, str(path))
+        if not replace and config.name in self.names():
+            raise ConfigError(
+                f"configuration {config.name} already exists: `vaultproxy config import {path} --replace` replaces its "
+                f"file (its keys in the vault stay), or `vaultproxy config export {config.name}` first to keep a copy"
+            )
         self.save(config)
         return config

@@ -1,27 +1,40 @@
 """Where the proxy runs and how clients find it: the mitmdump command line that
-`vaultproxy start` runs, and the environment (`vaultproxy env` / `exec`) that points curl,
-Python and Node at the proxy, with its credential, and makes them trust mitmproxy's CA.
+`vaultproxy start` runs, the running proxy's record (`proxy.json`), and the environment
+(`vaultproxy env` / `exec`) that points curl, Python and Node at the proxy, with its
+credential, and makes them trust mitmproxy's CA.
 
-The running addon writes `proxy.json` into the vault home (address and mitmproxy confdir),
-so `env` and `exec` follow whatever `--listen-port` or confdir the proxy was started with.
+The running addon writes `proxy.json` into the vault home (its pid, address, mitmproxy
+confdir, start time and vault_* options) and removes it when it stops. The CLI only ever
+uses the proxy that record names, once verified (its pid runs and its port answers): never
+a default address, where another vault's proxy could be listening.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import ssl
+import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+from vaultcore.atomic import replace_file
 from vaultcore.credential import CREDENTIAL_USER, read_credential
 from vaultcore.store import VaultError, check_home
 
 ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addon" / "vaultproxy_addon.py"
 RUNTIME_FILE = "proxy.json"
-DEFAULT_ADDRESS = ("127.0.0.1", 8080)
 DEFAULT_CONFDIR = Path("~/.mitmproxy")
 SYSTEM_CA_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+ALL_INTERFACES = ("0.0.0.0", "::", "")
+ANSWER_TIMEOUT_SECONDS = 2.0
+STOP_TIMEOUT_SECONDS = 15.0
 
 
 def mitmdump_argv(home: Path, listen_host: str, listen_port: int, extra: list[str]) -> list[str]:
@@ -38,7 +51,37 @@ def mitmdump_argv(home: Path, listen_host: str, listen_port: int, extra: list[st
     ]
 
 
-def runtime_info(home: Path) -> dict[str, object]:
+# --- the running proxy's record --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """What a proxy wrote about itself into proxy.json."""
+
+    pid: int
+    host: str
+    port: int
+    confdir: Path
+    started: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client_host(self) -> str:
+        """Where clients connect: loopback reaches a proxy that listens on every interface."""
+        return "127.0.0.1" if self.host in ALL_INTERFACES else self.host
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def runtime_record(host: str, port: int, confdir: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What the running addon writes into proxy.json (for `env`, `exec`, `status`, `stop`, `log`)."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"pid": os.getpid(), "host": host, "port": port, "confdir": confdir, "started": started, "options": options}
+
+
+def runtime_info(home: Path) -> dict[str, Any]:
     """What the running proxy wrote about itself; empty when absent or unreadable."""
     try:
         info = json.loads((home / RUNTIME_FILE).read_text())
@@ -47,13 +90,102 @@ def runtime_info(home: Path) -> dict[str, object]:
     return info if isinstance(info, dict) else {}
 
 
-def proxy_address(home: Path) -> tuple[str, int]:
+def proxy_info(home: Path) -> ProxyInfo | None:
+    """proxy.json as a ProxyInfo; None when there is none, or it is damaged or written by a
+    version that recorded no pid (nothing it says can be verified)."""
     info = runtime_info(home)
-    host = str(info.get("host") or DEFAULT_ADDRESS[0])
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    port = info.get("port")
-    return host, port if isinstance(port, int) and 0 < port < 65536 else DEFAULT_ADDRESS[1]
+    pid, port, host = info.get("pid"), info.get("port"), info.get("host")
+    if not (isinstance(pid, int) and pid > 0 and isinstance(port, int) and 0 < port < 65536 and isinstance(host, str)):
+        return None
+    options = info.get("options")
+    return ProxyInfo(
+        pid, host, port, Path(str(info.get("confdir") or DEFAULT_CONFDIR)).expanduser(),
+        info.get("started") if isinstance(info.get("started"), str) else None,
+        options if isinstance(options, dict) else {},
+    )
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): the signal test is all there is
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=ANSWER_TIMEOUT_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+class NoProxy(VaultError):
+    """No verified proxy serves the home; `info` is what proxy.json says, if anything."""
+
+    def __init__(self, message: str, info: ProxyInfo | None = None):
+        super().__init__(message)
+        self.info = info
+
+
+def serving_proxy(home: Path) -> ProxyInfo:
+    """The proxy serving `home`, verified: its pid runs and its port answers. Otherwise
+    NoProxy, saying why and what to do."""
+    info = proxy_info(home)
+    if info is None:
+        raise NoProxy(f"no proxy serves {home}: start one with `vaultproxy start`")
+    if not process_alive(info.pid):
+        raise NoProxy(f"no proxy serves {home}: the one that did (pid {info.pid}) has exited; start one with `vaultproxy start`", info)
+    if not answers(info.client_host, info.port):
+        raise NoProxy(
+            f"the proxy serving {home} (pid {info.pid}) does not answer on {info.address}: "
+            "restart it with `vaultproxy stop` and `vaultproxy start`", info,
+        )
+    return info
+
+
+def _command_line(pid: int) -> str:
+    if Path("/proc/self").exists():
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+    result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    return result.stdout
+
+
+def stop_proxy(home: Path) -> ProxyInfo:
+    """SIGTERM the proxy serving `home` and wait until it has exited. The pid must still be a
+    vaultproxy proxy (mitmdump with the addon): a pid from a stale record may now be anything."""
+    try:
+        info = serving_proxy(home)
+    except NoProxy as e:
+        if e.info is None or not process_alive(e.info.pid):
+            raise
+        info = e.info  # running, but not answering: stopped all the same
+    if ADDON_SCRIPT.name not in _command_line(info.pid):
+        raise VaultError(
+            f"pid {info.pid} from {home / RUNTIME_FILE} is no vaultproxy proxy any more (the record is stale): "
+            "nothing was stopped"
+        )
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while process_alive(info.pid):
+        if time.monotonic() > deadline:
+            raise VaultError(f"the proxy (pid {info.pid}) has not stopped after {STOP_TIMEOUT_SECONDS:.0f}s: `kill -9 {info.pid}`")
+        time.sleep(0.05)
+    return info
+
+
+# --- what clients get ------------------------------------------------------------------------
 
 
 def proxy_url(host: str, port: int, credential: str | None = None) -> str:
@@ -76,31 +208,31 @@ def system_ca_file() -> Path | None:
         return None
 
 
-def ca_bundle(home: Path) -> Path:
+def ca_bundle(home: Path, confdir: Path) -> Path:
     """System CAs plus mitmproxy's CA in one file: clients that take a single bundle
     (curl, requests, OpenSSL) then trust both the proxy and sites reached without it."""
-    confdir = Path(str(runtime_info(home).get("confdir") or DEFAULT_CONFDIR)).expanduser()
     mitm_ca = confdir / "mitmproxy-ca-cert.pem"
     if not mitm_ca.is_file():
         raise VaultError(f"mitmproxy's CA {mitm_ca} does not exist yet: start the proxy once (`vaultproxy start`)")
     system = system_ca_file()
     bundle = home / "ca-bundle.pem"
     parts = [system.read_text() if system else "", mitm_ca.read_text()]
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = bundle.with_suffix(".tmp")
-    tmp.write_text("\n".join(p.strip() for p in parts if p) + "\n")
-    os.replace(tmp, bundle)
+    try:
+        replace_file(bundle, ("\n".join(p.strip() for p in parts if p) + "\n").encode(), mode=0o644)
+    except OSError as e:
+        raise VaultError(f"cannot write the CA bundle {bundle}: {e.strerror}; the vault home must be writable by you (chmod 700 {home})") from None
     return bundle
 
 
 def client_environment(home: Path) -> dict[str, str]:
-    """The variables that send a client through the proxy: in a home someone else can write
-    to, proxy.json could send it (and its secrets) anywhere, so such a home is refused."""
+    """The variables that send a client through the proxy serving `home`. In a home someone
+    else can write to, proxy.json could send it (and its secrets) anywhere: refused."""
     check_home(home)
-    proxy = proxy_url(*proxy_address(home), read_credential(home))
-    bundle = str(ca_bundle(home))
+    proxy = serving_proxy(home)
+    url = proxy_url(proxy.client_host, proxy.port, read_credential(home))
+    bundle = str(ca_bundle(home, proxy.confdir))
     return {
-        "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
+        "HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
         "SSL_CERT_FILE": bundle, "REQUESTS_CA_BUNDLE": bundle, "CURL_CA_BUNDLE": bundle,
         "NODE_EXTRA_CA_CERTS": bundle,
     }

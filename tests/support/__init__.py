@@ -10,7 +10,8 @@
 - hosts_addon: a mitmdump script mapping test host names to loopback
 - environ_addon: a mitmdump script that shows the names in the proxy's environment
 - moto: MotoServer, moto's Secrets Manager/STS/IAM server mode; enforced_auth, count_operations
-- cli: the `vaultproxy` command as a child process (run_cli, start_cli) and `vaultproxy start`
+- cli: the `vaultproxy` command as a child process (run_cli, start_cli, run_on_terminal),
+  `vaultproxy start`, and a stand-in for a running proxy (stand_in_proxy)
 - leaks: the leak hunt (needles in every encoding, hunts over bytes, files, flow files, processes)
 - secret_set: a module's test secrets, found by key in any output, and its shared proxy
 

@@ -2,26 +2,42 @@
 its environment, values on stdin (never in argv), and a HOME of its own in the test's tmp dir.
 
 - run_cli: one command to completion; start_cli: the same, left running for a caller that
-  watches it (its /proc entries) before collecting its output
+  watches it (its /proc entries) before collecting its output; run_on_terminal: one command
+  on a pseudo-terminal, answering its prompts
 - VaultproxyStart: `vaultproxy start`, which execs mitmdump, handled like a MitmdumpProcess
+- stand_in_proxy: a proxy.json that names a live process and a port that answers, for the
+  commands that need a running proxy but not its work (env, exec)
 - parse_exports: the `export NAME=value` lines `vaultproxy env` prints
 """
 
 from __future__ import annotations
 
+import json
+import os
+import pty
+import select
 import shlex
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .env import child_env
+from .net import LOOPBACK
 from .proxy import MitmdumpProcess
 
 CLI = (sys.executable, "-m", "vaultcore.cli")
 CONSOLE_SCRIPT = Path(sys.executable).with_name("vaultproxy")  # what `pip install` gives users
 CLI_TIMEOUT = 60.0  # a guard against a hung command, not a measurement
+# Typed at a terminal: the wrapper makes the pty the child's controlling terminal, so getpass
+# really reads /dev/tty with echo off, as for a user.
+ON_TERMINAL = (
+    "import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "sys.argv[0] = 'vaultproxy'; runpy.run_module('vaultcore.cli', run_name='__main__', alter_sys=True)"
+)
 StartVaultproxy = Callable[..., "VaultproxyStart"]  # the `start_vaultproxy` fixture's factory
 
 
@@ -66,6 +82,62 @@ def start_cli(
         [*CLI, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=cli_env(vault_home, home, env), cwd=home,
     )
+
+
+def run_on_terminal(
+    vault_home: Path, args: Sequence[str], replies: Sequence[tuple[str, str]] = (), *,
+    user_home: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT,
+) -> tuple[int, str]:
+    """`vaultproxy ARGS` with stdin, stdout and stderr on a pseudo-terminal; each reply
+    (prompt, answer) is typed once its prompt appears. Returns the exit status and everything
+    the terminal showed (a hidden prompt never shows what was typed). Fails when a prompt
+    never came."""
+    home = _user_home(vault_home, user_home)
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-c", ON_TERMINAL, *args], stdin=slave, stdout=slave, stderr=slave,
+        env=cli_env(vault_home, home, env), cwd=home, start_new_session=True,
+    )
+    os.close(slave)
+    shown, answered, pending = b"", 0, list(replies)
+    try:
+        while True:
+            if not select.select([master], [], [], timeout)[0]:
+                raise TimeoutError(f"{args}: no output for {timeout}s; so far: {shown!r}")
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child has closed the terminal
+                break
+            if not data:
+                break
+            shown += data
+            if pending and pending[0][0].encode() in shown[answered:]:
+                answered = len(shown)
+                os.write(master, pending.pop(0)[1].encode() + b"\n")
+        status = process.wait(timeout)
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = shown.decode("utf-8", errors="replace")
+    assert not pending, f"{args}: never prompted for {pending[0][0]!r}; terminal showed {text!r}"
+    return status, text
+
+
+@contextmanager
+def stand_in_proxy(vault_home: Path, confdir: Path) -> Iterator[int]:
+    """proxy.json as a running proxy writes it, naming this (live) process and a loopback port
+    that accepts connections (nothing serves them) and `confdir` for mitmproxy's CA: enough for
+    `env` and `exec`, which only verify that the proxy is there. Yields the port."""
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        vault_home.mkdir(mode=0o700, exist_ok=True)
+        record = {"pid": os.getpid(), "host": LOOPBACK, "port": port, "confdir": str(confdir)}
+        (vault_home / "proxy.json").write_text(json.dumps(record))
+        yield port
 
 
 def parse_exports(output: str) -> dict[str, str]:

@@ -150,6 +150,23 @@ def test_connection(config: ProviderConfig, credentials: StaticCredentials | Non
     return Identity(account=answer["Account"], arn=answer["Arn"], user_id=answer["UserId"])
 
 
+def region_problem(config: ProviderConfig) -> str | None:
+    """A region botocore does not know for Secrets Manager: AWS answers one with a connection
+    failure that never says the region is the problem. (Compatible endpoints may use names
+    of their own, and a new region may be newer than this botocore: a warning, no error.)"""
+    session = boto3.session.Session()
+    known = {
+        region for partition in session.get_available_partitions()
+        for region in session.get_available_regions("secretsmanager", partition_name=partition)
+    }
+    if config.region in known:
+        return None
+    return (
+        f"region {config.region!r} is not one AWS Secrets Manager has (e.g. us-east-1, eu-west-1); "
+        "fine for a compatible endpoint, or a region newer than your boto3"
+    )
+
+
 def _result(mapping: SecretMapping, answer: dict[str, Any]) -> FetchResult:
     value = answer.get("SecretString")
     if value is None:

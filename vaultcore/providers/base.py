@@ -72,6 +72,10 @@ class Provider(Protocol):
 
     def test_connection(self, config: ProviderConfig, credentials: StaticCredentials | None) -> Identity: ...
 
+    def region_problem(self, config: ProviderConfig) -> str | None:
+        """Why the configuration's region looks wrong (for a warning), or None."""
+        ...
+
     def fetch(
         self,
         config: ProviderConfig,

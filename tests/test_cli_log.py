@@ -1,0 +1,141 @@
+"""`vaultproxy log`: the audit log the proxy writes (one JSON object a line, no values), read
+and filtered by the real CLI: --key, --host, --since, --json, and --follow across a rotation.
+
+The lines are written here in the proxy's format; test_cli_proxy.py reads one that a real
+proxy wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import run_cli, start_cli
+from tests.support.net import LOOPBACK
+
+TIMEOUT = 30.0
+NOW = datetime.now(timezone.utc)
+
+
+def entry(minutes_ago: int, host: str, keys: list[str], outcome: str = "resolved", path: str = "/v1") -> dict[str, Any]:
+    time = (NOW - timedelta(minutes=minutes_ago)).isoformat(timespec="milliseconds")
+    return {"time": time, "method": "GET", "host": host, "path": path, "keys": keys, "outcome": outcome}
+
+
+ENTRIES = [
+    entry(120, "api.example.com", ["token"]),
+    entry(30, "db.example.com", ["db.user", "db.password"]),
+    entry(5, "evil.test", ["token"], "refused:host_not_allowed", "/steal"),
+    entry(1, "api.example.org", ["dbx"]),
+]
+
+
+def append(path: Path, text: str) -> None:
+    """As the proxy writes: appended, possibly a part of a line at a time."""
+    with path.open("a") as log:
+        log.write(text)
+
+
+def jsonl(*entries: dict[str, Any]) -> str:
+    return "".join(json.dumps(e) + "\n" for e in entries)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "vault-home"
+    home.mkdir(mode=0o700)
+    append(home / "audit.log", jsonl(*ENTRIES[:2]) + '{"time": "cut short by a full disk\n' + jsonl(*ENTRIES[2:]))
+    return home
+
+
+def shown(home: Path, *args: str) -> list[dict[str, Any]]:
+    result = run_cli(home, "log", "--json", *args)
+    assert result.returncode == 0, result.stderr.decode()
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], ENTRIES),
+    (["--key", "token"], [ENTRIES[0], ENTRIES[2]]),
+    (["--key", "db"], [ENTRIES[1]]),  # an alias's JSON keys, not another key that starts alike
+    (["--host", "*.example.com"], ENTRIES[:2]),
+    (["--since", "10m"], ENTRIES[2:]),
+    (["--since", (NOW - timedelta(minutes=45)).isoformat()], ENTRIES[1:]),
+    (["--key", "token", "--host", "evil.test", "--since", "1h"], [ENTRIES[2]]),
+], ids=["all", "key", "alias", "host", "age", "iso-time", "all-filters"])
+def test_filters(home: Path, args: list[str], expected: list[dict[str, Any]]) -> None:
+    assert shown(home, *args) == expected
+
+
+def test_lines_for_people(home: Path) -> None:
+    out = run_cli(home, "log", "--since", "10m").stdout.decode().splitlines()
+    assert out == [
+        f"{ENTRIES[2]['time']}  refused:host_not_allowed  GET evil.test/steal  token",
+        f"{ENTRIES[3]['time']}  resolved  GET api.example.org/v1  dbx",
+    ]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--since", "yesterday"], "--since: 'yesterday' is no age or time: use e.g. 30s, 10m, 2h, 1d"),
+    (["--host", "https://x/"], "--host: invalid host rule"),
+], ids=["since", "host"])
+def test_bad_filters_are_usage_errors(home: Path, args: list[str], says: str) -> None:
+    result = run_cli(home, "log", *args)
+    assert result.returncode == 2 and says in result.stderr.decode() and result.stdout == b""
+
+
+def test_the_log_the_proxy_was_told_to_write(home: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.log"
+    append(elsewhere, jsonl(ENTRIES[3]))
+    proxy = {"pid": os.getpid(), "host": LOOPBACK, "port": 1, "options": {"vault_audit_log": str(elsewhere)}}
+    (home / "proxy.json").write_text(json.dumps(proxy))
+    assert shown(home) == [ENTRIES[3]]
+    (home / "proxy.json").write_text(json.dumps({**proxy, "options": {"vault_audit_log": "off"}}))
+    result = run_cli(home, "log")
+    assert result.returncode == 1 and result.stderr == b"vaultproxy: error: the proxy runs with vault_audit_log=off: it logs nothing\n"
+
+
+def test_no_log_yet(tmp_path: Path) -> None:
+    result = run_cli(tmp_path / "new-home", "log")
+    assert result.returncode == 0 and result.stdout == b""
+    assert b"nothing logged yet in" in result.stderr
+
+
+def read_line(process: subprocess.Popen[bytes]) -> str:
+    """The next line `process` prints, within TIMEOUT."""
+    assert process.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
+        assert ready, f"no line from log --follow within {TIMEOUT}s (so far {line!r})"
+        chunk = os.read(process.stdout.fileno(), 1)
+        assert chunk, "log --follow exited"
+        line += chunk
+    return line.decode()
+
+
+def test_follow_prints_new_lines_across_a_rotation(home: Path) -> None:
+    log = home / "audit.log"
+    process = start_cli(home, "log", "--follow", "--json", "--key", "token")
+    try:
+        assert [json.loads(read_line(process)) for _ in range(2)] == [ENTRIES[0], ENTRIES[2]]
+        later = entry(0, "api.example.com", ["token"], path="/later")
+        append(log, jsonl(entry(0, "x.example.com", ["other"])) + jsonl(later)[:20])  # the proxy is mid-line
+        append(log, jsonl(later)[20:])
+        assert json.loads(read_line(process)) == later
+        log.rename(home / "audit.log.1")  # rotated: the proxy reopens audit.log, and so does log
+        rotated = entry(0, "api.example.com", ["token"], path="/rotated")
+        append(log, jsonl(rotated))
+        assert json.loads(read_line(process)) == rotated
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 130
