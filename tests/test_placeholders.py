@@ -1,5 +1,6 @@
-"""Tests for vaultcore.placeholders: grammar, contexts, filters, streaming, JSON expansion,
-and hypothesis properties of the substitution (host and origin rules: test_hostrules.py)."""
+"""Tests for vaultcore.placeholders: grammar, contexts, filters, near misses, streaming, JSON
+expansion, and hypothesis properties of the substitution (host and origin rules:
+test_hostrules.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import base64
 import json
 import pickle
 import re
-from urllib.parse import parse_qs, unquote, urlencode
+from urllib.parse import parse_qs, quote, quote_plus, unquote, urlencode
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vaultcore.placeholders import (
+    FILTERS,
     KEY_RE,
     MARKER,
     MARKER_STR,
@@ -26,7 +28,10 @@ from vaultcore.placeholders import (
     contains_placeholder,
     encode_value,
     expand_json,
+    find_near_miss,
     find_references,
+    mentions_placeholder,
+    resolve,
     substitute,
 )
 
@@ -343,6 +348,93 @@ def test_find_references_offsets_match_the_input() -> None:
     assert [(r.key, r.filter) for r in refs] == [("a", "raw"), ("b", None)]
 
 
+# --- near misses -----------------------------------------------------------------------------
+
+# Text almost a placeholder: the key it names and what the refusal must say.
+NEAR_MISSES = {
+    "<<vault:tdemo|bas64>>": ("tdemo", ["unknown filter 'bas64'", "base64, urlencode and raw"]),
+    "<<vault: tdemo>>": ("tdemo", ["spaces", "write <<vault:tdemo>>"]),
+    "<<vault:tdemo >>": ("tdemo", ["spaces", "write <<vault:tdemo>>"]),
+    "<<VAULT:tdemo>>": ("tdemo", ["lower case", "write <<vault:tdemo>>"]),
+    "<<Vault:a|raw>>": ("a", ["lower case", "write <<vault:a|raw>>"]),
+    "<< vault:a |base64>>": ("a", ["spaces", "write <<vault:a|base64>>"]),
+    "<<vault:a b>>": ("", ["spaces", "write <<vault:KEY>>"]),
+    "<<vaulta>>": ("a", ["no colon after vault"]),
+    "<<vault:>>": ("", ["names no key"]),
+    "<<vault:a|>>": ("a", ["no filter after |"]),
+    "<<vault:a|BASE64>>": ("a", ["unknown filter 'BASE64'"]),
+    "<<vault:a|raw|raw>>": ("a", ["more than one filter"]),
+    "<<vault:é>>": ("", ["A-Z a-z 0-9 _ . - /"]),
+    "<<vault:" + "k" * 257 + ">>": ("", ["1 to 256 characters"]),
+}
+# Clients percent-encode placeholders in URLs and forms, near misses too.
+PERCENT_NEAR_MISSES = {
+    "%3C%3CVAULT:a%3E%3E": ("a", "lower case"),
+    "%3c%3cvault%3a%20a%3e%3e": ("a", "spaces"),
+    "%3C%3Cvault%3Aa+%3E%3E": ("a", "spaces"),
+    "%3C%3Cvault%3Aa%7Cbas64%3E%3E": ("a", "unknown filter 'bas64'"),
+    "%3C%3Cvault:%3E%3E": ("", "names no key"),
+    "<<vault%3Aa>>": ("a", "percent-encoded in part only"),
+}
+# Neither placeholders nor near misses: unclosed, one bracket, nested, broken by a line, other
+# words, encoded twice, and what the proxy makes of a server's placeholders.
+NOT_NEAR_MISSES = [
+    "<vault:a>", "<<vault:a", "<<vault:a>", "<<vault:a> >", "<<vaul:a>>", "vault:a>>", "<<vault:a\n>>",
+    "<<vault:a <<vault:b>>", "<<vault:<<vault:a>>>>", "%253C%253Cvault:a%253E%253E",
+    "<<blocked-vault:a>>", "%3C%3Cblocked-vault%3Aa%3E%3E", "&lt;&lt;blocked-vault:a&gt;&gt;",
+]
+
+
+def assert_refused_as_near_miss(data: str | bytes, context: Context, key: str, words: list[str]) -> None:
+    """`resolve` refuses all of `data` (a valid placeholder in it too) before any lookup."""
+    with pytest.raises(SubstitutionError) as info:
+        resolve(data, context, must_not_lookup)
+    assert (info.value.code, info.value.key) == ("malformed_placeholder", key)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES)
+def test_near_misses_are_refused_naming_what_is_wrong(text: str) -> None:
+    key, words = NEAR_MISSES[text]
+    data = f"x {text} y <<vault:a>>"
+    for context in Context:
+        miss = find_near_miss(data, context)
+        assert miss is not None and (miss.key, data[miss.start : miss.end]) == (key, text)
+        assert_refused_as_near_miss(data, context, key, words)
+        assert_refused_as_near_miss(data.encode(), context, key, words)
+
+
+@pytest.mark.parametrize("text", PERCENT_NEAR_MISSES)
+def test_percent_encoded_near_misses_are_refused_in_urls_and_forms(text: str) -> None:
+    key, word = PERCENT_NEAR_MISSES[text]
+    for context in PERCENT_CONTEXTS:
+        assert_refused_as_near_miss(f"/p?a=1&k={text}&b=<<vault:a>>", context, key, [word])
+
+
+@pytest.mark.parametrize("text", NOT_NEAR_MISSES)
+def test_what_is_not_almost_a_placeholder_passes(text: str) -> None:
+    for context in Context:
+        for data in (text, text.encode()):
+            assert find_near_miss(data, context) is None
+            assert resolve(data, context, lookup) == substitute(data, context, lookup)
+
+
+def test_resolve_substitutes_like_substitute_and_skips_text_without_placeholders() -> None:
+    assert resolve("a=<<vault:a>>&b=%3C%3Cvault:b%3E%3E", Context.URL, lookup) == ("a=S3CRET-alpha&b=S3CRET-bravo", ["a", "b"])
+    for plain in ("x < y >> z", b"vault: a>>", "%3C%3E"):
+        assert resolve(plain, Context.URL, must_not_lookup)[0] is plain
+
+
+def test_mentions_placeholder_sees_every_opener_in_any_case() -> None:
+    for text in ["<<vault:", "<<VAULT", "<< \tVauLt", "x<<vault"]:
+        assert mentions_placeholder(text) and mentions_placeholder(text.encode())
+    assert mentions_placeholder("%3c%3CVault", Context.URL) and mentions_placeholder(b"%3C<vault", Context.FORM)
+    for text in ["<vault:a>", "<<blocked-vault:a>>", "<<vau", "plain"]:
+        assert not mentions_placeholder(text) and not mentions_placeholder(text.encode())
+    assert not mentions_placeholder("%3C%3Cvault:a%3E%3E", Context.HEADER)
+
+
 # --- streams -------------------------------------------------------------------------------
 
 
@@ -591,3 +683,65 @@ def test_prop_stream_holds_back_less_than_a_placeholder(data: bytes, cuts: list[
         fed, emitted = cut, emitted + len(sub.feed(chunk))
         assert fed - emitted <= MAX_PLACEHOLDER_LEN - 1
     assert emitted + len(sub.feed(data[fed:]) + sub.flush()) == len(data)
+
+
+# Near misses: one thing wrong with a valid placeholder.
+@st.composite
+def near_misses(draw: st.DrawFn) -> str:
+    key, flt = draw(keys), draw(st.sampled_from(["", *FILTERS]))
+    inner = f"vault:{key}" + (f"|{flt}" if flt else "")
+    kind = draw(st.sampled_from(["case", "space", "filter", "key", "colon"]))
+    if kind == "case":
+        upper = draw(st.lists(st.booleans(), min_size=5, max_size=5).filter(any))
+        inner = "".join(c.upper() if up else c for c, up in zip("vault", upper)) + inner[5:]
+    elif kind == "space":
+        at = draw(st.just(0) | st.integers(5, len(inner)))  # not inside the word vault
+        inner = inner[:at] + draw(st.sampled_from([" ", "\t", "  "])) + inner[at:]
+    elif kind == "filter":
+        inner = f"vault:{key}|" + draw(st.text(alphabet=st.sampled_from(list("abelrsuw64AB_-")), max_size=10).filter(lambda f: f not in FILTERS))
+    elif kind == "key":
+        at = draw(st.integers(6, len(inner)))
+        inner = inner[:at] + draw(st.sampled_from(list("é#!?*=&,;\"'~"))) + inner[at:]
+    else:
+        inner = inner.replace(":", "", 1)
+    return f"<<{inner}>>"
+
+
+placeholder_texts = st.builds("<<vault:{}{}>>".format, keys, st.sampled_from(["", *(f"|{f}" for f in FILTERS)]))
+plain_fillers = st.text(alphabet=st.sampled_from(list("ab <>|:%3Cv")), max_size=8).filter(lambda s: not mentions_placeholder(s, Context.URL))
+
+
+@FAST
+@given(text=placeholder_texts, percent=st.booleans(), before=plain_fillers, after=plain_fillers)
+def test_prop_valid_placeholders_are_never_near_misses(text: str, percent: bool, before: str, after: str) -> None:
+    context = Context.URL if percent else Context.RAW
+    data = before + (quote(text, safe="") if percent else text) + after
+    assert find_near_miss(data, context) is None and find_near_miss(data.encode(), context) is None
+    assert resolve(data, context, secret_for) == substitute(data, context, secret_for)
+    assert resolve(data, context, secret_for)[1] == [find_references(text)[0].key]
+
+
+@FAST
+@given(miss=near_misses(), context=st.sampled_from(Context), encode=st.sampled_from([None, quote, quote_plus]))
+def test_prop_near_misses_never_resolve(miss: str, context: Context, encode) -> None:
+    if encode is not None:
+        if context not in PERCENT_CONTEXTS:
+            return
+        miss = encode(miss, safe="")
+    data = f"a={miss}&b=<<vault:a>>"
+    assert find_near_miss(data, context) is not None
+    with pytest.raises(SubstitutionError) as info:
+        resolve(data.encode(), context, must_not_lookup)
+    assert info.value.code == "malformed_placeholder"
+    assert substitute(miss, context, must_not_lookup)[0] is miss  # no placeholder in it either
+
+
+@FAST
+@given(data=near_miss_text | near_miss_bytes | stream_data, context=st.sampled_from(Context))
+def test_prop_near_misses_and_placeholders_never_overlap(data: str | bytes, context: Context) -> None:
+    miss = find_near_miss(data, context)
+    references = find_references(data, context)
+    if miss is not None or references:
+        assert mentions_placeholder(data, context)  # the pre-check never hides either
+    if miss is not None:
+        assert not [r for r in references if r.start < miss.end and miss.start < r.end]

@@ -134,7 +134,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tls_material: TLSMaterial) -> 
     ):
         with proxy:
             responses = send_traffic(proxy, plain, tls, reset)
-            proxy.wait_for_output("/http2")  # the last flow was dumped: all of them were
+            proxy.wait_for_output(f"GET {tls.url}/http2")  # the last flow was dumped: all of them were
         assert proxy.stop() == 0  # mitmdump writes the HAR file and flushes -w on exit
         with flows_path.open("rb") as f:
             flows = [flow for flow in io.FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)]
@@ -253,7 +253,8 @@ def test_full_dump_of_every_request_holds_no_value(run: Run) -> None:
     )
     for shown in shown_parts:
         assert shown in run.output
-    assert "vaultproxy: refused GET 127.0.0.1/refused-illegal: the value of 'c.multiline' contains CR, LF or NUL" in run.output
+    refused = "vaultproxy: refused:illegal_value GET 127.0.0.1/refused-illegal [c.multiline]: the value of 'c.multiline' contains CR, LF or NUL"
+    assert refused in run.output
 
 
 def test_audit_log_has_one_line_per_vault_request_without_values(run: Run) -> None:

@@ -4,7 +4,8 @@ For each refusal the upstream receives nothing at all (not one byte after TLS), 
 client gets the proxy's own answer: 403 for a host-policy code, 400 otherwise, header
 X-Vaultproxy-Error, a plain-text body naming the key and the fix, never a value. The
 proxies run with flow_detail=3: their output, which shows the refused requests in full,
-must show placeholders only (nothing half-substituted).
+must show placeholders only (nothing half-substituted). Text that is almost a placeholder is
+refused too, and a web page may read a refusal only when its origin is allowed for the key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -30,6 +32,7 @@ POLICY_CODES = {
     "host_not_allowed", "no_hosts_rule", "placeholder_in_authority", "host_mismatch",
     "plaintext_not_allowed", "origin_not_allowed",
 }
+PAGE = "http://localhost:3000"  # the origin web.k and page.k allow
 
 WILDCARD_HOSTS = (LOOPBACK, "*.example.com")  # the hosts rule of most secrets here
 SECRETS = SecretSet({
@@ -39,7 +42,8 @@ SECRETS = SecretSet({
     "crlf.k": Entry("sk_live_Zq9Crlf", "\r\nX-Injected: yes", hosts=WILDCARD_HOSTS),
     "lf.k": Entry("sk_live_Zq9Lf", "\nX-Injected: yes", hosts=WILDCARD_HOSTS),
     "nul.k": Entry("sk_live_Zq9Nul", "\x00X-Injected", hosts=WILDCARD_HOSTS),
-    "web.k": Entry("sk_live_Zq9Web", hosts=WILDCARD_HOSTS, origins=("http://localhost:3000",)),
+    "web.k": Entry("sk_live_Zq9Web", hosts=WILDCARD_HOSTS, origins=(PAGE,)),
+    "page.k": Entry("sk_live_Zq9Page", hosts=("billing.example.com",), origins=(PAGE,)),
 })
 home, proxy, h2_proxy = module_fixtures(SECRETS)
 
@@ -195,6 +199,37 @@ def test_web_origin_not_allowed(proxy: MitmdumpProcess, upstream: RecordingUpstr
                    names=(key, f"--origins {origin}"))
 
 
+CORS_HEADERS = {"access-control-allow-origin": PAGE, "vary": "Origin", "access-control-expose-headers": "X-Vaultproxy-Error"}
+
+
+def cors_headers(answer: Answer) -> dict[str, str]:
+    return {name: text for name, text in answer.headers.items() if name.startswith("access-control-") or name == "vary"}
+
+
+@pytest.mark.parametrize(("placeholder", "code"), [("<<vault:page.k>>", "host_not_allowed"), ("<<vault:page.k|bas64>>", "malformed_placeholder")])
+def test_a_page_whose_origin_the_key_allows_may_read_the_refusal(
+    proxy: MitmdumpProcess, upstream: RecordingUpstream, placeholder: str, code: str
+) -> None:
+    answer = send(proxy, upstream.url + f"/cors-{code}", {"Origin": PAGE, "X-Key": placeholder})
+    assert_refused(answer, upstream, proxy, f"/cors-{code}", code=code, names=("page.k",))
+    assert cors_headers(answer) == CORS_HEADERS
+
+
+@pytest.mark.parametrize(("origin", "placeholder"), [
+    ("https://evil.example.net", "<<vault:page.k>>"),
+    ("https://evil.example.net", "<<vault:page.k|bas64>>"),
+    ("https://evil.example.net", "<<vault:no.such.k>>"),
+    (PAGE, "<<vault:ok.k>>"),  # a page allowed for other keys
+])
+def test_other_pages_may_not_read_a_refusal(
+    proxy: MitmdumpProcess, upstream: RecordingUpstream, origin: str, placeholder: str
+) -> None:
+    answer = send(proxy, upstream.url + "/cors-hostile", {"Origin": origin, "X-Key": placeholder})
+    assert answer.status in (400, 403) and answer.headers["x-vaultproxy-error"]
+    assert cors_headers(answer) == {}
+    assert upstream.requests == []
+
+
 def test_cross_site_navigation(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
     """A link on another site carries no Origin; Sec-Fetch-Site and Referer tell who made it."""
     answer = send(proxy, upstream.url + "/navigate?k=<<vault:web.k>>", {
@@ -226,7 +261,54 @@ def test_one_refused_key_stops_the_whole_request(proxy: MitmdumpProcess, upstrea
     half-substituted (the output shows the request with both placeholders)."""
     path, headers, body = MIXED[case]
     answer = send(proxy, upstream.url + path, headers, body)
-    marker = path.split("?")[0]
+    marker = upstream.url + path.split("?")[0]  # as the dumper prints the flow
     assert_refused(answer, upstream, proxy, marker, code="host_not_allowed", names=("bound.k",))
     flow_printed = proxy.output().split(marker, 1)[1]
     assert "<<vault:ok.k>>" in flow_printed or "%3C%3Cvault:ok.k%3E%3E" in flow_printed
+
+
+# --- text that is almost a placeholder ----------------------------------------------------------
+
+NEAR_MISSES = {
+    "unknown-filter": ("<<vault:ok.k|bas64>>", ("unknown filter 'bas64'", "base64, urlencode and raw")),
+    "space-before-key": ("<<vault: ok.k>>", ("spaces", "write <<vault:ok.k>>")),
+    "space-after-key": ("<<vault:ok.k >>", ("spaces", "write <<vault:ok.k>>")),
+    "upper-case": ("<<VAULT:ok.k>>", ("lower case", "write <<vault:ok.k>>")),
+}
+
+
+def near_miss_request(proxy: MitmdumpProcess, url: str, where: str, text: str) -> Answer:
+    """`text` where a client puts a placeholder: requests percent-encodes it in the URL and
+    form-encodes it in a form body."""
+    if where == "url":
+        return send(proxy, f"{url}?k={text}")
+    if where == "header":
+        return send(proxy, url, {"Authorization": f"Bearer {text}"})
+    if where == "form":
+        return send(proxy, url, {"Content-Type": "application/x-www-form-urlencoded"}, urlencode({"k": text}).encode())
+    return send(proxy, url, {"Content-Type": "application/json"}, json.dumps({"k": text}).encode())
+
+
+@pytest.mark.parametrize("where", ["url", "header", "form", "json"])
+@pytest.mark.parametrize("case", NEAR_MISSES)
+def test_near_miss_is_refused_naming_what_is_wrong(proxy: MitmdumpProcess, upstream: RecordingUpstream, case: str, where: str) -> None:
+    text, names = NEAR_MISSES[case]
+    answer = near_miss_request(proxy, f"{upstream.url}/near-{case}-{where}", where, text)
+    assert_refused(answer, upstream, proxy, f"/near-{case}-{where}", code="malformed_placeholder", names=("'ok.k'", *names))
+
+
+def test_near_miss_written_literally_in_the_url(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    answer = curl_answer(proxy, upstream.url + "/near-literal?k=<<VAULT:ok.k>>")
+    assert_refused(answer, upstream, proxy, "/near-literal", code="malformed_placeholder", names=("lower case",))
+
+
+@pytest.mark.parametrize("where", ["url", "header", "form", "json"])
+def test_a_servers_neutralised_placeholder_sent_back_is_harmless_text(
+    proxy: MitmdumpProcess, upstream: RecordingUpstream, where: str
+) -> None:
+    """What the proxy makes of a server's placeholder (a redirect followed, a page an agent
+    read and quotes) goes on as the text it is: it resolves nothing, and is no near miss."""
+    answer = near_miss_request(proxy, f"{upstream.url}/blocked-{where}", where, "<<blocked-vault:ok.k>>")
+    assert answer.status == 200
+    (received,) = upstream.wait_for(1)
+    assert b"blocked-vault" in received.raw and SECRETS.leaked_keys(received.raw.decode()) == []

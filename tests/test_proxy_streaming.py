@@ -202,7 +202,7 @@ def test_refused_key_in_streamed_head_sends_nothing(
             headers={"X-Key": "<<vault:elsewhere.k>>"}, timeout=TIMEOUT,
         )
     assert upstream.all_bytes() == b""
-    assert f"vaultproxy: refused POST 127.0.0.1{path}: secret 'elsewhere.k' is not allowed" in proxy.output()
+    assert f"vaultproxy: refused:host_not_allowed POST 127.0.0.1{path} [elsewhere.k]: secret 'elsewhere.k' is not allowed" in proxy.output()
     (line,) = audit_lines(home, path)
     assert line["outcome"] == "refused:host_not_allowed" and line["keys"] == ["elsewhere.k"]
 

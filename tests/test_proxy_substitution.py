@@ -93,7 +93,7 @@ def test_every_header_resolved_with_name_case_and_order_kept(proxy: MitmdumpProc
         ("X-MiXeD-CaSe", "a=<<vault:hdr.a>>; b=<<vault:hdr.b>>; a64=<<vault:hdr.a|base64>>"),
         ("X-Dup", "<<vault:hdr.a>>"),
         ("X-Dup", "<<vault:hdr.b>>"),
-        ("X-Untouched", "<<vault:>> << vault:hdr.a >>"),
+        ("X-Untouched", "<<vault:hdr.a <vault:hdr.b> <<blocked-vault:hdr.a>>"),  # unclosed, one bracket, neutralised
     ]
     args = [arg for name, text in headers for arg in ("-H", f"{name}: {text}")]
     result = curl(proxy, upstream.url + "/headers", "--fail", *args)
@@ -106,7 +106,7 @@ def test_every_header_resolved_with_name_case_and_order_kept(proxy: MitmdumpProc
         (b"X-MiXeD-CaSe", b"a=" + a + b"; b=" + b + b"; a64=" + base64.b64encode(a)),
         (b"X-Dup", a),
         (b"X-Dup", b),
-        (b"X-Untouched", b"<<vault:>> << vault:hdr.a >>"),
+        (b"X-Untouched", b"<<vault:hdr.a <vault:hdr.b> <<blocked-vault:hdr.a>>"),
     ]
     SECRETS.assert_logged_without_values(proxy, "/headers")
 
@@ -340,18 +340,19 @@ def test_request_without_placeholders_is_byte_identical_to_plain_mitmdump(
     plain: MitmdumpProcess, proxy: MitmdumpProcess,
     upstream: RecordingUpstream, tls_upstream: RecordingUpstream, scheme: str,
 ) -> None:
-    """Look-alikes that are not placeholders, and a compressed body that mentions the marker,
-    pass exactly as plain mitmdump passes them (a re-compressed body would differ)."""
+    """Look-alikes that are neither placeholders nor near misses (unclosed, one bracket,
+    encoded twice, neutralised), and a compressed body that mentions the marker, pass exactly
+    as plain mitmdump passes them (a re-compressed body would differ)."""
     server = upstream if scheme == "http" else tls_upstream
     # Compressed unlike mitmproxy would (level, mtime): re-encoding would show.
-    body = gzip.compress(b'{"note": "<<vault:>> and <<vault:a b>> and << vault:x >>"}', compresslevel=1, mtime=1)
+    body = gzip.compress(b'{"note": "<<vault:a and <vault:b> and <<blocked-vault:x>>"}', compresslevel=1, mtime=1)
     for via in (plain, proxy):
         with via.requests_session() as session:
             response = session.post(
-                server.url + "/identical/%3C%3Cvault%3A%20x%3E%3E?a=1&b=%3C%3Cvault:%3E%3E",
+                server.url + "/identical/%253C%253Cvault%253Ax%253E%253E?a=1&b=%3C%3Cvault:x",
                 data=body,
                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip",
-                         "X-Lookalike": "<<vault:>> <<vault:a b>>", "x-lower-case": "kept"},
+                         "X-Lookalike": "<<vault:a <vault:b>", "x-lower-case": "kept"},
                 timeout=TIMEOUT,
             )
         assert response.status_code == 200

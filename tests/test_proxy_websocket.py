@@ -101,17 +101,21 @@ def test_message_with_refused_key_is_dropped_and_connection_kept(
         connection.recv(TIMEOUT)
         connection.send("a <<vault:ws.elsewhere>>")
         connection.send("b <<vault:no.such.key>>")
-        connection.send("c <<vault:ws.k>>")
+        connection.send("c <<VAULT:ws.k>>")
+        connection.send("d <<vault:ws.k>>")
         # Messages keep their order on one connection: had a refused one gone through, the
         # upstream would have received it first.
-        assert upstream.wait_for(1, TIMEOUT) == [f"c {VALUE}"]
+        assert upstream.wait_for(1, TIMEOUT) == [f"d {VALUE}"]
         assert connection.recv(TIMEOUT) == "ack 1"  # the connection still works both ways
     output = proxy.output()
-    assert "vaultproxy: dropped a WebSocket message to 127.0.0.1: secret 'ws.elsewhere' is not allowed" in output
-    assert "vaultproxy: dropped a WebSocket message to 127.0.0.1: unknown key 'no.such.key'" in output
-    assert [(line["keys"], line["outcome"]) for line in audit_lines(home, "/refused")][-3:] == [
+    dropped = "GET 127.0.0.1/refused [{}]: dropped a WebSocket message: {}"
+    assert "vaultproxy: refused:host_not_allowed " + dropped.format("ws.elsewhere", "secret 'ws.elsewhere' is not allowed") in output
+    assert "vaultproxy: refused:unknown_key " + dropped.format("no.such.key", "unknown key 'no.such.key'") in output
+    assert "vaultproxy: refused:malformed_placeholder " + dropped.format("ws.k", "the placeholder for 'ws.k' is malformed") in output
+    assert [(line["keys"], line["outcome"]) for line in audit_lines(home, "/refused")][-4:] == [
         (["ws.elsewhere"], "refused:host_not_allowed"),
         (["no.such.key"], "refused:unknown_key"),
+        (["ws.k"], "refused:malformed_placeholder"),
         (["ws.k"], "resolved"),
     ]
 

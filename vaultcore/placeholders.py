@@ -6,7 +6,10 @@ so it is pure (no I/O, no project imports) and works on the bytes/str it is hand
 - every value is escaped for the syntax it lands in (URL, header, JSON, form, raw body), so a
   secret can never break, or inject into, the request around it;
 - substitution is one left-to-right pass: a value is never scanned again, so a secret whose
-  value looks like a placeholder cannot pull in another secret.
+  value looks like a placeholder cannot pull in another secret;
+- text that is almost a placeholder (`<<VAULT:k>>`, `<<vault: k>>`, `<<vault:k|bas64>>`) is
+  told apart from both placeholders and plain text, so that the proxy can refuse it instead
+  of sending it as it is (`resolve`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
-from urllib.parse import quote, quote_from_bytes, quote_plus
+from typing import TypeVar, overload
+from urllib.parse import quote, quote_from_bytes, quote_plus, unquote_plus
 
 MARKER = b"<<vault:"
 MARKER_STR = "<<vault:"
@@ -59,6 +62,23 @@ def _nested_prefixes(atoms: Sequence[str], tail: str) -> str:
     return rx
 
 
+# What someone may have meant as a placeholder starts with two brackets and the word vault in
+# any case, spaces allowed between; in URLs and forms the brackets may be percent-encoded.
+_VAULT_ANY_CASE = "[vV][aA][uU][lL][tT]"
+_PCT_BRACKET = "(?:<|%3[cC])"
+_PCT_GAP = r"(?:[ \t+]|%20|%09)*"
+# Shaped like a placeholder: such an opener, then up to the closing `>>` no bracket and no line
+# break. Unclosed text (`<<vault:k`) is not, nor is `<<blocked-vault:` (see vaultcore.redaction).
+_SHAPE = rf"<<[ \t]*{_VAULT_ANY_CASE}[^<>\r\n]{{0,{MAX_PLACEHOLDER_LEN}}}>>"
+_PCT_SHAPE = (
+    rf"{_PCT_BRACKET}{{2}}{_PCT_GAP}{_VAULT_ANY_CASE}(?:(?!%3[cCeE])[^<>\r\n]){{0,{MAX_PLACEHOLDER_LEN}}}(?:>|%3[eE]){{2}}"
+)
+# Every such opener, found from its first bracket: a literal `<`, or (URLs and forms) `%3`. One
+# regex for each, because `re` scans for a literal start at memchr speed and for an alternation
+# ten times slower, and most URLs hold a `%3` (`%3A`, `%3D`).
+_OPENER_FROM_LT = rf"<{_PCT_BRACKET}{_PCT_GAP}{_VAULT_ANY_CASE}"
+_OPENER_FROM_PCT = rf"%3[cC]{_PCT_BRACKET}{_PCT_GAP}{_VAULT_ANY_CASE}"
+
 # What could still become a placeholder once more bytes arrive, up to the end of the buffer.
 # It may over-approximate (then a little more is held back), never under-approximate.
 _LITERAL_PARTIAL = _nested_prefixes(
@@ -98,6 +118,13 @@ _FULL = {
     (True, True): _ANY_FORM_RE[1],
 }
 _PCT_OPENER_RE = _compile(_PCT_OPENER)
+_OPENER_FROM_LT_RE = _compile(_OPENER_FROM_LT)
+_OPENER_FROM_PCT_RE = _compile(_OPENER_FROM_PCT)
+# (is_bytes, percent forms accepted) -> pattern, as _FULL
+_SHAPES = {
+    (is_bytes, percent): _compile(_PCT_SHAPE if percent else _SHAPE)[is_bytes]
+    for is_bytes in (False, True) for percent in (False, True)
+}
 # Streams are bytes only.
 _PARTIAL = {
     False: re.compile(rf"{_LITERAL_PARTIAL}\Z".encode("ascii")),
@@ -142,6 +169,21 @@ def contains_placeholder(data: bytes | str, context: Context = Context.RAW) -> b
     return context in PERCENT_CONTEXTS and "%3" in data and _PCT_OPENER_RE[0].search(data) is not None
 
 
+def mentions_placeholder(data: bytes | str, context: Context = Context.RAW) -> bool:
+    """The fast pre-check of what the proxy sends: whether `data` may hold a placeholder or
+    text that is almost one (two brackets, then `vault` in any case). It may be a false
+    positive (`<%3Cvault` in a header), never a false negative for either. Text without a
+    `<` (nor, in URLs and forms, a `%3`) costs a memchr-fast scan, less than a search for the
+    marker itself."""
+    if isinstance(data, bytes):
+        if b"<" in data and _OPENER_FROM_LT_RE[1].search(data):
+            return True
+        return context in PERCENT_CONTEXTS and b"%3" in data and _OPENER_FROM_PCT_RE[1].search(data) is not None
+    if "<" in data and _OPENER_FROM_LT_RE[0].search(data):
+        return True
+    return context in PERCENT_CONTEXTS and "%3" in data and _OPENER_FROM_PCT_RE[0].search(data) is not None
+
+
 @dataclass(frozen=True)
 class Reference:
     """One placeholder found in an input: `data[start:end]` is its whole text."""
@@ -174,8 +216,8 @@ class SubstitutionError(Exception):
     """A placeholder that cannot be resolved. Never carries a value.
 
     `code` is machine-readable (the proxy sends it as X-Vaultproxy-Error): this module raises
-    "illegal_value" and "not_utf8"; lookup callbacks raise their own ("unknown_key",
-    "host_not_allowed"...)."""
+    "illegal_value", "not_utf8" and "malformed_placeholder"; lookup callbacks raise their own
+    ("unknown_key", "host_not_allowed"...)."""
 
     def __init__(self, code: str, key: str, message: str) -> None:
         super().__init__(code, key, message)  # all three in args, so the error pickles
@@ -339,6 +381,84 @@ def substitute(data: bytes | str, context: Context, lookup: Lookup, budget: Budg
         return data, []
     pieces.append(data[copied:])
     return data[:0].join(pieces), list(resolver.keys_used)
+
+
+# --- near misses ---------------------------------------------------------------------------
+
+_NEAR_MISS_PARTS = re.compile(r"<<(\s*)(vault)(\s*)(:?)(.*)>>", re.IGNORECASE | re.DOTALL)
+_SHOWN_FILTER = re.compile(r"[A-Za-z0-9_-]{1,16}")
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """Text shaped like a placeholder that is not one, `data[start:end]`: the key it names
+    (when that is a valid key, else "") and what is wrong with it."""
+
+    key: str
+    problem: str
+    start: int
+    end: int
+
+    def error(self) -> SubstitutionError:
+        subject = f"the placeholder for {self.key!r}" if self.key else "a placeholder"
+        return SubstitutionError("malformed_placeholder", self.key, f"{subject} is malformed: {self.problem}")
+
+
+def find_near_miss(data: bytes | str, context: Context = Context.RAW) -> NearMiss | None:
+    """The first text in `data` shaped like a placeholder (an opener in any case, up to the
+    next `>>`) that is not one, as `substitute` sees placeholders in `context`; None if none.
+
+    Sent as it is, such text reaches the server literally and fails there for no visible
+    reason. The problem named quotes only a valid key name and a short filter name of the text,
+    never anything else of it."""
+    is_bytes, percent = isinstance(data, bytes), context in PERCENT_CONTEXTS
+    for shape in _SHAPES[is_bytes, percent].finditer(data):
+        if _FULL[is_bytes, percent].match(data, shape.start()) is None:
+            text = shape[0].decode("utf-8", "replace") if is_bytes else shape[0]
+            key, problem = _diagnose(unquote_plus(text) if percent else text)
+            return NearMiss(key, problem, shape.start(), shape.end())
+    return None
+
+
+def _diagnose(text: str) -> tuple[str, str]:
+    """The key a near miss names and what is wrong with it; `text` is decoded (`<<`, `vault`
+    in some case, then no bracket up to the final `>>`)."""
+    parts = _NEAR_MISS_PARTS.fullmatch(text)
+    assert parts is not None, "a near miss is an opener up to >>"
+    lead, word, gap, colon, rest = parts.groups()
+    name, bar, filters = rest.partition("|")
+    key = name.strip() if KEY_RE.fullmatch(name.strip()) else ""
+    flt = filters.strip()
+    fix = f"write <<vault:{key or 'KEY'}{'|' + flt if flt in FILTERS else ''}>>"
+    filters_are = f"the filters are {', '.join(FILTERS[:-1])} and {FILTERS[-1]}"
+    if word != "vault":
+        return key, f"vault is not in lower case; {fix}"
+    if any(c.isspace() for c in lead + gap + rest):
+        return key, f"it holds spaces; {fix}"
+    if not colon:
+        return key, f"no colon after vault; {fix}"
+    if not key:
+        return key, "a key is 1 to 256 characters of A-Z a-z 0-9 _ . - /" if name else f"it names no key; {fix}"
+    if "|" in filters:
+        return key, f"it has more than one filter; {filters_are}"
+    if bar and flt not in FILTERS:
+        shown = f"unknown filter {flt!r}" if _SHOWN_FILTER.fullmatch(flt) else "unknown filter" if flt else "no filter after |"
+        return key, f"{shown}; {filters_are}"
+    return key, f"it is percent-encoded in part only; encode all of it or none, or {fix}"
+
+
+Text = TypeVar("Text", bytes, str)
+
+
+def resolve(data: Text, context: Context, lookup: Lookup, budget: Budget | None = None) -> tuple[Text, list[str]]:
+    """`substitute` for what a client sends through the proxy: text that is almost a
+    placeholder refuses the whole substitution (malformed_placeholder) rather than going out
+    as it is. Text that mentions no placeholder costs `mentions_placeholder` only."""
+    if not mentions_placeholder(data, context):
+        return data, []
+    if (miss := find_near_miss(data, context)) is not None:
+        raise miss.error()
+    return substitute(data, context, lookup, budget)
 
 
 class StreamSubstituter:

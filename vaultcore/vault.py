@@ -116,6 +116,12 @@ def provider_secrets(config: ProviderConfig, cache: dict[str, Any]) -> list[Secr
     return secrets
 
 
+def unfetched_aliases(config: ProviderConfig, cache: dict[str, Any]) -> dict[str, str | None]:
+    """The aliases with no value to resolve, each with its last fetch error (None: never
+    fetched): the index names `secret fetch` as their fix."""
+    return {m.alias: entry.get("error") for m in config.secrets if (entry := cached(m, cache)).get("value") is None}
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """An index and the signature of the files it was built from; the proxy rebuilds
@@ -186,8 +192,10 @@ class Vault:
             Secret(key, unpack_value(e), tuple(e.get("hosts", ())), tuple(e.get("origins", ())), LOCAL_SOURCE)
             for key, e in state.get("local", {}).items()
         ]
-        provided = provider_secrets(config, self._config_state(state, config.name).get("cache", {})) if config else []
-        return SecretIndex(provided, local)
+        if config is None:
+            return SecretIndex((), local)
+        cache = self._config_state(state, config.name).get("cache", {})
+        return SecretIndex(provider_secrets(config, cache), local, unfetched_aliases(config, cache))
 
     def keys(self) -> list[str]:
         return [s.key for s in self.index().secrets()]
@@ -200,9 +208,10 @@ class Vault:
         return secret.value
 
     def resolve(self, text: str, host: str, context: Context = Context.RAW, *, origin: str | None = None, scheme: str = "https") -> str:
-        """Substitute `text` as the proxy would for a request to `host` (library use)."""
+        """Substitute `text` as the proxy would for a request to `host` (library use): a
+        refused key, or text that is almost a placeholder, raises SubstitutionError."""
         lookup = self.index().lookup_for(Destination(host, scheme, origin))
-        return str(placeholders.substitute(text, context, lookup)[0])
+        return placeholders.resolve(text, context, lookup)[0]
 
     # --- local secrets ---------------------------------------------------------------
 
@@ -210,13 +219,27 @@ class Vault:
         """Store a local secret. `hosts`/`origins` of None keep what an existing secret has."""
         validate_key(key)
         validate_value(value)
+        self._write_local(key, pack_value(value), hosts, origins)
+
+    def edit(self, key: str, hosts: Iterable[str] | None = None, origins: Iterable[str] | None = None) -> None:
+        """Change where an existing local secret may go, keeping its value: nobody should have
+        to type a secret again to allow one more host."""
+        self._write_local(key, None, hosts, origins)
+
+    def _write_local(
+        self, key: str, packed: dict[str, Any] | None, hosts: Iterable[str] | None, origins: Iterable[str] | None,
+    ) -> None:
+        """`packed` None keeps the value of the existing secret `key`."""
 
         def change(state: State) -> None:
             self._refuse_provider_key(state, key)
             local = state.setdefault("local", {})
+            if packed is None and key not in local:
+                raise VaultError(f"no local secret {key!r}: store it first with `vaultproxy local set {key}`")
             old = local.get(key, {})
             local[key] = {
-                **pack_value(value),
+                **old,
+                **(packed or {}),
                 "hosts": list(hosts) if hosts is not None else old.get("hosts", []),
                 "origins": list(origins) if origins is not None else old.get("origins", []),
                 "updated_at": now(),
@@ -295,9 +318,11 @@ class Vault:
         self.configs.save(config)
         self._adopt(config.name, credentials, fresh=True)
 
-    def import_config(self, path: Path) -> ProviderConfig:
-        """Add a shared YAML file; static keys are set separately (`config set-credentials`)."""
-        config = self.configs.import_file(path)
+    def import_config(self, path: Path, *, replace: bool = False) -> ProviderConfig:
+        """Add a shared YAML file; static keys are set separately (`config set-credentials`).
+        With `replace`, one of the same name gets the new file and keeps its keys, and the
+        fetched values of the secrets whose secret id and stage are unchanged (see `cached`)."""
+        config = self.configs.import_file(path, replace=replace)
         self._adopt(config.name, None)
         return config
 
@@ -348,20 +373,36 @@ class Vault:
         return StaticCredentials.from_dict(raw) if raw else None
 
     def test_config(self, name: str | None = None) -> Identity:
+        """Who the configuration's credentials are. A failure is kept like a fetch's (until a
+        test or a fetch succeeds), so `config list` and `status` do not say `ok` meanwhile."""
         config = self.config(name)
-        return provider_for(config).test_connection(config, self.credentials(config.name))
+        try:
+            identity = provider_for(config).test_connection(config, self.credentials(config.name))
+        except ProviderError as e:
+            self._record_test(config.name, e)
+            raise
+        self._record_test(config.name, None)
+        return identity
+
+    def _record_test(self, name: str, error: ProviderError | None) -> None:
+        if error is None and not self.state().get("configs", {}).get(name, {}).get("error"):
+            return  # nothing to clear: no write (each one makes a running proxy reload)
+        message, code = (f"connection test failed: {error}", error.code) if error else (None, None)
+        self.store.update(lambda state: self._config_state(state, name).update(error=message, error_code=code))
 
     def add_secret(self, mapping: SecretMapping, config_name: str | None = None) -> ProviderConfig:
         config = self.config(config_name).with_secret(mapping)
         self.configs.save(config)
         return config
 
-    def remove_secret(self, alias: str, config_name: str | None = None) -> None:
+    def remove_secret(self, alias: str, config_name: str | None = None) -> ProviderConfig:
+        """Drop `alias` and its fetched value; returns the configuration it was removed from."""
         config = self.config(config_name)
         if config.mapping(alias) is None:
             raise VaultError(f"configuration {config.name!r} has no secret {alias!r}")
         self.configs.save(config.without_secret(alias))
         self.store.update(lambda state: self._config_state(state, config.name).get("cache", {}).pop(alias, None))
+        return config
 
     # --- fetching ----------------------------------------------------------------------
 
@@ -446,9 +487,9 @@ class Vault:
                 row.update(last_fetched=entry.get("fetched_at"), error=entry.get("error"))
         unfetched = [
             {"key": m.alias, "source": f"{config.provider}:{config.name}", "hosts": list(config.hosts_for(m)),
-             "origins": list(m.origins), "last_fetched": None, "error": entries[m.alias].get("error") or "not fetched yet"}
+             "origins": list(m.origins), "last_fetched": None, "error": index.unfetched[m.alias] or "not fetched yet"}
             for m in (config.secrets if config else ())
-            if entries[m.alias].get("value") is None
+            if m.alias in index.unfetched
         ]
         return {
             "home": str(self.home),

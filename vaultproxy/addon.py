@@ -26,20 +26,21 @@ from mitmproxy import command, ctx, exceptions, http, websocket
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
-from mitmproxy.utils import human
 
 from vaultcore.atomic import replace_file
 from vaultcore.freshness import Signature
-from vaultcore.index import POLICY_CODES, SecretIndex
-from vaultcore.placeholders import MARKER, Budget, Lookup, StreamSubstituter, SubstitutionError, substitute
+from vaultcore.index import SecretIndex
+from vaultcore.placeholders import Budget, Lookup, StreamSubstituter, SubstitutionError, mentions_placeholder, resolve
 from vaultcore.profiles import ConfigError
 from vaultcore.proxyenv import RUNTIME_FILE
 from vaultcore.redaction import Redactor
 from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.vault import Snapshot, Vault, home_from_option
 from vaultproxy import guard, responses, rewrite
-from vaultproxy.audit import AuditLog
+from vaultproxy.audit import RESOLVED, AuditLog
 from vaultproxy.flights import Flights
+from vaultproxy.options import check_choices, check_deferred, declare_options, growth_limit, stop_starting
+from vaultproxy.refusal import readable_by, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +61,6 @@ SHOWING_OPTIONS = (
     ("proxy_debug", True, "proxy_debug logs requests with their values; turn it off"),
     ("termlog_verbosity", "debug", "termlog_verbosity=debug logs requests with their values; use info"),
 )
-
-
-def refusal(error: SubstitutionError) -> http.Response:
-    """The proxy's own answer to a request it will not send: the key and the fix, no value."""
-    status = 403 if error.code in POLICY_CODES else 413 if error.code == "too_large" else 400
-    return http.Response.make(
-        status,
-        f"vaultproxy refused this request: {error}\n".encode(),
-        {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", "X-Vaultproxy-Error": error.code},
-    )
 
 
 def check_nothing_shows_values() -> None:
@@ -119,39 +110,31 @@ class VaultProxy:
         self.unserved: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
         # Flows the proxy answered itself: their answers name placeholders on purpose.
         self.refused: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+        self._running = False
 
     # --- options and state ---------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        loader.add_option("vault_home", str, "", "Vault home directory (default: $VAULTPROXY_HOME or the user config dir).")
-        loader.add_option(
-            "vault_on_missing", str, "block",
-            "What to do with a placeholder whose key is unknown: block the request, or keep the placeholder as it is.",
-            choices=("block", "keep"),
-        )
-        loader.add_option("vault_allow_plaintext", bool, False, "Send secrets to non-loopback hosts over plain HTTP.")
-        loader.add_option(
-            "vault_redact_responses", bool, True,
-            "Show placeholders instead of the values a response echoes back (in every encoding a server plausibly "
-            "uses). Turned off, echoed values reach the client and whatever records flows (-w files, HAR, the dumper).",
-        )
-        loader.add_option("vault_audit_log", str, "", 'Audit log path (default: audit.log in the vault home; "off" to disable).')
-        loader.add_option(
-            "vault_max_growth", str, "2m",
-            "How much resolving placeholders may grow one request (or WebSocket message), e.g. 512k or 2m; larger ones are refused.",
-        )
-        loader.add_option(
-            "vault_served_names", Sequence[str], [],
-            "Reverse mode: host names clients use to reach this proxy, besides its listen address and the reverse target. "
-            "A request naming any other host gets no secret (DNS rebinding).",
-        )
+        declare_options(loader)
+        try:
+            check_deferred(loader.master.options)
+        except exceptions.OptionsError as e:
+            stop_starting(e)
 
     def configure(self, updated: set[str]) -> None:
-        check_nothing_shows_values()
+        """A bad option (or a vault that cannot be opened) stops a proxy that is starting; a
+        running one refuses the change and keeps its settings (mitmproxy rolls it back)."""
         try:
-            max_growth = human.parse_size(ctx.options.vault_max_growth) or 0
-        except ValueError:
-            raise exceptions.OptionsError(f"vaultproxy: vault_max_growth={ctx.options.vault_max_growth!r} is no size (e.g. 512k, 2m)") from None
+            self._configure(updated)
+        except exceptions.OptionsError as e:
+            if not self._running:
+                stop_starting(e)
+            raise
+
+    def _configure(self, updated: set[str]) -> None:
+        check_nothing_shows_values()
+        check_choices(ctx.options)
+        max_growth = growth_limit(ctx.options)
         self.settings = guard.Settings(
             keep_unknown=ctx.options.vault_on_missing == "keep", allow_plaintext=ctx.options.vault_allow_plaintext,
             verify_upstream=not ctx.options.ssl_insecure, max_growth=max_growth,
@@ -177,11 +160,14 @@ class VaultProxy:
             self.audit = AuditLog(None if setting == "off" else Path(setting).expanduser() if setting else self.vault.home / "audit.log")
 
     def running(self) -> None:
+        self._running = True
         ctx.master.addons.add(self.substitution)
         self._write_runtime_info()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def done(self) -> None:
+        from vaultcore.proxyenv import runtime_info  # imported here: see _write_runtime_info
+
         # Runs before save's `done`, which writes the flows still open: as placeholders.
         self.flights.restore_all()
         self.audit.close()
@@ -190,22 +176,28 @@ class VaultProxy:
         # On a script reload a new instance adds its own part: take this one out of the chain.
         with contextlib.suppress(exceptions.AddonManagerError):
             ctx.master.addons.remove(self.substitution)
-        if self.vault:
+        # Only this proxy's own record: a second proxy for this home may have written its own.
+        if self.vault and runtime_info(self.vault.home).get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 (self.vault.home / RUNTIME_FILE).unlink()
 
     def _write_runtime_info(self) -> None:
-        """Tell `vaultproxy env` / `exec` where this proxy listens and where its CA is."""
+        """Tell the CLI (`env`, `exec`, `status`, `stop`, `log`) where this proxy listens, where
+        its CA is, since when, and with which vault_* options."""
+        # Imported here, not at the top: this method and done() are all that changed in this module.
+        from vaultcore.proxyenv import runtime_record
+
         assert self.vault is not None
         host, port = ctx.options.listen_host or "127.0.0.1", ctx.options.listen_port
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver and proxyserver.listen_addrs():  # the real port, also for --listen-port 0
             host, port = proxyserver.listen_addrs()[0][:2]
-        info = {"host": host, "port": port, "confdir": os.path.expanduser(ctx.options.confdir), "pid": os.getpid()}
+        options = {name: getattr(ctx.options, name) for name in ctx.options.keys() if name.startswith("vault_")}
+        info = runtime_record(host, port, os.path.expanduser(ctx.options.confdir), options)
         try:
             self.vault.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Atomically: `vaultproxy env` may read it at any moment, and a half-written file
-            # would send clients to the default address.
+            # Atomically: `vaultproxy env` may read it at any moment, and would take a
+            # half-written file for no proxy at all.
             replace_file(self.vault.home / RUNTIME_FILE, json.dumps(info).encode())
         except OSError as e:
             logger.warning(f"vaultproxy: cannot write {RUNTIME_FILE}: {e.strerror}")
@@ -389,7 +381,7 @@ class Substitution:
             change.apply(request)
             rewrite.prepare_streamed_body(request, substituter, framing)
         elif change.keys:
-            proxy.audit.record(request, original_path, change.keys, "resolved")
+            proxy.audit.record(request, original_path, change.keys, RESOLVED)
             change.apply(request)
 
     def _lookup_for(self, flow: http.HTTPFlow) -> Lookup:
@@ -415,41 +407,39 @@ class Substitution:
             return
         keys, refusals = self.proxy.flights.stream_outcome(flow)
         if keys or refusals:
-            outcome = f"refused:{refusals[0].code}" if refusals else "resolved"
+            outcome = f"refused:{refusals[0].code}" if refusals else RESOLVED
             self.proxy.audit.record(flow.request, self.proxy.flights.original_path(flow), keys + [e.key for e in refusals], outcome)
 
     def _refuse(self, flow: http.HTTPFlow, error: SubstitutionError, path: str, *, streamed: bool) -> None:
         request = flow.request
-        logger.warning(f"vaultproxy: refused {request.method} {request.host}{path.split('?', 1)[0]}: {error}")
-        self.proxy.audit.record(request, path, [error.key] if error.key else [], f"refused:{error.code}")
+        self.proxy.audit.refused(request, path, error)
         if streamed:
             # mitmproxy cannot answer a request whose body it streams: it refuses to stream with
             # a response set, and streams anyway once the body outgrows stream_large_bodies.
             # The connection is closed instead; the log says why.
             flow.kill()
         else:
-            flow.response = refusal(error)
+            flow.response = refusal(error, readable_by(request, error, self.proxy.index))
             self.proxy.refused.add(flow)
 
     def websocket_message(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
-        if not message.from_client or not flow.live or MARKER not in message.content:
+        if not message.from_client or not flow.live or not mentions_placeholder(message.content):
             return None
         return self.proxy.when_current(lambda: self._substitute_message(flow, message))
 
     def _substitute_message(self, flow: http.HTTPFlow, message: websocket.WebSocketMessage) -> None:
         proxy = self.proxy
         try:
-            content, keys = substitute(
+            content, keys = resolve(
                 message.content, rewrite.websocket_context(message), self._lookup_for(flow), Budget(proxy.settings.max_growth),
             )
         except SubstitutionError as e:
-            logger.warning(f"vaultproxy: dropped a WebSocket message to {flow.request.host}: {e}")
-            proxy.audit.record(flow.request, flow.request.path, [e.key] if e.key else [], f"refused:{e.code}")
+            proxy.audit.refused(flow.request, flow.request.path, e, f"dropped a WebSocket message: {e}")
             message.drop()
             return
         if keys:
             proxy.flights.remember_message(flow, message, keys, proxy.index)
-            proxy.audit.record(flow.request, flow.request.path, keys, "resolved")
+            proxy.audit.record(flow.request, flow.request.path, keys, RESOLVED)
             message.content = content

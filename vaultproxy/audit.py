@@ -1,7 +1,9 @@
-"""The audit log: one JSON line per request that used the vault (resolved or refused).
+"""What the proxy did with each request that used the vault (resolved or refused): one JSON
+line in the audit log, and one line on the proxy's console.
 
-It records what happened and never a value: time, method, host, the path without its query
-(the query is where values go), the keys, and the outcome.
+Both say what happened and never a value: time, method, host, the path without its query
+(the query is where values go), the keys, and the outcome; the console line also says why a
+request was refused. One record makes both, so they never disagree.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from mitmproxy import http
 
+from vaultcore.placeholders import SubstitutionError
+
 logger = logging.getLogger(__name__)
+
+RESOLVED = "resolved"
 
 
 class AuditLog:
@@ -29,10 +35,9 @@ class AuditLog:
         self._file: TextIO | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
 
-    def record(self, request: http.Request, path: str, keys: list[str], outcome: str) -> None:
-        """`path` is the request's path as the client sent it (placeholders, not values)."""
-        if self.path is None:
-            return
+    def record(self, request: http.Request, path: str, keys: list[str], outcome: str, reason: str = "") -> None:
+        """`path` is the request's path as the client sent it (placeholders, not values);
+        `reason` (the console's only) why it was refused."""
         line = {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "method": request.method,
@@ -41,6 +46,9 @@ class AuditLog:
             "keys": keys,
             "outcome": outcome,
         }
+        logger.log(logging.INFO if outcome == RESOLVED else logging.WARNING, console_line(line, reason))
+        if self.path is None:
+            return
         try:
             file = self._open(self.path)
             file.write(json.dumps(line) + "\n")
@@ -48,6 +56,10 @@ class AuditLog:
         except OSError as e:
             self.close()
             logger.warning(f"vaultproxy: cannot write the audit log {self.path}: {e.strerror}")
+
+    def refused(self, request: http.Request, path: str, error: SubstitutionError, reason: str | None = None) -> None:
+        """A refusal: its key and code; `reason` (default: the error's message) for the console."""
+        self.record(request, path, [error.key] if error.key else [], f"refused:{error.code}", str(error) if reason is None else reason)
 
     def _open(self, path: Path) -> TextIO:
         """The file `path` names now: one stat per record tells a rotated or deleted log."""
@@ -64,6 +76,12 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+
+
+def console_line(line: dict[str, Any], reason: str) -> str:
+    """`vaultproxy: resolved GET api.example.com/v1/me [token]`, and for a refusal the reason."""
+    summary = f"vaultproxy: {line['outcome']} {line['method']} {line['host']}{line['path']} [{', '.join(line['keys'])}]"
+    return f"{summary}: {reason}" if reason else summary
 
 
 def _identity(file: Path | int) -> tuple[int, int] | None:

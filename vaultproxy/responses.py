@@ -12,6 +12,7 @@ WebSocket messages (see `vaultcore.redaction`):
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Iterable
 
@@ -29,8 +30,13 @@ StreamFilter = Callable[[bytes], list[bytes]]
 def redactor_for(index: SecretIndex | None, keys: Iterable[str]) -> Redactor | None:
     """A redactor of the values `keys` had in `index` (the index the request was resolved
     with: a value revoked since must still be hidden)."""
-    if index is None:
-        return None
+    return _redactor(index, tuple(keys)) if index is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def _redactor(index: SecretIndex, keys: tuple[str, ...]) -> Redactor | None:
+    """Cached: the same few key sets come back on every request, and building one is most of
+    the cost of redacting a small response. A reload makes a new index, so no stale entry hits."""
     values = {f"<<vault:{key}>>".encode(): secret.value for key in keys if (secret := index.get(key)) is not None}
     return Redactor(values) if values else None
 

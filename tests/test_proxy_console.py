@@ -1,0 +1,74 @@
+"""End to end: the proxy's console says which secrets each request used or was refused.
+
+mitmdump's own lines show flows, never which secret went where. vaultproxy adds one line per
+request that used the vault, from the same record as its audit log line: outcome, method,
+host, path without query, keys, and for a refusal why; never a value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.support.net import LOOPBACK
+from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
+from tests.support.secret_set import Entry, SecretSet, module_fixtures, proxy_options
+from tests.support.upstream import RecordingUpstream
+
+TIMEOUT = 60
+SECRETS = SecretSet({
+    "con.a": Entry("sk_live_Zq9ConA"),
+    "con.b": Entry("sk_live_Zq9ConB"),
+    "con.far": Entry("sk_live_Zq9ConFar", hosts=("billing.example.com",)),
+})
+home, proxy, h2_proxy = module_fixtures(SECRETS)
+
+
+def send(proxy: MitmdumpProcess, method: str, url: str, **kwargs: Any) -> requests.Response:
+    with proxy.requests_session() as session:
+        return session.request(method, url, timeout=TIMEOUT, **kwargs)
+
+
+def console_lines(proxy: MitmdumpProcess, path: str) -> list[str]:
+    """vaultproxy's console lines about requests for `path`, without their timestamps."""
+    return [line.split("] ", 1)[1] for line in proxy.output().splitlines() if f" {LOOPBACK}{path} [" in line]
+
+
+def test_a_resolved_request_is_one_line(proxy: MitmdumpProcess, upstream: RecordingUpstream, home: Path) -> None:
+    response = send(proxy, "GET", upstream.url + "/console/used?q=<<vault:con.a>>", headers={"X-Key": "<<vault:con.b>>"})
+    assert response.status_code == 200
+    line = f"vaultproxy: resolved GET {LOOPBACK}/console/used [con.a, con.b]"
+    proxy.wait_for_output(line)
+    assert console_lines(proxy, "/console/used") == [line]
+    (audit,) = audit_lines(home, "/console/used")
+    assert (audit["method"], audit["host"], audit["keys"], audit["outcome"]) == ("GET", LOOPBACK, ["con.a", "con.b"], "resolved")
+    assert SECRETS.leaked_keys(proxy.output()) == []
+
+
+def test_a_refused_request_is_one_line_that_says_why(proxy: MitmdumpProcess, upstream: RecordingUpstream, home: Path) -> None:
+    response = send(proxy, "POST", upstream.url + "/console/refused?q=1", data=b"k=<<vault:con.far>>")
+    assert response.status_code == 403
+    line = (
+        f"vaultproxy: refused:host_not_allowed POST {LOOPBACK}/console/refused [con.far]: "
+        f"secret 'con.far' is not allowed for host '{LOOPBACK}' (its hosts: billing.example.com)"
+    )
+    proxy.wait_for_output(line)
+    assert console_lines(proxy, "/console/refused") == [line]
+    (audit,) = audit_lines(home, "/console/refused")
+    assert (audit["keys"], audit["outcome"]) == (["con.far"], "refused:host_not_allowed")
+
+
+def test_a_request_without_secrets_has_no_line(proxy: MitmdumpProcess, upstream: RecordingUpstream, home: Path) -> None:
+    assert send(proxy, "GET", upstream.url + "/console/plain", headers={"X-Text": "<vault:con.a>"}).status_code == 200
+    proxy.wait_for_output(f"GET {upstream.url}/console/plain")  # the dumper's line: the flow is over
+    assert console_lines(proxy, "/console/plain") == []
+    assert audit_lines(home, "/console/plain") == []
+
+
+def test_the_console_line_stays_when_the_audit_log_is_off(mitmdump: StartProxy, home: Path, upstream: RecordingUpstream) -> None:
+    proxy = mitmdump(options=proxy_options(home, vault_audit_log="off"))
+    assert send(proxy, "GET", upstream.url + "/console/no-audit", headers={"X-Key": "<<vault:con.a>>"}).status_code == 200
+    proxy.wait_for_output(f"vaultproxy: resolved GET {LOOPBACK}/console/no-audit [con.a]")
+    assert audit_lines(home, "/console/no-audit") == []

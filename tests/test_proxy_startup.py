@@ -1,0 +1,94 @@
+"""End to end: a start-up that cannot give a working vaultproxy stops mitmdump at once.
+
+A bad `--set vault_*=...` used to switch vaultproxy off without a word (mitmproxy drops a
+script whose deferred option it cannot parse, and ignores unknown names and bad choices), and
+other start-up failures printed a traceback, then "proxy listening", then exited. Each case
+here ends with exit status 1 and one line that says what is wrong and what is valid: nothing
+else but mitmproxy's own "Loading script" line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from mitmproxy.version import VERSION
+
+from tests.support.net import wait_until
+from tests.support.proxy import STARTUP_TIMEOUT, MitmdumpProcess, OptionValue
+from vaultcore.vault import Vault
+
+OPTIONS = "vault_home, vault_on_missing, vault_allow_plaintext, vault_redact_responses, vault_audit_log, vault_max_growth, vault_served_names"
+BAD_OPTIONS: dict[str, tuple[dict[str, OptionValue], str]] = {
+    "not-a-boolean": ({"vault_allow_plaintext": "maybe"}, "vaultproxy: vault_allow_plaintext: not a valid value (use true or false)"),
+    "not-a-choice": ({"vault_on_missing": "foo"}, "vaultproxy: vault_on_missing=foo: not a valid value (use block or keep)"),
+    "unknown-name": ({"vault_on_mising": "keep"}, f"vaultproxy: unknown option vault_on_mising (the options are {OPTIONS})"),
+    "not-a-size": ({"vault_max_growth": "lots"}, "vaultproxy: vault_max_growth=lots: not a valid value (use a size such as 512k or 2m)"),
+    "debug-log": ({"termlog_verbosity": "debug"}, "vaultproxy: termlog_verbosity=debug logs requests with their values; use info"),
+}
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    Vault(home).set("start.k", "sk_live_Zq9Start", hosts=["127.0.0.1"])
+    return home
+
+
+def failed_start(proxy: MitmdumpProcess) -> tuple[int | None, list[str]]:
+    """Start `proxy`, which must exit: its exit status and what it printed, but for
+    mitmproxy's own line about loading the script. (mitmproxy binds its port while it loads
+    the script, so the socket may be seen for a moment; the proxy never says it listens.)"""
+    with contextlib.suppress(RuntimeError):  # it exits before its port is seen, or just after
+        proxy.start()
+    wait_until(lambda: not proxy.is_running(), STARTUP_TIMEOUT, "mitmdump to exit")
+    return proxy.stop(), [line for line in proxy.output().splitlines() if "Loading script" not in line]
+
+
+def proxy_with(workdir: Path, home: Path, options: Mapping[str, OptionValue] = {}, env: Mapping[str, str] = {}) -> MitmdumpProcess:
+    return MitmdumpProcess(workdir, options={"vault_home": str(home), **options}, env=env)
+
+
+@pytest.mark.parametrize("case", BAD_OPTIONS)
+def test_a_bad_option_stops_the_proxy_with_one_line(tmp_path: Path, home: Path, case: str) -> None:
+    options, line = BAD_OPTIONS[case]
+    assert failed_start(proxy_with(tmp_path / "mitmdump", home, options)) == (1, [line])
+
+
+def test_a_bad_option_in_mitmproxys_config_file_stops_it_too(tmp_path: Path, home: Path) -> None:
+    proxy = proxy_with(tmp_path / "mitmdump", home)
+    proxy.confdir.mkdir(parents=True)
+    (proxy.confdir / "config.yaml").write_text("vault_redact_responses: sometimes\n")
+    assert failed_start(proxy) == (1, ["vaultproxy: vault_redact_responses: not a valid value (use true or false)"])
+
+
+@pytest.mark.skipif(int(VERSION.split(".")[0]) < 12, reason="mitmproxy 11 has no store_streamed_bodies")
+def test_store_streamed_bodies_stops_the_proxy_with_one_line(tmp_path: Path, home: Path) -> None:
+    status, lines = failed_start(proxy_with(tmp_path / "mitmdump", home, {"store_streamed_bodies": True}))
+    assert (status, lines) == (1, ["vaultproxy: store_streamed_bodies would record substituted values; turn it off"])
+
+
+def test_a_vault_that_cannot_be_opened_stops_the_proxy_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    with monkeypatch.context() as patch:
+        patch.setenv("VAULTPROXY_PASSPHRASE", "the right passphrase")
+        Vault(home).set("start.k", "sk_live_Zq9Start", hosts=["127.0.0.1"])
+    status, lines = failed_start(proxy_with(tmp_path / "mitmdump", home, env={"VAULTPROXY_PASSPHRASE": "a wrong one"}))
+    assert (status, lines) == (1, [f"vaultproxy: cannot load the vault: cannot open {home / 'vault.enc'}: wrong passphrase (the vault uses its passphrase)"])
+
+
+def test_a_damaged_vault_stops_the_proxy_with_one_line(tmp_path: Path, home: Path) -> None:
+    (home / "vault.enc").write_bytes(b"not a vault")
+    status, lines = failed_start(proxy_with(tmp_path / "mitmdump", home))
+    assert (status, lines) == (1, [f"vaultproxy: cannot load the vault: {home / 'vault.enc'} is not a vaultproxy vault"])
+
+
+def test_good_options_start(tmp_path: Path, home: Path) -> None:
+    """The control: the same options with valid values, from the command line and the config file."""
+    proxy = proxy_with(tmp_path / "mitmdump", home, {"vault_allow_plaintext": True, "vault_on_missing": "keep", "vault_max_growth": "512k"})
+    proxy.confdir.mkdir(parents=True)
+    (proxy.confdir / "config.yaml").write_text("vault_redact_responses: false\n")
+    with proxy:
+        proxy.wait_for_output(f"vaultproxy: 1 keys from {home}")
