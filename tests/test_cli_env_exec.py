@@ -36,11 +36,14 @@ TIMEOUT = 60
 VALUE = "sk_live_Zq9ExecToken"
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    home = tmp_path / "vault-home"
+def vault_home_with_value(home: Path) -> Path:
     Vault(home).set("exec.k", VALUE, hosts=["api.example.com"])
     return home
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return vault_home_with_value(tmp_path / "vault-home")
 
 
 def wait_for_proxy_json(home: Path) -> dict[str, object]:
@@ -50,11 +53,27 @@ def wait_for_proxy_json(home: Path) -> dict[str, object]:
     return json.loads(path.read_text())
 
 
-@pytest.fixture
-def proxy(mitmdump: StartProxy, home: Path) -> MitmdumpProcess:
-    proxy = mitmdump(options={"vault_home": str(home)}, hosts=EXAMPLE_HOSTS)
+def start_proxy(start: StartProxy, home: Path) -> MitmdumpProcess:
+    proxy = start(options={"vault_home": str(home)}, hosts=EXAMPLE_HOSTS)
     wait_for_proxy_json(home)
     return proxy
+
+
+@pytest.fixture
+def proxy(mitmdump: StartProxy, home: Path) -> MitmdumpProcess:
+    """A proxy of the test's own, for the tests that stop it."""
+    return start_proxy(mitmdump, home)
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return vault_home_with_value(tmp_path_factory.mktemp("vault-home"))
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(module_mitmdump: StartProxy, shared_home: Path) -> MitmdumpProcess:
+    """The proxy of the tests that only use it: none changes the vault or the proxy."""
+    return start_proxy(module_mitmdump, shared_home)
 
 
 def test_proxy_json_tells_where_the_proxy_runs(proxy: MitmdumpProcess, home: Path) -> None:
@@ -64,7 +83,8 @@ def test_proxy_json_tells_where_the_proxy_runs(proxy: MitmdumpProcess, home: Pat
     assert not (home / "proxy.json").exists()  # a stopped proxy is not advertised
 
 
-def test_env_prints_the_proxy_and_a_bundle_with_mitmproxys_ca(proxy: MitmdumpProcess, home: Path) -> None:
+def test_env_prints_the_proxy_and_a_bundle_with_mitmproxys_ca(shared_proxy: MitmdumpProcess, shared_home: Path) -> None:
+    proxy, home = shared_proxy, shared_home
     result = run_cli(home, "env")
     assert result.returncode == 0, result.stderr.decode()
     variables = parse_exports(result.stdout.decode())
@@ -78,7 +98,8 @@ def test_env_prints_the_proxy_and_a_bundle_with_mitmproxys_ca(proxy: MitmdumpPro
     assert proxy.ca_path.read_text().strip() in bundle.read_text()
 
 
-def test_exec_runs_curl_through_the_proxy(proxy: MitmdumpProcess, tls_upstream: RecordingUpstream, home: Path) -> None:
+def test_exec_runs_curl_through_the_proxy(shared_proxy: MitmdumpProcess, tls_upstream: RecordingUpstream, shared_home: Path) -> None:
+    proxy, home = shared_proxy, shared_home
     url = tls_upstream.url_for("api.example.com") + "/exec"
     result = run_cli(home, "exec", "--", "curl", "--silent", "--show-error", "--fail",
                      "-H", "Authorization: Bearer <<vault:exec.k>>", url)
@@ -90,9 +111,12 @@ def test_exec_runs_curl_through_the_proxy(proxy: MitmdumpProcess, tls_upstream: 
     assert VALUE not in (result.stdout + result.stderr).decode() + proxy.output()
 
 
-def test_exec_hands_on_the_credential_in_the_environment_and_never_the_passphrase(proxy: MitmdumpProcess, home: Path) -> None:
+def test_exec_hands_on_the_credential_in_the_environment_and_never_the_passphrase(
+    shared_proxy: MitmdumpProcess, shared_home: Path
+) -> None:
     """The command's argv is its own; its environment has the proxy URL with the credential,
     and not the passphrase (with it, the command could open the vault: `vaultproxy local get`)."""
+    proxy, home = shared_proxy, shared_home
     passphrase, _ = leak_value()
     credential = read_credential(home)
     assert credential is not None

@@ -518,14 +518,45 @@ def other_key(path: Path, other_home: Path) -> None:
     path.write_bytes((other_home / "vault.enc").read_bytes())
 
 
+@dataclass
+class DamageScene:
+    """A vault home and the proxy that serves it, shared by the damaged vault tests."""
+
+    home: Path
+    proxy: MitmdumpProcess
+    good_files: dict[str, bytes]  # vault.enc holding tok=FAKE-tok-good, vault.enc.bak tok=FAKE-tok-first
+
+    def restore(self) -> None:
+        """Put the good files back, each in one step (the proxy never sees a half-written file)."""
+        for name, data in self.good_files.items():
+            temporary = self.home / f"{name}.test-restore"
+            temporary.write_bytes(data)
+            os.replace(temporary, self.home / name)
+
+
+@pytest.fixture(scope="module")
+def damage_scene(tmp_path_factory: pytest.TempPathFactory, module_mitmdump: StartProxy) -> DamageScene:
+    home = tmp_path_factory.mktemp("vault-home")
+    Vault(home).set("tok", "FAKE-tok-first", hosts=[HOST])
+    Vault(home).set("tok", "FAKE-tok-good")
+    good_files = {name: (home / name).read_bytes() for name in ("vault.enc", "vault.enc.bak")}
+    return DamageScene(home, start_vault_proxy(module_mitmdump, home), good_files)
+
+
+@pytest.fixture
+def damage_proxy(damage_scene: DamageScene) -> tuple[Path, MitmdumpProcess]:
+    """The shared proxy, its vault as good as before any test damaged it."""
+    damage_scene.restore()
+    return damage_scene.home, damage_scene.proxy
+
+
 @pytest.mark.parametrize("damage", [truncate, empty, foreign, other_key], ids=["truncated", "empty", "foreign", "other-key"])
 def test_damaged_vault_file_keeps_last_good_state(
-    damage: Callable[[Path, Path], None], vault_home: Path, tmp_path: Path, mitmdump: StartProxy, upstream: RecordingUpstream
+    damage: Callable[[Path, Path], None], damage_proxy: tuple[Path, MitmdumpProcess], tmp_path: Path,
+    upstream: RecordingUpstream,
 ) -> None:
+    vault_home, proxy = damage_proxy
     vault_file = vault_home / "vault.enc"
-    Vault(vault_home).set("tok", "FAKE-tok-first", hosts=[HOST])
-    Vault(vault_home).set("tok", "FAKE-tok-good")
-    proxy = start_vault_proxy(mitmdump, vault_home)
     assert resolved_through(proxy, upstream, "/", {"X-Tok": "<<vault:tok>>"}).header("x-tok") == "FAKE-tok-good"
     good = vault_file.read_bytes()
     backup = (vault_home / "vault.enc.bak").read_bytes()
@@ -637,32 +668,44 @@ def test_disk_full_small_filesystem(tmp_path: Path) -> None:
 # --- misbehaving upstreams ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def streaming_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vault-home")
+
+
+@pytest.fixture(scope="module")
+def streaming_proxy(module_mitmdump: StartProxy, streaming_home: Path) -> MitmdumpProcess:
+    """Shared by the misbehaving upstream tests: each uses a key of its own."""
+    return start_vault_proxy(module_mitmdump, streaming_home, stream_large_bodies="64k")
+
+
 @pytest.mark.parametrize("behaviour", ["reset", "hang", "malformed"])
 def test_misbehaving_upstream_fails_only_its_own_request(
-    behaviour: str, vault_home: Path, mitmdump: StartProxy, upstream: RecordingUpstream
+    behaviour: str, streaming_home: Path, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream
 ) -> None:
     """The failing request carries its value in the URL, a header and a body big enough to be
     streamed: every part must be restored on the error path (the dumper prints the flow)."""
+    proxy, key, path = streaming_proxy, f"tok-{behaviour}", f"/bad-{behaviour}"
+    placeholder = f"<<vault:{key}>>"
     value = f"FAKE-upstream-fault-{uuid.uuid4().hex}"
-    Vault(vault_home).set("tok", value, hosts=[HOST])
-    proxy = start_vault_proxy(mitmdump, vault_home, stream_large_bodies="64k")
-    body = b"<<vault:tok>>" + b"b" * (256 * 1024) + b"<<vault:tok>>"
+    Vault(streaming_home).set(key, value, hosts=[HOST])
+    body = placeholder.encode() + b"b" * (256 * 1024) + placeholder.encode()
     with RecordingUpstream(behaviour=behaviour) as bad, proxy.requests_session() as bad_client, ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(bad_client.post, bad.url + "/bad?key=<<vault:tok>>", data=body,
-                              headers={"X-Tok": "<<vault:tok>>", "Content-Type": "text/plain"}, timeout=(WAIT, WAIT))
+        pending = pool.submit(bad_client.post, f"{bad.url}{path}?key={placeholder}", data=body,
+                              headers={"X-Tok": placeholder, "Content-Type": "text/plain"}, timeout=(WAIT, WAIT))
         (sent,) = bad.wait_for(1)
         # The value did go out, everywhere, before the upstream failed.
-        assert (sent.target, sent.header("x-tok")) == (f"/bad?key={value}", value)
-        assert sent.body == body.replace(b"<<vault:tok>>", value.encode())
+        assert (sent.target, sent.header("x-tok")) == (f"{path}?key={value}", value)
+        assert sent.body == body.replace(placeholder.encode(), value.encode())
         # While the bad request is pending (or just failed), another client is served normally.
-        good = resolved_through(proxy, upstream, "/good", {"X-Tok": "<<vault:tok>>"})
+        good = resolved_through(proxy, upstream, "/good", {"X-Tok": placeholder})
         assert good.header("x-tok") == value
         if behaviour == "hang":
             assert not pending.done()
             bad.stop()  # the upstream finally drops the connection
         assert pending.result().status_code == 502
-    assert resolved_through(proxy, upstream, "/after", {"X-Tok": "<<vault:tok>>"}).header("x-tok") == value
+    assert resolved_through(proxy, upstream, "/after", {"X-Tok": placeholder}).header("x-tok") == value
     assert proxy.is_running()
-    proxy.wait_for_output("/bad?key=")  # the dumper has shown the failed flow
+    proxy.wait_for_output(f"{path}?key=")  # the dumper has shown the failed flow
     leaked = value in proxy.output()
     assert not leaked, "the value reached mitmdump's output"

@@ -18,6 +18,7 @@ import inspect
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,26 @@ def read_response(sock: socket.socket) -> http.client.HTTPResponse:
     return response
 
 
+HUGE = TOKEN + "Huge" + "x" * (1024 * 1024 - 20)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vault of the shared proxy: one key for each test that uses it."""
+    return vault_with(
+        tmp_path_factory.mktemp("vault-home"),
+        **{"sni.tok": (TOKEN + "Sni", ["api.example.com"]), "huge": (HUGE, [LOOPBACK]),
+           "fold.tok": (TOKEN + "Fold", [LOOPBACK]), "web.tok": (TOKEN + "Web", [LOOPBACK])},
+    )
+
+
+@pytest.fixture(scope="module")
+def proxy(module_mitmdump: StartProxy, home: Path) -> MitmdumpProcess:
+    """Shared by the tests that need no other options (eager connections are mitmproxy's
+    default): each uses a key of its own and upstreams of its own, and none changes the vault."""
+    return module_mitmdump(options={"vault_home": str(home), "connection_strategy": "eager"}, hosts=EXAMPLE_HOSTS)
+
+
 def connect_tunnel(proxy: MitmdumpProcess, authority: str) -> socket.socket:
     sock = socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT)
     sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
@@ -61,15 +82,16 @@ def connect_tunnel(proxy: MitmdumpProcess, authority: str) -> socket.socket:
 
 @pytest.mark.parametrize("strategy", ["eager", "lazy"])
 def test_a_client_chosen_sni_never_carries_a_secret_elsewhere(
-    mitmdump: StartProxy, tls_material: TLSMaterial, tls_upstream: RecordingUpstream, tmp_path: Path, strategy: str
+    proxy: MitmdumpProcess, mitmdump: StartProxy, home: Path, tls_material: TLSMaterial, tls_upstream: RecordingUpstream,
+    tmp_path: Path, strategy: str,
 ) -> None:
     """CONNECT to the allowed host, but name evil.test in the ClientHello: mitmproxy would connect
     with that name and accept a server holding a valid certificate for evil.test (reached by
     hijacking the allowed name, here: api.example.com resolves to the attacker's server)."""
-    home = vault_with(tmp_path / "home", **{"sni.tok": (TOKEN + "Sni", ["api.example.com"])})
+    if strategy == "lazy":
+        proxy = mitmdump(options={"vault_home": str(home), "connection_strategy": strategy}, hosts=EXAMPLE_HOSTS)
     evil_tls = issue_server_material(tls_material, tmp_path / "evil-tls", ["evil.test"])
     with RecordingUpstream(tls=evil_tls) as evil:
-        proxy = mitmdump(options={"vault_home": str(home), "connection_strategy": strategy}, hosts=EXAMPLE_HOSTS)
         client_tls = proxy.ssl_context()
         client_tls.check_hostname = False  # the client lies about the name on purpose
 
@@ -159,8 +181,14 @@ def test_an_upstream_proxy_hop_counts_for_the_plaintext_rule(
 ) -> None:
     """A secret for http://localhost goes to the next proxy in clear text: only a loopback one may see it."""
     home = vault_with(tmp_path / "home", **{"up.tok": (TOKEN + "Upstream", ["localhost"])})
-    for next_proxy, allowed in ((f"proxy.example.com:{upstream.port}", False), (f"{LOOPBACK}:{upstream.port}", True)):
-        proxy = mitmdump(options={"vault_home": str(home)}, args=["--mode", f"upstream:http://{next_proxy}"], hosts=EXAMPLE_HOSTS)
+    hops = {f"proxy.example.com:{upstream.port}": False, f"{LOOPBACK}:{upstream.port}": True}  # next proxy: allowed
+
+    def chained_to(next_proxy: str) -> MitmdumpProcess:
+        return mitmdump(options={"vault_home": str(home)}, args=["--mode", f"upstream:http://{next_proxy}"], hosts=EXAMPLE_HOSTS)
+
+    with ThreadPoolExecutor(len(hops)) as pool:  # started side by side: each start keeps a CPU busy
+        proxies = list(pool.map(chained_to, hops))
+    for proxy, allowed in zip(proxies, hops.values()):
         with proxy.requests_session() as session:
             response = session.get("http://localhost:9/up", headers={"X-Token": "<<vault:up.tok>>"}, timeout=CLIENT_TIMEOUT)
         if allowed:
@@ -191,10 +219,7 @@ def test_keep_mode_answers_a_page_alike_for_every_key(mitmdump: StartProxy, upst
 # --- 15, 17. growth, folded headers, refusal pages ----------------------------------------------------
 
 
-def test_substitution_cannot_grow_a_request_without_bound(mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path) -> None:
-    huge = TOKEN + "Huge" + "x" * (1024 * 1024 - 20)
-    home = vault_with(tmp_path / "home", huge=(huge, [LOOPBACK]))
-    proxy = mitmdump(options={"vault_home": str(home)})
+def test_substitution_cannot_grow_a_request_without_bound(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
     with proxy.requests_session() as session:
         response = session.post(f"{upstream.url}/grow", data=b"<<vault:huge>>" * 100,
                                 headers={"Content-Type": "text/plain"}, timeout=CLIENT_TIMEOUT)
@@ -206,9 +231,7 @@ def test_substitution_cannot_grow_a_request_without_bound(mitmdump: StartProxy, 
                             timeout=CLIENT_TIMEOUT).status_code == 200
 
 
-def test_folded_headers_never_carry_a_secret(mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path) -> None:
-    home = vault_with(tmp_path / "home", **{"fold.tok": (TOKEN + "Fold", [LOOPBACK])})
-    proxy = mitmdump(options={"vault_home": str(home)})
+def test_folded_headers_never_carry_a_secret(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
     origin = f"{LOOPBACK}:{upstream.port}"
     with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
         sock.sendall(
@@ -257,11 +280,10 @@ def test_mitmweb_with_the_addon_is_refused(tmp_path: Path) -> None:
 
 
 def test_mitmweb_in_front_of_vaultproxy_only_ever_holds_placeholders(
-    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+    proxy: MitmdumpProcess, upstream: RecordingUpstream, tmp_path: Path
 ) -> None:
     """The README's way to watch flows: mitmweb chained to a headless vaultproxy."""
-    home = vault_with(tmp_path / "home", **{"web.tok": (TOKEN + "Web", [LOOPBACK])})
-    vaultproxy = mitmdump(options={"vault_home": str(home)})
+    vaultproxy = proxy
     listen, web = free_port(), free_port()
     command = [str(MITMWEB), "--listen-host", LOOPBACK, "--listen-port", str(listen), "--mode", f"upstream:{vaultproxy.url}",
                "--set", "web_open_browser=false", "--set", f"web_port={web}", "--set", f"confdir={tmp_path / 'web-confdir'}",

@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ISOLATED_PREFIXES = ("AWS_", "VAULTPROXY_")
+# Where child Pythons keep the bytecode they compile, when our environment tells them to keep
+# none (PYTHONDONTWRITEBYTECODE, as some containers set): without a cache, each `vaultproxy`
+# run compiles the project's modules again, a third of its time. Outside the source tree; set
+# by the test session (conftest.py), None: children inherit our setting.
+bytecode_cache: Path | None = None
 
 
 def is_isolated(name: str) -> bool:
@@ -37,6 +42,8 @@ def child_env(extra: Mapping[str, str] | None = None, home: Path | None = None) 
     """
     env = {name: value for name, value in os.environ.items() if not is_isolated(name)}
     env["PYTHONUNBUFFERED"] = "1"  # output reaches the log files as it is printed
+    if bytecode_cache is not None and "PYTHONPYCACHEPREFIX" not in env and env.pop("PYTHONDONTWRITEBYTECODE", None):
+        env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
     if home is not None:
         env["HOME"] = str(home)
         env["XDG_CONFIG_HOME"] = str(home / ".config")

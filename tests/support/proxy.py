@@ -8,6 +8,7 @@ the environment, so loopback traffic really goes through mitmdump.
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import subprocess
 import sys
@@ -34,6 +35,8 @@ PORT_ATTEMPTS = 5
 # `hosts=` for upstreams reached as api.example.com, other.example.com... (the test certificate's names)
 EXAMPLE_HOSTS = {"*.example.com": LOOPBACK}
 
+CA_FILE = "mitmproxy-ca.pem"  # mitmproxy makes its CA files in a confdir that has none
+
 OptionValue = str | int | bool | Sequence[str]
 StartProxy = Callable[..., "MitmdumpProcess"]  # the `mitmdump` fixture's factory
 
@@ -47,6 +50,28 @@ def _format_option(name: str, value: OptionValue) -> list[str]:
     else:
         values = list(value)
     return [arg for item in values for arg in ("--set", f"{name}={item}")]
+
+
+def make_ca_template(directory: Path) -> Path:
+    """mitmproxy's CA files, as mitmproxy makes them in a fresh confdir; returns `directory`.
+
+    Making a CA costs a proxy about half a second of CPU at start-up: the test session makes
+    one template and MitmdumpProcess copies it into each fresh confdir (see `ca_template`).
+    """
+    from mitmproxy import certs
+    from mitmproxy.options import CONF_BASENAME
+
+    certs.CertStore.from_store(directory, CONF_BASENAME, 2048)
+    return directory
+
+
+def seed_ca(confdir: Path, template: Path | None) -> None:
+    """Copy the CA files of `template` (modes kept) into `confdir` unless it has a CA already."""
+    if template is None or (confdir / CA_FILE).exists():
+        return
+    confdir.mkdir(parents=True, exist_ok=True)
+    for path in template.iterdir():
+        shutil.copy2(path, confdir / path.name)
 
 
 class _PreferH2Context(ssl.SSLContext):
@@ -69,7 +94,12 @@ class MitmdumpProcess:
     `env`: extra environment (VAULTPROXY_HOME...): secrets go here or in files, never in argv.
     `hosts`: {glob: address}, e.g. {"*.example.com": "127.0.0.1"}, to reach loopback upstreams
     under test names (see hosts_addon.py). `port`: a fixed port (default: a free one).
+
+    A confdir without a CA gets a copy of `ca_template`'s (when set: the test session sets it),
+    so that mitmproxy does not make one at each start.
     """
+
+    ca_template: Path | None = None
 
     def __init__(
         self,
@@ -139,6 +169,7 @@ class MitmdumpProcess:
         """
         for directory in (self.workdir, self.confdir, self.home):
             directory.mkdir(parents=True, exist_ok=True)
+        seed_ca(self.confdir, self.ca_template)
         attempts = 1 if self._fixed_port is not None else PORT_ATTEMPTS
         for _ in range(attempts):
             self.port = self._fixed_port or free_port()
@@ -199,6 +230,11 @@ class MitmdumpProcess:
     def wait_for_output(self, text: str, timeout: float = CLIENT_TIMEOUT) -> None:
         """Block until `text` appears in the output (mitmdump prints flows after they complete)."""
         wait_until(lambda: text in self.output(), timeout, f"{text!r} in mitmdump's output")
+
+    def terminate(self) -> None:
+        """Ask mitmdump to exit (SIGTERM) without waiting for it: stop() waits for it later."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
 
     def stop(self) -> int | None:
         """Terminate (mitmdump then flushes -w files), kill if it does not exit; returns the exit status."""

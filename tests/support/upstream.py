@@ -38,8 +38,8 @@ MALFORMED_RESPONSE = b"HTTP/1.1 two hundred\r\nthis line is not a header\r\n\r\n
 MAX_LINE = 256 * 1024
 READ_SIZE = 65536
 DEFAULT_WAIT = 30.0
-SHUTDOWN_POLL = 0.05
-TRICKLE_PAUSE = 0.002  # how often serve_forever checks for stop(): keeps teardown quick
+SHUTDOWN_POLL = 0.05  # how often serve_forever checks for stop(): keeps teardown quick
+TRICKLE_PAUSE = 0.002  # between the pieces of a `trickle` reply
 
 T = TypeVar("T")
 WebSocketMessage = str | bytes
