@@ -27,6 +27,15 @@ class First:
     def running(self):
         ctx.master.addons.add(self.last)
 
+    def client_connected(self, client):
+        pass
+
+    def http_connect(self, flow):
+        pass
+
+    def requestheaders(self, flow):
+        pass
+
     def responseheaders(self, flow):
         pass
 

@@ -7,6 +7,8 @@ the framing decisions for streamed bodies toward upstreams the harness cannot pr
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +19,11 @@ from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
 from vaultcore.index import Secret, SecretIndex
-from vaultcore.placeholders import Context, StreamSubstituter
+from vaultcore.placeholders import Context, StreamSubstituter, SubstitutionError
 from vaultcore.vault import Snapshot, Vault
 from vaultproxy import rewrite
 from vaultproxy.addon import VaultProxy
+from vaultproxy.audit import RESOLVED, AuditLog
 
 VALUE = "sk_live_Zq9Unit"
 HOST = "api.example.com"
@@ -109,6 +112,78 @@ def test_a_bad_file_is_reported_once_and_a_good_one_reloads(
     run(addon.reload_if_changed())
     assert "unit.fixed" in addon.index
     assert "sk_live" not in caplog.text
+
+
+def test_one_current_answer_serves_the_rest_of_the_event_loops_turn(tctx: taddons.context, addon: VaultProxy, home: Path) -> None:
+    # Every request handled before the loop polls again was read before the answer was taken.
+    async def turn() -> tuple[bool, bool]:
+        assert addon.is_current()
+        Vault(home).set("unit.later", "sk_live_Zq9UnitLater", hosts=[HOST])
+        in_this_turn = addon.is_current()
+        await asyncio.sleep(0)
+        return in_this_turn, addon.is_current()
+
+    assert tctx.master.event_loop.run_until_complete(turn()) == (True, False)
+
+
+# --- what is decided once, and what every request checks again --------------------------------
+
+
+def test_a_header_resolved_before_still_gets_each_requests_own_checks(tctx: taddons.context, addon: VaultProxy) -> None:
+    first = request_flow(x_key="<<vault:unit.k>>")
+    addon.substitution.request(first)
+    assert first.request.headers["x-key"] == VALUE
+    lying = request_flow(x_key="<<vault:unit.k>>", host="evil.example.net")  # the same value, kept from the first
+    addon.substitution.request(lying)
+    assert lying.response is not None and lying.response.headers["X-Vaultproxy-Error"] == "host_mismatch"
+    assert lying.request.headers["x-key"] == "<<vault:unit.k>>"
+
+
+def test_a_refused_key_is_refused_again(tctx: taddons.context, addon: VaultProxy) -> None:
+    for _ in range(2):
+        flow = request_flow(x_key="<<vault:unit.nope>>")
+        addon.substitution.request(flow)
+        assert flow.response is not None and flow.response.headers["X-Vaultproxy-Error"] == "unknown_key"
+
+
+def test_the_growth_budget_holds_for_a_header_resolved_before(tctx: taddons.context, addon: VaultProxy, home: Path) -> None:
+    Vault(home).set("unit.mid", "sk_live_" + "M" * 25, hosts=[HOST])  # 15 bytes longer than its placeholder
+    tctx.configure(addon, vault_max_growth="20")
+    for headers, refused in [({"x_key": "<<vault:unit.mid>>"}, None), ({"x_key": "<<vault:unit.mid>>", "x_other": "<<vault:unit.mid>>"}, "too_large")] * 2:
+        flow = request_flow(**headers)
+        if (reloading := addon.substitution.request(flow)) is not None:  # the vault changed: reloaded first
+            tctx.master.event_loop.run_until_complete(reloading)
+        assert (flow.response.headers["X-Vaultproxy-Error"] if flow.response else None) == refused
+
+
+# --- the audit log's buffer -------------------------------------------------------------------
+
+
+def audit_paths(log: Path) -> list[str]:
+    return [json.loads(line)["path"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_the_audit_log_writes_at_the_next_turn_a_refusal_at_once_and_all_on_close(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    audit = AuditLog(log)
+    request = tutils.treq()
+
+    async def requests() -> list[list[str]]:
+        seen = []
+        audit.record(request, "/a", ["k"], RESOLVED)
+        audit.record(request, "/b", ["k"], RESOLVED)
+        seen.append(audit_paths(log))
+        await asyncio.sleep(0)
+        seen.append(audit_paths(log))
+        audit.record(request, "/c", ["k"], RESOLVED)
+        audit.refused(request, "/d", SubstitutionError("unknown_key", "k", "unknown key 'k'"))  # answered at once: written at once
+        seen.append(audit_paths(log))
+        audit.record(request, "/e", ["k"], RESOLVED)
+        audit.close()  # a clean stop loses nothing
+        seen.append(audit_paths(log))
+        return seen
+
+    assert asyncio.run(requests()) == [[], ["/a", "/b"], ["/a", "/b", "/c", "/d"], ["/a", "/b", "/c", "/d", "/e"]]
 
 
 # --- hook guards ----------------------------------------------------------------------------

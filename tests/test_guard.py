@@ -8,7 +8,7 @@ from mitmproxy import http
 
 from vaultcore.index import Destination, Secret, SecretIndex
 from vaultcore.placeholders import SubstitutionError
-from vaultproxy.guard import check_host_agrees, request_origin
+from vaultproxy.guard import Head, check_host_agrees
 
 
 def request(url: str = "https://api.example.com/v1", headers: dict[str, str] | None = None, http2: bool = False) -> http.Request:
@@ -34,22 +34,26 @@ def request(url: str = "https://api.example.com/v1", headers: dict[str, str] | N
     ],
 )
 def test_request_origin(headers: dict[str, str], origin: str | None) -> None:
-    assert request_origin(request(headers=headers)) == origin
+    assert Head.of(request(headers=headers)).origin == origin
+
+
+def agree(made: http.Request) -> None:
+    check_host_agrees(made, Head.of(made).hosts)
 
 
 def test_host_header_must_agree_with_the_destination() -> None:
-    check_host_agrees(request(headers={"Host": "api.example.com"}))
-    check_host_agrees(request(headers={"Host": "API.example.com:443"}))
+    agree(request(headers={"Host": "api.example.com"}))
+    agree(request(headers={"Host": "API.example.com:443"}))
     with pytest.raises(SubstitutionError) as caught:
-        check_host_agrees(request(headers={"Host": "evil.example.net"}))
+        agree(request(headers={"Host": "evil.example.net"}))
     assert caught.value.code == "host_mismatch"
 
 
 def test_http2_host_header_is_checked_beside_the_authority() -> None:
     # an HTTP/1 upstream routes on Host even when the client spoke HTTP/2
-    check_host_agrees(request(http2=True))
+    agree(request(http2=True))
     with pytest.raises(SubstitutionError) as caught:
-        check_host_agrees(request(headers={"Host": "evil.example.net"}, http2=True))
+        agree(request(headers={"Host": "evil.example.net"}, http2=True))
     assert caught.value.code == "host_mismatch"
 
 

@@ -426,6 +426,14 @@ def test_resolve_substitutes_like_substitute_and_skips_text_without_placeholders
         assert resolve(plain, Context.URL, must_not_lookup)[0] is plain
 
 
+def test_a_near_miss_after_placeholders_or_a_stray_bracket_is_still_refused() -> None:
+    # `resolve` skips its near-miss scan only when every `<` starts a placeholder.
+    for data in ("<<vault:a>> <<vault:b>> <<VAULT:a>>", "<<<vault:a>> <<vault :a>>", "<p> <<vault:a>> <<Vault:b>>"):
+        for context in (Context.JSON, Context.RAW, Context.HEADER):
+            assert_refused_as_near_miss(data, context, "a" if "VAULT:a" in data or "vault :a" in data else "b", [])
+    assert resolve(b"<<<vault:a>> <b> <<vault:b", Context.JSON, lookup) == (b"<S3CRET-alpha <b> <<vault:b", ["a"])
+
+
 def test_mentions_placeholder_sees_every_opener_in_any_case() -> None:
     for text in ["<<vault:", "<<VAULT", "<< \tVauLt", "x<<vault"]:
         assert mentions_placeholder(text) and mentions_placeholder(text.encode())
@@ -572,6 +580,17 @@ def test_prop_text_without_marker_is_returned_identical(data: str | bytes, conte
         lk = must_not_lookup
     out, used = substitute(data, context, lk)
     assert out is data and used == []
+
+
+@FAST
+@given(data=near_miss_text | near_miss_bytes, context=st.sampled_from(Context))
+def test_prop_resolve_refuses_exactly_what_find_near_miss_finds(data: str | bytes, context: Context) -> None:
+    try:
+        resolve(data, context, lambda key: None)
+    except SubstitutionError as e:
+        assert e.code == "malformed_placeholder" and find_near_miss(data, context) is not None
+    else:
+        assert find_near_miss(data, context) is None
 
 
 @FAST

@@ -18,7 +18,7 @@ import base64
 import enum
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, overload
 from urllib.parse import quote, quote_from_bytes, quote_plus, unquote_plus
@@ -99,6 +99,10 @@ class Context(enum.Enum):
     FORM = "form"  # application/x-www-form-urlencoded: quote_plus
     RAW = "raw"  # as is
 
+    # Members are singletons: hashing by identity is what Enum's own hash (of the name, in
+    # Python) decides, five times faster; contexts key dicts on every request.
+    __hash__ = object.__hash__
+
 
 # Contexts whose clients may percent-encode the placeholder itself.
 PERCENT_CONTEXTS = frozenset({Context.URL, Context.FORM})
@@ -138,21 +142,32 @@ _ILLEGAL = {
 }
 
 
-def _matches(data: bytes | str, context: Context) -> Iterator[re.Match]:
-    """The placeholders of `data`, left to right, like `finditer`. Outside URLs every one
-    starts with the marker, and `find` (memchr-fast) skips to it: on large bodies that is
-    over twice as fast as letting the regex engine scan."""
-    pattern = _FULL[isinstance(data, bytes), context in PERCENT_CONTEXTS]
+def _scan(data: bytes | str, context: Context) -> tuple[list[re.Match], bool]:
+    """The placeholders of `data`, left to right, and whether nothing else in it can be
+    shaped like one (then `resolve` needs no near-miss scan).
+
+    Outside URLs and forms every placeholder, and everything shaped like one, starts with
+    `<`: the scan jumps from one `<` to the next (memchr-fast) and matches there, so a JSON
+    body costs little more than `bytes.replace` of its placeholders. After the first `<`
+    that starts none, it jumps from marker to marker (`find`), which a page full of tags
+    needs. In URLs and forms the percent form needs the regex engine to find it."""
+    is_bytes = isinstance(data, bytes)
     if context in PERCENT_CONTEXTS:  # short, and the percent form needs the regex to find it
-        yield from pattern.finditer(data)
-        return
-    marker = MARKER if isinstance(data, bytes) else MARKER_STR
-    pos = data.find(marker)
+        return list(_FULL[is_bytes, True].finditer(data)), False
+    match_at = _FULL[is_bytes, False].match
+    lt, marker = (b"<", MARKER) if is_bytes else ("<", MARKER_STR)
+    found: list[re.Match] = []
+    clean = True  # every `<` so far started a placeholder
+    pos = data.find(lt)
     while pos >= 0:
-        match = pattern.match(data, pos)
-        if match:
-            yield match
-        pos = data.find(marker, match.end() if match else pos + 1)
+        match = match_at(data, pos)
+        if match is not None:
+            found.append(match)
+            pos = data.find(lt if clean else marker, match.end())
+        else:
+            clean = False
+            pos = data.find(marker, pos + 1)
+    return found, clean
 
 
 def contains_placeholder(data: bytes | str, context: Context = Context.RAW) -> bool:
@@ -160,10 +175,10 @@ def contains_placeholder(data: bytes | str, context: Context = Context.RAW) -> b
 
     True when the marker (or, for URL, its percent-encoded opener) occurs; it may be a false
     positive (`<<vault:>>`), never a false negative."""
-    if isinstance(data, bytes):
-        if MARKER in data:
+    if isinstance(data, bytes):  # `find`, not `in`: see mentions_placeholder
+        if data.find(MARKER) >= 0:
             return True
-        return context in PERCENT_CONTEXTS and b"%3" in data and _PCT_OPENER_RE[1].search(data) is not None
+        return context in PERCENT_CONTEXTS and data.find(b"%3") >= 0 and _PCT_OPENER_RE[1].search(data) is not None
     if MARKER_STR in data:
         return True
     return context in PERCENT_CONTEXTS and "%3" in data and _PCT_OPENER_RE[0].search(data) is not None
@@ -174,11 +189,12 @@ def mentions_placeholder(data: bytes | str, context: Context = Context.RAW) -> b
     text that is almost one (two brackets, then `vault` in any case). It may be a false
     positive (`<%3Cvault` in a header), never a false negative for either. Text without a
     `<` (nor, in URLs and forms, a `%3`) costs a memchr-fast scan, less than a search for the
-    marker itself."""
+    marker itself. On bytes that scan is `find`: `b"<" in data` first tries `b"<"` as a byte
+    value and clears the TypeError, which costs ten times the scan of a header value."""
     if isinstance(data, bytes):
-        if b"<" in data and _OPENER_FROM_LT_RE[1].search(data):
+        if data.find(b"<") >= 0 and _OPENER_FROM_LT_RE[1].search(data):
             return True
-        return context in PERCENT_CONTEXTS and b"%3" in data and _OPENER_FROM_PCT_RE[1].search(data) is not None
+        return context in PERCENT_CONTEXTS and data.find(b"%3") >= 0 and _OPENER_FROM_PCT_RE[1].search(data) is not None
     if "<" in data and _OPENER_FROM_LT_RE[0].search(data):
         return True
     return context in PERCENT_CONTEXTS and "%3" in data and _OPENER_FROM_PCT_RE[0].search(data) is not None
@@ -209,7 +225,7 @@ def find_references(data: bytes | str, context: Context = Context.RAW) -> list[R
     """Every placeholder in `data`, left to right (as `substitute` would see them)."""
     if not contains_placeholder(data, context):
         return []
-    return [_reference(m) for m in _matches(data, context)]
+    return [_reference(m) for m in _scan(data, context)[0]]
 
 
 class SubstitutionError(Exception):
@@ -228,6 +244,8 @@ class SubstitutionError(Exception):
     def __str__(self) -> str:
         return self.message
 
+
+Text = TypeVar("Text", bytes, str)
 
 Lookup = Callable[[str], "str | bytes | None"]
 """Given a key, its value; None means unknown, keep the placeholder literally; raising
@@ -311,55 +329,55 @@ class Budget:
 
 class _Resolver:
     """Renders placeholder matches for one substitution (one call or one stream), remembering
-    each rendered (key, filter) so a repeated placeholder costs one lookup."""
+    each rendered placeholder so a repeated one costs a dict lookup."""
 
     def __init__(self, context: Context, lookup: Lookup, as_str: bool, budget: Budget | None = None) -> None:
         self._context = context
         self._lookup = lookup
         self._as_str = as_str
         self._budget = budget
-        # placeholder text -> (key, rendering): a repeated placeholder is neither parsed nor
-        # looked up again (bodies may hold thousands of the same one)
-        self._rendered: dict[bytes | str, tuple[str, bytes | str | None]] = {}
+        # placeholder text -> (key, rendering, growth): a repeated placeholder is neither
+        # parsed nor looked up again (bodies may hold thousands of the same one)
+        self._rendered: dict[bytes | str, tuple[str, bytes | str | None, int]] = {}
         self.keys_used: dict[str, None] = {}  # an ordered set
 
-    def render(self, match: re.Match) -> bytes | str | None:
-        text = match.group(0)
-        if text not in self._rendered:
-            ref = _reference(match)
-            self._rendered[text] = (ref.key, self._encode(ref))
-        key, out = self._rendered[text]
-        if out is not None:
-            self.keys_used[key] = None
-            if self._budget is not None:
-                self._budget.spend(len(out) - len(text), key)
-        return out
-
-    def _encode(self, ref: Reference) -> bytes | str | None:
+    def _render(self, match: re.Match) -> tuple[str, bytes | str | None, int]:
+        ref = _reference(match)
         value = self._lookup(ref.key)
         if value is None:
-            return None
-        out = encode_value(value, ref.filter, self._context, ref.key)
-        if not self._as_str:
-            return out
-        try:
-            return out.decode("utf-8")
-        except UnicodeDecodeError:  # RAW bytes cannot go into a str
-            raise _not_utf8(ref.key) from None
+            return ref.key, None, 0
+        out: bytes | str = encode_value(value, ref.filter, self._context, ref.key)
+        if self._as_str:
+            try:
+                out = out.decode("utf-8")
+            except UnicodeDecodeError:  # RAW bytes cannot go into a str
+                raise _not_utf8(ref.key) from None
+        return ref.key, out, len(out) - (ref.end - ref.start)
 
-    def replace(self, data: bytes | str) -> tuple[list, int, int]:
-        """Render every placeholder of `data`. Returns (pieces, copied, scanned): the pieces
-        spell out `data[:copied]` substituted; `scanned` is the end of the last placeholder
-        (kept ones included), so none starts before it unseen."""
+    def replace(self, data: bytes | str, found: list[re.Match], end: int | None = None) -> list:
+        """The pieces that spell out `data[:end]` (default: all of it) with the placeholders
+        `found` in it (by `_scan`) rendered; [] when none was. Pieces of a bytes `data` are
+        memoryviews: the join is its only copy."""
         pieces: list = []
-        copied = scanned = 0
-        for match in _matches(data, self._context):
-            scanned = match.end()
-            out = self.render(match)
+        copied = 0
+        source = memoryview(data) if isinstance(data, bytes) else data
+        rendered, budget = self._rendered, self._budget
+        for match in found:
+            text = match[0]
+            entry = rendered.get(text)
+            if entry is None:
+                entry = rendered[text] = self._render(match)
+            key, out, growth = entry
             if out is not None:
-                pieces += (data[copied : match.start()], out)
-                copied = scanned
-        return pieces, copied, scanned
+                self.keys_used[key] = None
+                if budget is not None:
+                    budget.spend(growth, key)
+                start, copied_to = match.span()
+                pieces += (source[copied:start], out)
+                copied = copied_to
+        if pieces:
+            pieces.append(source[copied:end])
+        return pieces
 
 
 @overload
@@ -373,14 +391,15 @@ def substitute(data: bytes | str, context: Context, lookup: Lookup, budget: Budg
     (no placeholder, or lookup returned None for all), the input object itself comes back, so
     callers can tell by identity that they need not rewrite (and re-compress) a body. If a
     lookup raises, the exception propagates: never a half-substituted result."""
-    if not contains_placeholder(data, context):
+    return _substituted(data, _scan(data, context)[0], context, lookup, budget)
+
+
+def _substituted(data: Text, found: list[re.Match], context: Context, lookup: Lookup, budget: Budget | None) -> tuple[Text, list[str]]:
+    if not found:
         return data, []
     resolver = _Resolver(context, lookup, isinstance(data, str), budget)
-    pieces, copied, _ = resolver.replace(data)
-    if not pieces:
-        return data, []
-    pieces.append(data[copied:])
-    return data[:0].join(pieces), list(resolver.keys_used)
+    pieces = resolver.replace(data, found)
+    return (data[:0].join(pieces), list(resolver.keys_used)) if pieces else (data, [])
 
 
 # --- near misses ---------------------------------------------------------------------------
@@ -447,18 +466,18 @@ def _diagnose(text: str) -> tuple[str, str]:
     return key, f"it is percent-encoded in part only; encode all of it or none, or {fix}"
 
 
-Text = TypeVar("Text", bytes, str)
-
-
 def resolve(data: Text, context: Context, lookup: Lookup, budget: Budget | None = None) -> tuple[Text, list[str]]:
     """`substitute` for what a client sends through the proxy: text that is almost a
-    placeholder refuses the whole substitution (malformed_placeholder) rather than going out
-    as it is. Text that mentions no placeholder costs `mentions_placeholder` only."""
+    placeholder refuses the whole substitution (malformed_placeholder), before any lookup,
+    rather than going out as it is. Text that mentions no placeholder costs
+    `mentions_placeholder` only; text whose every `<` starts a placeholder needs no further
+    scan for near misses."""
     if not mentions_placeholder(data, context):
         return data, []
-    if (miss := find_near_miss(data, context)) is not None:
+    found, clean = _scan(data, context)
+    if not clean and (miss := find_near_miss(data, context)) is not None:
         raise miss.error()
-    return substitute(data, context, lookup, budget)
+    return _substituted(data, found, context, lookup, budget)
 
 
 class StreamSubstituter:
@@ -481,18 +500,16 @@ class StreamSubstituter:
 
     def feed(self, chunk: bytes) -> bytes:
         buf = self._pending + chunk if self._pending else chunk
-        if contains_placeholder(buf, self._context):
-            pieces, copied, scanned = self._resolver.replace(buf)
-        else:
-            pieces, copied, scanned = [], 0, 0
-        # Every complete placeholder ends by `scanned`, so one that is still growing starts
-        # after it, and within the last MAX_PLACEHOLDER_LEN-1 bytes.
+        found = _scan(buf, self._context)[0]
+        # Every complete placeholder ends by the last one found, so one that is still growing
+        # starts after it, and within the last MAX_PLACEHOLDER_LEN-1 bytes.
+        scanned = found[-1].end() if found else 0
         partial = self._partial.search(buf, max(scanned, len(buf) - (MAX_PLACEHOLDER_LEN - 1)))
         cut = partial.start() if partial else len(buf)
         self._pending = buf[cut:]
+        pieces = self._resolver.replace(buf, found, cut)
         if not pieces:
             return buf if cut == len(buf) else buf[:cut]
-        pieces.append(buf[copied:cut])
         return b"".join(pieces)
 
     def flush(self) -> bytes:

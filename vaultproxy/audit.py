@@ -8,6 +8,7 @@ request was refused. One record makes both, so they never disagree.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,17 +24,23 @@ from vaultcore.placeholders import SubstitutionError
 logger = logging.getLogger(__name__)
 
 RESOLVED = "resolved"
+REFUSED = "refused"  # the prefix of a refusal's outcome: refused:CODE
 
 
 class AuditLog:
-    """Appends to `path`, kept open between requests (opening the file per request was a
-    sixth of the addon's per-request cost), and reopened once `path` names another file or
-    none: lines written to a log rotated away or deleted would never be seen."""
+    """Appends to `path` through a buffer: a line is written when the event loop next turns
+    (with every other line recorded meanwhile, in one write), at once for a refusal (the
+    proxy answers it at once), and when the log is closed, so a clean stop loses nothing.
+
+    The file is kept open (opening it per request was a sixth of the addon's per-request
+    cost) and reopened once `path` names another file or none, checked before each write:
+    lines written to a log rotated away or deleted would never be seen."""
 
     def __init__(self, path: Path | None):
         self.path = path
         self._file: TextIO | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._buffer: list[str] = []
 
     def record(self, request: http.Request, path: str, keys: list[str], outcome: str, reason: str = "") -> None:
         """`path` is the request's path as the client sent it (placeholders, not values);
@@ -46,25 +53,41 @@ class AuditLog:
             "keys": keys,
             "outcome": outcome,
         }
-        logger.log(logging.INFO if outcome == RESOLVED else logging.WARNING, console_line(line, reason))
+        refused = outcome.startswith(REFUSED)
+        level = logging.WARNING if refused else logging.INFO
+        if logger.isEnabledFor(level):  # see follow_console
+            logger.log(level, console_line(line, reason))
         if self.path is None:
             return
-        try:
-            file = self._open(self.path)
-            file.write(json.dumps(line) + "\n")
-            file.flush()
-        except OSError as e:
-            self.close()
-            logger.warning(f"vaultproxy: cannot write the audit log {self.path}: {e.strerror}")
+        self._buffer.append(json.dumps(line) + "\n")
+        if refused:
+            self.flush()
+        elif len(self._buffer) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop (the CLI's dry runs, tests): now
+                self.flush()
 
     def refused(self, request: http.Request, path: str, error: SubstitutionError, reason: str | None = None) -> None:
         """A refusal: its key and code; `reason` (default: the error's message) for the console."""
         self.record(request, path, [error.key] if error.key else [], f"refused:{error.code}", str(error) if reason is None else reason)
 
+    def flush(self) -> None:
+        lines, self._buffer = self._buffer, []
+        if not lines or self.path is None:
+            return
+        try:
+            file = self._open(self.path)
+            file.write("".join(lines))
+            file.flush()
+        except OSError as e:
+            self._close_file()
+            logger.warning(f"vaultproxy: cannot write the audit log {self.path}: {e.strerror}")
+
     def _open(self, path: Path) -> TextIO:
-        """The file `path` names now: one stat per record tells a rotated or deleted log."""
+        """The file `path` names now: one stat per write tells a rotated or deleted log."""
         if self._file is not None and _identity(path) != self._identity:
-            self.close()
+            self._close_file()
         if self._file is None:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._file = os.fdopen(fd, "a", encoding="utf-8")
@@ -72,10 +95,21 @@ class AuditLog:
         return self._file
 
     def close(self) -> None:
+        self.flush()
+        self._close_file()
+
+    def _close_file(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+
+
+def follow_console(verbosity: str) -> None:
+    """Make no console line the console would drop (`termlog_verbosity`, `-q`): mitmproxy
+    hands every log record to each addon as a legacy `add_log` event, about as costly as all of
+    a request's own hooks, even when the terminal shows nothing."""
+    logger.setLevel(verbosity.upper())
 
 
 def console_line(line: dict[str, Any], reason: str) -> str:

@@ -23,53 +23,90 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
 
 from vaultcore.index import Destination, SecretIndex
-from vaultcore.placeholders import Context, Lookup, SubstitutionError, contains_placeholder
+from vaultcore.placeholders import (
+    Budget,
+    Context,
+    Lookup,
+    SubstitutionError,
+    Text,
+    contains_placeholder,
+    resolve,
+)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The proxy options a request's lookup depends on (rebuilt in `configure`)."""
+    """The proxy options the hooks read on every request, rebuilt in `configure` (reading
+    `ctx.options` deep-copies the value each time)."""
 
     keep_unknown: bool = False
     allow_plaintext: bool = False
     verify_upstream: bool = True
     max_growth: int = 2 * 1024 * 1024
+    redact_responses: bool = True
+    stream_large_bodies: str | None = None
 
 
 def same_host(a: str, b: str) -> bool:
     return a.strip("[]").rstrip(".").lower() == b.strip("[]").rstrip(".").lower()
 
 
-def authority_has_placeholder(request: http.Request) -> bool:
-    return contains_placeholder(request.host, Context.URL) or contains_placeholder(request.authority, Context.URL)
+# The header fields the guard reads, lower-cased.
+_READ = frozenset({b"host", b"origin", b"sec-fetch-site", b"referer"})
+# Byte values: `10 in value` is memchr, `b"\n" in value` first tries b"\n" as a byte value
+# and clears a TypeError (ten times slower on a header value).
+LF, CR = ord("\n"), ord("\r")
 
 
-def check_authority(request: http.Request) -> None:
+@dataclass(frozen=True)
+class Head:
+    """What the guard reads from a request's header fields, in one pass over them."""
+
+    hosts: tuple[str, ...]  # every Host header
+    origin: str | None  # the web origin that made the request (`request_origin`)
+    folded: bool  # some value continues on an obs-fold line
+
+    @classmethod
+    def of(cls, request: http.Request) -> Head:
+        read: dict[bytes, list[str]] = {}
+        folded = False
+        for name, value in request.headers.fields:
+            if (lowered := name.lower()) in _READ:
+                read.setdefault(lowered, []).append(value.decode("utf-8", "surrogateescape"))
+            folded = folded or LF in value or CR in value
+        first = {name: values[0] for name, values in read.items()}
+        return cls(tuple(read.get(b"host", ())), request_origin(first.get(b"origin"), first.get(b"sec-fetch-site"), first.get(b"referer")), folded)
+
+
+def check_authority(request: http.Request, head: Head) -> None:
     """Secrets never go into scheme, host or port: a host name leaks through DNS before any
     check can run."""
-    if authority_has_placeholder(request) or contains_placeholder(request.headers.get("host", ""), Context.URL):
+    if any(contains_placeholder(name, Context.URL) for name in (request.host, request.authority, *head.hosts[:1])):
         raise SubstitutionError(
             "placeholder_in_authority", "",
             "placeholders are only resolved in the path, query, headers and body, never in the host or port",
         )
 
 
-def check_host_agrees(request: http.Request) -> None:
-    """Every name the request gives for its host (the HTTP/2 authority and each Host header:
-    an HTTP/1 upstream routes on Host even when the client spoke HTTP/2) must be the host the
-    proxy connects to."""
+def check_host_agrees(request: http.Request, hosts: tuple[str, ...]) -> None:
+    """Every name the request gives for its host (the HTTP/2 authority and each of its Host
+    headers `hosts`: an HTTP/1 upstream routes on Host even when the client spoke HTTP/2) must
+    be the host the proxy connects to."""
+    host, port = request.host, request.port
     default_port = 443 if request.scheme == "https" else 80
-    for claimed in [request.authority, *request.headers.get_all("host")]:
-        if not claimed:
+    # How clients usually write it, which needs no parsing (an IPv6 host always does).
+    spelled = () if ":" in host else (f"{host}:{port}", host) if port == default_port else (f"{host}:{port}",)
+    for claimed in [request.authority, *hosts]:
+        if not claimed or claimed in spelled:
             continue
         try:
-            host, port = url.parse_authority(claimed, check=False)
+            claimed_host, claimed_port = url.parse_authority(claimed, check=False)
         except ValueError:
-            host, port = claimed, None
-        if not same_host(host, request.host) or (port or default_port) != request.port:
+            claimed_host, claimed_port = claimed, None
+        if not same_host(claimed_host, host) or (claimed_port or default_port) != port:
             raise SubstitutionError(
                 "host_mismatch", "",
-                f"the request names host {claimed!r} but goes to {request.host}:{request.port}; "
+                f"the request names host {claimed!r} but goes to {host}:{port}; "
                 "secrets are only sent where the Host header and authority agree with the destination",
             )
 
@@ -95,16 +132,6 @@ def check_sni(flow: http.HTTPFlow) -> None:
         )
 
 
-def check_unfolded(request: http.Request) -> None:
-    """A header folded with obs-fold continuation lines is read differently by different
-    parsers: a request carrying a secret must not be ambiguous."""
-    if any(b"\n" in value or b"\r" in value for _, value in request.headers.fields):
-        raise SubstitutionError(
-            "obs_fold", "",
-            "a header of this request continues on a folded line (obs-fold); send each header on one line",
-        )
-
-
 def served_names(flow: http.HTTPFlow, configured: tuple[str, ...]) -> set[str]:
     """The host names a client may use for this proxy in reverse mode: the address it
     connected to, localhost for a loopback listener, the reverse target and `configured`."""
@@ -127,62 +154,129 @@ def client_named_proxy(flow: http.HTTPFlow, client_host: str, configured: tuple[
     return host.strip("[]").rstrip(".").lower() in served_names(flow, configured)
 
 
-def request_origin(request: http.Request) -> str | None:
-    """The web origin that made this request, or None for a non-browser client.
+def request_origin(origin: str | None, site: str | None, referer: str | None) -> str | None:
+    """The web origin that made a request with these `Origin`, `Sec-Fetch-Site` and
+    `Referer` headers, or None for a non-browser client.
 
     Browsers send Origin on fetch/XHR/form posts but not on navigations or no-cors loads
     (img, script, iframe). Those carry Sec-Fetch-Site ("none" only for what the user typed or
     bookmarked), except where browsers send no fetch metadata (plain-HTTP hosts, older
     browsers): there a Referer gives the page away. Its origin, or "null", is then the
     request's origin."""
-    origin = request.headers.get("origin")
     if origin is not None:
         return origin.strip()
-    site = request.headers.get("sec-fetch-site")
-    referer = request.headers.get("referer")
     if (site is not None and site.lower() == "none") or (site is None and referer is None):
         return None
     parts = urlsplit(referer or "")
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "null"
 
 
-def destination(flow: http.HTTPFlow, settings: Settings) -> Destination:
-    request = flow.request
-    mode = flow.client_conn.proxy_mode
-    via = mode.address[0] if isinstance(mode, UpstreamMode) else None
-    return Destination(
-        request.host, request.scheme, request_origin(request), port=request.port,
-        via=via, verified=settings.verify_upstream,
-    )
+class Scope:
+    """What one destination may receive, under one index and one set of settings, decided
+    once and reused by every request that goes there: each key's check (host, origin and
+    plaintext rules) and value, and each short text (a header value, a path) resolved whole.
+    Refusals are not kept: they are rare, and raised afresh."""
+
+    # Texts longer than this (bodies) are unlikely to come again: they are not kept.
+    TEXT_MAX = 4096
+    TEXTS_MAX = 1024
+
+    def __init__(self, index: SecretIndex, destination: Destination, settings: Settings) -> None:
+        self._check = index.lookup_for(destination, keep_unknown=settings.keep_unknown, allow_plaintext=settings.allow_plaintext)
+        self._values: dict[str, str | bytes | None] = {}
+        self._texts: dict[tuple[bytes | str, Context], tuple[bytes | str, list[str]]] = {}
+
+    def value(self, key: str) -> str | bytes | None:
+        if key not in self._values:
+            if len(self._values) >= self.TEXTS_MAX:  # unknown keys kept literally are a client's to choose
+                self._values.clear()
+            self._values[key] = self._check(key)
+        return self._values[key]
+
+    def resolve(self, data: Text, context: Context, lookup: Lookup, budget: Budget) -> tuple[Text, list[str]]:
+        """`placeholders.resolve` through `lookup` (which answers as `value` does), or what it
+        returned for the same short text before. A text kept is only reused while `budget`
+        holds its whole length: then no step of resolving it again could have overrun it."""
+        kept = self._texts.get((data, context))
+        if kept is not None and budget.left >= len(kept[0]):
+            new, keys = kept
+            budget.spend(len(new) - len(data), keys[0] if keys else "")
+            return new, keys  # type: ignore[return-value]
+        new, keys = resolve(data, context, lookup, budget)
+        if len(data) <= self.TEXT_MAX:
+            if len(self._texts) >= self.TEXTS_MAX:
+                self._texts.clear()
+            self._texts[data, context] = (new, keys)
+        return new, keys
 
 
-def lookup_for(flow: http.HTTPFlow, index: SecretIndex, settings: Settings, *, unserved: str | None = None) -> Lookup:
-    """The request's Lookup. The checks that need no key run at the first key actually
-    resolved, so requests that use no secret are never refused by them.
-    `unserved`: the name a reverse-mode client used, when it is not one this proxy serves."""
-    request = flow.request
-    check_authority(request)
-    resolve = index.lookup_for(
-        destination(flow, settings), keep_unknown=settings.keep_unknown, allow_plaintext=settings.allow_plaintext,
-    )
-    checked = False
+class Scopes:
+    """The Scope of each destination, for the current index and settings (a reload or an
+    option change starts afresh)."""
 
-    def lookup(key: str) -> str | bytes | None:
-        nonlocal checked
-        value = resolve(key)  # first: an unknown key kept literally uses no secret
-        if value is None:
-            return None
-        if not checked:
-            if unserved is not None:
-                raise SubstitutionError(
-                    "name_not_served", key,
-                    f"the client reached this reverse proxy as {unserved!r}, a name it does not serve; "
-                    "add it with `--set vault_served_names=NAME` if it is yours (DNS rebinding otherwise)",
-                )
-            check_host_agrees(request)
-            check_sni(flow)
-            check_unfolded(request)
-            checked = True
+    MAX = 256
+
+    def __init__(self) -> None:
+        self._of: tuple[SecretIndex, Settings] | None = None
+        self._scopes: dict[tuple[object, ...], Scope] = {}
+
+    def get(self, flow: http.HTTPFlow, head: Head, index: SecretIndex, settings: Settings) -> Scope:
+        if self._of is None or self._of[0] is not index or self._of[1] is not settings or len(self._scopes) >= self.MAX:
+            self._of, self._scopes = (index, settings), {}
+        request = flow.request
+        mode = flow.client_conn.proxy_mode
+        via = mode.address[0] if isinstance(mode, UpstreamMode) else None
+        where = (request.host, request.scheme, request.port, head.origin, via)
+        scope = self._scopes.get(where)
+        if scope is None:
+            destination = Destination(
+                request.host, request.scheme, head.origin, port=request.port, via=via, verified=settings.verify_upstream,
+            )
+            scope = self._scopes[where] = Scope(index, destination, settings)
+        return scope
+
+
+class RequestLookup:
+    """One request's Lookup: its destination's Scope, and the checks of the request itself,
+    which run at the first key actually resolved (so requests that use no secret are never
+    refused by them): its Host headers and SNI, folding, and in reverse mode the name the
+    client used (`unserved`: that name, when this proxy does not serve it)."""
+
+    def __init__(self, flow: http.HTTPFlow, scope: Scope, head: Head, unserved: str | None) -> None:
+        self._flow, self._scope, self._head, self._unserved = flow, scope, head, unserved
+        self._checked = False
+
+    def __call__(self, key: str) -> str | bytes | None:
+        value = self._scope.value(key)  # first: an unknown key kept literally uses no secret
+        if value is not None and not self._checked:
+            self.check_request(key)
         return value
 
-    return lookup
+    def resolve(self, data: Text, context: Context, budget: Budget) -> tuple[Text, list[str]]:
+        new, keys = self._scope.resolve(data, context, self, budget)
+        if keys and not self._checked:
+            self.check_request(keys[0])
+        return new, keys
+
+    def check_request(self, key: str) -> None:
+        if self._unserved is not None:
+            raise SubstitutionError(
+                "name_not_served", key,
+                f"the client reached this reverse proxy as {self._unserved!r}, a name it does not serve; "
+                "add it with `--set vault_served_names=NAME` if it is yours (DNS rebinding otherwise)",
+            )
+        check_host_agrees(self._flow.request, self._head.hosts)
+        check_sni(self._flow)
+        if self._head.folded:
+            raise SubstitutionError(
+                "obs_fold", "",
+                "a header of this request continues on a folded line (obs-fold); send each header on one line",
+            )
+        self._checked = True
+
+
+def lookup_for(flow: http.HTTPFlow, scopes: Scopes, index: SecretIndex, settings: Settings, *, unserved: str | None = None) -> RequestLookup:
+    """The request's Lookup; refuses at once a request with a placeholder in its authority."""
+    head = Head.of(flow.request)
+    check_authority(flow.request, head)
+    return RequestLookup(flow, scopes.get(flow, head, index, settings), head, unserved)

@@ -1,18 +1,28 @@
 """Where a request's placeholders are and what a value must look like there.
 
-Thin functions over mitmproxy's `Request` and `WebSocketMessage`: each finds the parts that
-may hold placeholders with one cheap check per part (`mentions_placeholder`), and computes the
-new parts without assigning them, so that a refusal anywhere (a refused key, or text that is
-almost a placeholder) leaves the request untouched.
+Thin functions over mitmproxy's `Request` and `WebSocketMessage`: `plan` finds the parts that
+may hold placeholders, once, with one cheap check per part (`mentions_placeholder`), and
+`rewrite_request` computes the new parts without assigning them, so that a refusal anywhere
+(a refused key, or text that is almost a placeholder) leaves the request untouched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mitmproxy import connection, http, websocket
 
-from vaultcore.placeholders import Budget, Context, Lookup, StreamSubstituter, SubstitutionError, mentions_placeholder, resolve
+from vaultcore.placeholders import (
+    Budget,
+    Context,
+    StreamSubstituter,
+    SubstitutionError,
+    Text,
+    mentions_placeholder,
+)
+
+LT = ord("<")  # `LT in value` is memchr; `b"<" in value` costs ten times more (see guard.LF)
 
 # Streamed bodies of these types are passed through untouched: they are uploads, not requests
 # a user writes placeholders into, and chunked re-framing would cost them their Content-Length.
@@ -50,22 +60,6 @@ class Rewrite:
             request.content = self.content  # re-encodes a compressed body, fixes Content-Length
 
 
-def head_has_placeholder(request: http.Request) -> bool:
-    """One cheap check per part: path, each header value, host and authority."""
-    return (
-        mentions_placeholder(request.path, Context.URL)
-        or any(header_mentions_placeholder(v) for _, v in request.headers.fields)
-        or mentions_placeholder(request.host, Context.URL)
-        or mentions_placeholder(request.authority, Context.URL)
-    )
-
-
-def header_mentions_placeholder(value: bytes) -> bool:
-    """Every request has a dozen header values and nearly none holds a `<`: testing for it
-    first (memchr) keeps the check as cheap as a bare substring test."""
-    return b"<" in value and mentions_placeholder(value, Context.HEADER)
-
-
 def decoded_body(request: http.Request) -> bytes | None:
     """The body as the client meant it (decompressed), or None when there is none.
 
@@ -88,32 +82,59 @@ def decoded_body(request: http.Request) -> bytes | None:
         return None
 
 
-def body_has_placeholder(request: http.Request, body: bytes | None) -> bool:
-    """One cheap check (form bodies: also the percent-encoded form a form encoder makes)."""
-    return body is not None and mentions_placeholder(body, body_context(request.headers.get("content-type", "")))
+@dataclass(frozen=True)
+class Plan:
+    """Where a request's placeholders are, found in one pass over its parts: the parts
+    `rewrite_request` resolves, and no other."""
+
+    path: bool
+    headers: tuple[int, ...]  # positions in the header fields of the values that hold a `<`
+    body: bytes | None  # the decoded body, when it holds one
 
 
-def rewrite_request(request: http.Request, lookup: Lookup, body: bytes | None, budget: Budget) -> Rewrite:
-    """Resolve the URL (path and query), every header value and `body` (the decoded body,
-    None when it is streamed or absent); together they may grow by `budget` at most."""
+def plan(request: http.Request, body: bytes | None) -> Plan | None:
+    """None for a request that mentions no placeholder (nor, in its host or authority, where
+    the guard refuses one): it passes untouched. One cheap check per part. Every request has a
+    dozen header values and nearly none holds a `<`: a header value is planned when it holds
+    one (memchr), and `resolve` looks closer, once (or not at all for a value seen before:
+    `guard.Scope`)."""
+    headers = tuple(i for i, (_, value) in enumerate(request.headers.fields) if LT in value)
+    path = mentions_placeholder(request.path, Context.URL)
+    if body is not None and not mentions_placeholder(body, body_context(request.headers.get("content-type", ""))):
+        body = None
+    authority = mentions_placeholder(request.host, Context.URL) or mentions_placeholder(request.authority, Context.URL)
+    return Plan(path, headers, body) if headers or path or body is not None or authority else None
+
+
+class Resolve(Protocol):
+    """`placeholders.resolve` bound to one request's lookup (`guard.RequestLookup.resolve`)."""
+
+    def __call__(self, data: Text, context: Context, budget: Budget) -> tuple[Text, list[str]]: ...
+
+
+def rewrite_request(request: http.Request, plan: Plan, resolve: Resolve, budget: Budget) -> Rewrite:
+    """Resolve the parts `plan` found: URL (path and query), header values and the decoded
+    body; together they may grow by `budget` at most."""
     rewrite = Rewrite()
-    if mentions_placeholder(request.path, Context.URL):
-        path, keys = resolve(request.path, Context.URL, lookup, budget)
+    if plan.path:
+        path, keys = resolve(request.path, Context.URL, budget)
         if keys:
             rewrite.path = path
             rewrite._add(keys)
-    if any(header_mentions_placeholder(value) for _, value in request.headers.fields):
-        fields = []
-        for name, value in request.headers.fields:
-            if header_mentions_placeholder(value):
-                value, keys = resolve(value, Context.HEADER, lookup, budget)
+    if plan.headers:
+        fields = list(request.headers.fields)
+        for i in plan.headers:
+            name, value = fields[i]
+            new, keys = resolve(value, Context.HEADER, budget)
+            if keys:
+                fields[i] = (name, new)
                 rewrite._add(keys)
-            fields.append((name, value))
-        rewrite.fields = tuple(fields)
-    if body_has_placeholder(request, body):
-        new, keys = resolve(body, body_context(request.headers.get("content-type", "")), lookup, budget)
+        if fields != list(request.headers.fields):
+            rewrite.fields = tuple(fields)
+    if plan.body is not None:
+        content, keys = resolve(plan.body, body_context(request.headers.get("content-type", "")), budget)
         if keys:
-            rewrite.content = new
+            rewrite.content = content
             rewrite._add(keys)
     return rewrite
 
