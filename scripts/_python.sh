@@ -53,3 +53,18 @@ bootstrap_venv() {
   fi
   echo "$venv"
 }
+
+# install_tools WHY COMMAND... : when a COMMAND is missing and we are root with apt-get, install
+# the distro packages of the same names (quietly, updating the package lists once if needed).
+# WHY is what happens without them, said when the install fails.
+install_tools() {
+  local why=$1 missing=() tool
+  shift
+  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 0
+  echo "installing ${missing[*]} (apt-get)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } \
+    || echo "${missing[*]} could not be installed: $why" >&2
+}

@@ -94,7 +94,7 @@ def test_round_trip_keeps_every_field() -> None:
 
 def test_dump_uses_the_documented_key_order() -> None:
     keys = [line.split(":")[0] for line in dump_config(full_config()).splitlines() if not line.startswith(" ")]
-    assert keys == ["name", "display_name", "provider", "region", "credentials", "endpoint_url", "hosts", "secrets"]
+    assert keys == ["name", "display_name", "provider", "region", "endpoint_url", "credentials", "hosts", "secrets"]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("example-*.yaml")), ids=lambda p: p.name)

@@ -5,12 +5,19 @@ which secrets to fetch from where and where each may be sent, never credentials 
 Files are written by hand, so every validation error names the file, the line and the field,
 and unknown fields are errors rather than silently ignored typos. The `check_*` functions
 validate one value for the reader here and for the CLI, which names its flag instead.
+
+The schema here is what every provider shares (name, provider, credentials.source, hosts,
+refresh, and per secret alias, secret_id, mode, hosts, origins, refresh); each provider
+module declares its own fields (providers/base.py's Schema: region, address, field, command,
+...), which the reader checks by kind and keeps as attributes or `options`. A file without
+`provider:` is an AWS Secrets Manager one, as all were before there were others.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +29,14 @@ import yaml
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 from vaultcore.atomic import fsync_dir, replace_file
+from vaultcore.freshness import Stamp, stamp
 from vaultcore.hostrules import normalise_host_rule, parse_host_rule, parse_origin_rule
 from vaultcore.placeholders import KEY_RE
+from vaultcore.providers.base import PROVIDER_MODULES, Field, Schema, schema_for
 
 MODES = ("plaintext", "json")
-SOURCES = ("static", "profile", "default")
-PROVIDERS = ("aws",)
+SOURCES = ("static", "profile", "default")  # of all providers; each accepts some (its Schema.sources)
+PROVIDERS = tuple(PROVIDER_MODULES)
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Loose on purpose (Secrets Manager-compatible endpoints use their own region names): it only
 # has to catch "US East 1"-style typos.
@@ -35,46 +44,83 @@ REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 URL_RE = re.compile(r"https?://\S+")
 # Keys that mean someone pasted credentials or a value into a shareable file.
 CREDENTIAL_KEYS = frozenset(
-    {"access_key_id", "secret_access_key", "aws_secret_access_key", "session_token", "value", "password"}
+    {"access_key_id", "secret_access_key", "aws_secret_access_key", "session_token", "value", "password",
+     "token", "vault_token", "role_id"}
 )
 
-TOP_FIELDS = ("name", "display_name", "provider", "region", "credentials", "endpoint_url", "hosts", "secrets")
-CREDENTIAL_FIELDS = ("source", "profile")
-SECRET_FIELDS = ("alias", "secret_id", "mode", "hosts", "origins", "version_stage")
+# The common schema; each provider's own fields (its Schema) go where the `*` is.
+TOP_FIELDS = ("name", "display_name", "provider", "*", "credentials", "hosts", "refresh", "refresh_on", "secrets")
+SECRET_FIELDS = ("alias", "secret_id", "mode", "hosts", "origins", "*", "refresh", "refresh_on")
+# The rejections that may mean "this credential changed": refetch, and replay if it did.
+REFRESH_STATUSES = (401, 403)
+DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+DURATION_UNITS = (86400, 3600, 60, 1)
+MIN_REFRESH_SECONDS = 1
 
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
+_INT = "tag:yaml.org,2002:int"
+_BOOL = "tag:yaml.org,2002:bool"  # YAML 1.1 reads a bare `off` as false
+
+
+# A provider's own settings (its Schema's fields) as (name, value) pairs in schema order:
+# values are str, int or tuple[str, ...]. The AWS family's region, endpoint_url and
+# version_stage are attributes instead, as library callers have always built them.
+Options = tuple[tuple[str, Any], ...]
+
+
+def _option(options: Options, name: str, default: Any) -> Any:
+    return next((value for key, value in options if key == name), default)
 
 
 @dataclass(frozen=True)
 class SecretMapping:
-    """One Secrets Manager secret under the alias placeholders use (`<<vault:alias>>`)."""
+    """One provider secret under the alias placeholders use (`<<vault:alias>>`)."""
 
     alias: str
-    secret_id: str
+    secret_id: str = ""  # empty for a provider whose mappings name none (command)
     mode: str = "plaintext"
     hosts: tuple[str, ...] | None = None  # None: the configuration's default hosts
     origins: tuple[str, ...] = ()
     version_stage: str | None = None
+    refresh: int | None = None  # seconds between fetches; None: the configuration's; 0: never
+    refresh_on: tuple[int, ...] | None = None  # None: the configuration's
+    options: Options = ()
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return _option(self.options, name, default)
 
 
 @dataclass(frozen=True)
 class ProviderConfig:
     name: str
     display_name: str
-    region: str
+    region: str = ""  # aws, ssm
     provider: str = "aws"
     credentials_source: str = "static"
     aws_profile: str | None = None
     endpoint_url: str | None = None
     hosts: tuple[str, ...] = ()
     secrets: tuple[SecretMapping, ...] = ()
+    refresh: int = 0  # seconds between automatic fetches of each secret; 0: only when asked
+    refresh_on: tuple[int, ...] = ()  # upstream statuses that make the proxy refetch and replay
+    options: Options = ()
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return _option(self.options, name, default)
 
     def mapping(self, alias: str) -> SecretMapping | None:
         return next((m for m in self.secrets if m.alias == alias), None)
 
     def hosts_for(self, mapping: SecretMapping) -> tuple[str, ...]:
         return self.hosts if mapping.hosts is None else mapping.hosts
+
+    def refresh_for(self, mapping: SecretMapping) -> int:
+        """Seconds between automatic fetches of `mapping`; 0: never."""
+        return self.refresh if mapping.refresh is None else mapping.refresh
+
+    def refresh_on_for(self, mapping: SecretMapping) -> tuple[int, ...]:
+        return self.refresh_on if mapping.refresh_on is None else mapping.refresh_on
 
     def with_secret(self, mapping: SecretMapping) -> ProviderConfig:
         """Add `mapping`; an existing mapping with the same alias is replaced in place."""
@@ -113,6 +159,50 @@ def check_alias(value: str) -> str:
     return value
 
 
+def parse_duration(value: str) -> int:
+    """Seconds in `15m`, `1h30m`, `90s`, `2d` or a plain number of seconds; `off` or 0 is 0
+    (never). At least a second: a refresh is a call to the provider, paid against its quota."""
+    text = value.strip().lower()
+    if text in ("off", "0", "0s"):
+        return 0
+    if text.isdigit():
+        seconds = int(text)
+    else:
+        match = DURATION_RE.fullmatch(text)
+        if not text or not match:
+            raise ValueError(f"must be a duration such as 90s, 15m, 1h or 1h30m, or off (got {_shown(value)})")
+        seconds = sum(int(n) * unit for n, unit in zip(match.groups(), DURATION_UNITS) if n)
+    if seconds < MIN_REFRESH_SECONDS:
+        raise ValueError(f"must be at least {MIN_REFRESH_SECONDS}s, or off (got {_shown(value)})")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest of `parse_duration`'s spellings for `seconds`: 900 -> 15m, 5400 -> 1h30m."""
+    if seconds == 0:
+        return "off"
+    parts = []
+    for unit, suffix in zip(DURATION_UNITS, "dhms"):
+        count, seconds = divmod(seconds, unit)
+        if count:
+            parts.append(f"{count}{suffix}")
+    return "".join(parts)
+
+
+def parse_refresh_on(value: str) -> tuple[int, ...]:
+    """`401`, `401,403`, or `off`/empty for none: the statuses that trigger refetch and replay."""
+    text = value.strip().lower()
+    if text in ("", "off", "none"):
+        return ()
+    statuses = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) not in REFRESH_STATUSES:
+            raise ValueError(f"must list statuses among {', '.join(map(str, REFRESH_STATUSES))}, e.g. 401 (got {_shown(value)})")
+        statuses.append(int(part))
+    return tuple(dict.fromkeys(statuses))
+
+
 def check_host(value: str) -> str:
     """A hosts rule that can match something (vaultcore/hostrules.py). A URL is refused with
     the host to write: a file is fixed by hand, where the CLI takes the URL's host itself."""
@@ -143,6 +233,7 @@ class _Reader:
 
     def __init__(self, source: str):
         self.source = source
+        self.nodes: dict[str, yaml.Node] = {}  # each field's value node by dotted path, for a provider's Problem
 
     def error(self, node: yaml.Node, field: str, problem: str) -> ConfigError:
         where = f"{field}: " if field else ""
@@ -162,6 +253,7 @@ class _Reader:
             if key in entries:
                 raise self.error(key_node, path, "appears twice")
             entries[key] = (key_node, value_node)
+            self.nodes[path] = value_node
         return entries
 
     def string(self, node: yaml.Node, field: str, check: Check | None = None) -> str:
@@ -183,7 +275,7 @@ class _Reader:
             raise self.error(node, field, f"must be one of {', '.join(choices)} (got {_shown(value)})")
         return value
 
-    def strings(self, node: yaml.Node, field: str, check: Check) -> tuple[str, ...]:
+    def strings(self, node: yaml.Node, field: str, check: Check | None) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, field, f"must be a list, e.g. [\"api.example.com\"] (got {_kind(node)})")
         return tuple(self.string(item, f"{field}[{i}]", check) for i, item in enumerate(node.value))
@@ -208,64 +300,217 @@ class _Reader:
 
     def config(self, root: yaml.Node, expected_name: str | None) -> ProviderConfig:
         self.refuse_credentials(root, "", _name_hint(root, expected_name))
-        top = self.fields(root, "", TOP_FIELDS)
-        for required in ("name", "region"):
-            if required not in top:
-                raise self.error(root, required, "missing (required)")
+        provider = self.provider(root)
+        schema = schema_for(provider)
+        top = self.fields(root, "", _allowed(TOP_FIELDS, schema.of("top")))
+        if "name" not in top:
+            raise self.error(root, "name", "missing (required)")
         name_node = top["name"][1]
         name = self.string(name_node, "name", check_name)
         if expected_name is not None and name != expected_name:
             raise self.error(name_node, "name", f"must match the file name {expected_name}.yaml (got {_shown(name)})")
-        source, profile = self.credentials(top.get("credentials"))
-        hosts = self.strings(top["hosts"][1], "hosts", check_host) if "hosts" in top else ()
-        secrets = self.secrets(top["secrets"][1]) if "secrets" in top else ()
-        return ProviderConfig(
+        own = self.extras(root, top, "", schema.of("top"), ProviderConfig)
+        source, profile, credential_options = self.credentials(top.get("credentials"), schema)
+        config = ProviderConfig(
             name=name,
             display_name=self.optional_string(_value(top, "display_name"), "display_name") or name,
-            region=self.string(top["region"][1], "region", check_region),
-            provider=self.choice(top["provider"][1], "provider", PROVIDERS) if "provider" in top else "aws",
+            provider=provider,
             credentials_source=source,
             aws_profile=profile,
-            endpoint_url=self.optional_string(_value(top, "endpoint_url"), "endpoint_url", check_endpoint_url),
-            hosts=hosts,
-            secrets=secrets,
+            hosts=self.strings(top["hosts"][1], "hosts", check_host) if "hosts" in top else (),
+            secrets=self.secrets(top["secrets"][1], schema) if "secrets" in top else (),
+            refresh=self.refresh(_value(top, "refresh"), "refresh") or 0,
+            refresh_on=self.refresh_on(_value(top, "refresh_on"), "refresh_on") or (),
+            **{**own, "options": own["options"] + credential_options},
         )
+        problem = schema.validate(config) if schema.validate else None
+        if problem:
+            raise self.error(self.node_at(problem.field, root), problem.field, problem.message)
+        return config
 
-    def credentials(self, entry: tuple[yaml.Node, yaml.Node] | None) -> tuple[str, str | None]:
+    def provider(self, root: yaml.Node) -> str:
+        """`provider:`, read first: it decides which other fields the file may have."""
+        if isinstance(root, yaml.MappingNode):
+            for key_node, value_node in root.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == "provider":
+                    return self.choice(value_node, "provider", PROVIDERS)
+        return "aws"  # files from before there were other providers
+
+    def node_at(self, field: str, root: yaml.Node) -> yaml.Node:
+        """The node of a dotted field as `fields` saw it, else of the nearest enclosing one."""
+        while field:
+            if field in self.nodes:
+                return self.nodes[field]
+            field = field.rpartition(".")[0] if "." in field else ""
+        return root
+
+    def extras(
+        self, parent: yaml.Node, entries: dict[str, tuple[yaml.Node, yaml.Node]], prefix: str,
+        fields: tuple[Field, ...], owner: type,
+    ) -> dict[str, Any]:
+        """A provider's own fields, as keyword arguments for `owner` (see `settings`). A null
+        is the field left out."""
+        values: dict[str, Any] = {}
+        for f in fields:
+            node = _value(entries, f.name)
+            path = f"{prefix}{f.name}"
+            if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
+                if f.required:
+                    raise self.error(parent, path, f"missing (required): {f.help}")
+                continue
+            values[f.name] = self.typed(node, path, f)
+        return settings(owner, fields, values)
+
+    def typed(self, node: yaml.Node, field: str, f: Field) -> Any:
+        if f.kind == "choice":
+            return self.choice(node, field, f.choices)
+        if f.kind == "strings":
+            values = self.strings(node, field, f.check)
+            if not values:
+                raise self.error(node, field, "must be a non-empty list")
+            return values
+        if f.kind == "duration":
+            seconds = self.refresh(node, field)
+            if not seconds:
+                raise self.error(node, field, "must be a duration of at least 1s, e.g. 10s")
+            return seconds
+        if f.kind == "integer":
+            if not (isinstance(node, yaml.ScalarNode) and node.tag == _INT):
+                raise self.error(node, field, f"must be an integer (got {_kind(node)})")
+            try:
+                return check_integer(f)(node.value)
+            except ValueError as e:
+                raise self.error(node, field, str(e)) from None
+        return self.string(node, field, f.check)
+
+    def refresh(self, node: yaml.Node | None, field: str) -> int | None:
+        """`refresh: 15m` (a plain number is seconds); None when absent."""
+        if node is None:
+            return None
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (_STR, _INT, _BOOL):
+            raise self.error(node, field, f"must be a duration such as 15m or 1h, or off (got {_kind(node)})")
+        text = "off" if node.tag == _BOOL and node.value.lower() in ("off", "no", "false") else node.value
+        try:
+            return parse_duration(text)
+        except ValueError as e:
+            raise self.error(node, field, str(e)) from None
+
+    def refresh_on(self, node: yaml.Node | None, field: str) -> tuple[int, ...] | None:
+        """`refresh_on: [401]` (or 403 too); None when absent, () for an empty list."""
+        if node is None:
+            return None
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, field, f"must be a list of statuses, e.g. [401] (got {_kind(node)})")
+        statuses: list[int] = []
+        for i, item in enumerate(node.value):
+            if not (isinstance(item, yaml.ScalarNode) and item.tag == _INT and item.value.isdigit() and int(item.value) in REFRESH_STATUSES):
+                raise self.error(item, f"{field}[{i}]", f"must be one of {', '.join(map(str, REFRESH_STATUSES))}")
+            statuses.append(int(item.value))
+        return tuple(dict.fromkeys(statuses))
+
+    def credentials(self, entry: tuple[yaml.Node, yaml.Node] | None, schema: Schema) -> tuple[str, str | None, Options]:
+        """`credentials:`: where they come from (`source`), an AWS profile's name with
+        `source: profile`, and the provider's own settings (e.g. Vault's `method`)."""
+        own = schema.of("credentials")
         if entry is None:
-            return "static", None
-        fields = self.fields(entry[1], "credentials", CREDENTIAL_FIELDS)
-        source = self.choice(fields["source"][1], "credentials.source", SOURCES) if "source" in fields else "static"
+            return schema.sources[0], None, ()
+        allowed = ("source", *(("profile",) if "profile" in schema.sources else ()), *(f.name for f in own))
+        fields = self.fields(entry[1], "credentials", allowed)
+        source = self.choice(fields["source"][1], "credentials.source", schema.sources) if "source" in fields else schema.sources[0]
         profile = self.optional_string(_value(fields, "profile"), "credentials.profile")
         if source == "profile" and profile is None:
             raise self.error(entry[1], "credentials.profile", "required with source: profile (an AWS CLI profile name)")
         if source != "profile" and profile is not None:
             raise self.error(fields["profile"][0], "credentials.profile", f"only used with source: profile (source is {source})")
-        return source, profile
+        return source, profile, self.extras(entry[1], fields, "credentials.", own, dict)["options"]
 
-    def secrets(self, node: yaml.Node) -> tuple[SecretMapping, ...]:
+    def secrets(self, node: yaml.Node, schema: Schema) -> tuple[SecretMapping, ...]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, "secrets", f"must be a list of mappings with alias and secret_id (got {_kind(node)})")
+        allowed = _allowed(SECRET_FIELDS if schema.secret_id else tuple(f for f in SECRET_FIELDS if f != "secret_id"),
+                           schema.of("secret"))
         mappings: list[SecretMapping] = []
         for i, item in enumerate(node.value):
             field = f"secrets[{i}]"
-            entries = self.fields(item, field, SECRET_FIELDS)
-            for required in ("alias", "secret_id"):
+            self.nodes[field] = item
+            entries = self.fields(item, field, allowed)
+            for required in ("alias", "secret_id") if schema.secret_id else ("alias",):
                 if required not in entries:
                     raise self.error(item, f"{field}.{required}", "missing (required)")
             alias_node = entries["alias"][1]
             alias = self.string(alias_node, f"{field}.alias", check_alias)
             if any(m.alias == alias for m in mappings):
                 raise self.error(alias_node, f"{field}.alias", f"{_shown(alias)} is already used by another secret")
+            own = self.extras(item, entries, f"{field}.", schema.of("secret"), SecretMapping)
             mappings.append(SecretMapping(
                 alias=alias,
-                secret_id=self.string(entries["secret_id"][1], f"{field}.secret_id"),
+                secret_id=self.string(entries["secret_id"][1], f"{field}.secret_id") if schema.secret_id else "",
                 mode=self.choice(entries["mode"][1], f"{field}.mode", MODES) if "mode" in entries else "plaintext",
                 hosts=self.strings(entries["hosts"][1], f"{field}.hosts", check_host) if "hosts" in entries else None,
                 origins=self.strings(entries["origins"][1], f"{field}.origins", check_origin) if "origins" in entries else (),
-                version_stage=self.optional_string(_value(entries, "version_stage"), f"{field}.version_stage"),
+                refresh=self.refresh(_value(entries, "refresh"), f"{field}.refresh"),
+                refresh_on=self.refresh_on(_value(entries, "refresh_on"), f"{field}.refresh_on"),
+                **own,
             ))
         return tuple(mappings)
+
+
+def settings(owner: type, fields: tuple[Field, ...], values: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for `owner` (ProviderConfig or SecretMapping) from a provider's field
+    values: a field named like one of its attributes as that, the others as `options`, in the
+    schema's order. The one place that decides, for the reader and the CLI alike."""
+    attributes = {f.name for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else set()
+    out: dict[str, Any] = {f.name: values[f.name] for f in fields if f.name in values and f.name in attributes}
+    out["options"] = tuple((f.name, values[f.name]) for f in fields if f.name in values and f.name not in attributes)
+    return out
+
+
+def parse_field(f: Field, text: str) -> Any:
+    """A provider field's value given as text (a command-line flag), by the file's rules:
+    ValueError says what is wrong. An argv (kind strings) is split like a shell would, but
+    never run by one."""
+    if f.kind == "strings":
+        try:
+            words = tuple(shlex.split(text))
+        except ValueError as e:
+            raise ValueError(f"cannot split into words: {e}") from None
+        if not words:
+            raise ValueError("must name a command, e.g. 'op read op://vault/item/field'")
+        return words
+    if f.kind == "duration":
+        seconds = parse_duration(text)
+        if not seconds:
+            raise ValueError("must be a duration of at least 1s, e.g. 10s")
+        return seconds
+    if f.kind == "integer":
+        return check_integer(f)(text)
+    if f.kind == "choice" and text not in f.choices:
+        raise ValueError(f"must be one of {', '.join(f.choices)} (got {_shown(text)})")
+    if not text:
+        raise ValueError("must not be empty")
+    return f.check(text) if f.check else text
+
+
+def _allowed(common: tuple[str, ...], own: tuple[Field, ...]) -> tuple[str, ...]:
+    """The common fields with a provider's own in place of the `*`."""
+    at = common.index("*")
+    return (*common[:at], *(f.name for f in own), *common[at + 1:])
+
+
+def check_integer(f: Field) -> Check:
+    """An integer field's rule, for a file's value and for a flag's alike."""
+
+    def check(value: str) -> Any:
+        if not value.strip().isdigit():
+            raise ValueError(f"must be a whole number (got {_shown(value)})")
+        number = int(value)
+        if f.choices and value.strip() not in f.choices:
+            raise ValueError(f"must be one of {', '.join(f.choices)} (got {number})")
+        if number < f.minimum:
+            raise ValueError(f"must be at least {f.minimum} (got {number})")
+        return number
+
+    return check
 
 
 def _value(entries: dict[str, tuple[yaml.Node, yaml.Node]], key: str) -> yaml.Node | None:
@@ -331,30 +576,46 @@ _Dumper.add_representer(
 
 def dump_config(config: ProviderConfig) -> str:
     """The configuration as YAML in the documented shape, keys in a stable order."""
+    schema = schema_for(config.provider)
     credentials: dict[str, Any] = {"source": config.credentials_source}
     if config.aws_profile is not None:
         credentials["profile"] = config.aws_profile
+    credentials.update(_dumped(config, schema.of("credentials")))
     secrets = []
     for m in config.secrets:
-        entry: dict[str, Any] = {"alias": m.alias, "secret_id": m.secret_id, "mode": m.mode}
+        entry: dict[str, Any] = {"alias": m.alias, **({"secret_id": m.secret_id} if schema.secret_id else {}), "mode": m.mode}
         if m.hosts is not None:
             entry["hosts"] = tuple(m.hosts)
         if m.origins:
             entry["origins"] = tuple(m.origins)
-        if m.version_stage is not None:
-            entry["version_stage"] = m.version_stage
+        entry.update(_dumped(m, schema.of("secret")))
+        if m.refresh is not None:
+            entry["refresh"] = format_duration(m.refresh)
+        if m.refresh_on is not None:
+            entry["refresh_on"] = list(m.refresh_on)
         secrets.append(entry)
     data = {
         "name": config.name,
         "display_name": config.display_name,
         "provider": config.provider,
-        "region": config.region,
+        **_dumped(config, schema.of("top")),
         "credentials": credentials,
-        "endpoint_url": config.endpoint_url,
         "hosts": tuple(config.hosts),
+        **({"refresh": format_duration(config.refresh)} if config.refresh else {}),
+        **({"refresh_on": list(config.refresh_on)} if config.refresh_on else {}),
         "secrets": secrets,
     }
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096)
+
+
+def _dumped(owner: ProviderConfig | SecretMapping, fields: tuple[Field, ...]) -> dict[str, Any]:
+    """A provider's own fields that are set, as the reader takes them back."""
+    out: dict[str, Any] = {}
+    for f in fields:
+        value = owner.option(f.name) if f.name not in {a.name for a in dataclasses.fields(owner)} else getattr(owner, f.name)
+        if value is not None:
+            out[f.name] = format_duration(value) if f.kind == "duration" else value
+    return out
 
 
 class ConfigDirectory:
@@ -362,6 +623,10 @@ class ConfigDirectory:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        # The last file read of each name, by its stamp: a running proxy loads the active
+        # configuration on every reload, and its refresher on every plan; a configuration of
+        # a thousand secrets takes a tenth of a second to parse and check.
+        self._loaded: dict[str, tuple[Stamp, ProviderConfig]] = {}
 
     def file(self, name: str) -> Path:
         """Where configuration `name` lives (whether or not it exists)."""
@@ -377,11 +642,18 @@ class ConfigDirectory:
 
     def load(self, name: str) -> ProviderConfig:
         path = self.file(name)
+        seen = stamp(path)  # before the read: a write during it shows as a change next time
+        kept = self._loaded.get(name)
+        if kept is not None and seen is not None and kept[0] == seen:
+            return kept[1]
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"no configuration named {name}; `vaultproxy config list` shows them") from None
-        return parse_config(text, str(path), expected_name=name)
+        config = parse_config(text, str(path), expected_name=name)
+        if seen is not None:
+            self._loaded[name] = (seen, config)
+        return config
 
     def load_all(self) -> list[ProviderConfig]:
         return [self.load(name) for name in self.names()]

