@@ -18,7 +18,8 @@ from bench.common import Child, CpuPlan, Target, alternate, bench_helper, median
 from bench.proxy import start_mitmdump
 from tests.support.net import LOOPBACK
 from vaultcore.store import State
-from vaultcore.vault import Vault, now, pack_value
+from vaultcore.configurations import now, pack_value
+from vaultcore.vault import Vault
 
 OPEN_TARGET_MS = 150.0
 RSS_TARGET_MIB = 60e6 / 2**20  # the brief's 60 MB

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
-from mitmproxy import command, ctx, exceptions, http, websocket
+from mitmproxy import command, connection, ctx, exceptions, http, websocket
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
@@ -34,24 +34,31 @@ from vaultcore.placeholders import Budget, Lookup, StreamSubstituter, Substituti
 from vaultcore.profiles import ConfigError
 from vaultcore.proxyenv import RUNTIME_FILE
 from vaultcore.redaction import Redactor
+from vaultcore.refresher import Refresher
+from vaultcore.signing import Rule
 from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.vault import Snapshot, Vault, home_from_option
-from vaultproxy import guard, responses, rewrite
-from vaultproxy.audit import RESOLVED, AuditLog
-from vaultproxy.flights import Flights
+from vaultproxy import guard, responses, rewrite, signing
+from vaultproxy.audit import RESOLVED, AuditLog, follow_console
+from vaultproxy.clientgate import ClientGate
+from vaultproxy.flights import Flights, Original
 from vaultproxy.options import check_choices, check_deferred, declare_options, growth_limit, stop_starting
 from vaultproxy.refusal import readable_by, refusal
+from vaultproxy.retry import Retrier
 
 logger = logging.getLogger(__name__)
 
 RELOAD_INTERVAL_SECONDS = 0.5
+CA_FILE = "mitmproxy-ca-cert.pem"  # in mitmproxy's confdir
+CA_WAIT_SECONDS = 30.0
 LOAD_ERRORS = (VaultError, ConfigError, OSError, ValueError)
 
 
-def live(flow: http.HTTPFlow) -> bool:
-    """Only live, unanswered client traffic is resolved (not replays, not flows read from a
-    file, not flows another addon already answered or killed)."""
-    return flow.live and not flow.is_replay and flow.response is None and flow.error is None
+def live(flow: http.HTTPFlow, replays: weakref.WeakSet[http.HTTPFlow]) -> bool:
+    """Only live, unanswered client traffic is resolved (not flows read from a file, not
+    flows another addon already answered or killed, not replays other than this proxy's own
+    retries of rejected requests)."""
+    return flow.live and (not flow.is_replay or flow in replays) and flow.response is None and flow.error is None
 
 
 # UIs and options that show or record flows (and so values) before placeholders are put back.
@@ -97,13 +104,21 @@ class VaultProxy:
         self.vault: Vault | None = None
         self.snapshot: Snapshot | None = None
         self.index = SecretIndex()
+        self.rules: tuple[Rule, ...] = ()  # signing rules (vaultproxy/signing.py)
         self.flights = Flights()
         self.audit = AuditLog(None)
         self.settings = guard.Settings()
         self.substitution = Substitution(self)
+        # Who may use the proxy: run in this addon's hooks, not as an addon of its own, which
+        # mitmproxy would dispatch every event of every request to.
+        self.gate = ClientGate()
+        self.refresher: Refresher | None = None  # started in running(), for the vault in use
+        self.retrier = Retrier(self)
         self._watcher: asyncio.Task | None = None
+        self._announcer: asyncio.Task | None = None
         self._reloading = asyncio.Lock()
         self._failed: Signature | None = None  # what a failed reload saw: not retried until it changes
+        self._current_this_turn = False  # see is_current
         # Reverse mode: whether this addon, not mitmproxy, rewrites Host to the target (so that
         # it sees the name the client used first), and the flows whose client used another name.
         self._rewrites_host = False
@@ -132,13 +147,17 @@ class VaultProxy:
             raise
 
     def _configure(self, updated: set[str]) -> None:
+        self.gate.configure(updated)
         check_nothing_shows_values()
         check_choices(ctx.options)
         max_growth = growth_limit(ctx.options)
         self.settings = guard.Settings(
             keep_unknown=ctx.options.vault_on_missing == "keep", allow_plaintext=ctx.options.vault_allow_plaintext,
             verify_upstream=not ctx.options.ssl_insecure, max_growth=max_growth,
+            redact_responses=ctx.options.vault_redact_responses, stream_large_bodies=ctx.options.stream_large_bodies,
         )
+        if "termlog_verbosity" in updated:
+            follow_console(ctx.options.termlog_verbosity)
         if {"mode", "keep_host_header"} & updated and not self._rewrites_host and reverse_mode_in_use() and not ctx.options.keep_host_header:
             # mitmproxy would replace the client's Host with the target's before any hook sees it.
             self._rewrites_host = True
@@ -153,6 +172,8 @@ class VaultProxy:
             forget_passphrase_environment()  # derived now: nothing the proxy starts may inherit it
             self.vault, self._failed = vault, None
             self._use(snapshot)
+            if self._running:
+                self._start_refresher()
             logger.info(f"vaultproxy: {len(snapshot.index)} keys from {home}")
         if "vault_audit_log" in updated or "vault_home" in updated or self.audit.path is None:
             setting = ctx.options.vault_audit_log
@@ -160,10 +181,12 @@ class VaultProxy:
             self.audit = AuditLog(None if setting == "off" else Path(setting).expanduser() if setting else self.vault.home / "audit.log")
 
     def running(self) -> None:
+        self.gate.running()
         self._running = True
         ctx.master.addons.add(self.substitution)
-        self._write_runtime_info()
+        self._start_refresher()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._announcer = asyncio.get_running_loop().create_task(self._announce())
 
     def done(self) -> None:
         from vaultcore.proxyenv import runtime_info  # imported here: see _write_runtime_info
@@ -171,8 +194,11 @@ class VaultProxy:
         # Runs before save's `done`, which writes the flows still open: as placeholders.
         self.flights.restore_all()
         self.audit.close()
-        if self._watcher:
-            self._watcher.cancel()
+        if self.refresher:
+            self.refresher.stop()
+        for task in (self._watcher, self._announcer):
+            if task:
+                task.cancel()
         # On a script reload a new instance adds its own part: take this one out of the chain.
         with contextlib.suppress(exceptions.AddonManagerError):
             ctx.master.addons.remove(self.substitution)
@@ -180,6 +206,25 @@ class VaultProxy:
         if self.vault and runtime_info(self.vault.home).get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 (self.vault.home / RUNTIME_FILE).unlink()
+
+    def _start_refresher(self) -> None:
+        """Auto-refresh (and refetch on rejection) for the vault in use, on threads of its own."""
+        assert self.vault is not None
+        if self.refresher:
+            self.refresher.stop()
+        self.refresher = Refresher(self.vault)
+        self.refresher.start()
+
+    async def _announce(self) -> None:
+        """Write proxy.json once mitmproxy's CA exists: on a first start mitmproxy 12 creates
+        it after this addon is running, and `vaultproxy env` must not find a proxy whose CA
+        clients cannot trust yet."""
+        ca = Path(ctx.options.confdir).expanduser() / CA_FILE
+        for _ in range(int(CA_WAIT_SECONDS / 0.05)):
+            if ca.is_file():
+                break
+            await asyncio.sleep(0.05)
+        self._write_runtime_info()
 
     def _write_runtime_info(self) -> None:
         """Tell the CLI (`env`, `exec`, `status`, `stop`, `log`) where this proxy listens, where
@@ -214,9 +259,24 @@ class VaultProxy:
 
     def is_current(self) -> bool:
         """Whether the index is what the vault's files say (a few stat calls), or they have
-        not changed since a reload of them failed."""
+        not changed since a reload of them failed.
+
+        A "current" answer also serves every later request until the event loop next polls
+        for I/O: a request handled until then was read at that poll or before, and so was
+        sent before the answer was taken; a CLI change that the client waited for before
+        sending it had been made by then. (Each stat is a system call, a few µs.)"""
         assert self.snapshot is not None
-        return not self.snapshot.is_stale() or (self._failed is not None and not self._failed.is_stale())
+        if self._current_this_turn:
+            return True
+        current = not self.snapshot.is_stale() or (self._failed is not None and not self._failed.is_stale())
+        if current:
+            with contextlib.suppress(RuntimeError):  # no event loop (tests, benchmarks): every call checks
+                asyncio.get_running_loop().call_soon(self._end_turn)
+                self._current_this_turn = True
+        return current
+
+    def _end_turn(self) -> None:
+        self._current_this_turn = False
 
     def when_current(self, then: Callable[[], None]) -> Awaitable[None] | None:
         """Run `then` against an index that includes every write made before this request
@@ -245,6 +305,8 @@ class VaultProxy:
                 return
             self._failed = None
             self._use(snapshot)
+            if self.refresher:
+                self.refresher.wake()  # a configuration's refresh settings may have changed
             if snapshot.config_error:
                 kept = "its secrets keep the last good mappings" if snapshot.config else "no provider secrets until it is fixed"
                 logger.warning(f"vaultproxy: reloaded, {len(snapshot.index)} keys; {snapshot.config_error} ({kept})")
@@ -261,7 +323,14 @@ class VaultProxy:
             raise exceptions.CommandError(f"reload failed, keeping the last good state: {e}") from None
 
     def _use(self, snapshot: Snapshot) -> None:
-        self.snapshot, self.index = snapshot, snapshot.index
+        self.snapshot, self.index, self.rules = snapshot, snapshot.index, snapshot.signing
+        if snapshot.signing_error:
+            logger.warning(f"vaultproxy: {snapshot.signing_error} (signing keeps its last good rules)")
+
+    def index_for(self, flow: http.HTTPFlow) -> SecretIndex:
+        """The index `flow` resolves from: the vault's, or for a retry with a rotation's
+        pending version, the vault's with that version laid over it."""
+        return self.retrier.overlays.get(flow, self.index)
 
     @command.command("vault.status")
     def status(self) -> Sequence[str]:
@@ -270,12 +339,23 @@ class VaultProxy:
         lines += [f"{key}\tlocal\toverridden by duplicate key in {source}" for key, source in self.index.shadowed.items()]
         return lines
 
+    # --- who may use the proxy (vaultproxy.clientgate) ----------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        self.gate.client_connected(client)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self.gate.http_connect(flow)
+
     # --- reverse mode: the name the client used ----------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A page whose name was rebound to this reverse proxy's address talks to it as to its
-        own origin: only a client that names the proxy itself gets secrets."""
-        if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        """A client the gate does not let in is answered (or cut off) here. A page whose name
+        was rebound to this reverse proxy's address talks to it as to its own origin: only a
+        client that names the proxy itself gets secrets. (A retry repeats a request that was
+        served, its Host already the target's.)"""
+        self.gate.requestheaders(flow)
+        if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) or flow in self.retrier.replays:
             return
         claimed = flow.request.host_header or ""
         if not guard.client_named_proxy(flow, claimed, tuple(ctx.options.vault_served_names)):
@@ -287,7 +367,7 @@ class VaultProxy:
     # --- putting placeholders back, and what comes back ----------------------------------
 
     def _redactor(self, index: SecretIndex | None, keys: Iterable[str]) -> Redactor | None:
-        return responses.redactor_for(index, keys) if ctx.options.vault_redact_responses else None
+        return responses.redactor_for(index, keys) if self.settings.redact_responses else None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.flights.restore(flow)
@@ -301,8 +381,18 @@ class VaultProxy:
         if response.stream is True and (stream := responses.stream_filter(flow, redactor)) is not None:
             response.stream = stream
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         used = self.flights.finish(flow)
+        if used and (aliases := self.retrier.candidates(flow, used)):
+            return self._retry_then_clean(flow, used, aliases)
+        self._clean(flow, used)
+        return None
+
+    async def _retry_then_clean(self, flow: http.HTTPFlow, used: Original, aliases: list[str]) -> None:
+        if not await self.retrier.retry(flow, used, aliases):
+            self._clean(flow, used)  # the replay's answer was cleaned on its own way
+
+    def _clean(self, flow: http.HTTPFlow, used: Original | None) -> None:
         if flow.websocket is not None:
             # the handshake's values may come back in messages
             self.flights.add_websocket_keys(flow, used.keys if used else [], used.index if used else None)
@@ -330,11 +420,12 @@ class Substitution:
 
     def __init__(self, proxy: VaultProxy):
         self.proxy = proxy
+        self.scopes = guard.Scopes()
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        if not live(flow):
+        if not live(flow, self.proxy.retrier.replays):
             return None
-        if rewrite.streams_late(flow.request, ctx.options.stream_large_bodies):
+        if rewrite.streams_late(flow.request, self.proxy.settings.stream_large_bodies):
             flow.request.stream = True
         # A streamed request's headers leave right after this hook: resolve them now.
         return self._resolve(flow, streamed=True) if flow.request.stream else None
@@ -345,7 +436,7 @@ class Substitution:
                 self.audit_stream(flow)
                 self.proxy.flights.body_sent(flow)
             return None
-        return self._resolve(flow, streamed=False) if live(flow) else None
+        return self._resolve(flow, streamed=False) if live(flow, self.proxy.retrier.replays) else None
 
     def _resolve(self, flow: http.HTTPFlow, *, streamed: bool) -> Awaitable[None] | None:
         """Requests that hold no placeholder pass at once; the others wait for a current index."""
@@ -356,21 +447,48 @@ class Substitution:
         except SubstitutionError as e:
             self._refuse(flow, e, request.path, streamed=streamed)
             return None
-        if not (rewrite.head_has_placeholder(request) or rewrite.body_has_placeholder(request, body) or stream_body):
+        plan = rewrite.plan(request, body)
+        signs = signing.rule_for(self.proxy.rules, request) is not None
+        if plan is None and not stream_body and not signs:
+            if self.proxy.rules:
+                request.headers.pop(signing.MARKER, None)  # a marker no rule for this host took
             return None
-        return self.proxy.when_current(lambda: self._substitute(flow, body, streamed=streamed, stream_body=stream_body))
+        return self.proxy.when_current(lambda: self._substitute_and_sign(flow, plan, streamed=streamed, stream_body=stream_body))
 
-    def _substitute(self, flow: http.HTTPFlow, body: bytes | None, *, streamed: bool, stream_body: bool) -> None:
+    def _substitute_and_sign(self, flow: http.HTTPFlow, plan: rewrite.Plan | None, *, streamed: bool, stream_body: bool) -> None:
+        if (plan is not None or stream_body) and not self._substitute(flow, plan, streamed=streamed, stream_body=stream_body):
+            return
+        rule = signing.rule_for(self.proxy.rules, flow.request)  # the rules of the index just made current
+        if rule is not None:
+            self._sign(flow, rule, streamed=streamed)
+        else:
+            flow.request.headers.pop(signing.MARKER, None)  # a marker no rule for this host took
+
+    def _sign(self, flow: http.HTTPFlow, rule: Rule, *, streamed: bool) -> None:
+        """Sign last: a signature covers the request exactly as it leaves."""
+        request, proxy = flow.request, self.proxy
+        path = proxy.flights.original_path(flow)
+        try:
+            change = signing.signature(rule, request, self._lookup_for(flow), streamed=streamed)
+        except SubstitutionError as e:
+            self._refuse(flow, e, path, streamed=streamed)
+            return
+        proxy.flights.remember(flow, change, proxy.index_for(flow))
+        proxy.audit.record(request, path, change.keys, f"signed:{rule.name}")
+        change.apply(request)
+
+    def _substitute(self, flow: http.HTTPFlow, plan: rewrite.Plan | None, *, streamed: bool, stream_body: bool) -> bool:
+        """Resolve the request's placeholders; False when it was refused."""
         request, proxy = flow.request, self.proxy
         original_path = request.path
         try:
             lookup = self._lookup_for(flow)
             budget = Budget(proxy.settings.max_growth)
-            change = rewrite.rewrite_request(request, lookup, body, budget)
+            change = rewrite.rewrite_request(request, plan, lookup.resolve, budget) if plan else rewrite.Rewrite()
         except SubstitutionError as e:
             self._refuse(flow, e, original_path, streamed=streamed)
-            return
-        proxy.flights.remember(flow, change, proxy.index, streamed_body=stream_body)
+            return False
+        proxy.flights.remember(flow, change, proxy.index_for(flow), streamed_body=stream_body)
         if stream_body:
             framing = rewrite.streamed_framing(request, flow.server_conn)
             body_lookup = lookup if framing else unframeable
@@ -383,9 +501,11 @@ class Substitution:
         elif change.keys:
             proxy.audit.record(request, original_path, change.keys, RESOLVED)
             change.apply(request)
+        return True
 
-    def _lookup_for(self, flow: http.HTTPFlow) -> Lookup:
-        return guard.lookup_for(flow, self.proxy.index, self.proxy.settings, unserved=self.proxy.unserved.get(flow))
+    def _lookup_for(self, flow: http.HTTPFlow) -> guard.RequestLookup:
+        proxy = self.proxy
+        return guard.lookup_for(flow, self.scopes, proxy.index_for(flow), proxy.settings, unserved=proxy.unserved.get(flow))
 
     def _literal_on_refusal(self, flow: http.HTTPFlow, lookup: Lookup) -> Lookup:
         """For a streamed body, whose start has already left: a refused key stays a literal

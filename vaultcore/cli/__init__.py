@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from vaultcore.hostrules import reaches_any_host
 from vaultcore.profiles import Check, ConfigError
@@ -32,6 +32,7 @@ SIGPIPE_EXIT = 141  # what a shell reports for a command ended by SIGPIPE
 Handler = Callable[[Vault, argparse.Namespace], int]
 HOME_HELP = "the vault home, e.g. ~/work-vault (default: $VAULTPROXY_HOME, else ~/.config/vaultproxy)"
 JSON_HELP = "machine-readable output (JSON)"
+T = TypeVar("T")
 ANY_HOST_HELP = "allow a * rule (any host, or any page for --origins): only ever on purpose"
 
 
@@ -91,13 +92,21 @@ def _cell(value: Any) -> str:
 # --- checking what the flags say -------------------------------------------------------------
 
 
-def checked(flag: str, value: str, check: Check) -> str:
+def checked(flag: str, value: str, check: Callable[[str], T]) -> T:
     """`value` as `check` accepts it; else a usage error that names the flag (never a line
     of an internal file that the value would have ended up in)."""
     try:
         return check(value)
     except ValueError as e:
         raise UsageError(f"{flag}: {e}") from None
+
+
+def add_refresh_flags(p: argparse.ArgumentParser, default: str) -> None:
+    """`--refresh` and `--refresh-on`, the same for a configuration and for one secret."""
+    p.add_argument("--refresh", metavar="TTL",
+                   help=f"fetch again this often while a proxy runs, e.g. 15m, 1h, or off {default}")
+    p.add_argument("--refresh-on", metavar="STATUSES",
+                   help=f"when an upstream answers 401 (or 403), fetch again and retry once if the value changed, e.g. 401 {default}")
 
 
 def rules(flag: str, text: str | None, normalise: Check, allow_any: bool) -> tuple[str, ...] | None:

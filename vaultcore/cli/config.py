@@ -1,4 +1,9 @@
-"""`vaultproxy config ...`: AWS provider configurations (shareable YAML, keys in the vault)."""
+"""`vaultproxy config ...`: provider configurations (shareable YAML, credentials in the vault).
+
+Each provider's own settings are flags generated from its Schema (vaultcore/providers/):
+`--region` for aws and ssm, `--address` for vault, and so on; a new provider's fields need
+no code here.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +13,114 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vaultcore.cli import ANY_HOST_HELP, UsageError, checked, command, print_json, print_table, rules, subcommands, warn
+from vaultcore.cli import (
+    ANY_HOST_HELP, UsageError, add_refresh_flags, checked, command, print_json, print_table, rules, subcommands, warn,
+)
+from vaultcore.configurations import config_error
 from vaultcore.hostrules import normalise_host_rule, reaches_any_host
-from vaultcore.profiles import SOURCES, ConfigError, ProviderConfig, check_endpoint_url, check_name, check_region, dump_config
-from vaultcore.providers.base import ProviderError, StaticCredentials, provider_for
+from vaultcore.profiles import (
+    PROVIDERS, SOURCES, ConfigError, ProviderConfig, check_name, dump_config, parse_duration, parse_field, parse_refresh_on,
+    settings,
+)
+from vaultcore.providers.base import Field, ProviderError, provider_for, schema_for
 from vaultcore.store import VaultError
-from vaultcore.vault import Vault, config_error, default_home
+from vaultcore.vault import Vault, default_home
 
 
-def read_credentials(name: str) -> StaticCredentials:
-    """Static AWS keys: prompted on a terminal, else three lines on stdin (the session token
-    line may be empty or missing)."""
+def read_credentials(config: ProviderConfig) -> Any:
+    """What the configuration's provider keeps in the vault: prompted on a terminal (secrets
+    hidden), else one line of stdin each, in the prompts' order (optional lines may be empty
+    or missing)."""
+    provider = provider_for(config)
+    prompts = provider.credential_prompts(config)
     if sys.stdin.isatty():
-        key_id = input(f"AWS access key id for {name}: ").strip()
-        secret = getpass.getpass("AWS secret access key: ").strip()
-        token = getpass.getpass("AWS session token (empty if none): ").strip()
+        answers = [(getpass.getpass if p.secret else input)(f"{p.label}: ").strip() for p in prompts]
     else:
-        lines = sys.stdin.read().splitlines() + ["", "", ""]
-        key_id, secret, token = (line.strip() for line in lines[:3])
-    if not key_id or not secret:
-        raise VaultError("an access key id and a secret access key are both needed")
-    return StaticCredentials(key_id, secret, token or None)
+        lines = sys.stdin.read().splitlines() + [""] * len(prompts)
+        answers = [line.strip() for line in lines[:len(prompts)]]
+    missing = [p.noun for p, answer in zip(prompts, answers) if p.required and not answer]
+    if missing:
+        raise VaultError(f"{' and '.join(missing)} {'are both' if len(missing) == 2 else 'is'} needed")
+    return provider.credentials_from_dict({p.key: answer for p, answer in zip(prompts, answers) if answer})
 
 
-def _warn_region(config: ProviderConfig) -> None:
-    """AWS answers an unknown region with a connection failure that does not say so."""
-    problem = provider_for(config).region_problem(config)
-    if problem:
-        warn(problem)
+def provider_fields(where: str) -> dict[str, list[tuple[str, Field]]]:
+    """Each provider field of `where` by name, with the providers that have it (aws and ssm
+    share `region`): one flag serves them all."""
+    fields: dict[str, list[tuple[str, Field]]] = {}
+    for provider in PROVIDERS:
+        for f in schema_for(provider).of(where):
+            fields.setdefault(f.name, []).append((provider, f))
+    return fields
+
+
+def add_field_flags(p: argparse.ArgumentParser, where: str) -> None:
+    for name, owners in provider_fields(where).items():
+        f = owners[0][1]
+        used_by = ", ".join(provider for provider, _ in owners)
+        p.add_argument(flag(name), dest=f"field_{name}", metavar=name.upper() if f.kind != "choice" else None,
+                       choices=f.choices if f.kind == "choice" else None, help=f"{f.help} ({used_by})")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_values(args: argparse.Namespace, provider: str, where: str, owner: type) -> dict[str, Any]:
+    """The provider's own settings from its flags, as keyword arguments for `owner`; a flag of
+    another provider, or a required one missing, is a usage error."""
+    own = {f.name: f for f in schema_for(provider).of(where)}
+    values: dict[str, Any] = {}
+    for name, owners in provider_fields(where).items():
+        text = getattr(args, f"field_{name}")
+        if text is None:
+            continue
+        if name not in own:
+            raise UsageError(f"{flag(name)} is a setting of {', '.join(p for p, _ in owners)}, not of provider {provider}")
+        values[name] = checked(flag(name), text, lambda value, f=own[name]: parse_field(f, value))
+    for f in own.values():
+        if f.required and f.name not in values:
+            raise UsageError(f"{flag(f.name)} is needed with provider {provider}: {f.help}")
+    return settings(owner, tuple(own.values()), values)
 
 
 def cmd_add(vault: Vault, args: argparse.Namespace) -> int:
-    if (args.source == "profile") != bool(args.aws_profile):
+    schema = schema_for(args.provider)
+    source = args.source or schema.sources[0]
+    if source not in schema.sources:
+        raise UsageError(f"--source: provider {args.provider} takes credentials from {', '.join(schema.sources)} (got {source})")
+    if (source == "profile") != bool(args.aws_profile):
         raise UsageError("--aws-profile NAME goes with --source profile, and --source profile needs it")
+    own = field_values(args, args.provider, "top", ProviderConfig)
+    credential_options = field_values(args, args.provider, "credentials", dict)["options"]
     config = ProviderConfig(
         name=checked("NAME", args.name, check_name),
         display_name=args.display_name or args.name,
-        region=checked("--region", args.region, check_region),
-        credentials_source=args.source,
+        provider=args.provider,
+        credentials_source=source,
         aws_profile=args.aws_profile,
-        endpoint_url=checked("--endpoint-url", args.endpoint_url, check_endpoint_url) if args.endpoint_url else None,
         hosts=rules("--hosts", args.hosts, normalise_host_rule, args.allow_any_host) or (),
+        refresh=checked("--refresh", args.refresh, parse_duration) if args.refresh else 0,
+        refresh_on=checked("--refresh-on", args.refresh_on, parse_refresh_on) if args.refresh_on else (),
+        **{**own, "options": own["options"] + credential_options},
     )
-    credentials = read_credentials(args.name) if args.source == "static" else None
+    credentials = read_credentials(config) if provider_for(config).credential_prompts(config) else None
     vault.add_config(config, credentials)
     print(f"saved configuration {args.name}")
-    _warn_region(config)
+    _warn_about(config)
     # The configuration is saved either way (it may be set up before the network or the
-    # keys work), so a failed test is a warning here, not a failed command; `config list`
-    # and `status` show it until a test or a fetch succeeds.
+    # credentials work), so a failed test is a warning here, not a failed command; `config
+    # list` and `status` show it until a test or a fetch succeeds.
     _report_test(vault, args.name)
     return 0
+
+
+def _warn_about(config: ProviderConfig) -> None:
+    """What validates but is likely wrong, e.g. a region AWS does not have (AWS answers one
+    with a connection failure that does not say so)."""
+    problem = provider_for(config).config_warning(config)
+    if problem:
+        warn(problem)
 
 
 def _report_test(vault: Vault, name: str | None) -> int:
@@ -67,7 +129,7 @@ def _report_test(vault: Vault, name: str | None) -> int:
     except ProviderError as e:
         print(f"vaultproxy: connection test failed: {e}", file=sys.stderr)
         return 1
-    print(f"connected as {identity.arn} (account {identity.account})")
+    print(f"connected as {identity.arn} ({identity.scope} {identity.account})")
     return 0
 
 
@@ -82,9 +144,11 @@ def cmd_list(vault: Vault, args: argparse.Namespace) -> int:
             rows.append({"name": name, "active": name == active, "error": str(e)})
             continue
         config_state = state.get("configs", {}).get(name, {})
+        location = schema_for(config.provider).location
         rows.append({
-            "name": name, "display_name": config.display_name, "region": config.region,
-            "source": config.credentials_source, "endpoint_url": config.endpoint_url,
+            "name": name, "display_name": config.display_name, "provider": config.provider,
+            "location": (getattr(config, location, None) or config.option(location)) if location else None,
+            "region": config.region or None, "source": config.credentials_source, "endpoint_url": config.endpoint_url,
             "secrets": len(config.secrets), "active": name == active,
             "last_fetched": config_state.get("last_fetched"), "error": config_error(config, config_state),
         })
@@ -92,8 +156,8 @@ def cmd_list(vault: Vault, args: argparse.Namespace) -> int:
         print_json(rows)
     else:
         print_table([{**r, "active": "*" if r["active"] else "", "status": r["error"] or "ok"} for r in rows],
-                    ["active", "name", "display_name", "region", "source", "secrets", "last_fetched", "status"],
-                    "no configurations: vaultproxy config add NAME --region R")
+                    ["active", "name", "display_name", "provider", "location", "source", "secrets", "last_fetched", "status"],
+                    "no configurations: vaultproxy config add NAME --provider aws --region R")
     return 0
 
 
@@ -108,7 +172,8 @@ def cmd_test(vault: Vault, args: argparse.Namespace) -> int:
 
 
 def cmd_set_credentials(vault: Vault, args: argparse.Namespace) -> int:
-    vault.set_credentials(args.name, read_credentials(args.name))
+    config = vault.configurations.credentials_target(args.name)  # refused before anything is asked
+    vault.set_credentials(args.name, read_credentials(config))
     print(f"credentials of {args.name} updated")
     return 0
 
@@ -127,22 +192,23 @@ def cmd_import(vault: Vault, args: argparse.Namespace) -> int:
     everywhere = [m.alias for m in config.secrets if any(map(reaches_any_host, config.hosts_for(m)))]
     if everywhere:
         warn(f"{', '.join(everywhere)} may be sent to any host (a * hosts rule in {args.file})")
-    _warn_region(config)
+    _warn_about(config)
     return 0
 
 
 def _credentials_said(vault: Vault, config: ProviderConfig, replaced: bool) -> str:
     """What the import did to credentials, truthfully: files never hold them, so an import
     never changes them; it only says where they come from now."""
-    stored = vault.credentials(config.name) is not None
+    provider = provider_for(config)
+    noun = schema_for(config.provider).credentials
+    stored = vault.state().get("configs", {}).get(config.name, {}).get("credentials") is not None
     kept = "kept" if replaced else "found"
-    if config.credentials_source == "static":
+    if provider.credential_prompts(config):
         if stored:
-            return f"uses the static AWS keys {kept} in the vault for {config.name}"
-        return f"no AWS keys yet: set them with `vaultproxy config set-credentials {config.name}`"
-    source = f"AWS profile {config.aws_profile!r}" if config.credentials_source == "profile" else "the default AWS credential chain"
+            return f"uses the static {noun} {kept} in the vault for {config.name}"
+        return f"no {noun} yet: set them with `vaultproxy config set-credentials {config.name}`"
     unused = f"; the static keys {kept} in the vault stay unused" if stored else ""
-    return f"credentials come from {source}{unused}"
+    return f"credentials come from {provider.credentials_origin(config)}{unused}"
 
 
 def cmd_export(vault: Vault, args: argparse.Namespace) -> int:
@@ -163,32 +229,43 @@ def named(p: argparse.ArgumentParser, help: str, *, optional: bool = False) -> N
 
 
 def register(commands: Any) -> None:
-    config = subcommands(commands, "config", "AWS Secrets Manager configurations (shareable YAML; keys stay in the vault)", [
+    config = subcommands(commands, "config", "provider configurations (shareable YAML; credentials stay in the vault)", [
         "vaultproxy config add production --region us-east-1 --hosts '*.example.com'",
+        "vaultproxy config add team --provider vault --address https://vault.example.com:8200 --hosts '*.example.com'",
         "vaultproxy config list",
     ])
-    p = command(config, "add", cmd_add, "add a configuration and test it (static keys are prompted, or read from stdin)", [
+    p = command(config, "add", cmd_add, "add a configuration and test it (credentials are prompted, or read from stdin)", [
         "vaultproxy config add production --region us-east-1 --hosts '*.example.com'",
         "vaultproxy config add staging --region eu-west-1 --source profile --aws-profile staging",
         "printf '%s\\n%s\\n' \"$KEY_ID\" \"$SECRET_KEY\" | vaultproxy config add ci --region us-east-1",
+        "vaultproxy config add params --provider ssm --region us-east-1 --source default",
+        "vaultproxy config add team --provider vault --address https://vault.example.com:8200 --source default",
+        "vaultproxy config add cli --provider command --hosts api.example.com",
     ])
     named(p, "a name for it: 1-64 of A-Z a-z 0-9 _ -")
-    p.add_argument("--region", required=True, help="its AWS region, e.g. us-east-1")
+    p.add_argument("--provider", default="aws", choices=PROVIDERS,
+                   help="aws (Secrets Manager, the default), ssm (Parameter Store), vault (HashiCorp Vault or "
+                        "OpenBao KV) or command (any command-line secret manager)")
     p.add_argument("--display-name", help="a longer name for listings, e.g. 'Production (EU)'")
-    p.add_argument("--source", default="static", choices=SOURCES,
-                   help="where credentials come from: static keys kept in the vault (default), an AWS CLI "
-                        "profile (SSO and assume-role included), or boto3's default chain")
+    p.add_argument("--source", choices=SOURCES,
+                   help="where credentials come from: static ones kept in the vault (the default where the "
+                        "provider has it), an AWS CLI profile (aws, ssm), or the provider's own default sources "
+                        "(boto3's chain; VAULT_TOKEN or ~/.vault-token)")
     p.add_argument("--aws-profile", help="the AWS CLI profile, with --source profile, e.g. staging")
-    p.add_argument("--endpoint-url", help="a Secrets Manager-compatible endpoint, e.g. http://127.0.0.1:4566")
+    add_field_flags(p, "top")
+    add_field_flags(p, "credentials")
     p.add_argument("--hosts", help="default hosts for its secrets, e.g. '*.example.com' (`secret add --hosts` overrides)")
     p.add_argument("--allow-any-host", action="store_true", help=ANY_HOST_HELP)
+    add_refresh_flags(p, "(default: only when asked, by `secret refresh`)")
     command(config, "list", cmd_list, "list configurations with the state of their last test or fetch",
             ["vaultproxy config list --json"], listing=True)
     named(command(config, "use", cmd_use, "make a configuration the active one", ["vaultproxy config use staging"]),
           "the configuration to use")
-    named(command(config, "test", cmd_test, "check the credentials (STS GetCallerIdentity)", ["vaultproxy config test production"]),
+    named(command(config, "test", cmd_test, "check the credentials (AWS: STS GetCallerIdentity; Vault: token lookup)",
+                  ["vaultproxy config test production"]),
           "the configuration to test (default: the active one)", optional=True)
-    named(command(config, "set-credentials", cmd_set_credentials, "replace a configuration's static keys (prompted, or stdin)",
+    named(command(config, "set-credentials", cmd_set_credentials,
+                  "replace the credentials kept for a configuration (AWS keys, a Vault token or AppRole; prompted, or stdin)",
                   ["vaultproxy config set-credentials production"]), "the configuration whose keys change")
     named(command(config, "remove", cmd_remove, "delete a configuration with its keys and fetched values",
                   ["vaultproxy config remove staging"]), "the configuration to delete")

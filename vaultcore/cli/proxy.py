@@ -166,11 +166,17 @@ def cmd_status(vault: Vault, args: argparse.Namespace) -> int:
     print(f"configuration: {status['active_config'] or '(none active)'}")
     if status["config_error"]:
         print(f"config error:  {status['config_error']}")
+    if status["signing"]:
+        print(f"signing:       {', '.join(rule['name'] + ' (' + rule['kind'] + ')' for rule in status['signing'])}")
+    if status["signing_error"]:
+        print(f"signing error: {status['signing_error']}")
     rows = [
         {**row, "status": f"overridden by duplicate key in {row['shadowed_by']}" if row.get("shadowed_by") else row.get("error") or "ok"}
         for row in status["keys"]
     ]
-    print_table(rows, ["key", "source", "hosts", "last_fetched", "status"], "no secrets yet: vaultproxy local set KEY --hosts HOST")
+    columns = ["key", "source", "hosts", "last_fetched", "refresh_due", "status"] if any(r.get("refresh") for r in rows) else \
+        ["key", "source", "hosts", "last_fetched", "status"]
+    print_table(rows, columns, "no secrets yet: vaultproxy local set KEY --hosts HOST")
     return 0
 
 

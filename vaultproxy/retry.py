@@ -1,0 +1,123 @@
+"""Refresh and retry on rejection.
+
+When an upstream answers a request that used provider secrets with a status their
+configuration lists in `refresh_on` (401, 403), the credential may have been rotated since
+it was fetched. The proxy then fetches those secrets again (one fetch in flight per secret,
+at most one per secret in a short window, see `vaultcore.refresher`) and, if the vault now
+holds another value for a key the request used, sends the request once more through the
+whole addon chain (mitmproxy's own replay machinery, so every check applies again); the
+client gets the replay's answer. Otherwise the client gets the original rejection.
+
+While AWS rotates a secret, the new version is staged AWSPENDING before it becomes
+AWSCURRENT, and the service behind the API may accept it first. So the current version
+always goes out first; a rejection refetches it, and a changed current version wins; when
+it has not changed but a pending version exists, the request is retried once with that.
+AWSPREVIOUS is only ever sent through a mapping's `version_stage`.
+
+Only a request whose body the proxy holds can be sent again: streamed requests and
+responses, and WebSocket handshakes, pass their rejection on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING
+
+from mitmproxy import ctx, http
+from mitmproxy.addons.clientplayback import ReplayHandler
+
+from vaultcore.index import LOCAL_SOURCE, SecretIndex
+from vaultcore.profiles import REFRESH_STATUSES, ProviderConfig
+from vaultcore.refresher import CURRENT, PENDING, Stage
+
+if TYPE_CHECKING:
+    from vaultproxy.addon import VaultProxy
+    from vaultproxy.flights import Original
+
+logger = logging.getLogger(__name__)
+
+
+def rejected_aliases(flow: http.HTTPFlow, keys: list[str], index: SecretIndex, config: ProviderConfig | None) -> list[str]:
+    """The provider aliases among the keys `flow` used whose mapping asks for a refetch on
+    the status the upstream answered with."""
+    if config is None or flow.response is None:
+        return []
+    status = flow.response.status_code
+    aliases: list[str] = []
+    for key in keys:
+        secret = index.get(key)
+        mapping = config.mapping(key.split(".", 1)[0])
+        if secret is None or secret.source == LOCAL_SOURCE or mapping is None:
+            continue
+        if status in config.refresh_on_for(mapping) and mapping.alias not in aliases:
+            aliases.append(mapping.alias)
+    return aliases
+
+
+def changed(keys: list[str], used: SecretIndex, current: SecretIndex) -> bool:
+    """Whether the vault now gives another value for any key the request used."""
+    for key in keys:
+        before, now = used.get(key), current.get(key)
+        if before is not None and now is not None and before.value != now.value:
+            return True
+    return False
+
+
+class Retrier:
+    def __init__(self, proxy: VaultProxy):
+        self.proxy = proxy
+        # Flows this proxy sends again: they are resolved like live ones (see `addon.live`),
+        # and never retried a second time; those sent with a rotation's pending version
+        # resolve from the current index with that version's keys laid over it.
+        self.replays: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+        self.overlays: weakref.WeakKeyDictionary[http.HTTPFlow, SecretIndex] = weakref.WeakKeyDictionary()
+
+    def candidates(self, flow: http.HTTPFlow, used: Original | None) -> list[str]:
+        """The aliases to fetch again before retrying `flow`; empty when it is not retried."""
+        if flow.response is None or flow.response.status_code not in REFRESH_STATUSES:
+            return []  # almost every response: decided by one comparison
+        if used is None or flow in self.replays or flow.websocket is not None:
+            return []
+        if flow.request.stream or flow.response.stream or flow.request.raw_content is None:
+            return []
+        snapshot = self.proxy.snapshot
+        return rejected_aliases(flow, used.keys, used.index, snapshot.config if snapshot else None)
+
+    async def retry(self, flow: http.HTTPFlow, used: Original, aliases: list[str]) -> bool:
+        """Fetch `aliases` again and, if a value `flow` used changed, send it again; True when
+        the client is to get the replay's answer (now in `flow.response`)."""
+        proxy = self.proxy
+        assert proxy.refresher is not None and proxy.snapshot is not None and proxy.snapshot.config is not None
+        status = flow.response.status_code if flow.response else 0
+        name = proxy.snapshot.config.name
+        await self._refetch(name, aliases, CURRENT, status)
+        await proxy.reload_if_changed()
+        replay = flow.copy()
+        replay.response, replay.error, replay.is_replay = None, None, "request"
+        if changed(used.keys, used.index, proxy.index):
+            outcome = f"retried_after_{status}"
+        else:
+            await self._refetch(name, aliases, PENDING, status)
+            pending = proxy.refresher.pending(name, aliases)
+            overlay = SecretIndex([*pending.values(), *proxy.index.secrets()], (), proxy.index.unfetched)
+            if not pending or not changed(used.keys, used.index, overlay):
+                return False
+            self.overlays[replay] = overlay
+            outcome = f"retried_after_{status}_with_pending"
+        self.replays.add(replay)
+        proxy.audit.record(flow.request, flow.request.path, used.keys, outcome)
+        await ReplayHandler(replay, ctx.options).replay()
+        if replay.response is None:
+            logger.warning(f"vaultproxy: the retry of a request to {flow.request.host} failed: {replay.error}")
+            return False
+        flow.response = replay.response
+        return True
+
+    async def _refetch(self, name: str, aliases: list[str], stage: Stage, status: int) -> None:
+        assert self.proxy.refresher is not None
+        fetches = self.proxy.refresher.refetch_rejected(name, aliases, stage)
+        for outcome in await asyncio.gather(*(asyncio.wrap_future(f) for f in fetches), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                logger.warning(f"vaultproxy: fetching {', '.join(aliases)} ({stage}) again after a {status} failed: {outcome}")
