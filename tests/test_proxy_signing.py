@@ -1,0 +1,161 @@
+"""Requests signed by the proxy, end to end: real mitmdump with the addon, real clients that
+hold no key at all, and servers that verify the signature themselves.
+
+- SigV4: moto's server with IAM enforcement on (it checks each request's signature against
+  the IAM user's secret key). curl and requests call Secrets Manager, STS and S3 by their
+  AWS names (the proxy's resolver sends them to moto on loopback); the keys are vault keys.
+  A wrong key gets the service's own signature error; a host outside the rule is never signed.
+- HMAC: an upstream whose recorded request the test verifies as Stripe does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.moto import MotoServer, enforced_auth
+from tests.support.net import LOOPBACK
+from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.upstream import RecordingUpstream
+from vaultcore.vault import Vault
+
+SIGNING = """\
+rules:
+  - name: aws
+    hosts: ["*.amazonaws.com"]
+    sigv4:
+      access_key_id: aws.access_key_id
+      secret_access_key: aws.secret_access_key
+  - name: webhook
+    hosts: [api.example.com]
+    hmac:
+      key: webhook_secret
+      header: Stripe-Signature
+      value: "t={timestamp},v1={signature}"
+      message: "{timestamp}.{body}"
+"""
+WEBHOOK_SECRET = "FAKE-whsec-e2e-5d0a"
+SECRET_VALUE = "FAKE-fetched-through-the-proxy-7e1b"
+JSON_TYPE = "application/x-amz-json-1.1"
+TIMEOUT = 60
+
+
+def start(mitmdump: StartProxy, home: Path) -> MitmdumpProcess:
+    # Plain HTTP to moto under AWS names: allowed for this test's proxy only (real AWS is HTTPS).
+    return mitmdump(env={"VAULTPROXY_HOME": str(home)}, hosts={"*.amazonaws.com": LOOPBACK, "*.example.com": LOOPBACK},
+                    options={"vault_allow_plaintext": True})
+
+
+def aws_vault(home: Path, access_key_id: str, secret_access_key: str) -> Vault:
+    vault = Vault(home)
+    vault.set("aws.access_key_id", access_key_id, hosts=["*.amazonaws.com"])
+    vault.set("aws.secret_access_key", secret_access_key, hosts=["*.amazonaws.com"])
+    (home / "signing.yaml").write_text(SIGNING)
+    return vault
+
+
+def secretsmanager(session: requests.Session, moto: MotoServer, target: str, body: dict[str, object]) -> requests.Response:
+    return session.post(f"http://secretsmanager.us-east-1.amazonaws.com:{moto.port}/", data=json.dumps(body),
+                        headers={"X-Amz-Target": f"secretsmanager.{target}", "Content-Type": JSON_TYPE}, timeout=TIMEOUT)
+
+
+def test_sigv4_clients_without_keys_call_aws_through_the_proxy(
+    vault_home: Path, moto: MotoServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    moto.client().create_secret(Name="svc/token", SecretString=SECRET_VALUE)
+    reader_actions = ("secretsmanager:GetSecretValue", "sts:GetCallerIdentity", "s3:*")
+    with enforced_auth(moto, reader_actions) as users:
+        aws_vault(vault_home, users.reader.access_key_id, users.reader.secret_access_key)
+        proxy = start(mitmdump, vault_home)
+        session = proxy.requests_session()
+
+        answer = secretsmanager(session, moto, "GetSecretValue", {"SecretId": "svc/token"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["SecretString"] == SECRET_VALUE
+
+        curl = subprocess.run(
+            ["curl", "-sS", "--max-time", "30", "-x", proxy.url, f"http://secretsmanager.us-east-1.amazonaws.com:{moto.port}/",
+             "-H", "X-Amz-Target: secretsmanager.GetSecretValue", "-H", f"Content-Type: {JSON_TYPE}",
+             "-d", '{"SecretId": "svc/token"}'],
+            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )
+        assert curl.returncode == 0 and json.loads(curl.stdout)["SecretString"] == SECRET_VALUE, curl.stderr
+
+        sts = session.post(f"http://sts.amazonaws.com:{moto.port}/", data={"Action": "GetCallerIdentity", "Version": "2011-06-15"},
+                           timeout=TIMEOUT)  # service and region from the name: sts, us-east-1
+        assert sts.status_code == 200 and users.reader.access_key_id not in sts.text.split("<UserId>")[0], sts.text
+
+        bucket = f"http://s3.us-east-1.amazonaws.com:{moto.port}/signed-bucket"
+        assert session.put(bucket, timeout=TIMEOUT).status_code == 200
+        assert session.put(f"{bucket}/note.txt", data=b"hello", timeout=TIMEOUT).status_code == 200
+        got = session.get(f"{bucket}/note.txt", timeout=TIMEOUT)
+        assert got.status_code == 200 and got.content == b"hello"
+
+        # A host outside every rule is never signed.
+        plain = session.get(tls_upstream.url_for("other.example.com") + "/v1/items", timeout=TIMEOUT)
+        assert plain.status_code == 200
+        assert tls_upstream.requests[-1].header("Authorization") is None and tls_upstream.requests[-1].header("X-Amz-Date") is None
+
+        # The wrong secret key: the service's own signature error reaches the client.
+        Vault(vault_home).set("aws.secret_access_key", "FAKE-not-the-users-secret-key-0000", hosts=["*.amazonaws.com"])
+        wrong = secretsmanager(session, moto, "GetSecretValue", {"SecretId": "svc/token"})
+        assert wrong.status_code in (400, 403) and "Signature" in wrong.text, wrong.text
+
+    audit = [json.loads(line) for line in (vault_home / "audit.log").read_text().splitlines()]
+    assert any(e["outcome"] == "signed:aws" and e["keys"] == ["aws.access_key_id", "aws.secret_access_key"] for e in audit)
+    assert users.reader.secret_access_key not in proxy.output() + (vault_home / "audit.log").read_text()
+
+
+def test_sigv4_keys_keep_their_own_host_rules(vault_home: Path, mitmdump: StartProxy, moto: MotoServer) -> None:
+    """A rule cannot send keys where the keys themselves may not go."""
+    vault = aws_vault(vault_home, "AKIAFAKEHOSTRULE0001", "FAKE-secret-for-host-rule-test")
+    vault.edit("aws.secret_access_key", hosts=["secretsmanager.eu-west-1.amazonaws.com"])
+    session = start(mitmdump, vault_home).requests_session()
+    refused = secretsmanager(session, moto, "ListSecrets", {})
+    assert refused.status_code == 403 and refused.headers["X-Vaultproxy-Error"] == "host_not_allowed"
+
+
+def test_hmac_signature_verifies_as_the_api_does(vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream) -> None:
+    Vault(vault_home).set("webhook_secret", WEBHOOK_SECRET, hosts=["api.example.com"])
+    (vault_home / "signing.yaml").write_text(SIGNING)
+    session = start(mitmdump, vault_home).requests_session()
+    body = b'{"type": "payment.succeeded", "amount": 4200}'
+    assert session.post(tls_upstream.url_for("api.example.com") + "/hooks", data=body, timeout=TIMEOUT).status_code == 200
+
+    received = tls_upstream.requests[-1]
+    fields = dict(part.split("=", 1) for part in (received.header("Stripe-Signature") or "").split(","))
+    expected = hmac.new(WEBHOOK_SECRET.encode(), f"{fields['t']}.".encode() + received.body, hashlib.sha256).hexdigest()
+    assert received.body == body and hmac.compare_digest(fields["v1"], expected)
+    assert abs(time.time() - int(fields["t"])) < 60
+
+    # A client that signs itself is left alone; naming the rule makes the proxy sign anyway.
+    own = session.post(tls_upstream.url_for("api.example.com") + "/hooks", data=body, timeout=TIMEOUT,
+                       headers={"Stripe-Signature": "t=1,v1=client"})
+    assert own.status_code == 200 and tls_upstream.requests[-1].header("Stripe-Signature") == "t=1,v1=client"
+    marked = session.post(tls_upstream.url_for("api.example.com") + "/hooks", data=body, timeout=TIMEOUT,
+                          headers={"Stripe-Signature": "t=1,v1=dummy", "X-Vaultproxy-Sign": "webhook"})
+    assert marked.status_code == 200
+    assert tls_upstream.requests[-1].header("Stripe-Signature") != "t=1,v1=dummy"
+    assert tls_upstream.requests[-1].header("X-Vaultproxy-Sign") is None
+
+
+@pytest.mark.parametrize(("broken", "said"), [
+    ("rules: [{name: x}]\n", "signing.yaml:1: rules[0].hosts: missing"), ("rules: {", "signing.yaml:2: invalid YAML"),
+])
+def test_a_broken_signing_file_is_reported_and_signs_nothing_new(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, broken: str, said: str
+) -> None:
+    (vault_home / "signing.yaml").write_text(broken)
+    Vault(vault_home).set("demo", "FAKE-demo-value-1", hosts=["api.example.com"])
+    proxy = start(mitmdump, vault_home)
+    response = proxy.requests_session().get(tls_upstream.url_for("api.example.com") + "/", timeout=TIMEOUT,
+                                            headers={"X-Demo": "<<vault:demo>>"})
+    assert response.status_code == 200 and tls_upstream.requests[-1].header("Stripe-Signature") is None
+    assert said in proxy.output()

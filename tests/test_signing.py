@@ -1,0 +1,122 @@
+"""Signing rules without I/O: the signing.yaml schema (every error names file, line and
+field), HMAC signatures as Stripe, Slack and GitHub verify them, and the AWS scope a host
+name gives. SigV4 itself is verified end to end by moto (tests/test_proxy_signing.py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+
+from vaultcore.signing import Hmac, RequestParts, SigningError, SigV4, aws_scope, hmac_headers, parse_rules, sigv4_headers
+
+RULES = """\
+rules:
+  - name: aws
+    hosts: ["*.amazonaws.com"]
+    sigv4:
+      access_key_id: aws.access_key_id
+      secret_access_key: aws.secret_access_key
+  - name: stripe-webhook
+    hosts: [hooks.example.com]
+    hmac:
+      key: webhook_secret
+      header: Stripe-Signature
+      value: "t={timestamp},v1={signature}"
+      message: "{timestamp}.{body}"
+"""
+BODY = b'{"id": "evt_1", "amount": 100}'
+SECRET = b"FAKE-whsec-test-2b1c"
+
+
+def request(body: bytes | None = BODY) -> RequestParts:
+    return RequestParts("POST", "https://hooks.example.com/in?x=1", "hooks.example.com", "/in?x=1", {"Content-Type": "application/json"}, body)
+
+
+def test_rules_parse() -> None:
+    aws, stripe = parse_rules(RULES, "signing.yaml")
+    assert aws.name == "aws" and isinstance(aws.method, SigV4) and aws.keys() == ["aws.access_key_id", "aws.secret_access_key"]
+    assert aws.applies_to("secretsmanager.us-east-1.amazonaws.com", 443) and not aws.applies_to("amazonaws.com.evil.test", 443)
+    assert isinstance(stripe.method, Hmac) and stripe.method.algorithm == "sha256" and stripe.keys() == ["webhook_secret"]
+
+
+@pytest.mark.parametrize(("text", "line", "problem"), [
+    ("rules: {}\n", 1, "rules: must be a list"),
+    ("rules:\n  - {name: a, hosts: [x.example.com]}\n", 2, "rules[0]: needs one of sigv4 or hmac"),
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: 'Bad Header'}\n", 4, "rules[0].hmac.header: must be a header name"),
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, message: '{nonce}'}\n", 4, "rules[0].hmac.message: names nonce"),
+    ("rules:\n  - name: a\n    hosts: [https://x.example.com]\n    hmac: {key: k, header: X}\n", 3, "rules[0].hosts[0]: must be a host"),
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    sigv4: {access_key_id: a}\n", 4, "rules[0].sigv4.secret_access_key: missing"),
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, algorithm: md5}\n", 4, "rules[0].hmac.algorithm: must be one of"),
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, secret: s}\n", 4, "rules[0].hmac.secret: unknown field"),
+])
+def test_bad_rules_name_file_line_and_field(text: str, line: int, problem: str) -> None:
+    with pytest.raises(SigningError) as error:
+        parse_rules(text, "signing.yaml")
+    assert str(error.value).startswith(f"signing.yaml:{line}: {problem}")
+
+
+def test_stripe_style_signature_verifies_as_stripe_does() -> None:
+    _, stripe = parse_rules(RULES, "signing.yaml")
+    assert isinstance(stripe.method, Hmac)
+    headers = hmac_headers(stripe.method, SECRET, request(), 1_700_000_000)
+    fields = dict(part.split("=", 1) for part in headers["Stripe-Signature"].split(","))
+    expected = hmac.new(SECRET, b"1700000000." + BODY, hashlib.sha256).hexdigest()  # Stripe's documented scheme
+    assert fields == {"t": "1700000000", "v1": expected}
+
+
+def test_slack_and_github_styles() -> None:
+    slack = Hmac("k", "X-Slack-Signature", "v0={signature}", "v0:{timestamp}:{body}", timestamp_header="X-Slack-Request-Timestamp")
+    headers = hmac_headers(slack, SECRET, request(), 1_700_000_001)
+    assert headers["X-Slack-Request-Timestamp"] == "1700000001"
+    assert headers["X-Slack-Signature"] == "v0=" + hmac.new(SECRET, b"v0:1700000001:" + BODY, hashlib.sha256).hexdigest()
+    github = Hmac("k", "X-Hub-Signature-256", "sha256={signature}")
+    assert hmac_headers(github, SECRET, request(), 0) == {
+        "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET, BODY, hashlib.sha256).hexdigest(),
+    }
+    b64 = Hmac("k", "X-Sig", message="{method} {path}", algorithm="sha512", encoding="base64")
+    digest = hmac.new(SECRET, b"POST /in?x=1", hashlib.sha512).digest()
+    assert hmac_headers(b64, SECRET, request(), 0) == {"X-Sig": base64.b64encode(digest).decode()}
+
+
+def test_a_streamed_body_cannot_be_signed_but_a_bodyless_template_can() -> None:
+    with pytest.raises(SigningError, match="streamed"):
+        hmac_headers(Hmac("k", "X-Sig"), SECRET, request(body=None), 0)
+    assert "X-Sig" in hmac_headers(Hmac("k", "X-Sig", message="{method}{path}{timestamp}"), SECRET, request(body=None), 5)
+
+
+@pytest.mark.parametrize(("host", "scope"), [
+    ("secretsmanager.us-east-1.amazonaws.com", ("secretsmanager", "us-east-1")),
+    ("s3.eu-west-2.amazonaws.com", ("s3", "eu-west-2")),
+    ("my-bucket.s3.eu-west-2.amazonaws.com", ("s3", "eu-west-2")),
+    ("sts.amazonaws.com", ("sts", "us-east-1")),
+    ("api.example.com", (None, None)),
+    ("amazonaws.com.evil.test", (None, None)),
+])
+def test_aws_scope_from_host(host: str, scope: tuple[str | None, str | None]) -> None:
+    assert aws_scope(host) == scope
+
+
+def test_sigv4_needs_a_scope_and_a_whole_body_except_for_s3() -> None:
+    rule = SigV4("a", "s")
+    keys = {"a": "AKIDEXAMPLE", "s": "FAKE-sigv4-secret"}
+    parts = RequestParts("GET", "https://api.example.com/", "api.example.com", "/", {}, b"")
+    with pytest.raises(SigningError, match="set sigv4.service and sigv4.region"):
+        sigv4_headers(rule, keys, parts)
+    streamed = RequestParts("PUT", "https://s3.us-east-1.amazonaws.com/b/k", "s3.us-east-1.amazonaws.com", "/b/k", {}, None)
+    headers = sigv4_headers(rule, keys, streamed)
+    assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD" and headers["Authorization"].startswith("AWS4-HMAC-SHA256 ")
+    with pytest.raises(SigningError, match="streamed"):
+        sigv4_headers(rule, keys, RequestParts("POST", "https://sts.amazonaws.com/", "sts.amazonaws.com", "/", {}, None))
+
+
+def test_sigv4_session_tokens_travel_with_the_signature() -> None:
+    rule = SigV4("a", "s", session_token="t", service="execute-api", region="eu-west-1")
+    keys = {"a": "ASIAEXAMPLE", "s": "FAKE-sigv4-secret", "t": "FAKE-session-token"}
+    parts = RequestParts("GET", "https://api.example.com/items", "api.example.com", "/items", {}, b"")
+    headers = sigv4_headers(rule, keys, parts)
+    assert headers["X-Amz-Security-Token"] == "FAKE-session-token"
+    assert "/eu-west-1/execute-api/aws4_request" in headers["Authorization"]
+    assert "x-amz-security-token" in headers["Authorization"].split("SignedHeaders=")[1]

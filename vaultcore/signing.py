@@ -1,0 +1,306 @@
+"""Requests the proxy signs: AWS SigV4, and HMAC signatures of the kind webhooks and many
+APIs use. Pure: a rule and a request's parts in, the headers to set out.
+
+The rules live in `$VAULTPROXY_HOME/signing.yaml`, shareable like a configuration: they name
+vault keys, never values. A rule applies to requests for its hosts; its keys must also be
+allowed for the host (their own hosts rules), as for any placeholder.
+
+    rules:
+      - name: aws
+        hosts: ["*.amazonaws.com"]
+        sigv4:
+          access_key_id: aws.access_key_id          # vault keys (local, or a provider's JSON secret)
+          secret_access_key: aws.secret_access_key
+          session_token: aws.session_token          # optional
+          service: secretsmanager                   # optional where the host names it
+          region: eu-west-1                         # likewise
+      - name: webhook
+        hosts: ["hooks.example.com"]
+        hmac:
+          key: webhook_secret
+          header: X-Signature
+          value: "t={timestamp},v1={signature}"     # default "{signature}"
+          message: "{timestamp}.{body}"             # default "{body}"
+          algorithm: sha256                         # sha1, sha256 (default), sha512
+          encoding: hex                             # hex (default) or base64
+          timestamp_header: X-Timestamp             # optional: the timestamp in a header of its own
+
+Templates may name {method}, {host}, {path} (with the query), {timestamp} (Unix seconds, the
+proxy's clock) and {body} (the body's bytes as sent); the value template also {signature}.
+Stripe: value "t={timestamp},v1={signature}", message "{timestamp}.{body}"; Slack: header
+X-Slack-Signature, value "v0={signature}", message "v0:{timestamp}:{body}", timestamp_header
+X-Slack-Request-Timestamp; GitHub: header X-Hub-Signature-256, value "sha256={signature}".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaultcore.hostrules import host_matches
+from vaultcore.placeholders import KEY_RE
+from vaultcore.profiles import YAML_LOADER, check_host
+
+SIGNING_FILE = "signing.yaml"
+ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
+ENCODINGS = ("hex", "base64")
+TEMPLATE_FIELDS = frozenset({"method", "host", "path", "timestamp", "body", "signature"})
+AWS_REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d")
+GLOBAL_REGION = "us-east-1"
+
+
+class SigningError(ValueError):
+    """A rule that cannot be used, or a request it cannot sign; says why and the fix."""
+
+
+@dataclass(frozen=True)
+class SigV4:
+    access_key_id: str  # vault keys
+    secret_access_key: str
+    session_token: str | None = None
+    service: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class Hmac:
+    key: str  # a vault key
+    header: str
+    value: str = "{signature}"
+    message: str = "{body}"
+    algorithm: str = "sha256"
+    encoding: str = "hex"
+    timestamp_header: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    hosts: tuple[str, ...]
+    method: SigV4 | Hmac
+
+    def applies_to(self, host: str, port: int | None) -> bool:
+        return host_matches(host, port, self.hosts)
+
+    def keys(self) -> list[str]:
+        """The vault keys the rule signs with."""
+        if isinstance(self.method, Hmac):
+            return [self.method.key]
+        return [k for k in (self.method.access_key_id, self.method.secret_access_key, self.method.session_token) if k]
+
+
+# --- the rules file ---------------------------------------------------------------------------
+
+
+def load_rules(home: Path) -> tuple[Rule, ...]:
+    """The rules of `home`'s signing.yaml; none when there is no such file."""
+    path = home / SIGNING_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SigningError(f"{path}: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}") from None
+    return parse_rules(text, str(path))
+
+
+def parse_rules(text: str, source: str) -> tuple[Rule, ...]:
+    try:
+        root = yaml.compose(text, Loader=YAML_LOADER)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise SigningError(f"{source}:{mark.line + 1 if mark else 1}: invalid YAML: {e.problem or e.context}") from None
+    if root is None:
+        return ()
+    reader = _Reader(source)
+    top = reader.mapping(root, "", ("rules",), required=("rules",))
+    items = top["rules"]
+    if not isinstance(items, yaml.SequenceNode):
+        raise reader.error(items, "rules", "must be a list of rules")
+    rules: list[Rule] = []
+    for i, item in enumerate(items.value):
+        rule = reader.rule(item, f"rules[{i}]")
+        if any(r.name == rule.name for r in rules):
+            raise reader.error(item, f"rules[{i}].name", f"{rule.name!r} is already used by another rule")
+        rules.append(rule)
+    return tuple(rules)
+
+
+class _Reader:
+    """YAML nodes to rules, each error naming the file, the line and the field."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def error(self, node: yaml.Node, field: str, problem: str) -> SigningError:
+        return SigningError(f"{self.source}:{node.start_mark.line + 1}: {field}: {problem}")
+
+    def mapping(self, node: yaml.Node, field: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, field or "(top)", f"must be a mapping of {', '.join(allowed)}")
+        entries: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            path = f"{field}.{key}" if field else key
+            if key not in allowed:
+                raise self.error(key_node, path, f"unknown field; valid fields: {', '.join(allowed)}")
+            entries[key] = value_node
+        for name in required:
+            if name not in entries:
+                raise self.error(node, f"{field}.{name}" if field else name, "missing (required)")
+        return entries
+
+    def string(self, node: yaml.Node, field: str, check: Callable[[str], Any] | None = None) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str" or not node.value:
+            raise self.error(node, field, "must be a non-empty string")
+        if check is not None:
+            try:
+                check(node.value)
+            except ValueError as e:
+                raise self.error(node, field, str(e)) from None
+        return node.value
+
+    def choice(self, node: yaml.Node, field: str, choices: Any) -> str:
+        value = self.string(node, field)
+        if value not in choices:
+            raise self.error(node, field, f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    def rule(self, node: yaml.Node, field: str) -> Rule:
+        entries = self.mapping(node, field, ("name", "hosts", "sigv4", "hmac"), required=("name", "hosts"))
+        if ("sigv4" in entries) == ("hmac" in entries):
+            raise self.error(node, field, "needs one of sigv4 or hmac")
+        hosts_node = entries["hosts"]
+        if not isinstance(hosts_node, yaml.SequenceNode) or not hosts_node.value:
+            raise self.error(hosts_node, f"{field}.hosts", 'must be a non-empty list, e.g. ["*.amazonaws.com"]')
+        hosts = tuple(self.string(h, f"{field}.hosts[{i}]", check_host) for i, h in enumerate(hosts_node.value))
+        method = self.sigv4(entries["sigv4"], f"{field}.sigv4") if "sigv4" in entries else self.hmac(entries["hmac"], f"{field}.hmac")
+        return Rule(self.string(entries["name"], f"{field}.name"), hosts, method)
+
+    def key(self, node: yaml.Node, field: str) -> str:
+        return self.string(node, field, _check_key)
+
+    def sigv4(self, node: yaml.Node, field: str) -> SigV4:
+        fields = ("access_key_id", "secret_access_key", "session_token", "service", "region")
+        e = self.mapping(node, field, fields, required=("access_key_id", "secret_access_key"))
+        return SigV4(
+            self.key(e["access_key_id"], f"{field}.access_key_id"), self.key(e["secret_access_key"], f"{field}.secret_access_key"),
+            self.key(e["session_token"], f"{field}.session_token") if "session_token" in e else None,
+            self.string(e["service"], f"{field}.service") if "service" in e else None,
+            self.string(e["region"], f"{field}.region") if "region" in e else None,
+        )
+
+    def hmac(self, node: yaml.Node, field: str) -> Hmac:
+        e = self.mapping(node, field, ("key", "header", "value", "message", "algorithm", "encoding", "timestamp_header"),
+                         required=("key", "header"))
+        return Hmac(
+            self.key(e["key"], f"{field}.key"), self.string(e["header"], f"{field}.header", _check_header),
+            self.string(e["value"], f"{field}.value", _check_template) if "value" in e else "{signature}",
+            self.string(e["message"], f"{field}.message", _check_template) if "message" in e else "{body}",
+            self.choice(e["algorithm"], f"{field}.algorithm", ALGORITHMS) if "algorithm" in e else "sha256",
+            self.choice(e["encoding"], f"{field}.encoding", ENCODINGS) if "encoding" in e else "hex",
+            self.string(e["timestamp_header"], f"{field}.timestamp_header", _check_header) if "timestamp_header" in e else None,
+        )
+
+
+def _check_key(value: str) -> None:
+    if not KEY_RE.fullmatch(value):
+        raise ValueError(f"must be a vault key such as webhook_secret or aws.secret_access_key (got {value!r})")
+
+
+def _check_header(value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise ValueError(f"must be a header name such as X-Signature (got {value!r})")
+
+
+def _check_template(value: str) -> None:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"is not a template: {e} (write {{{{ and }}}} for literal braces)") from None
+    unknown = names - TEMPLATE_FIELDS
+    if unknown:
+        raise ValueError(f"names {', '.join(sorted(unknown))}; a template may use {', '.join(sorted(TEMPLATE_FIELDS))}")
+
+
+# --- signing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestParts:
+    """What a signature covers: the request as it leaves, after every other change."""
+
+    method: str
+    url: str  # scheme://host[:port]/path?query, as sent
+    host: str
+    path: str  # path and query
+    headers: Mapping[str, str]
+    body: bytes | None  # None: streamed, not known when the headers leave
+
+
+def hmac_headers(rule: Hmac, secret: bytes, request: RequestParts, timestamp: int) -> dict[str, str]:
+    """The header `rule` sets: its value template with the signature of its message template."""
+    if request.body is None and "{body}" in rule.message:
+        raise SigningError(f"cannot sign the body of a streamed request into {rule.header}: send it whole (below stream_large_bodies)")
+    fields = {"method": request.method, "host": request.host, "path": request.path, "timestamp": str(timestamp)}
+    message = _render_bytes(rule.message, fields, request.body or b"")
+    digest = hmac.new(secret, message, ALGORITHMS[rule.algorithm]).digest()
+    signature = digest.hex() if rule.encoding == "hex" else base64.b64encode(digest).decode("ascii")
+    headers = {rule.header: rule.value.format(**fields, body="", signature=signature)}
+    if rule.timestamp_header:
+        headers[rule.timestamp_header] = fields["timestamp"]
+    return headers
+
+
+def _render_bytes(template: str, fields: Mapping[str, str], body: bytes) -> bytes:
+    """A template as bytes, with the body's raw bytes where it says {body}."""
+    parts = template.split("{body}")
+    return body.join(part.format(**fields, body="", signature="").encode() for part in parts)
+
+
+def aws_scope(host: str) -> tuple[str | None, str | None]:
+    """(service, region) as an AWS endpoint's name says them; None where it does not."""
+    # service.region.amazonaws.com, bucket.s3.region.amazonaws.com, sts.amazonaws.com (global)
+    labels = host.lower().rstrip(".").split(".")
+    if len(labels) < 3 or labels[-2:] != ["amazonaws", "com"]:
+        return None, None
+    named = labels[:-2]
+    if len(named) >= 2 and AWS_REGION_RE.fullmatch(named[-1]):
+        return named[-2], named[-1]
+    return named[-1], GLOBAL_REGION
+
+
+def sigv4_headers(rule: SigV4, keys: Mapping[str, str], request: RequestParts) -> dict[str, str]:
+    """The headers SigV4 adds (Authorization, X-Amz-Date, and X-Amz-Security-Token and
+    X-Amz-Content-Sha256 where they apply). `keys`: the rule's vault keys and their values."""
+    from botocore.auth import S3SigV4Auth, SigV4Auth  # loaded only once a rule signs
+    from botocore.awsrequest import AWSRequest
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    derived_service, derived_region = aws_scope(request.host)
+    service, region = rule.service or derived_service, rule.region or derived_region
+    if not service or not region:
+        raise SigningError(f"cannot tell the AWS service and region from {request.host!r}: set sigv4.service and sigv4.region")
+    s3 = service == "s3"
+    if request.body is None and not s3:
+        raise SigningError(f"cannot sign a streamed request to {service}: SigV4 covers the body; send it whole (below stream_large_bodies)")
+    skipped = {"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "proxy-connection", "connection"}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in skipped}
+    aws_request = AWSRequest(method=request.method, url=request.url, data=request.body or b"", headers=headers)
+    if request.body is None:  # S3 takes UNSIGNED-PAYLOAD: the body streams after the headers
+        aws_request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
+    token = keys.get(rule.session_token) if rule.session_token else None
+    credentials = Credentials(keys[rule.access_key_id], keys[rule.secret_access_key], token)
+    (S3SigV4Auth if s3 else SigV4Auth)(credentials, service, region).add_auth(aws_request)
+    added = {"Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256"}
+    return {name: value for name, value in aws_request.headers.items() if name in added or name.lower() in {a.lower() for a in added}}

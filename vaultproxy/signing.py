@@ -1,0 +1,67 @@
+"""Signing at the proxy: the mitmproxy side of vaultcore/signing.py.
+
+A signature covers the request exactly as it leaves, so it is the last change: `Substitution`
+(last in the chain) signs after resolving placeholders. The keys a rule signs with go through
+the same lookup as placeholders (their hosts and origins rules, the plaintext rule, the Host
+and SNI checks), and the headers it adds are taken out again, like values, before anything
+records the request.
+
+A rule signs a request for its hosts unless the client has signed it itself (the request
+already has the header the rule sets); `X-Vaultproxy-Sign: RULE` makes it sign anyway (for
+SDKs that always sign, with dummy keys). That header never goes upstream.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+
+from vaultcore.placeholders import Lookup, SubstitutionError
+from vaultcore.signing import Hmac, RequestParts, Rule, SigningError, hmac_headers, sigv4_headers
+from vaultproxy.rewrite import Rewrite
+
+MARKER = "X-Vaultproxy-Sign"
+
+
+def signed_header(rule: Rule) -> str:
+    return rule.method.header if isinstance(rule.method, Hmac) else "Authorization"
+
+
+def rule_for(rules: tuple[Rule, ...], request: http.Request) -> Rule | None:
+    """The rule that signs `request`, if any: the first for its host, unless the client
+    signed the request itself and did not ask for the rule by name."""
+    if not rules:
+        return None
+    rule = next((r for r in rules if r.applies_to(request.host, request.port)), None)
+    if rule is None:
+        return None
+    marked = request.headers.get(MARKER)
+    return rule if marked == rule.name or (marked is None and signed_header(rule) not in request.headers) else None
+
+
+def signature(rule: Rule, request: http.Request, lookup: Lookup, *, streamed: bool) -> Rewrite:
+    """The request's header fields with the rule's signature headers set (and the marker
+    gone), as a Rewrite for the flight to undo; SubstitutionError when a key is refused or
+    the request cannot be signed."""
+    values: dict[str, str | bytes] = {}
+    for key in rule.keys():
+        value = lookup(key)
+        if value is None:  # vault_on_missing=keep leaves unknown keys literal: nothing to sign with
+            raise SubstitutionError("unknown_key", key, f"signing rule {rule.name!r} needs the vault key {key!r}, which is unknown")
+        values[key] = value
+    body = None if streamed else (request.raw_content or b"")
+    parts = RequestParts(request.method, request.url, request.pretty_host, request.path, request.headers, body)
+    try:
+        if isinstance(rule.method, Hmac):
+            secret = values[rule.method.key]
+            added = hmac_headers(rule.method, secret if isinstance(secret, bytes) else secret.encode(), parts, int(time.time()))
+        else:
+            added = sigv4_headers(rule.method, {k: v if isinstance(v, str) else v.decode() for k, v in values.items()}, parts)
+    except SigningError as e:
+        raise SubstitutionError("cannot_sign", rule.keys()[0], f"signing rule {rule.name!r}: {e}") from None
+    headers = request.headers.copy()
+    headers.pop(MARKER, None)
+    for name, value in added.items():
+        headers[name] = value
+    return Rewrite(fields=headers.fields, keys=rule.keys())
