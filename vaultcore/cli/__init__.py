@@ -13,7 +13,6 @@ its parsers. `--home` and `--json` are accepted before and after the command's w
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import sys
@@ -165,11 +164,22 @@ def subcommands(parent: Any, name: str, help: str, examples: Sequence[str]) -> A
     return group.add_subparsers(dest=f"{name}_command", required=True, parser_class=Parser, metavar="COMMAND")
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("vaultproxy")
-    except importlib.metadata.PackageNotFoundError:
-        return "(not installed: pip install -e .)"
+class VersionAction(argparse.Action):
+    """`--version`, looked up only when asked: importing importlib.metadata is a fifth of
+    every command's start-up."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("vaultproxy")
+        except importlib.metadata.PackageNotFoundError:
+            version = "(not installed: pip install -e .)"
+        print(f"vaultproxy {version}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
             "vaultproxy exec -- curl -s https://httpbin.org/headers -H 'Authorization: Bearer <<vault:demo>>'",
         ]) + "\n`vaultproxy COMMAND --help` shows each command's options and examples.",
     )
-    parser.add_argument("--version", action="version", version=f"vaultproxy {_version()}")
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument("--home", help=HOME_HELP)
     parser.add_argument("--json", action="store_true", help=JSON_HELP + ", for the commands that list things")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
