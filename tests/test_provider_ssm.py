@@ -4,7 +4,6 @@ String, StringList and SecureString, a whole path, batching, per-row errors, the
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,8 @@ from typing import Any
 import pytest
 
 from tests.support.cli import run_cli
-from tests.support.moto import REGION, MotoServer
+from tests.support.moto import REGION, MotoServer, count_operations
 from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping, dump_config, parse_config
-from vaultcore.providers import aws
 from vaultcore.providers.base import StaticCredentials
 from vaultcore.vault import Vault
 
@@ -31,21 +29,7 @@ def ssm(moto: MotoServer) -> Any:
 @pytest.fixture
 def ssm_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """The Parameter Store operations vaultcore makes in this test, by name."""
-    counter: Counter[str] = Counter()
-    lock = threading.Lock()
-    real = aws.session_for
-
-    def count(model: Any, **_: Any) -> None:
-        with lock:
-            counter[model.name] += 1
-
-    def counting(config: ProviderConfig, credentials: StaticCredentials | None) -> Any:
-        session = real(config, credentials)
-        session.events.register("before-call.ssm", count)
-        return session
-
-    monkeypatch.setattr(aws, "session_for", counting)
-    return counter
+    return count_operations(monkeypatch, "ssm")
 
 
 def params_config(moto: MotoServer, *secrets: SecretMapping, **changes: Any) -> ProviderConfig:

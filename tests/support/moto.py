@@ -130,9 +130,10 @@ def enforced_auth(moto: MotoServer, reader_actions: Sequence[str] = READ_ACTIONS
         moto.allow_unauthenticated(previous)
 
 
-def count_operations(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Counts the Secrets Manager operations vaultcore's fetches make, with a botocore event
-    hook on each session it creates (clients inherit the session's handlers)."""
+def count_operations(monkeypatch: pytest.MonkeyPatch, service: str = "secrets-manager") -> Counter[str]:
+    """Counts the operations of `service` (botocore's event name: secrets-manager, ssm) that
+    vaultcore's fetches make, with a botocore event hook on each session it creates (clients
+    inherit the session's handlers)."""
     counter: Counter[str] = Counter()
     lock = threading.Lock()  # fetch calls from several threads
     real_session_for = aws.session_for
@@ -143,7 +144,7 @@ def count_operations(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     def counting_session_for(config: ProviderConfig, credentials: StaticCredentials | None) -> Any:
         session = real_session_for(config, credentials)
-        session.events.register("before-call.secrets-manager", count)
+        session.events.register(f"before-call.{service}", count)
         return session
 
     monkeypatch.setattr(aws, "session_for", counting_session_for)
