@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ POLICY_CODES = frozenset(
         "placeholder_in_authority", "sni_mismatch", "name_not_served",
     }
 )
+# A minted credential (an OAuth access token) that must be minted, or minted again, first: the
+# proxy mints it and resolves the request again; a client never sees this code.
+MINT_NEEDED = "mint_needed"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Secret:
     hosts: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
     source: str = LOCAL_SOURCE
+    usable_until: float | None = None  # a minted token: not sent from then on (vaultcore.tokens)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,14 @@ class SecretIndex:
             else:
                 self._secrets[secret.key] = secret
 
+    def overlaid(self, secrets: Iterable[Secret]) -> SecretIndex:
+        """This index with `secrets` in front, in place of any of the same key: the tokens
+        the proxy minted, or a rotation's pending version for one retry."""
+        index = SecretIndex(unfetched=self.unfetched)
+        index._secrets = {**self._secrets, **{secret.key: secret for secret in secrets}}
+        index.shadowed = self.shadowed
+        return index
+
     def __len__(self) -> int:
         return len(self._secrets)
 
@@ -142,6 +155,8 @@ class SecretIndex:
                 "(plain HTTP, an upstream proxy, or an unverified certificate): "
                 "use https, or start the proxy with `--set vault_allow_plaintext=true`",
             )
+        if secret.usable_until is not None and time.time() >= secret.usable_until:
+            raise SubstitutionError(MINT_NEEDED, key, f"{key!r} is a token that must be minted first ({secret.source})")
         return secret
 
     def _unknown(self, key: str) -> str:

@@ -39,16 +39,14 @@ import hashlib
 import hmac
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from vaultcore.hostrules import host_matches
-from vaultcore.placeholders import KEY_RE
-from vaultcore.profiles import YAML_LOADER, check_host
+from vaultcore.rulefiles import NodeReader, check_header, load_named, parse_named
 
 SIGNING_FILE = "signing.yaml"
 ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -103,123 +101,44 @@ class Rule:
 
 def load_rules(home: Path) -> tuple[Rule, ...]:
     """The rules of `home`'s signing.yaml; none when there is no such file."""
-    path = home / SIGNING_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SigningError(f"{path}: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}") from None
-    return parse_rules(text, str(path))
+    return load_named(home / SIGNING_FILE, "rules", read_rule, SigningError)
 
 
 def parse_rules(text: str, source: str) -> tuple[Rule, ...]:
-    try:
-        root = yaml.compose(text, Loader=YAML_LOADER)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise SigningError(f"{source}:{mark.line + 1 if mark else 1}: invalid YAML: {e.problem or e.context}") from None
-    if root is None:
-        return ()
-    reader = _Reader(source)
-    top = reader.mapping(root, "", ("rules",), required=("rules",))
-    items = top["rules"]
-    if not isinstance(items, yaml.SequenceNode):
-        raise reader.error(items, "rules", "must be a list of rules")
-    rules: list[Rule] = []
-    for i, item in enumerate(items.value):
-        rule = reader.rule(item, f"rules[{i}]")
-        if any(r.name == rule.name for r in rules):
-            raise reader.error(item, f"rules[{i}].name", f"{rule.name!r} is already used by another rule")
-        rules.append(rule)
-    return tuple(rules)
+    return parse_named(text, source, "rules", read_rule, SigningError)
 
 
-class _Reader:
-    """YAML nodes to rules, each error naming the file, the line and the field."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def error(self, node: yaml.Node, field: str, problem: str) -> SigningError:
-        return SigningError(f"{self.source}:{node.start_mark.line + 1}: {field}: {problem}")
-
-    def mapping(self, node: yaml.Node, field: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, yaml.Node]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, field or "(top)", f"must be a mapping of {', '.join(allowed)}")
-        entries: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            path = f"{field}.{key}" if field else key
-            if key not in allowed:
-                raise self.error(key_node, path, f"unknown field; valid fields: {', '.join(allowed)}")
-            entries[key] = value_node
-        for name in required:
-            if name not in entries:
-                raise self.error(node, f"{field}.{name}" if field else name, "missing (required)")
-        return entries
-
-    def string(self, node: yaml.Node, field: str, check: Callable[[str], Any] | None = None) -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str" or not node.value:
-            raise self.error(node, field, "must be a non-empty string")
-        if check is not None:
-            try:
-                check(node.value)
-            except ValueError as e:
-                raise self.error(node, field, str(e)) from None
-        return node.value
-
-    def choice(self, node: yaml.Node, field: str, choices: Any) -> str:
-        value = self.string(node, field)
-        if value not in choices:
-            raise self.error(node, field, f"must be one of {', '.join(choices)} (got {value!r})")
-        return value
-
-    def rule(self, node: yaml.Node, field: str) -> Rule:
-        entries = self.mapping(node, field, ("name", "hosts", "sigv4", "hmac"), required=("name", "hosts"))
-        if ("sigv4" in entries) == ("hmac" in entries):
-            raise self.error(node, field, "needs one of sigv4 or hmac")
-        hosts_node = entries["hosts"]
-        if not isinstance(hosts_node, yaml.SequenceNode) or not hosts_node.value:
-            raise self.error(hosts_node, f"{field}.hosts", 'must be a non-empty list, e.g. ["*.amazonaws.com"]')
-        hosts = tuple(self.string(h, f"{field}.hosts[{i}]", check_host) for i, h in enumerate(hosts_node.value))
-        method = self.sigv4(entries["sigv4"], f"{field}.sigv4") if "sigv4" in entries else self.hmac(entries["hmac"], f"{field}.hmac")
-        return Rule(self.string(entries["name"], f"{field}.name"), hosts, method)
-
-    def key(self, node: yaml.Node, field: str) -> str:
-        return self.string(node, field, _check_key)
-
-    def sigv4(self, node: yaml.Node, field: str) -> SigV4:
-        fields = ("access_key_id", "secret_access_key", "session_token", "service", "region")
-        e = self.mapping(node, field, fields, required=("access_key_id", "secret_access_key"))
-        return SigV4(
-            self.key(e["access_key_id"], f"{field}.access_key_id"), self.key(e["secret_access_key"], f"{field}.secret_access_key"),
-            self.key(e["session_token"], f"{field}.session_token") if "session_token" in e else None,
-            self.string(e["service"], f"{field}.service") if "service" in e else None,
-            self.string(e["region"], f"{field}.region") if "region" in e else None,
-        )
-
-    def hmac(self, node: yaml.Node, field: str) -> Hmac:
-        e = self.mapping(node, field, ("key", "header", "value", "message", "algorithm", "encoding", "timestamp_header"),
-                         required=("key", "header"))
-        return Hmac(
-            self.key(e["key"], f"{field}.key"), self.string(e["header"], f"{field}.header", _check_header),
-            self.string(e["value"], f"{field}.value", _check_template) if "value" in e else "{signature}",
-            self.string(e["message"], f"{field}.message", _check_template) if "message" in e else "{body}",
-            self.choice(e["algorithm"], f"{field}.algorithm", ALGORITHMS) if "algorithm" in e else "sha256",
-            self.choice(e["encoding"], f"{field}.encoding", ENCODINGS) if "encoding" in e else "hex",
-            self.string(e["timestamp_header"], f"{field}.timestamp_header", _check_header) if "timestamp_header" in e else None,
-        )
+def read_rule(reader: NodeReader, node: yaml.Node, field: str) -> Rule:
+    entries = reader.mapping(node, field, ("name", "hosts", "sigv4", "hmac"), required=("name", "hosts"))
+    if ("sigv4" in entries) == ("hmac" in entries):
+        raise reader.error(node, field, "needs one of sigv4 or hmac")
+    hosts = reader.hosts(entries["hosts"], f"{field}.hosts")
+    method = read_sigv4(reader, entries["sigv4"], f"{field}.sigv4") if "sigv4" in entries else read_hmac(reader, entries["hmac"], f"{field}.hmac")
+    return Rule(reader.string(entries["name"], f"{field}.name"), hosts, method)
 
 
-def _check_key(value: str) -> None:
-    if not KEY_RE.fullmatch(value):
-        raise ValueError(f"must be a vault key such as webhook_secret or aws.secret_access_key (got {value!r})")
+def read_sigv4(reader: NodeReader, node: yaml.Node, field: str) -> SigV4:
+    fields = ("access_key_id", "secret_access_key", "session_token", "service", "region")
+    e = reader.mapping(node, field, fields, required=("access_key_id", "secret_access_key"))
+    return SigV4(
+        reader.key(e["access_key_id"], f"{field}.access_key_id"), reader.key(e["secret_access_key"], f"{field}.secret_access_key"),
+        reader.key(e["session_token"], f"{field}.session_token") if "session_token" in e else None,
+        reader.string(e["service"], f"{field}.service") if "service" in e else None,
+        reader.string(e["region"], f"{field}.region") if "region" in e else None,
+    )
 
 
-def _check_header(value: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
-        raise ValueError(f"must be a header name such as X-Signature (got {value!r})")
+def read_hmac(reader: NodeReader, node: yaml.Node, field: str) -> Hmac:
+    e = reader.mapping(node, field, ("key", "header", "value", "message", "algorithm", "encoding", "timestamp_header"),
+                       required=("key", "header"))
+    return Hmac(
+        reader.key(e["key"], f"{field}.key"), reader.string(e["header"], f"{field}.header", check_header),
+        reader.string(e["value"], f"{field}.value", _check_template) if "value" in e else "{signature}",
+        reader.string(e["message"], f"{field}.message", _check_template) if "message" in e else "{body}",
+        reader.choice(e["algorithm"], f"{field}.algorithm", ALGORITHMS) if "algorithm" in e else "sha256",
+        reader.choice(e["encoding"], f"{field}.encoding", ENCODINGS) if "encoding" in e else "hex",
+        reader.string(e["timestamp_header"], f"{field}.timestamp_header", check_header) if "timestamp_header" in e else None,
+    )
 
 
 def _check_template(value: str) -> None:

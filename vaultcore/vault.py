@@ -32,6 +32,7 @@ from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, Sec
 from vaultcore.providers.base import FetchResult, Identity
 from vaultcore.signing import SIGNING_FILE, Rule, SigningError, load_rules
 from vaultcore.store import State, Store, VaultError
+from vaultcore.tokens import TOKENS_FILE, TokenSource, TokenSourceError, load_sources
 
 MAX_VALUE_BYTES = 1024 * 1024
 HOME_ENV = "VAULTPROXY_HOME"
@@ -77,7 +78,8 @@ class Snapshot:
     `config` is the active configuration as last loaded: it outlives a broken file, so that
     the next rebuild still applies the vault's changes to its secrets (see `Vault.snapshot`);
     `config_error` says why the file did not load. `signing` are the signing rules
-    (vaultcore/signing.py), the last good ones while signing.yaml is broken (`signing_error`)."""
+    (vaultcore/signing.py), the last good ones while signing.yaml is broken (`signing_error`);
+    `tokens` the OAuth token sources of tokens.yaml (vaultcore/tokens.py), likewise."""
 
     index: SecretIndex
     signature: Signature
@@ -85,6 +87,8 @@ class Snapshot:
     config_error: str | None = None
     signing: tuple[Rule, ...] = ()
     signing_error: str | None = None
+    tokens: tuple[TokenSource, ...] = ()
+    tokens_error: str | None = None
 
     def is_stale(self) -> bool:
         """Whether a file the index was built from changed since: a few stat calls, so the
@@ -105,10 +109,11 @@ class Vault:
         return self.store.read()
 
     def signature(self) -> Signature:
-        """vault.enc, the configs directory (a file renamed into it changes its mtime) and
-        signing.yaml, stamped now. A snapshot adds its active configuration's file, the only other one its
-        index reads: so no glob, and the proxy can check before each request."""
-        return Signature.of(self.store.path, self.configs.path, self.home / SIGNING_FILE)
+        """vault.enc, the configs directory (a file renamed into it changes its mtime),
+        signing.yaml and tokens.yaml, stamped now. A snapshot adds its active configuration's
+        file, the only other one its index reads: so no glob, and the proxy can check before
+        each request."""
+        return Signature.of(self.store.path, self.configs.path, self.home / SIGNING_FILE, self.home / TOKENS_FILE)
 
     def snapshot(self, previous: Snapshot | None = None) -> Snapshot:
         """The proxy's index. Raises only when vault.enc cannot be read: the caller keeps
@@ -125,16 +130,21 @@ class Vault:
             signing, signing_error = load_rules(self.home), None
         except SigningError as e:
             signing, signing_error = (previous.signing if previous else ()), str(e)
+        try:
+            tokens, tokens_error = load_sources(self.home), None
+        except TokenSourceError as e:
+            tokens, tokens_error = (previous.tokens if previous else ()), str(e)
+        rules = {"signing": signing, "signing_error": signing_error, "tokens": tokens, "tokens_error": tokens_error}
         name = state.get("active_config")
         if not name:
-            return Snapshot(self._index(state, None), signature, signing=signing, signing_error=signing_error)
+            return Snapshot(self._index(state, None), signature, **rules)
         signature += Signature.of(self.configs.file(name))  # before it is read, likewise
         try:
             config, error = self._active(state), None
         except (ConfigError, VaultError) as e:
             last_good = previous.config if previous else None
             config, error = (last_good if last_good and last_good.name == name else None), str(e)
-        return Snapshot(self._index(state, config), signature, config, error, signing, signing_error)
+        return Snapshot(self._index(state, config), signature, config, error, **rules)
 
     def index(self, state: State | None = None) -> SecretIndex:
         """Raises when the active configuration's file is broken, for the CLI to say so (the
@@ -315,6 +325,7 @@ class Vault:
             "configs": self.configs.names(),
             "keys": sorted(rows, key=lambda r: r["key"]),
             **self._signing_status(),
+            **self._tokens_status(),
         }
 
     def _signing_status(self) -> dict[str, Any]:
@@ -326,4 +337,22 @@ class Vault:
         return {
             "signing": [{"name": r.name, "hosts": list(r.hosts), "kind": type(r.method).__name__.lower()} for r in rules],
             "signing_error": None,
+        }
+
+    def _tokens_status(self) -> dict[str, Any]:
+        """The token sources and what the proxy last said of each (minted, until when, the
+        last error), or why tokens.yaml does not load."""
+        from vaultcore.oauth import read_status  # the minting code loads only where tokens are
+
+        try:
+            sources = load_sources(self.home)
+        except TokenSourceError as e:
+            return {"tokens": [], "tokens_error": str(e)}
+        states = read_status(self.home) if sources else {}
+        return {
+            "tokens": [
+                {"name": s.name, "grant": s.grant, "token_url": s.token_url, "hosts": list(s.hosts), **states.get(s.name, {})}
+                for s in sources
+            ],
+            "tokens_error": None,
         }

@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -29,7 +31,8 @@ from mitmproxy.proxy import mode_specs
 
 from vaultcore.atomic import replace_file
 from vaultcore.freshness import Signature
-from vaultcore.index import SecretIndex
+from vaultcore.index import MINT_NEEDED, SecretIndex
+from vaultcore.oauth import TOKEN_UNAVAILABLE, Minter, MintError, credentials
 from vaultcore.placeholders import Budget, Lookup, StreamSubstituter, SubstitutionError, mentions_placeholder, resolve
 from vaultcore.profiles import ConfigError
 from vaultcore.proxyenv import RUNTIME_FILE
@@ -37,6 +40,7 @@ from vaultcore.redaction import Redactor
 from vaultcore.refresher import Refresher
 from vaultcore.signing import Rule
 from vaultcore.store import VaultError, forget_passphrase_environment
+from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
 from vaultproxy import guard, responses, rewrite, signing
 from vaultproxy.audit import RESOLVED, AuditLog, follow_console
@@ -44,7 +48,7 @@ from vaultproxy.clientgate import ClientGate
 from vaultproxy.flights import Flights, Original
 from vaultproxy.options import check_choices, check_deferred, declare_options, growth_limit, stop_starting
 from vaultproxy.refusal import readable_by, refusal
-from vaultproxy.retry import Retrier
+from vaultproxy.retry import Retrier, Stale
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +107,12 @@ class VaultProxy:
     def __init__(self) -> None:
         self.vault: Vault | None = None
         self.snapshot: Snapshot | None = None
-        self.index = SecretIndex()
+        self.index = SecretIndex()  # the snapshot's, with the token sources' placeholders over it
         self.rules: tuple[Rule, ...] = ()  # signing rules (vaultproxy/signing.py)
+        self.minter: Minter | None = None  # OAuth tokens (vaultcore/oauth.py), for the vault in use
+        self.token_sources: dict[str, TokenSource] = {}
+        self._tokens_until = math.inf  # when a token in the index is due to be minted again
+        self._tokens_seen = 0  # the minter's generation the index holds
         self.flights = Flights()
         self.audit = AuditLog(None)
         self.settings = guard.Settings()
@@ -170,11 +178,14 @@ class VaultProxy:
             except LOAD_ERRORS as e:
                 raise exceptions.OptionsError(f"vaultproxy: cannot load the vault: {e}") from None
             forget_passphrase_environment()  # derived now: nothing the proxy starts may inherit it
-            self.vault, self._failed = vault, None
+            self.vault, self._failed, self.minter = vault, None, Minter(vault)
             self._use(snapshot)
             if self._running:
                 self._start_refresher()
             logger.info(f"vaultproxy: {len(snapshot.index)} keys from {home}")
+        assert self.minter is not None
+        # The token endpoint is verified as upstreams are.
+        self.minter.verify = False if ctx.options.ssl_insecure else ctx.options.ssl_verify_upstream_trusted_ca or True
         if "vault_audit_log" in updated or "vault_home" in updated or self.audit.path is None:
             setting = ctx.options.vault_audit_log
             self.audit.close()
@@ -266,6 +277,8 @@ class VaultProxy:
         sent before the answer was taken; a CLI change that the client waited for before
         sending it had been made by then. (Each stat is a system call, a few µs.)"""
         assert self.snapshot is not None
+        if self._tokens_until <= time.time():  # a token is due: its placeholder now asks for a mint
+            self._overlay_tokens()
         if self._current_this_turn:
             return True
         current = not self.snapshot.is_stale() or (self._failed is not None and not self._failed.is_stale())
@@ -278,18 +291,19 @@ class VaultProxy:
     def _end_turn(self) -> None:
         self._current_this_turn = False
 
-    def when_current(self, then: Callable[[], None]) -> Awaitable[None] | None:
+    def when_current(self, then: Callable[[], Awaitable[None] | None]) -> Awaitable[None] | None:
         """Run `then` against an index that includes every write made before this request
         arrived: a CLI change is in force for the next request. When the files changed, the
-        hook returns the awaitable and mitmproxy holds just this flow while a worker reloads."""
+        hook returns the awaitable and mitmproxy holds just this flow while a worker reloads
+        (likewise while `then` waits for a token to be minted)."""
         if self.is_current():
-            then()
-            return None
+            return then()
         return self._reload_then(then)
 
-    async def _reload_then(self, then: Callable[[], None]) -> None:
+    async def _reload_then(self, then: Callable[[], Awaitable[None] | None]) -> None:
         await self.reload_if_changed()
-        then()
+        if (waiting := then()) is not None:
+            await waiting
 
     async def reload_if_changed(self) -> None:
         assert self.vault is not None and self.snapshot is not None
@@ -323,9 +337,49 @@ class VaultProxy:
             raise exceptions.CommandError(f"reload failed, keeping the last good state: {e}") from None
 
     def _use(self, snapshot: Snapshot) -> None:
-        self.snapshot, self.index, self.rules = snapshot, snapshot.index, snapshot.signing
+        self.snapshot, self.rules = snapshot, snapshot.signing
+        self.token_sources = {source.name: source for source in snapshot.tokens}
+        self._overlay_tokens()
         if snapshot.signing_error:
             logger.warning(f"vaultproxy: {snapshot.signing_error} (signing keeps its last good rules)")
+        if snapshot.tokens_error:
+            logger.warning(f"vaultproxy: {snapshot.tokens_error} (tokens keep their last good sources)")
+
+    # --- OAuth tokens (vaultcore/tokens.py, vaultcore/oauth.py) --------------------------------
+
+    def _overlay_tokens(self) -> None:
+        """The index requests resolve from: the snapshot's, with each token source's
+        placeholders over it, holding its token while that is usable (else they ask for a mint)."""
+        assert self.snapshot is not None and self.minter is not None
+        if not self.token_sources:
+            self.index, self._tokens_until = self.snapshot.index, math.inf
+            return
+        now, self._tokens_seen = time.time(), self.minter.generation
+        held = {name: self.minter.token(source, now) for name, source in self.token_sources.items()}
+        self.index = self.snapshot.index.overlaid(
+            secret for name, source in self.token_sources.items() for secret in source_secrets(source, held[name])
+        )
+        self._tokens_until = min((token.renew_at for token in held.values() if token), default=math.inf)
+
+    async def mint(self, key: str, *, rejected: str | None = None) -> None:
+        """Mint the token whose placeholder is `key` (one request in flight per source,
+        however many flows wait), or raise the SubstitutionError to answer with. `rejected`:
+        the access token an API refused, which is not used again."""
+        assert self.minter is not None
+        source = self.token_sources.get(key.partition(".")[0])
+        if source is None:  # tokens.yaml changed under the request
+            raise SubstitutionError(TOKEN_UNAVAILABLE, key, f"{key!r} is no longer a token source in tokens.yaml")
+        await self.reload_if_changed()  # a refresh token the server rotated is read from the vault
+        assert self.snapshot is not None
+        values = credentials(
+            source, self.snapshot.index, allow_plaintext=self.settings.allow_plaintext, verified=self.settings.verify_upstream,
+        )
+        try:
+            await asyncio.wrap_future(self.minter.mint(source, values, rejected=rejected))
+        except MintError as e:
+            raise e.refusal() from None
+        if self._tokens_seen != self.minter.generation:
+            self._overlay_tokens()
 
     def index_for(self, flow: http.HTTPFlow) -> SecretIndex:
         """The index `flow` resolves from: the vault's, or for a retry with a rotation's
@@ -383,13 +437,13 @@ class VaultProxy:
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         used = self.flights.finish(flow)
-        if used and (aliases := self.retrier.candidates(flow, used)):
-            return self._retry_then_clean(flow, used, aliases)
+        if used and (stale := self.retrier.candidates(flow, used)):
+            return self._retry_then_clean(flow, used, stale)
         self._clean(flow, used)
         return None
 
-    async def _retry_then_clean(self, flow: http.HTTPFlow, used: Original, aliases: list[str]) -> None:
-        if not await self.retrier.retry(flow, used, aliases):
+    async def _retry_then_clean(self, flow: http.HTTPFlow, used: Original, stale: Stale) -> None:
+        if not await self.retrier.retry(flow, used, stale):
             self._clean(flow, used)  # the replay's answer was cleaned on its own way
 
     def _clean(self, flow: http.HTTPFlow, used: Original | None) -> None:
@@ -455,14 +509,43 @@ class Substitution:
             return None
         return self.proxy.when_current(lambda: self._substitute_and_sign(flow, plan, streamed=streamed, stream_body=stream_body))
 
-    def _substitute_and_sign(self, flow: http.HTTPFlow, plan: rewrite.Plan | None, *, streamed: bool, stream_body: bool) -> None:
-        if (plan is not None or stream_body) and not self._substitute(flow, plan, streamed=streamed, stream_body=stream_body):
-            return
+    def _substitute_and_sign(
+        self, flow: http.HTTPFlow, plan: rewrite.Plan | None, *, streamed: bool, stream_body: bool, minted: frozenset[str] = frozenset(),
+    ) -> Awaitable[None] | None:
+        """`minted`: the token sources minted for this request so far."""
+        try:
+            if (plan is not None or stream_body) and not self._substitute(flow, plan, streamed=streamed, stream_body=stream_body):
+                return None
+        except SubstitutionError as e:  # a token to mint first (_substitute refuses all else)
+            return self._mint_then(
+                e, minted, lambda error: self._refuse(flow, error, flow.request.path, streamed=streamed),
+                lambda minted: self._substitute_and_sign(flow, plan, streamed=streamed, stream_body=stream_body, minted=minted),
+            )
         rule = signing.rule_for(self.proxy.rules, flow.request)  # the rules of the index just made current
         if rule is not None:
             self._sign(flow, rule, streamed=streamed)
         else:
             flow.request.headers.pop(signing.MARKER, None)  # a marker no rule for this host took
+        return None
+
+    async def _mint_then(
+        self, needed: SubstitutionError, minted: frozenset[str],
+        refuse: Callable[[SubstitutionError], None], again: Callable[[frozenset[str]], Awaitable[None] | None],
+    ) -> None:
+        """Mint the token a placeholder asked for (MINT_NEEDED), then resolve again; or refuse.
+        Nothing of the request changed before: a refusal leaves it as it came."""
+        name = needed.key.partition(".")[0]
+        try:
+            if name in minted:
+                raise SubstitutionError(
+                    TOKEN_UNAVAILABLE, needed.key, f"token {name!r} was due again as soon as it was minted: its lifetime is too short",
+                )
+            await self.proxy.mint(needed.key)
+        except SubstitutionError as e:
+            refuse(e)
+            return
+        if (waiting := again(minted | {name})) is not None:
+            await waiting
 
     def _sign(self, flow: http.HTTPFlow, rule: Rule, *, streamed: bool) -> None:
         """Sign last: a signature covers the request exactly as it leaves."""
@@ -486,6 +569,8 @@ class Substitution:
             budget = Budget(proxy.settings.max_growth)
             change = rewrite.rewrite_request(request, plan, lookup.resolve, budget) if plan else rewrite.Rewrite()
         except SubstitutionError as e:
+            if e.code == MINT_NEEDED:
+                raise
             self._refuse(flow, e, original_path, streamed=streamed)
             return False
         proxy.flights.remember(flow, change, proxy.index_for(flow), streamed_body=stream_body)
@@ -549,17 +634,28 @@ class Substitution:
             return None
         return self.proxy.when_current(lambda: self._substitute_message(flow, message))
 
-    def _substitute_message(self, flow: http.HTTPFlow, message: websocket.WebSocketMessage) -> None:
+    def _substitute_message(
+        self, flow: http.HTTPFlow, message: websocket.WebSocketMessage, minted: frozenset[str] = frozenset(),
+    ) -> Awaitable[None] | None:
         proxy = self.proxy
         try:
             content, keys = resolve(
                 message.content, rewrite.websocket_context(message), self._lookup_for(flow), Budget(proxy.settings.max_growth),
             )
         except SubstitutionError as e:
-            proxy.audit.refused(flow.request, flow.request.path, e, f"dropped a WebSocket message: {e}")
-            message.drop()
-            return
+            if e.code == MINT_NEEDED:
+                return self._mint_then(
+                    e, minted, lambda error: self._drop_message(flow, message, error),
+                    lambda minted: self._substitute_message(flow, message, minted),
+                )
+            self._drop_message(flow, message, e)
+            return None
         if keys:
             proxy.flights.remember_message(flow, message, keys, proxy.index)
             proxy.audit.record(flow.request, flow.request.path, keys, RESOLVED)
             message.content = content
+        return None
+
+    def _drop_message(self, flow: http.HTTPFlow, message: websocket.WebSocketMessage, error: SubstitutionError) -> None:
+        self.proxy.audit.refused(flow.request, flow.request.path, error, f"dropped a WebSocket message: {error}")
+        message.drop()

@@ -12,14 +12,22 @@ from mitmproxy import http
 
 from vaultcore.hostrules import origin_matches
 from vaultcore.index import POLICY_CODES, SecretIndex
+from vaultcore.oauth import TOKEN_REFUSED, TOKEN_UNAVAILABLE
 from vaultcore.placeholders import SubstitutionError
 
 ERROR_HEADER = "X-Vaultproxy-Error"
 
 
+# The codes that are neither policy (403) nor a bad request (400): too much growth, and no
+# token, because the token endpoint refused (502: its answer is the problem) or could not be
+# asked (503: try again later).
+OTHER_STATUSES = {"too_large": 413, TOKEN_REFUSED: 502, TOKEN_UNAVAILABLE: 503}
+
+
 def status(error: SubstitutionError) -> int:
-    """403 for where-may-it-go refusals, 413 for too much growth, 400 for the rest."""
-    return 403 if error.code in POLICY_CODES else 413 if error.code == "too_large" else 400
+    """403 for where-may-it-go refusals, 502/503 when no token could be minted, 413 for too
+    much growth, 400 for the rest."""
+    return 403 if error.code in POLICY_CODES else OTHER_STATUSES.get(error.code, 400)
 
 
 def readable_by(request: http.Request, error: SubstitutionError, index: SecretIndex) -> str | None:

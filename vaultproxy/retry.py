@@ -14,6 +14,10 @@ always goes out first; a rejection refetches it, and a changed current version w
 it has not changed but a pending version exists, the request is retried once with that.
 AWSPREVIOUS is only ever sent through a mapping's `version_stage`.
 
+An OAuth access token the proxy minted (vaultcore/oauth.py) is rejected the same way: a status
+its token source lists in `refresh_on` (401 by default) mints a new token, unless another
+request already did, and the request is sent once more with it.
+
 Only a request whose body the proxy holds can be sent again: streamed requests and
 responses, and WebSocket handshakes, pass their rejection on.
 """
@@ -23,14 +27,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, http
 from mitmproxy.addons.clientplayback import ReplayHandler
 
 from vaultcore.index import LOCAL_SOURCE, SecretIndex
+from vaultcore.placeholders import SubstitutionError
 from vaultcore.profiles import REFRESH_STATUSES, ProviderConfig
 from vaultcore.refresher import CURRENT, PENDING, Stage
+from vaultcore.tokens import TokenSource
 
 if TYPE_CHECKING:
     from vaultproxy.addon import VaultProxy
@@ -56,6 +64,25 @@ def rejected_aliases(flow: http.HTTPFlow, keys: list[str], index: SecretIndex, c
     return aliases
 
 
+def rejected_tokens(flow: http.HTTPFlow, keys: list[str], sources: Mapping[str, TokenSource]) -> list[str]:
+    """The token sources whose access token `flow` sent, when the upstream's status is one
+    the source mints a new token on."""
+    status = flow.response.status_code if flow.response else 0
+    return [key for key in keys if key in sources and status in sources[key].refresh_on]
+
+
+@dataclass(frozen=True)
+class Stale:
+    """What a rejected request used that may be out of date: provider aliases to fetch again,
+    and token sources to mint again."""
+
+    aliases: list[str]
+    tokens: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.aliases or self.tokens)
+
+
 def changed(keys: list[str], used: SecretIndex, current: SecretIndex) -> bool:
     """Whether the vault now gives another value for any key the request used."""
     for key in keys:
@@ -74,34 +101,43 @@ class Retrier:
         self.replays: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.overlays: weakref.WeakKeyDictionary[http.HTTPFlow, SecretIndex] = weakref.WeakKeyDictionary()
 
-    def candidates(self, flow: http.HTTPFlow, used: Original | None) -> list[str]:
-        """The aliases to fetch again before retrying `flow`; empty when it is not retried."""
+    def candidates(self, flow: http.HTTPFlow, used: Original | None) -> Stale | None:
+        """What to fetch or mint again before retrying `flow`; None when it is not retried."""
         if flow.response is None or flow.response.status_code not in REFRESH_STATUSES:
-            return []  # almost every response: decided by one comparison
-        if used is None or flow in self.replays or flow.websocket is not None:
-            return []
+            return None  # almost every response: decided by one comparison
+        if used is None or used.index is None or flow in self.replays or flow.websocket is not None:
+            return None
         if flow.request.stream or flow.response.stream or flow.request.raw_content is None:
-            return []
+            return None
         snapshot = self.proxy.snapshot
-        return rejected_aliases(flow, used.keys, used.index, snapshot.config if snapshot else None)
+        stale = Stale(
+            rejected_aliases(flow, used.keys, used.index, snapshot.config if snapshot else None),
+            rejected_tokens(flow, used.keys, self.proxy.token_sources),
+        )
+        return stale or None
 
-    async def retry(self, flow: http.HTTPFlow, used: Original, aliases: list[str]) -> bool:
-        """Fetch `aliases` again and, if a value `flow` used changed, send it again; True when
-        the client is to get the replay's answer (now in `flow.response`)."""
+    async def retry(self, flow: http.HTTPFlow, used: Original, stale: Stale) -> bool:
+        """Fetch or mint what `stale` names and, if a value `flow` used changed, send it again;
+        True when the client is to get the replay's answer (now in `flow.response`)."""
         proxy = self.proxy
-        assert proxy.refresher is not None and proxy.snapshot is not None and proxy.snapshot.config is not None
+        assert proxy.refresher is not None and proxy.snapshot is not None and used.index is not None
         status = flow.response.status_code if flow.response else 0
-        name = proxy.snapshot.config.name
-        await self._refetch(name, aliases, CURRENT, status)
+        name = proxy.snapshot.config.name if proxy.snapshot.config else ""
+        if stale.aliases:
+            await self._refetch(name, stale.aliases, CURRENT, status)
+        for token in stale.tokens:
+            await self._mint(token, used.index, status)
         await proxy.reload_if_changed()
         replay = flow.copy()
         replay.response, replay.error, replay.is_replay = None, None, "request"
         if changed(used.keys, used.index, proxy.index):
             outcome = f"retried_after_{status}"
         else:
-            await self._refetch(name, aliases, PENDING, status)
-            pending = proxy.refresher.pending(name, aliases)
-            overlay = SecretIndex([*pending.values(), *proxy.index.secrets()], (), proxy.index.unfetched)
+            if not stale.aliases:
+                return False
+            await self._refetch(name, stale.aliases, PENDING, status)
+            pending = proxy.refresher.pending(name, stale.aliases)
+            overlay = proxy.index.overlaid(pending.values())
             if not pending or not changed(used.keys, used.index, overlay):
                 return False
             self.overlays[replay] = overlay
@@ -114,6 +150,14 @@ class Retrier:
             return False
         flow.response = replay.response
         return True
+
+    async def _mint(self, token: str, used: SecretIndex, status: int) -> None:
+        """A new token in place of the one the upstream rejected (unless one is already)."""
+        sent = used.get(token)
+        try:
+            await self.proxy.mint(token, rejected=sent.value if sent and isinstance(sent.value, str) else None)
+        except SubstitutionError as e:
+            logger.warning(f"vaultproxy: minting token {token!r} again after a {status} failed: {e}")
 
     async def _refetch(self, name: str, aliases: list[str], stage: Stage, status: int) -> None:
         assert self.proxy.refresher is not None

@@ -14,6 +14,7 @@
   `vaultproxy start`, and a stand-in for a running proxy (stand_in_proxy)
 - leaks: the leak hunt (needles in every encoding, hunts over bytes, files, flow files, processes)
 - secret_set: a module's test secrets, found by key in any output, and its shared proxy
+- oauth_server: a real OAuth 2.0 authorization server (authlib on Flask) and an API that takes its tokens
 
 The fixtures in tests/conftest.py start and stop these for each test.
 """

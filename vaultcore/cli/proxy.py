@@ -170,6 +170,10 @@ def cmd_status(vault: Vault, args: argparse.Namespace) -> int:
         print(f"signing:       {', '.join(rule['name'] + ' (' + rule['kind'] + ')' for rule in status['signing'])}")
     if status["signing_error"]:
         print(f"signing error: {status['signing_error']}")
+    for token in status["tokens"]:
+        print(f"token {token['name']}: {_token_state(token)}")
+    if status["tokens_error"]:
+        print(f"tokens error:  {status['tokens_error']}")
     rows = [
         {**row, "status": f"overridden by duplicate key in {row['shadowed_by']}" if row.get("shadowed_by") else row.get("error") or "ok"}
         for row in status["keys"]
@@ -178,6 +182,16 @@ def cmd_status(vault: Vault, args: argparse.Namespace) -> int:
         ["key", "source", "hosts", "last_fetched", "status"]
     print_table(rows, columns, "no secrets yet: vaultproxy local set KEY --hosts HOST")
     return 0
+
+
+def _token_state(token: dict[str, Any]) -> str:
+    """A token source's line in `status`: its grant and what the proxy last said of it."""
+    said = f"{token['grant']} at {token['token_url']}"
+    if token.get("error"):
+        return f"{said}; failing since {token['failed_at']} ({token['failures']} in a row): {token['error']}"
+    if token.get("minted_at"):
+        return f"{said}; minted {token['minted_at']}" + (f", expires {token['expires_at']}" if token.get("expires_at") else "")
+    return f"{said}; not minted yet (the proxy mints it for the first request that uses it)"
 
 
 def _proxy_status(vault: Vault) -> dict[str, Any]:

@@ -1,0 +1,215 @@
+"""OAuth 2.0 access tokens minted by the proxy, end to end: a real mitmdump with the addon, a
+real authorization server (authlib's server components, tests/support/oauth_server.py) and an
+API that accepts only its current tokens, both over HTTPS on loopback under example.com names.
+
+The client sends `Authorization: Bearer <<vault:billing>>` and holds nothing else: no client
+secret, no refresh token, no access token. Each test counts what reached the token endpoint.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.net import LOOPBACK, free_port, wait_until
+from tests.support.oauth_server import AuthorizationServer, ResourceServer
+from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
+from tests.support.tls import TLSMaterial
+from vaultcore.vault import Vault
+
+CLIENT_ID = "vaultproxy-e2e"
+CLIENT_SECRET = "FAKE-client-secret-oauth-e2e-41c7"
+TIMEOUT = 30
+BEARER = {"Authorization": "<<vault:billing.token_type>> <<vault:billing>>"}
+
+
+@pytest.fixture
+def authorization(tls_material: TLSMaterial) -> Iterator[AuthorizationServer]:
+    with AuthorizationServer(tls_material) as server:
+        yield server
+
+
+@pytest.fixture
+def api(authorization: AuthorizationServer, tls_material: TLSMaterial) -> Iterator[ResourceServer]:
+    with ResourceServer(authorization, tls_material) as server:
+        yield server
+
+
+def token_source(home: Path, port: int, **fields: Any) -> None:
+    """tokens.yaml with one source, `billing`, whose token endpoint is auth.example.com."""
+    source = {
+        "name": "billing", "hosts": ["api.example.com"], "token_url": f"https://auth.example.com:{port}/oauth/token",
+        "client_id": CLIENT_ID, "client_secret": "billing.client_secret", "scope": "read", **fields,
+    }
+    (home / "tokens.yaml").write_text(json.dumps({"tokens": [source]}))
+
+
+def start(mitmdump: StartProxy, home: Path) -> MitmdumpProcess:
+    return mitmdump(env={"VAULTPROXY_HOME": str(home)}, hosts={"*.example.com": LOOPBACK})
+
+
+def client_credentials(home: Path, authorization: AuthorizationServer, auth_method: str = "client_secret_basic") -> Vault:
+    authorization.add_client(CLIENT_ID, CLIENT_SECRET, auth_method=auth_method)
+    vault = Vault(home)
+    vault.set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+    token_source(home, authorization.port, auth_method=auth_method, audience="https://api.example.com")
+    return vault
+
+
+def call(session: requests.Session, api: ResourceServer, path: str = "/v1/invoices", headers: dict[str, str] = BEARER) -> requests.Response:
+    return session.get(f"https://api.example.com:{api.port}{path}", headers=headers, timeout=TIMEOUT)
+
+
+def token_status(home: Path) -> dict[str, Any]:
+    (status,) = Vault(home).status()["tokens"]
+    return status
+
+
+@pytest.mark.parametrize("auth_method", ["client_secret_basic", "client_secret_post"])
+def test_client_credentials_token_reaches_the_api_and_is_reused(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy, auth_method: str,
+) -> None:
+    client_credentials(vault_home, authorization, auth_method)
+    proxy = start(mitmdump, vault_home)
+    session = proxy.requests_session()
+
+    for _ in range(3):
+        answer = call(session, api)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"client_id": CLIENT_ID, "scope": "read", "path": "/v1/invoices"}
+    assert authorization.token_requests() == 1  # one token, kept until shortly before it expires
+    assert authorization.auth_methods_seen() == [auth_method]
+    assert authorization.last_form() | {"scope": "read"} == {"grant_type": "client_credentials", "scope": "read", "audience": "https://api.example.com"} | (
+        {"client_id": CLIENT_ID} if auth_method == "client_secret_post" else {}
+    )
+    token = api.tokens_seen[0]
+    assert api.tokens_seen == [token] * 3 and authorization.introspect(token) is not None
+
+    status = token_status(vault_home)
+    assert status["minted_at"] and status["expires_at"] and status["error"] is None
+    audit = audit_lines(vault_home, "/v1/invoices")
+    assert [line["keys"] for line in audit] == [["billing.token_type", "billing"]] * 3
+    everything = proxy.output() + (vault_home / "audit.log").read_text() + (vault_home / "token-status.json").read_text()
+    assert token not in everything and CLIENT_SECRET not in everything
+
+
+def test_a_destination_outside_the_sources_hosts_gets_no_token_and_causes_no_mint(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
+) -> None:
+    """A hostile page or host cannot make the proxy spend its client secret: the token's own
+    rules are checked before anything is minted."""
+    client_credentials(vault_home, authorization)
+    session = start(mitmdump, vault_home).requests_session()
+
+    elsewhere = session.get(f"https://other.example.com:{api.port}/steal", headers=BEARER, timeout=TIMEOUT)
+    assert elsewhere.status_code == 403 and elsewhere.headers["X-Vaultproxy-Error"] == "host_not_allowed"
+    page = call(session, api, headers={**BEARER, "Origin": "https://evil.example.com"})
+    assert page.status_code == 403 and page.headers["X-Vaultproxy-Error"] == "origin_not_allowed"
+    assert authorization.token_requests() == 0 and api.requests == 0
+
+
+def test_the_client_secret_only_goes_where_its_hosts_rule_allows(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
+) -> None:
+    vault = client_credentials(vault_home, authorization)
+    vault.edit("billing.client_secret", hosts=["login.example.com"])  # not the token endpoint's host
+    session = start(mitmdump, vault_home).requests_session()
+
+    refused = call(session, api)
+    assert refused.status_code == 403 and refused.headers["X-Vaultproxy-Error"] == "host_not_allowed"
+    assert "token 'billing' cannot be minted" in refused.text and "auth.example.com" in refused.text
+    assert authorization.token_requests() == 0 and api.requests == 0
+
+
+def test_refresh_token_rotation_is_stored_before_the_new_token_is_used(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
+) -> None:
+    authorization.add_client(CLIENT_ID, CLIENT_SECRET)
+    first = authorization.issue_refresh_token(CLIENT_ID, scope="read")
+    vault = Vault(vault_home)
+    vault.set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+    vault.set("billing.refresh_token", first, hosts=["auth.example.com"])
+    token_source(vault_home, authorization.port, grant="refresh_token", refresh_token="billing.refresh_token")
+    proxy = start(mitmdump, vault_home)
+    session = proxy.requests_session()
+
+    assert call(session, api).status_code == 200
+    rotated = Vault(vault_home).get("billing.refresh_token")
+    assert rotated != first and authorization.refresh_token_valid(rotated) and not authorization.refresh_token_valid(first)
+    assert Vault(vault_home).local_secrets()[1]["hosts"] == ["auth.example.com"]  # its rules kept
+
+    # The API stops taking the token (revoked, expired early): the proxy mints again with the
+    # rotated refresh token and sends the request once more; the client sees only the 200.
+    authorization.expire_access_tokens()
+    again = call(session, api, "/v1/again")
+    assert again.status_code == 200, again.text
+    assert api.rejected == 1 and authorization.token_requests("refresh_token") == 2
+    assert Vault(vault_home).get("billing.refresh_token") not in (first, rotated)
+    assert [line["outcome"] for line in audit_lines(vault_home, "/v1/again")] == ["resolved", "retried_after_401", "resolved"]
+    assert rotated not in proxy.output() and first not in proxy.output()
+
+
+def test_a_burst_after_expiry_mints_exactly_one_token(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
+) -> None:
+    authorization.token_lifetime = 2
+    client_credentials(vault_home, authorization)
+    proxy = start(mitmdump, vault_home)
+    assert call(proxy.requests_session(), api).status_code == 200
+    first = api.tokens_seen[0]
+    wait_until(lambda: authorization.introspect(first) is None, 10, "the first token to expire")
+
+    def one(_: int) -> int:
+        return call(proxy.requests_session(), api).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(one, range(20)))
+    assert statuses == [200] * 20
+    assert authorization.token_requests() == 2  # one for the first request, one for the whole burst
+    assert first not in api.tokens_seen[1:]  # never sent once it was due
+    assert api.rejected == 0
+
+
+def test_a_revoked_client_gets_502_and_the_api_is_never_called(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
+) -> None:
+    client_credentials(vault_home, authorization)
+    authorization.revoke_client(CLIENT_ID)
+    proxy = start(mitmdump, vault_home)
+    session = proxy.requests_session()
+
+    refused = call(session, api)
+    assert refused.status_code == 502 and refused.headers["X-Vaultproxy-Error"] == "token_refused"
+    assert "invalid_client" in refused.text
+    again = call(session, api)  # within the backoff: answered at once, the server is not asked again
+    assert again.status_code == 502 and authorization.token_requests() == 1
+    assert api.requests == 0
+    status = token_status(vault_home)
+    assert "invalid_client" in status["error"] and status["error_code"] == "token_refused" and status["failures"] == 1
+    assert CLIENT_SECRET not in proxy.output() + refused.text
+
+    # A fixed credential ends the backoff at once.
+    authorization.add_client(CLIENT_ID, "FAKE-new-client-secret-oauth-e2e-9d2e")
+    Vault(vault_home).set("billing.client_secret", "FAKE-new-client-secret-oauth-e2e-9d2e")
+    assert call(session, api).status_code == 200
+    assert token_status(vault_home)["error"] is None
+
+
+def test_an_unreachable_token_endpoint_gets_503(vault_home: Path, mitmdump: StartProxy, api: ResourceServer) -> None:
+    vault = Vault(vault_home)
+    vault.set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+    token_source(vault_home, free_port())  # nothing listens there
+    session = start(mitmdump, vault_home).requests_session()
+
+    refused = call(session, api)
+    assert refused.status_code == 503 and refused.headers["X-Vaultproxy-Error"] == "token_unavailable"
+    assert api.requests == 0
+    started = time.monotonic()
+    assert call(session, api).status_code == 503 and time.monotonic() - started < 2  # the backoff answers at once

@@ -1,0 +1,134 @@
+"""Token sources (tokens.yaml) and tokens as the index holds them: pure, no I/O."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from vaultcore.index import MINT_NEEDED, Destination, Secret, SecretIndex
+from vaultcore.placeholders import SubstitutionError
+from vaultcore.tokens import Token, TokenSource, TokenSourceError, parse_sources, source_secrets
+
+SOURCE = TokenSource("billing", ("api.billing.test",), "https://auth.billing.test/oauth/token", "dev-client", "billing.secret")
+
+
+def test_a_full_source_reads_back() -> None:
+    (source,) = parse_sources(
+        """
+tokens:
+  - name: billing
+    hosts: [api.billing.test]
+    origins: [https://app.billing.test]
+    token_url: https://auth.billing.test/oauth/token
+    grant: refresh_token
+    client_id: dev-client
+    client_secret: billing.secret
+    refresh_token: billing.refresh
+    auth_method: client_secret_post
+    scope: "invoices:read"
+    audience: https://api.billing.test
+    refresh_on: [401, 403]
+""",
+        "tokens.yaml",
+    )
+    assert source == TokenSource(
+        "billing", ("api.billing.test",), "https://auth.billing.test/oauth/token", "dev-client", "billing.secret",
+        refresh_token="billing.refresh", grant="refresh_token", auth_method="client_secret_post", scope="invoices:read",
+        audience="https://api.billing.test", origins=("https://app.billing.test",), refresh_on=(401, 403),
+    )
+    assert source.credential_keys() == ["billing.secret", "billing.refresh"]
+    assert source.keys() == ("billing", "billing.token_type")
+    assert source.endpoint() == Destination("auth.billing.test", "https", port=443)
+
+
+def test_defaults_are_client_credentials_with_basic_auth_and_401() -> None:
+    (source,) = parse_sources(
+        "tokens:\n  - {name: t, hosts: [a.test], token_url: 'http://127.0.0.1:9/t', client_id: c, client_secret: s}\n", "f",
+    )
+    assert (source.grant, source.auth_method, source.refresh_on, source.refresh_token) == ("client_credentials", "client_secret_basic", (401,), None)
+    assert source.endpoint() == Destination("127.0.0.1", "http", port=9)
+
+
+@pytest.mark.parametrize(
+    "entry, line, says",
+    [
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c}", 2, "tokens[0].client_secret: missing"),
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: 's p'}", 2, "must be a vault key"),
+        ("  - {name: t, hosts: [], token_url: 'https://x/t', client_id: c, client_secret: s}", 2, "must name at least one host"),
+        ("  - {name: t.x, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s}", 2, "must not contain a dot"),
+        ("  - {name: t, hosts: [a.test], token_url: 'ftp://x/t', client_id: c, client_secret: s}", 2, "must be an http(s) URL"),
+        ("  - {name: t, hosts: [a.test], token_url: 'https://u:p@x/t', client_id: c, client_secret: s}", 2, "must not hold credentials"),
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, grant: password}", 2, "must be one of"),
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, grant: refresh_token}", 2,
+         "tokens[0].refresh_token: missing"),
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, refresh_on: [500]}", 2,
+         "tokens[0].refresh_on[0]: must be one of 401, 403"),
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, secret: x}", 2, "unknown field"),
+        ("  - name: t\n    hosts: [a.test]]", 3, "invalid YAML"),
+    ],
+)
+def test_a_broken_source_names_the_file_line_and_field(entry: str, line: int, says: str) -> None:
+    with pytest.raises(TokenSourceError) as error:
+        parse_sources(f"tokens:\n{entry}\n", "/home/me/tokens.yaml")
+    assert str(error.value).startswith(f"/home/me/tokens.yaml:{line}:"), str(error.value)
+    assert says in str(error.value)
+
+
+def test_two_sources_may_not_share_a_name() -> None:
+    entry = "  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s}\n"
+    with pytest.raises(TokenSourceError, match=r"f:3: tokens\[1\].name: 't' is already used"):
+        parse_sources("tokens:\n" + entry * 2, "f")
+
+
+def test_a_token_is_renewed_a_tenth_of_its_lifetime_early_at_most_a_minute() -> None:
+    short = Token.issued("a", "Bearer", 10, at=1000.0)
+    assert short.renew_at == pytest.approx(1009.0)
+    assert short.usable(1008.9) and not short.usable(1009.0)
+    hour = Token.issued("a", "Bearer", 3600, at=1000.0)
+    assert hour.renew_at == pytest.approx(1000.0 + 3600 - 60)
+    forever = Token.issued("a", "Bearer", None, at=1000.0)
+    assert forever.expires_at == math.inf and forever.usable(1e12)
+
+
+def test_a_token_never_shows_in_a_repr() -> None:
+    assert "s3cr3t-token" not in repr(Token.issued("s3cr3t-token", "Bearer", 60, at=0.0))
+
+
+def index_with(token: Token | None) -> SecretIndex:
+    return SecretIndex(local_secrets=[Secret("other", "x", ("api.billing.test",))]).overlaid(source_secrets(SOURCE, token))
+
+
+def test_the_index_asks_for_a_mint_until_a_token_is_held() -> None:
+    with pytest.raises(SubstitutionError) as error:
+        index_with(None).check("billing", Destination("api.billing.test"))
+    assert error.value.code == MINT_NEEDED
+    token = Token.issued("fresh-token", "Bearer", 3600, at=time.time())
+    index = index_with(token)
+    assert index.check("billing", Destination("api.billing.test")).value == "fresh-token"
+    assert index.check("billing.token_type", Destination("api.billing.test")).value == "Bearer"
+    assert index.check("other", Destination("api.billing.test")).value == "x"  # the vault's keys stay
+
+
+def test_a_token_past_its_renewal_time_is_never_handed_out() -> None:
+    stale = Token.issued("old-token", "Bearer", 10, at=time.time() - 9.5)
+    with pytest.raises(SubstitutionError) as error:
+        index_with(stale).check("billing", Destination("api.billing.test"))
+    assert error.value.code == MINT_NEEDED
+
+
+@pytest.mark.parametrize(
+    "destination, code",
+    [
+        (Destination("evil.test"), "host_not_allowed"),
+        (Destination("api.billing.test", origin="https://evil.test"), "origin_not_allowed"),
+        (Destination("api.billing.test", "http"), "plaintext_not_allowed"),
+    ],
+)
+def test_a_destination_the_token_may_not_go_to_never_causes_a_mint(destination: Destination, code: str) -> None:
+    """The rules are checked before the mint: a hostile page or host cannot make the proxy
+    spend its client secret."""
+    with pytest.raises(SubstitutionError) as error:
+        index_with(None).check("billing", destination)
+    assert error.value.code == code

@@ -1,0 +1,282 @@
+"""Minting OAuth 2.0 access tokens for the token sources of tokens.yaml (vaultcore/tokens.py).
+
+The grants are authlib's (its requests client, loaded at the first mint): client credentials,
+and refresh token, where a refresh token the server rotates is written to the vault before
+the new access token is handed out, so that a crash between the two loses nothing.
+
+`Minter.mint` runs one token request per source at a time, on a thread of its own, however
+many requests wait for it (they share its future; the proxy's event loop never blocks). A
+failure is kept, and answered at once, for a backoff (`schedule.backoff`): a revoked client
+costs the token endpoint one request per backoff, not one per API request. A change to the
+source or to its credentials ends the backoff at once. Each source's state (when minted,
+until when, the last error; never a value) is written to token-status.json for `status`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vaultcore.atomic import replace_file
+from vaultcore.index import LOCAL_SOURCE, SecretIndex
+from vaultcore.placeholders import SubstitutionError
+from vaultcore.schedule import backoff
+from vaultcore.store import VaultError
+from vaultcore.tokens import Token, TokenSource
+
+logger = logging.getLogger(__name__)
+
+TOKEN_STATUS_FILE = "token-status.json"
+TIMEOUT_SECONDS = 10.0
+# What the proxy answers when it cannot get a token: the token endpoint said no (502, its
+# answer is the problem), or could not be asked or made no sense (503, try again later).
+TOKEN_REFUSED = "token_refused"
+TOKEN_UNAVAILABLE = "token_unavailable"
+BACKOFF_TTL = 60.0  # backoff from 5 s, doubling (schedule.backoff)
+
+
+def credentials(source: TokenSource, index: SecretIndex, *, allow_plaintext: bool, verified: bool) -> dict[str, str]:
+    """The values of the source's client secret and refresh token, each checked as for a
+    request to the token endpoint (its hosts rule, plain HTTP); a refusal names the source."""
+    endpoint = source.endpoint(verified=verified)
+    values: dict[str, str] = {}
+    for key in source.credential_keys():
+        try:
+            secret = index.check(key, endpoint, allow_plaintext=allow_plaintext)
+        except SubstitutionError as e:
+            raise SubstitutionError(e.code, source.name, f"token {source.name!r} cannot be minted: {e.message}") from None
+        if not isinstance(secret.value, str):
+            raise SubstitutionError(TOKEN_UNAVAILABLE, source.name, f"token {source.name!r}: {key!r} is binary; a credential is text")
+        values[key] = secret.value
+    if source.refresh_token and index.get(source.refresh_token).source != LOCAL_SOURCE:  # type: ignore[union-attr]
+        raise SubstitutionError(
+            TOKEN_UNAVAILABLE, source.name,
+            f"token {source.name!r}: its refresh token {source.refresh_token!r} must be a local secret, which the proxy "
+            f"rewrites when the server rotates it: `vaultproxy secret move-to-local {source.refresh_token.split('.', 1)[0]}`",
+        )
+    return values
+
+
+class MintError(Exception):
+    """A token that could not be minted; never carries a credential."""
+
+    def __init__(self, source: str, code: str, message: str) -> None:
+        super().__init__(source, code, message)
+        self.source, self.code, self.message = source, code, message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def refusal(self) -> SubstitutionError:
+        return SubstitutionError(self.code, self.source, self.message)
+
+
+def request_token(source: TokenSource, values: Mapping[str, str], *, verify: bool | str = True) -> tuple[Token, str | None]:
+    """One token request with authlib: the token, and the refresh token the server rotated
+    to (None when it did not)."""
+    import requests
+    from authlib.integrations.requests_client import OAuth2Session, OAuthError
+
+    session = OAuth2Session(
+        source.client_id, values[source.client_secret], token_endpoint_auth_method=source.auth_method, scope=source.scope,
+    )
+    session.trust_env = False  # no proxy from the environment (it may be this very proxy), no .netrc
+    extra = {"audience": source.audience} if source.audience else {}
+    started = time.time()
+    given = values[source.refresh_token] if source.refresh_token else None
+    fail = _failing(source.name, values)
+    try:
+        if source.grant == "refresh_token":
+            reply = session.refresh_token(source.token_url, refresh_token=given, timeout=TIMEOUT_SECONDS, verify=verify, **extra)
+        else:
+            reply = session.fetch_token(
+                source.token_url, grant_type="client_credentials", timeout=TIMEOUT_SECONDS, verify=verify, **extra,
+            )
+    except OAuthError as e:
+        description = f" ({e.description})" if getattr(e, "description", None) else ""
+        raise fail(TOKEN_REFUSED, f"the token endpoint refused: {e.error}{description}") from None
+    except requests.RequestException as e:
+        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint could not be asked: {type(e).__name__}: {e}") from None
+    except ValueError:  # not JSON
+        raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer is not a token response (not JSON)") from None
+    finally:
+        session.close()
+    return _token(reply, started, fail), _rotated(reply, given)
+
+
+def _failing(name: str, values: Mapping[str, str]) -> Any:
+    """A MintError maker for one source whose message never holds a credential, whatever
+    the server or a library put into it."""
+
+    def fail(code: str, message: str) -> MintError:
+        for value in values.values():
+            message = message.replace(value, "[redacted]")
+        return MintError(name, code, f"token {name!r} cannot be minted: {message}")
+
+    return fail
+
+
+def _token(reply: Mapping[str, Any], started: float, fail: Any) -> Token:
+    access = reply.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer holds no access_token")
+    kind = str(reply.get("token_type") or "Bearer")
+    try:
+        expires_in = float(reply["expires_in"]) if reply.get("expires_in") is not None else None
+    except (TypeError, ValueError):
+        raise fail(TOKEN_UNAVAILABLE, "the token endpoint's expires_in is not a number") from None
+    scope = reply.get("scope")
+    # RFC 6750's scheme is case-insensitive; some servers say "bearer", some APIs want "Bearer".
+    return Token.issued(access, "Bearer" if kind.lower() == "bearer" else kind, expires_in, started, scope if isinstance(scope, str) else None)
+
+
+def _rotated(reply: Mapping[str, Any], given: str | None) -> str | None:
+    new = reply.get("refresh_token")
+    return new if given is not None and isinstance(new, str) and new and new != given else None
+
+
+def _fingerprint(source: TokenSource, values: Mapping[str, str]) -> str:
+    """What an attempt was made with, without keeping the values."""
+    return hashlib.sha256(json.dumps([repr(source), sorted(values.items())]).encode()).hexdigest()
+
+
+@dataclass
+class _State:
+    source: TokenSource | None = None  # the source as it was when `token` was minted
+    token: Token | None = None
+    minted_at: float | None = None
+    running: Future[Token] | None = None
+    attempt: str = ""  # the fingerprint of the last failed attempt
+    failures: int = 0
+    failed_at: float = 0.0
+    error: MintError | None = None
+
+
+class Minter:
+    """The proxy's tokens: minted on demand, one request in flight per source."""
+
+    def __init__(self, vault: Any, *, verify: bool | str = True) -> None:
+        self.vault = vault  # a vaultcore.vault.Vault: where rotated refresh tokens go
+        self.verify = verify
+        self.generation = 0  # grows with every token minted: the proxy rebuilds its index then
+        self._states: dict[str, _State] = {}
+        self._lock = threading.Lock()
+
+    def token(self, source: TokenSource, at: float | None = None) -> Token | None:
+        """The source's token if one minted with its current settings is still usable."""
+        state = self._states.get(source.name)
+        at = time.time() if at is None else at
+        if state is None or state.token is None or state.source != source or not state.token.usable(at):
+            return None
+        return state.token
+
+    def mint(self, source: TokenSource, values: Mapping[str, str], *, rejected: str | None = None) -> Future[Token]:
+        """A usable token for `source`: the one held, the mint under way, or a new mint.
+        `rejected`: an access token the API refused, never handed out again."""
+        fingerprint = _fingerprint(source, values)
+        with self._lock:
+            state = self._states.setdefault(source.name, _State())
+            if state.running is not None:
+                return state.running
+            held = self.token(source)
+            if held is not None and held.access_token != rejected:
+                return _done(held)
+            if state.error is not None and state.attempt == fingerprint and time.time() < state.failed_at + backoff(state.failures, BACKOFF_TTL):
+                return _done(error=state.error)
+            state.running = future = Future()
+        threading.Thread(target=self._run, args=(source, dict(values), fingerprint, future), name=f"vaultproxy-mint-{source.name}", daemon=True).start()
+        return future
+
+    def _run(self, source: TokenSource, values: dict[str, str], fingerprint: str, future: Future[Token]) -> None:
+        try:
+            token, rotated = request_token(source, values, verify=self.verify)
+            if rotated is not None:
+                self._store_rotated(source, rotated, values)
+        except MintError as e:
+            self._failed(source, fingerprint, e, future)
+        except Exception as e:  # a bug must not leave every waiter hanging
+            logger.exception(f"vaultproxy: minting token {source.name!r} failed unexpectedly")
+            self._failed(source, fingerprint, MintError(source.name, TOKEN_UNAVAILABLE, f"token {source.name!r}: {type(e).__name__}"), future)
+        else:
+            with self._lock:
+                state = self._states[source.name]
+                state.source, state.token, state.minted_at = source, token, time.time()
+                state.running, state.error, state.failures = None, None, 0
+                self.generation += 1
+            logger.info(f"vaultproxy: minted token {source.name!r}" + ("" if math.isinf(token.expires_at) else f", valid for {token.expires_at - token.issued_at:.0f} s"))
+            future.set_result(token)
+        self._write_status()
+
+    def _store_rotated(self, source: TokenSource, rotated: str, values: Mapping[str, str]) -> None:
+        """Before the new access token goes out: a crash after this keeps the refresh token
+        the server now expects."""
+        assert source.refresh_token is not None
+        try:
+            self.vault.set(source.refresh_token, rotated)
+        except (VaultError, OSError) as e:
+            raise _failing(source.name, {**values, "rotated": rotated})(
+                TOKEN_UNAVAILABLE, f"the server rotated the refresh token, and storing the new one failed ({e}): authorize again",
+            ) from None
+        logger.info(f"vaultproxy: token {source.name!r}: the server rotated the refresh token; stored in {source.refresh_token!r}")
+
+    def _failed(self, source: TokenSource, fingerprint: str, error: MintError, future: Future[Token]) -> None:
+        with self._lock:
+            state = self._states[source.name]
+            state.failures = state.failures + 1 if state.attempt == fingerprint else 1
+            state.attempt, state.failed_at, state.error, state.running = fingerprint, time.time(), error, None
+        logger.warning(f"vaultproxy: {error}")
+        future.set_exception(error)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each source's state, without values: what token-status.json holds."""
+        with self._lock:
+            return {
+                name: {
+                    "minted_at": _iso(state.minted_at),
+                    "expires_at": _iso(state.token.expires_at) if state.token and not math.isinf(state.token.expires_at) else None,
+                    "scope": state.token.scope if state.token else None,
+                    "error": str(state.error) if state.error else None,
+                    "error_code": state.error.code if state.error else None,
+                    "failed_at": _iso(state.failed_at) if state.error else None,
+                    "failures": state.failures,
+                }
+                for name, state in self._states.items()
+            }
+
+    def _write_status(self) -> None:
+        try:
+            replace_file(self.vault.home / TOKEN_STATUS_FILE, json.dumps(self.status(), indent=1).encode())
+        except OSError as e:
+            logger.warning(f"vaultproxy: cannot write {TOKEN_STATUS_FILE}: {e.strerror}")
+
+
+def read_status(home: Path) -> dict[str, dict[str, Any]]:
+    """What the proxy last wrote of its tokens (empty when it never minted one)."""
+    try:
+        data = json.loads((home / TOKEN_STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _iso(at: float | None) -> str | None:
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds") if at else None
+
+
+def _done(token: Token | None = None, *, error: BaseException | None = None) -> Future[Token]:
+    future: Future[Token] = Future()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(token)  # type: ignore[arg-type]
+    return future

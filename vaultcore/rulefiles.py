@@ -1,0 +1,131 @@
+"""Files of named rules in the vault's home (signing.yaml, tokens.yaml): YAML read into
+frozen dataclasses, each error naming the file, the line and the field.
+
+The files name vault keys, never values, so they can be shared like a configuration. A file
+that is missing holds no rules; one that is broken raises the caller's error type, and the
+proxy keeps the last good rules while it says why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import yaml
+
+from vaultcore.placeholders import KEY_RE
+from vaultcore.profiles import YAML_LOADER, check_host
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=Named)
+
+
+class NodeReader:
+    """YAML nodes to values, each error naming the file, the line and the field."""
+
+    def __init__(self, source: str, error: type[ValueError]):
+        self.source = source
+        self._error = error
+
+    def error(self, node: yaml.Node, field: str, problem: str) -> ValueError:
+        return self._error(f"{self.source}:{node.start_mark.line + 1}: {field}: {problem}")
+
+    def mapping(self, node: yaml.Node, field: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, field or "(top)", f"must be a mapping of {', '.join(allowed)}")
+        entries: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            path = f"{field}.{key}" if field else key
+            if key not in allowed:
+                raise self.error(key_node, path, f"unknown field; valid fields: {', '.join(allowed)}")
+            entries[key] = value_node
+        for name in required:
+            if name not in entries:
+                raise self.error(node, f"{field}.{name}" if field else name, "missing (required)")
+        return entries
+
+    def string(self, node: yaml.Node, field: str, check: Callable[[str], Any] | None = None) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str" or not node.value:
+            raise self.error(node, field, "must be a non-empty string")
+        if check is not None:
+            try:
+                check(node.value)
+            except ValueError as e:
+                raise self.error(node, field, str(e)) from None
+        return node.value
+
+    def choice(self, node: yaml.Node, field: str, choices: Any) -> str:
+        value = self.string(node, field)
+        if value not in choices:
+            raise self.error(node, field, f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+
+    def key(self, node: yaml.Node, field: str) -> str:
+        """A vault key (never a value)."""
+        return self.string(node, field, check_key)
+
+    def strings(self, node: yaml.Node, field: str, check: Callable[[str], Any] | None = None, *, example: str) -> tuple[str, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, field, f"must be a list, e.g. {example}")
+        return tuple(self.string(item, f"{field}[{i}]", check) for i, item in enumerate(node.value))
+
+    def hosts(self, node: yaml.Node, field: str) -> tuple[str, ...]:
+        hosts = self.strings(node, field, check_host, example='["api.example.com"]')
+        if not hosts:
+            raise self.error(node, field, 'must name at least one host, e.g. ["api.example.com"]')
+        return hosts
+
+
+def check_key(value: str) -> None:
+    if not KEY_RE.fullmatch(value):
+        raise ValueError(f"must be a vault key such as webhook_secret or aws.secret_access_key (got {value!r})")
+
+
+def check_header(value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise ValueError(f"must be a header name such as X-Signature (got {value!r})")
+
+
+def load_named(
+    path: Path, top: str, read_item: Callable[[NodeReader, yaml.Node, str], N], error: type[ValueError],
+) -> tuple[N, ...]:
+    """The entries of the list under `top` in the file at `path` (none when it does not
+    exist), each read by `read_item`; two entries may not share a name."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ()
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read: {getattr(e, 'strerror', None) or type(e).__name__}") from None
+    return parse_named(text, str(path), top, read_item, error)
+
+
+def parse_named(
+    text: str, source: str, top: str, read_item: Callable[[NodeReader, yaml.Node, str], N], error: type[ValueError],
+) -> tuple[N, ...]:
+    try:
+        root = yaml.compose(text, Loader=YAML_LOADER)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise error(f"{source}:{mark.line + 1 if mark else 1}: invalid YAML: {e.problem or e.context}") from None
+    if root is None:
+        return ()
+    reader = NodeReader(source, error)
+    items = reader.mapping(root, "", (top,), required=(top,))[top]
+    if not isinstance(items, yaml.SequenceNode):
+        raise reader.error(items, top, "must be a list")
+    entries: list[N] = []
+    for i, item in enumerate(items.value):
+        entry = read_item(reader, item, f"{top}[{i}]")
+        if any(e.name == entry.name for e in entries):
+            raise reader.error(item, f"{top}[{i}].name", f"{entry.name!r} is already used by another entry")
+        entries.append(entry)
+    return tuple(entries)
