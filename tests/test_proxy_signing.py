@@ -22,7 +22,7 @@ import requests
 
 from tests.support.moto import MotoServer, enforced_auth
 from tests.support.net import LOOPBACK
-from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
 from tests.support.upstream import RecordingUpstream
 from vaultcore.vault import Vault
 
@@ -159,3 +159,45 @@ def test_a_broken_signing_file_is_reported_and_signs_nothing_new(
                                             headers={"X-Demo": "<<vault:demo>>"})
     assert response.status_code == 200 and tls_upstream.requests[-1].header("Stripe-Signature") is None
     assert said in proxy.output()
+
+
+def test_sigv4_keys_from_an_aws_profile_and_the_default_chain(vault_home: Path, moto: MotoServer, mitmdump: StartProxy, tmp_path: Path) -> None:
+    """Rules may sign with AWS's own configuration instead of vault keys: a named profile, or
+    botocore's default chain (here: the credentials file's default profile). Each rule uses
+    its own: the profile holds keys IAM does not know, the default profile the reader's."""
+    moto.client().create_secret(Name="svc/profile", SecretString=SECRET_VALUE)
+    with enforced_auth(moto, ("secretsmanager:GetSecretValue", "sts:GetCallerIdentity")) as users:
+        credentials = tmp_path / "aws-credentials"
+        credentials.write_text(
+            f"[default]\naws_access_key_id = {users.reader.access_key_id}\naws_secret_access_key = {users.reader.secret_access_key}\n"
+            "[stale]\naws_access_key_id = AKIAFAKESTALEPROFILE\naws_secret_access_key = FAKE-stale-profile-secret\n"
+        )
+        (vault_home / "signing.yaml").write_text(
+            "rules:\n"
+            "  - {name: chain, hosts: [secretsmanager.us-east-1.amazonaws.com], sigv4: {default_chain: true}}\n"
+            "  - {name: stale, hosts: [sts.amazonaws.com], sigv4: {profile: stale}}\n"
+        )
+        proxy = mitmdump(
+            env={"VAULTPROXY_HOME": str(vault_home), "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+                 "AWS_CONFIG_FILE": str(tmp_path / "aws-config")},
+            hosts={"*.amazonaws.com": LOOPBACK}, options={"vault_allow_plaintext": True},
+        )
+        session = proxy.requests_session()
+
+        answer = secretsmanager(session, moto, "GetSecretValue", {"SecretId": "svc/profile"})
+        assert answer.status_code == 200 and answer.json()["SecretString"] == SECRET_VALUE, answer.text
+        stale = session.post(f"http://sts.amazonaws.com:{moto.port}/", data={"Action": "GetCallerIdentity", "Version": "2011-06-15"},
+                             timeout=TIMEOUT)
+        assert stale.status_code == 403 and "InvalidClientTokenId" in stale.text, stale.text
+
+    outcomes = {(e["outcome"], tuple(e["keys"])) for e in audit_lines(vault_home)}
+    assert outcomes == {("signed:chain", ("aws-default-chain",)), ("signed:stale", ("aws-profile:stale",))}
+    assert users.reader.secret_access_key not in proxy.output()
+
+
+def test_a_profile_that_does_not_exist_refuses_clearly(vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream) -> None:
+    (vault_home / "signing.yaml").write_text("rules:\n  - {name: dev, hosts: [api.example.com], sigv4: {profile: nowhere, service: execute-api, region: eu-west-1}}\n")
+    session = start(mitmdump, vault_home).requests_session()
+    refused = session.get(tls_upstream.url_for("api.example.com") + "/items", timeout=TIMEOUT)
+    assert refused.status_code == 400 and refused.headers["X-Vaultproxy-Error"] == "cannot_sign"
+    assert "AWS profile 'nowhere'" in refused.text and not tls_upstream.requests

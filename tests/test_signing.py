@@ -1,16 +1,19 @@
 """Signing rules without I/O: the signing.yaml schema (every error names file, line and
-field), HMAC signatures as Stripe, Slack and GitHub verify them, and the AWS scope a host
-name gives. SigV4 itself is verified end to end by moto (tests/test_proxy_signing.py)."""
+field), HMAC signatures as Stripe, Slack and GitHub verify them, the AWS scope a host name
+gives, and keys from an AWS profile's files. SigV4 itself is verified end to end by moto (tests/test_proxy_signing.py)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+from pathlib import Path
 
 import pytest
 
-from vaultcore.signing import Hmac, RequestParts, SigningError, SigV4, aws_scope, hmac_headers, parse_rules, sigv4_headers
+from vaultcore.signing import (
+    AwsCredentials, Hmac, RequestParts, SigningError, SigV4, aws_scope, hmac_headers, parse_rules, sigv4_headers, vault_keys,
+)
 
 RULES = """\
 rules:
@@ -101,7 +104,7 @@ def test_aws_scope_from_host(host: str, scope: tuple[str | None, str | None]) ->
 
 def test_sigv4_needs_a_scope_and_a_whole_body_except_for_s3() -> None:
     rule = SigV4("a", "s")
-    keys = {"a": "AKIDEXAMPLE", "s": "FAKE-sigv4-secret"}
+    keys = vault_keys(rule, {"a": "AKIDEXAMPLE", "s": "FAKE-sigv4-secret"})
     parts = RequestParts("GET", "https://api.example.com/", "api.example.com", "/", {}, b"")
     with pytest.raises(SigningError, match="set sigv4.service and sigv4.region"):
         sigv4_headers(rule, keys, parts)
@@ -114,9 +117,44 @@ def test_sigv4_needs_a_scope_and_a_whole_body_except_for_s3() -> None:
 
 def test_sigv4_session_tokens_travel_with_the_signature() -> None:
     rule = SigV4("a", "s", session_token="t", service="execute-api", region="eu-west-1")
-    keys = {"a": "ASIAEXAMPLE", "s": "FAKE-sigv4-secret", "t": "FAKE-session-token"}
+    keys = vault_keys(rule, {"a": "ASIAEXAMPLE", "s": "FAKE-sigv4-secret", "t": "FAKE-session-token"})
     parts = RequestParts("GET", "https://api.example.com/items", "api.example.com", "/items", {}, b"")
     headers = sigv4_headers(rule, keys, parts)
     assert headers["X-Amz-Security-Token"] == "FAKE-session-token"
     assert "/eu-west-1/execute-api/aws4_request" in headers["Authorization"]
     assert "x-amz-security-token" in headers["Authorization"].split("SignedHeaders=")[1]
+
+
+def test_sigv4_keys_from_a_profile_or_the_default_chain() -> None:
+    profile, chain = parse_rules(
+        "rules:\n"
+        "  - {name: dev, hosts: ['*.amazonaws.com'], sigv4: {profile: dev, region: eu-west-1}}\n"
+        "  - {name: any, hosts: ['*.amazonaws.com'], sigv4: {default_chain: true}}\n",
+        "signing.yaml",
+    )
+    assert profile.method == SigV4(profile="dev", region="eu-west-1") and profile.keys() == [] and profile.names() == ["aws-profile:dev"]
+    assert chain.method == SigV4(default_chain=True) and chain.names() == ["aws-default-chain"]
+
+
+@pytest.mark.parametrize("sigv4, says", [
+    ("{profile: dev, access_key_id: a, secret_access_key: s}", "needs one source of keys"),
+    ("{region: eu-west-1}", "needs one source of keys"),
+    ("{default_chain: false}", "must be true"),
+    ("{session_token: t, profile: dev}", "access_key_id: missing"),
+])
+def test_sigv4_needs_exactly_one_source_of_keys(sigv4: str, says: str) -> None:
+    with pytest.raises(SigningError, match=says):
+        parse_rules(f"rules:\n  - {{name: r, hosts: [a.test], sigv4: {sigv4}}}\n", "signing.yaml")
+
+
+def test_profile_keys_load_from_aws_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "credentials").write_text("[dev]\naws_access_key_id = AKIAPROFILEEXAMPLE\naws_secret_access_key = FAKE-profile-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    aws, rule = AwsCredentials(), SigV4(profile="dev")
+    assert not aws.ready(rule) and aws.ready(SigV4("a", "s"))
+    aws.load(rule)
+    assert aws.ready(rule) and aws.keys(rule).access_key_id == "AKIAPROFILEEXAMPLE"
+    assert "FAKE-profile-secret" not in repr(aws.keys(rule))
+    with pytest.raises(SigningError, match="AWS profile 'missing'"):
+        aws.load(SigV4(profile="missing"))

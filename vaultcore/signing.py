@@ -14,6 +14,10 @@ allowed for the host (their own hosts rules), as for any placeholder.
           session_token: aws.session_token          # optional
           service: secretsmanager                   # optional where the host names it
           region: eu-west-1                         # likewise
+      - name: aws-dev
+        hosts: ["*.amazonaws.com"]
+        sigv4:
+          profile: dev                              # or `default_chain: true`: botocore's credentials
       - name: webhook
         hosts: ["hooks.example.com"]
         hmac:
@@ -39,9 +43,11 @@ import hashlib
 import hmac
 import re
 import string
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -62,11 +68,25 @@ class SigningError(ValueError):
 
 @dataclass(frozen=True)
 class SigV4:
-    access_key_id: str  # vault keys
-    secret_access_key: str
+    """Keys from the vault (`access_key_id`, `secret_access_key`, `session_token` are vault
+    keys), or from an AWS profile or botocore's default chain (`AwsCredentials`)."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
     session_token: str | None = None
     service: str | None = None
     region: str | None = None
+    profile: str | None = None
+    default_chain: bool = False
+
+    @property
+    def from_aws(self) -> bool:
+        """Whether the credentials come from AWS's own configuration, not the vault."""
+        return self.profile is not None or self.default_chain
+
+    def credentials_name(self) -> str:
+        """What the audit log names as the credentials of a rule that uses no vault key."""
+        return f"aws-profile:{self.profile}" if self.profile else "aws-default-chain"
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,13 @@ class Rule:
             return [self.method.key]
         return [k for k in (self.method.access_key_id, self.method.secret_access_key, self.method.session_token) if k]
 
+    def names(self) -> list[str]:
+        """What the rule signs with, as the audit log records it: its vault keys, or where
+        its AWS credentials come from."""
+        if isinstance(self.method, SigV4) and self.method.from_aws:
+            return [self.method.credentials_name()]
+        return self.keys()
+
 
 # --- the rules file ---------------------------------------------------------------------------
 
@@ -118,14 +145,18 @@ def read_rule(reader: NodeReader, node: yaml.Node, field: str) -> Rule:
 
 
 def read_sigv4(reader: NodeReader, node: yaml.Node, field: str) -> SigV4:
-    fields = ("access_key_id", "secret_access_key", "session_token", "service", "region")
-    e = reader.mapping(node, field, fields, required=("access_key_id", "secret_access_key"))
-    return SigV4(
-        reader.key(e["access_key_id"], f"{field}.access_key_id"), reader.key(e["secret_access_key"], f"{field}.secret_access_key"),
-        reader.key(e["session_token"], f"{field}.session_token") if "session_token" in e else None,
-        reader.string(e["service"], f"{field}.service") if "service" in e else None,
-        reader.string(e["region"], f"{field}.region") if "region" in e else None,
-    )
+    fields = ("access_key_id", "secret_access_key", "session_token", "service", "region", "profile", "default_chain")
+    e = reader.mapping(node, field, fields)
+    for given, needed in (("access_key_id", "secret_access_key"), ("secret_access_key", "access_key_id"), ("session_token", "access_key_id")):
+        if given in e and needed not in e:
+            raise reader.error(node, f"{field}.{needed}", f"missing (required with {given})")
+    if len([name for name in ("access_key_id", "profile", "default_chain") if name in e]) != 1:
+        raise reader.error(node, field, "needs one source of keys: access_key_id and secret_access_key (vault keys), profile, or default_chain: true")
+    if "default_chain" in e and e["default_chain"].value != "true":
+        raise reader.error(e["default_chain"], f"{field}.default_chain", "must be true (or left out)")
+    optional = {name: reader.key(e[name], f"{field}.{name}") for name in ("access_key_id", "secret_access_key", "session_token") if name in e}
+    optional |= {name: reader.string(e[name], f"{field}.{name}") for name in ("service", "region", "profile") if name in e}
+    return SigV4(**optional, default_chain="default_chain" in e)
 
 
 def read_hmac(reader: NodeReader, node: yaml.Node, field: str) -> Hmac:
@@ -198,9 +229,65 @@ def aws_scope(host: str) -> tuple[str | None, str | None]:
     return named[-1], GLOBAL_REGION
 
 
-def sigv4_headers(rule: SigV4, keys: Mapping[str, str], request: RequestParts) -> dict[str, str]:
+@dataclass(frozen=True)
+class Keys:
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+def vault_keys(rule: SigV4, values: Mapping[str, str]) -> Keys:
+    """The keys of a rule that takes them from the vault; `values`: its vault keys' values."""
+    assert rule.access_key_id is not None and rule.secret_access_key is not None
+    return Keys(values[rule.access_key_id], values[rule.secret_access_key], values.get(rule.session_token) if rule.session_token else None)
+
+
+class AwsCredentials:
+    """The keys of rules that take them from an AWS profile or botocore's default chain
+    (environment, ~/.aws files, SSO, assumed roles, container and instance roles). Loading
+    may ask a remote service (STS, SSO, instance metadata), so `load` is for a worker thread;
+    the keys are kept until botocore says temporary ones need refreshing."""
+
+    def __init__(self) -> None:
+        self._held: dict[SigV4, Any] = {}
+        self._lock = threading.Lock()
+
+    def ready(self, rule: SigV4 | Hmac) -> bool:
+        """Whether `keys` answers without loading (always, for a rule of vault keys)."""
+        if not isinstance(rule, SigV4) or not rule.from_aws:
+            return True
+        held = self._held.get(rule)
+        return held is not None and not (getattr(held, "refresh_needed", None) and held.refresh_needed())
+
+    def load(self, rule: SigV4 | Hmac) -> None:
+        """Blocking: load (or refresh) the rule's credentials; SigningError when there are none."""
+        import botocore.exceptions
+        import botocore.session
+
+        with self._lock:  # one load for a burst of requests
+            if self.ready(rule):
+                return
+            assert isinstance(rule, SigV4)
+            where = f"AWS profile {rule.profile!r}" if rule.profile else "the default AWS credential chain"
+            try:
+                held = botocore.session.Session(profile=rule.profile).get_credentials()
+                if held is not None:
+                    held.get_frozen_credentials()  # refreshes temporary ones here, not when signing
+            except botocore.exceptions.BotoCoreError as e:
+                raise SigningError(f"cannot load credentials from {where}: {e}") from None
+            if held is None:
+                raise SigningError(f"no credentials found in {where}")
+            self._held[rule] = held
+
+    def keys(self, rule: SigV4) -> Keys:
+        """The loaded keys (after `ready`, or `load`)."""
+        frozen = self._held[rule].get_frozen_credentials()
+        return Keys(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+def sigv4_headers(rule: SigV4, keys: Keys, request: RequestParts) -> dict[str, str]:
     """The headers SigV4 adds (Authorization, X-Amz-Date, and X-Amz-Security-Token and
-    X-Amz-Content-Sha256 where they apply). `keys`: the rule's vault keys and their values."""
+    X-Amz-Content-Sha256 where they apply)."""
     from botocore.auth import S3SigV4Auth, SigV4Auth  # loaded only once a rule signs
     from botocore.awsrequest import AWSRequest
     from botocore.config import Config
@@ -218,8 +305,7 @@ def sigv4_headers(rule: SigV4, keys: Mapping[str, str], request: RequestParts) -
     aws_request = AWSRequest(method=request.method, url=request.url, data=request.body or b"", headers=headers)
     if request.body is None:  # S3 takes UNSIGNED-PAYLOAD: the body streams after the headers
         aws_request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
-    token = keys.get(rule.session_token) if rule.session_token else None
-    credentials = Credentials(keys[rule.access_key_id], keys[rule.secret_access_key], token)
+    credentials = Credentials(keys.access_key_id, keys.secret_access_key, keys.session_token)
     (S3SigV4Auth if s3 else SigV4Auth)(credentials, service, region).add_auth(aws_request)
     added = {"Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256"}
     return {name: value for name, value in aws_request.headers.items() if name in added or name.lower() in {a.lower() for a in added}}

@@ -38,7 +38,7 @@ from vaultcore.profiles import ConfigError
 from vaultcore.proxyenv import RUNTIME_FILE
 from vaultcore.redaction import Redactor
 from vaultcore.refresher import Refresher
-from vaultcore.signing import Rule
+from vaultcore.signing import AwsCredentials, Rule, SigningError
 from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
@@ -109,6 +109,7 @@ class VaultProxy:
         self.snapshot: Snapshot | None = None
         self.index = SecretIndex()  # the snapshot's, with the token sources' placeholders over it
         self.rules: tuple[Rule, ...] = ()  # signing rules (vaultproxy/signing.py)
+        self.aws_credentials = AwsCredentials()  # for rules that sign with a profile's keys
         self.minter: Minter | None = None  # OAuth tokens (vaultcore/oauth.py), for the vault in use
         self.token_sources: dict[str, TokenSource] = {}
         self._tokens_until = math.inf  # when a token in the index is due to be minted again
@@ -337,6 +338,8 @@ class VaultProxy:
             raise exceptions.CommandError(f"reload failed, keeping the last good state: {e}") from None
 
     def _use(self, snapshot: Snapshot) -> None:
+        if snapshot.signing != self.rules:  # a profile's keys are read again after signing.yaml changes
+            self.aws_credentials = AwsCredentials()
         self.snapshot, self.rules = snapshot, snapshot.signing
         self.token_sources = {source.name: source for source in snapshot.tokens}
         self._overlay_tokens()
@@ -522,11 +525,22 @@ class Substitution:
                 lambda minted: self._substitute_and_sign(flow, plan, streamed=streamed, stream_body=stream_body, minted=minted),
             )
         rule = signing.rule_for(self.proxy.rules, flow.request)  # the rules of the index just made current
-        if rule is not None:
-            self._sign(flow, rule, streamed=streamed)
-        else:
+        if rule is None:
             flow.request.headers.pop(signing.MARKER, None)  # a marker no rule for this host took
+        elif not self.proxy.aws_credentials.ready(rule.method):
+            return self._load_then_sign(flow, rule, streamed=streamed)
+        else:
+            self._sign(flow, rule, streamed=streamed)
         return None
+
+    async def _load_then_sign(self, flow: http.HTTPFlow, rule: Rule, *, streamed: bool) -> None:
+        """Load a profile's (or the default chain's) keys on a worker thread, then sign."""
+        try:
+            await asyncio.to_thread(self.proxy.aws_credentials.load, rule.method)
+        except SigningError as e:
+            self._refuse(flow, signing.cannot_sign(rule, e), self.proxy.flights.original_path(flow), streamed=streamed)
+            return
+        self._sign(flow, rule, streamed=streamed)
 
     async def _mint_then(
         self, needed: SubstitutionError, minted: frozenset[str],
@@ -552,12 +566,12 @@ class Substitution:
         request, proxy = flow.request, self.proxy
         path = proxy.flights.original_path(flow)
         try:
-            change = signing.signature(rule, request, self._lookup_for(flow), streamed=streamed)
+            change = signing.signature(rule, request, self._lookup_for(flow), proxy.aws_credentials, streamed=streamed)
         except SubstitutionError as e:
             self._refuse(flow, e, path, streamed=streamed)
             return
         proxy.flights.remember(flow, change, proxy.index_for(flow))
-        proxy.audit.record(request, path, change.keys, f"signed:{rule.name}")
+        proxy.audit.record(request, path, rule.names(), f"signed:{rule.name}")
         change.apply(request)
 
     def _substitute(self, flow: http.HTTPFlow, plan: rewrite.Plan | None, *, streamed: bool, stream_body: bool) -> bool:

@@ -18,7 +18,7 @@ import time
 from mitmproxy import http
 
 from vaultcore.placeholders import Lookup, SubstitutionError
-from vaultcore.signing import Hmac, RequestParts, Rule, SigningError, hmac_headers, sigv4_headers
+from vaultcore.signing import AwsCredentials, Hmac, RequestParts, Rule, SigningError, hmac_headers, sigv4_headers, vault_keys
 from vaultproxy.rewrite import Rewrite
 
 MARKER = "X-Vaultproxy-Sign"
@@ -40,10 +40,11 @@ def rule_for(rules: tuple[Rule, ...], request: http.Request) -> Rule | None:
     return rule if marked == rule.name or (marked is None and signed_header(rule) not in request.headers) else None
 
 
-def signature(rule: Rule, request: http.Request, lookup: Lookup, *, streamed: bool) -> Rewrite:
+def signature(rule: Rule, request: http.Request, lookup: Lookup, aws: AwsCredentials, *, streamed: bool) -> Rewrite:
     """The request's header fields with the rule's signature headers set (and the marker
     gone), as a Rewrite for the flight to undo; SubstitutionError when a key is refused or
-    the request cannot be signed."""
+    the request cannot be signed. `aws`: the keys of rules that take AWS's own credentials,
+    loaded (`AwsCredentials.ready`)."""
     values: dict[str, str | bytes] = {}
     for key in rule.keys():
         value = lookup(key)
@@ -57,11 +58,17 @@ def signature(rule: Rule, request: http.Request, lookup: Lookup, *, streamed: bo
             secret = values[rule.method.key]
             added = hmac_headers(rule.method, secret if isinstance(secret, bytes) else secret.encode(), parts, int(time.time()))
         else:
-            added = sigv4_headers(rule.method, {k: v if isinstance(v, str) else v.decode() for k, v in values.items()}, parts)
+            keys = aws.keys(rule.method) if rule.method.from_aws else \
+                vault_keys(rule.method, {k: v if isinstance(v, str) else v.decode() for k, v in values.items()})
+            added = sigv4_headers(rule.method, keys, parts)
     except SigningError as e:
-        raise SubstitutionError("cannot_sign", rule.keys()[0], f"signing rule {rule.name!r}: {e}") from None
+        raise cannot_sign(rule, e) from None
     headers = request.headers.copy()
     headers.pop(MARKER, None)
     for name, value in added.items():
         headers[name] = value
     return Rewrite(fields=headers.fields, keys=rule.keys())
+
+
+def cannot_sign(rule: Rule, error: SigningError) -> SubstitutionError:
+    return SubstitutionError("cannot_sign", rule.name, f"signing rule {rule.name!r}: {error}")
