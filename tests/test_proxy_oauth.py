@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support.net import LOOPBACK, free_port, wait_until
 from tests.support.oauth_server import AuthorizationServer, ResourceServer
 from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
 from tests.support.tls import TLSMaterial
+from tests.support.upstream import RecordingUpstream
 from vaultcore.vault import Vault
 
 CLIENT_ID = "vaultproxy-e2e"
@@ -213,3 +215,24 @@ def test_an_unreachable_token_endpoint_gets_503(vault_home: Path, mitmdump: Star
     assert api.requests == 0
     started = time.monotonic()
     assert call(session, api).status_code == 503 and time.monotonic() - started < 2  # the backoff answers at once
+
+
+def test_a_mint_in_flight_never_holds_up_other_requests(
+    vault_home: Path, mitmdump: StartProxy, api: ResourceServer, tls_upstream: RecordingUpstream,
+) -> None:
+    """The token request runs on a thread of its own: while a token endpoint hangs, the proxy
+    serves everything else."""
+    vault = Vault(vault_home)
+    vault.set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+    with socket.create_server((LOOPBACK, 0)) as silent:  # accepts connections, never answers
+        token_source(vault_home, silent.getsockname()[1])
+        proxy = start(mitmdump, vault_home)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(call, proxy.requests_session(), api)
+            time.sleep(1.0)  # the request has reached the proxy, whose mint now waits for the silent endpoint
+            other = proxy.requests_session().get(tls_upstream.url_for("other.example.com") + "/meanwhile", timeout=TIMEOUT)
+            assert other.status_code == 200 and not waiting.done()
+            silent.close()  # resets the waiting connection: the mint fails
+            refused = waiting.result(timeout=TIMEOUT)
+    assert refused.status_code == 503 and refused.headers["X-Vaultproxy-Error"] == "token_unavailable"
+    assert api.requests == 0
