@@ -8,6 +8,7 @@ import time
 import pytest
 
 from vaultcore.index import MINT_NEEDED, Destination, Secret, SecretIndex
+from vaultcore.oauth import TOKEN_UNAVAILABLE, credentials
 from vaultcore.placeholders import SubstitutionError
 from vaultcore.tokens import Token, TokenSource, TokenSourceError, parse_sources, source_secrets
 
@@ -132,3 +133,29 @@ def test_a_destination_the_token_may_not_go_to_never_causes_a_mint(destination: 
     with pytest.raises(SubstitutionError) as error:
         index_with(None).check("billing", destination)
     assert error.value.code == code
+
+
+def endpoint_index(*secrets: Secret) -> SecretIndex:
+    return SecretIndex(provider_secrets=[s for s in secrets if s.source != "local"], local_secrets=[s for s in secrets if s.source == "local"])
+
+
+def test_credentials_go_only_where_their_own_rules_allow() -> None:
+    source = TokenSource("t", ("api.test",), "https://auth.test/token", "c", "t.secret", refresh_token="t.refresh", grant="refresh_token")
+    allowed = endpoint_index(Secret("t.secret", "s", ("auth.test",)), Secret("t.refresh", "r", ("auth.test",)))
+    assert credentials(source, allowed, allow_plaintext=False, verified=True) == {"t.secret": "s", "t.refresh": "r"}
+
+    elsewhere = endpoint_index(Secret("t.secret", "s", ("api.test",)), Secret("t.refresh", "r", ("auth.test",)))
+    with pytest.raises(SubstitutionError) as error:
+        credentials(source, elsewhere, allow_plaintext=False, verified=True)
+    assert error.value.code == "host_not_allowed" and error.value.key == "t" and "cannot be minted" in str(error.value)
+    with pytest.raises(SubstitutionError) as error:  # an unverified certificate counts as plain text
+        credentials(source, allowed, allow_plaintext=False, verified=False)
+    assert error.value.code == "plaintext_not_allowed"
+
+
+def test_a_refresh_token_the_proxy_could_not_rewrite_is_refused() -> None:
+    source = TokenSource("t", ("api.test",), "https://auth.test/token", "c", "t.secret", refresh_token="aws.refresh", grant="refresh_token")
+    index = endpoint_index(Secret("t.secret", "s", ("auth.test",)), Secret("aws.refresh", "r", ("auth.test",), source="prod"))
+    with pytest.raises(SubstitutionError, match="must be a local secret.*move-to-local aws") as error:
+        credentials(source, index, allow_plaintext=False, verified=True)
+    assert error.value.code == TOKEN_UNAVAILABLE

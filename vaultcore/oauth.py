@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -57,13 +57,13 @@ def credentials(source: TokenSource, index: SecretIndex, *, allow_plaintext: boo
             raise SubstitutionError(e.code, source.name, f"token {source.name!r} cannot be minted: {e.message}") from None
         if not isinstance(secret.value, str):
             raise SubstitutionError(TOKEN_UNAVAILABLE, source.name, f"token {source.name!r}: {key!r} is binary; a credential is text")
+        if key == source.refresh_token and secret.source != LOCAL_SOURCE:
+            raise SubstitutionError(
+                TOKEN_UNAVAILABLE, source.name,
+                f"token {source.name!r}: its refresh token {key!r} must be a local secret, which the proxy rewrites "
+                f"when the server rotates it: `vaultproxy secret move-to-local {key.split('.', 1)[0]}`",
+            )
         values[key] = secret.value
-    if source.refresh_token and index.get(source.refresh_token).source != LOCAL_SOURCE:  # type: ignore[union-attr]
-        raise SubstitutionError(
-            TOKEN_UNAVAILABLE, source.name,
-            f"token {source.name!r}: its refresh token {source.refresh_token!r} must be a local secret, which the proxy "
-            f"rewrites when the server rotates it: `vaultproxy secret move-to-local {source.refresh_token.split('.', 1)[0]}`",
-        )
     return values
 
 
@@ -114,7 +114,10 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
     return _token(reply, started, fail), _rotated(reply, given)
 
 
-def _failing(name: str, values: Mapping[str, str]) -> Any:
+Fail = Callable[[str, str], MintError]
+
+
+def _failing(name: str, values: Mapping[str, str]) -> Fail:
     """A MintError maker for one source whose message never holds a credential, whatever
     the server or a library put into it."""
 
@@ -126,7 +129,7 @@ def _failing(name: str, values: Mapping[str, str]) -> Any:
     return fail
 
 
-def _token(reply: Mapping[str, Any], started: float, fail: Any) -> Token:
+def _token(reply: Mapping[str, Any], started: float, fail: Fail) -> Token:
     access = reply.get("access_token")
     if not isinstance(access, str) or not access:
         raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer holds no access_token")
