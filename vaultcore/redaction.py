@@ -253,8 +253,13 @@ class Redactor:
         return len(data)
 
     def redact(self, data: bytes) -> bytes:
-        """`data` with every form of every value replaced; `data` itself when none occurs."""
-        return _rewrite_all(self, data)
+        """`data` with every form of every value replaced; `data` itself when none occurs.
+        Nearly all data echoes no value: a look for each anchor tells, at a third of the cost
+        of the spans' machinery on a short response (the look stops at the first anchor found)."""
+        for anchor in self._anchors:
+            if data.find(anchor) >= 0:
+                return _rewrite_all(self, data)
+        return data
 
     def redact_text(self, text: str) -> str:
         """`redact` for a header value as mitmproxy shows it (UTF-8, surrogateescape)."""
@@ -540,7 +545,10 @@ def might_hold_placeholder(data: bytes) -> bool:
     # `find`, not `in`: `b"vault" in data` first tries it as a byte value and clears the TypeError.
     if data.find(b"vault") >= 0:
         return True
-    return any(data.find(first) >= 0 and _escaped_letter_regex(first).search(data) for first in _ESCAPED_LETTER_PATTERNS)
+    for first in _ESCAPED_LETTER_PATTERNS:  # a loop: `any` over a generator costs twice this on every response
+        if data.find(first) >= 0 and _escaped_letter_regex(first).search(data):
+            return True
+    return False
 
 
 class _Neutraliser:
@@ -574,8 +582,8 @@ _NEUTRALISER = _Neutraliser()
 
 def neutralise(data: bytes) -> bytes:
     """`data` with `BLOCKED` after the brackets of every placeholder opener, however spelled
-    (see above); `data` itself when there is none."""
-    return _rewrite_all(_NEUTRALISER, data)
+    (see above); `data` itself when there is none (every response: the pre-check first)."""
+    return _rewrite_all(_NEUTRALISER, data) if might_hold_placeholder(data) else data
 
 
 def neutralise_text(text: str) -> str:

@@ -508,7 +508,7 @@ class Substitution:
         signs = signing.rule_for(self.proxy.rules, request) is not None
         if plan is None and not stream_body and not signs:
             if self.proxy.rules:
-                request.headers.pop(signing.MARKER, None)  # a marker no rule for this host took
+                rewrite.drop_header(request, signing.MARKER)  # a marker no rule for this host took
             return None
         return self.proxy.when_current(lambda: self._substitute_and_sign(flow, plan, streamed=streamed, stream_body=stream_body))
 
@@ -526,7 +526,7 @@ class Substitution:
             )
         rule = signing.rule_for(self.proxy.rules, flow.request)  # the rules of the index just made current
         if rule is None:
-            flow.request.headers.pop(signing.MARKER, None)  # a marker no rule for this host took
+            rewrite.drop_header(flow.request, signing.MARKER)  # a marker no rule for this host took
         elif not self.proxy.aws_credentials.ready(rule.method):
             return self._load_then_sign(flow, rule, streamed=streamed)
         else:

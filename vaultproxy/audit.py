@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from mitmproxy import http
 
@@ -45,21 +47,14 @@ class AuditLog:
     def record(self, request: http.Request, path: str, keys: list[str], outcome: str, reason: str = "") -> None:
         """`path` is the request's path as the client sent it (placeholders, not values);
         `reason` (the console's only) why it was refused."""
-        line = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "method": request.method,
-            "host": request.host,
-            "path": path.split("?", 1)[0],
-            "keys": keys,
-            "outcome": outcome,
-        }
+        what = (request.method, request.host, path.split("?", 1)[0], tuple(keys), outcome)
         refused = outcome.startswith(REFUSED)
         level = logging.WARNING if refused else logging.INFO
         if logger.isEnabledFor(level):  # see follow_console
-            logger.log(level, console_line(line, reason))
+            logger.log(level, console_line(*what, reason))
         if self.path is None:
             return
-        self._buffer.append(json.dumps(line) + "\n")
+        self._buffer.append(f'{{"time": "{timestamp()}", {json_after_time(*what)}\n')
         if refused:
             self.flush()
         elif len(self._buffer) == 1:
@@ -112,10 +107,29 @@ def follow_console(verbosity: str) -> None:
     logger.setLevel(verbosity.upper())
 
 
-def console_line(line: dict[str, Any], reason: str) -> str:
+def console_line(method: str, host: str, path: str, keys: tuple[str, ...], outcome: str, reason: str) -> str:
     """`vaultproxy: resolved GET api.example.com/v1/me [token]`, and for a refusal the reason."""
-    summary = f"vaultproxy: {line['outcome']} {line['method']} {line['host']}{line['path']} [{', '.join(line['keys'])}]"
+    summary = f"vaultproxy: {outcome} {method} {host}{path} [{', '.join(keys)}]"
     return f"{summary}: {reason}" if reason else summary
+
+
+def timestamp() -> str:
+    """Now, in UTC, to the millisecond, as `datetime.isoformat` writes it (at a third of its cost)."""
+    milliseconds = time.time_ns() // 1_000_000
+    return f"{_second(milliseconds // 1000)}.{milliseconds % 1000:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=1)
+def _second(second: int) -> str:
+    return datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@functools.lru_cache(maxsize=1024)
+def json_after_time(method: str, host: str, path: str, keys: tuple[str, ...], outcome: str) -> str:
+    """An audit line's JSON after its time field (from its first member to the closing brace).
+    Kept: the same few requests come again and again, only their time differs, and `json.dumps`
+    was half the cost of a line. It holds key names and paths without their queries, never a value."""
+    return json.dumps({"method": method, "host": host, "path": path, "keys": list(keys), "outcome": outcome})[1:]
 
 
 def _identity(file: Path | int) -> tuple[int, int] | None:

@@ -58,9 +58,10 @@ class Flights:
         return len(self._requests) + len(self._messages)
 
     def _original(self, flow: http.HTTPFlow) -> Original:
-        if flow.id not in self._requests:
-            self._requests[flow.id] = Original(flow)
-        return self._requests[flow.id]
+        original = self._requests.get(flow.id)
+        if original is None:
+            original = self._requests[flow.id] = Original(flow)
+        return original
 
     def remember(self, flow: http.HTTPFlow, rewrite: Rewrite, index: SecretIndex, *, streamed_body: bool = False) -> None:
         """Keep the parts `rewrite` (or, for a streamed body, the re-framing) will change."""

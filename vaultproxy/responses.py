@@ -67,7 +67,7 @@ def clean_body(response: http.Response, redactor: Redactor | None) -> None:
     raw = response.raw_content
     if not raw:
         return
-    encoded = any(name.lower() == ENCODING_NAME for name, _ in response.headers.fields)
+    encoded = ENCODING_NAME in [name.lower() for name, _ in response.headers.fields]
     content = response.get_content(strict=False) if encoded else raw
     if content is not None and (new := cleaned(content, redactor)) is not content:
         response.content = new  # re-encodes, and fixes Content-Length

@@ -9,7 +9,7 @@ may hold placeholders, once, with one cheap check per part (`mentions_placeholde
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mitmproxy import connection, http, websocket
 
@@ -49,7 +49,9 @@ class Rewrite:
     keys: list[str] = field(default_factory=list)
 
     def _add(self, keys: list[str]) -> None:
-        self.keys.extend(k for k in keys if k not in self.keys)
+        for key in keys:
+            if key not in self.keys:
+                self.keys.append(key)
 
     def apply(self, request: http.Request) -> None:
         if self.path is not None:
@@ -58,6 +60,15 @@ class Rewrite:
             request.headers.fields = self.fields
         if self.content is not None:
             request.content = self.content  # re-encodes a compressed body, fixes Content-Length
+
+
+def drop_header(request: http.Request, name: str) -> None:
+    """Take every `name` field out of the request's headers. For the headers that never go
+    upstream and nearly no request carries (the proxy credential, the signing marker): one
+    look at the names costs a fifth of `Headers.pop`, which raises and clears a KeyError
+    when there is none."""
+    if name.lower().encode() in [field.lower() for field, _ in request.headers.fields]:
+        del request.headers[name]
 
 
 def decoded_body(request: http.Request) -> bytes | None:
@@ -82,8 +93,7 @@ def decoded_body(request: http.Request) -> bytes | None:
         return None
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """Where a request's placeholders are, found in one pass over its parts: the parts
     `rewrite_request` resolves, and no other."""
 
@@ -98,12 +108,15 @@ def plan(request: http.Request, body: bytes | None) -> Plan | None:
     dozen header values and nearly none holds a `<`: a header value is planned when it holds
     one (memchr), and `resolve` looks closer, once (or not at all for a value seen before:
     `guard.Scope`)."""
-    headers = tuple(i for i, (_, value) in enumerate(request.headers.fields) if LT in value)
+    headers = tuple([i for i, (_, value) in enumerate(request.headers.fields) if LT in value])
     path = mentions_placeholder(request.path, Context.URL)
     if body is not None and not mentions_placeholder(body, body_context(request.headers.get("content-type", ""))):
         body = None
-    authority = mentions_placeholder(request.host, Context.URL) or mentions_placeholder(request.authority, Context.URL)
-    return Plan(path, headers, body) if headers or path or body is not None or authority else None
+    # A planned request has its authority checked by the guard; the host and the authority are
+    # looked at together, joined by a line break, which no placeholder or opener holds.
+    if headers or path or body is not None or mentions_placeholder(f"{request.host}\n{request.authority}", Context.URL):
+        return Plan(path, headers, body)
+    return None
 
 
 class Resolve(Protocol):
@@ -123,13 +136,15 @@ def rewrite_request(request: http.Request, plan: Plan, resolve: Resolve, budget:
             rewrite._add(keys)
     if plan.headers:
         fields = list(request.headers.fields)
+        resolved = False
         for i in plan.headers:
             name, value = fields[i]
             new, keys = resolve(value, Context.HEADER, budget)
             if keys:
                 fields[i] = (name, new)
                 rewrite._add(keys)
-        if fields != list(request.headers.fields):
+                resolved = True
+        if resolved:
             rewrite.fields = tuple(fields)
     if plan.body is not None:
         content, keys = resolve(plan.body, body_context(request.headers.get("content-type", "")), budget)
