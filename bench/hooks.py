@@ -20,12 +20,21 @@ c4, the same requests 4 to a turn, is c at that load. The loop's own cost of the
 measured with no hooks ("turn"), is taken off every figure: it is no hook's. (Before
 2026-12-02 the hooks ran with no event loop: each request paid the vault check and the
 audit write too, but apart from the loop's interleaving.)
+
+Beside the 3-header case, the credentials the proxy computes (issue 14): h, a request it signs
+with an HMAC header; v, one it signs with AWS SigV4 (botocore's signer); o, one whose
+`Authorization: Bearer <<vault:bench_token>>` takes an OAuth access token the proxy minted
+before the run from a real authorization server on loopback (tests/support/oauth_server.py)
+and holds: the cost of a request with a cached token. Each goes to a loopback address of its
+own (127.0.0.2-4), which its rule or token source names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,6 +46,8 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
 from bench.common import median
+from tests.support.oauth_server import AuthorizationServer
+from vaultcore.vault import Vault
 from vaultproxy.addon import VaultProxy
 from vaultproxy.clientgate import Peer
 
@@ -103,13 +114,50 @@ def vaultproxy_hooks(proxy: VaultProxy) -> Hooks:
     return on_request, on_response
 
 
+# The computed credentials' variants: (upstream, request headers, the header the proxy sets).
+HMAC_UPSTREAM, SIGV4_UPSTREAM, OAUTH_UPSTREAM = "127.0.0.2:8081", "127.0.0.3:8081", "127.0.0.4:8081"
+COMPUTED: dict[str, tuple[str, dict[str, str], str]] = {
+    "h": (HMAC_UPSTREAM, {}, "X-Signature"),
+    "v": (SIGV4_UPSTREAM, {}, "Authorization"),
+    "o": (OAUTH_UPSTREAM, {"Authorization": "Bearer <<vault:bench_token>>"}, "Authorization"),
+}
+BENCH_CLIENT = ("bench-client", "FAKE-bench-client-secret-0001")
+
+
+def computed_credentials(home: Path, token_url: str) -> None:
+    """The signing rules and the token source of h, v and o, with their keys, in `home`."""
+    vault = Vault(home)
+    vault.set("bench.hmac_key", "FAKE-bench-hmac-key-0001", hosts=["127.0.0.2"])
+    vault.set("bench.access_key_id", "AKIAFAKEBENCH0000001", hosts=["127.0.0.3"])
+    vault.set("bench.secret_access_key", "FAKE-bench-sigv4-secret-0001", hosts=["127.0.0.3"])
+    vault.set("bench.client_secret", BENCH_CLIENT[1], hosts=["127.0.0.1"])
+    (home / "signing.yaml").write_text(json.dumps({"rules": [
+        {"name": "hmac", "hosts": ["127.0.0.2"], "hmac": {"key": "bench.hmac_key", "header": "X-Signature", "message": "{method}{path}{timestamp}{body}"}},
+        {"name": "sigv4", "hosts": ["127.0.0.3"], "sigv4": {"access_key_id": "bench.access_key_id",
+         "secret_access_key": "bench.secret_access_key", "service": "execute-api", "region": "eu-west-1"}},
+    ]}))
+    (home / "tokens.yaml").write_text(json.dumps({"tokens": [
+        {"name": "bench_token", "hosts": ["127.0.0.4"], "token_url": token_url, "client_id": BENCH_CLIENT[0],
+         "client_secret": "bench.client_secret"},
+    ]}))
+
+
 def no_hook(flow: http.HTTPFlow) -> None:
     """What the loop's turns cost by themselves is measured with this."""
 
 
 def run(vault_home: Path, upstream: str, placeholder_headers: Mapping[str, str], modify_headers: list[str], rounds: int) -> dict[str, Any]:
-    """`measure` in an event loop of its own."""
-    return asyncio.run(measure(vault_home, upstream, placeholder_headers, modify_headers, rounds))
+    """`measure` in an event loop of its own, on a copy of `vault_home` with the computed
+    credentials' rules and keys added, and an authorization server for o's token."""
+    home = vault_home.with_name(vault_home.name + "-hooks")
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(vault_home, home)
+    with AuthorizationServer() as authorization:
+        authorization.add_client(*BENCH_CLIENT)
+        computed_credentials(home, authorization.token_url)
+        result = asyncio.run(measure(home, upstream, placeholder_headers, modify_headers, rounds))
+        result["token_requests"] = authorization.token_requests()
+    return result
 
 
 async def measure(vault_home: Path, upstream: str, placeholder_headers: Mapping[str, str], modify_headers: list[str], rounds: int) -> dict[str, Any]:
@@ -121,28 +169,38 @@ async def measure(vault_home: Path, upstream: str, placeholder_headers: Mapping[
         context.configure(proxy, vault_home=str(vault_home))
         context.configure(modify, modify_headers=modify_headers)
         client = owners_connection(proxy)
-        variants: dict[str, tuple[Hooks, Mapping[str, str], int]] = {
-            "b": (vaultproxy_hooks(proxy), {}, 1),
-            "c": (vaultproxy_hooks(proxy), placeholder_headers, 1),
-            "c4": (vaultproxy_hooks(proxy), placeholder_headers, 4),
-            "d": ((modify.requestheaders, modify.responseheaders), placeholder_headers, 1),
-            "turn": ((no_hook, no_hook), {}, 1),
+        await proxy.mint("bench_token")  # o measures a request with a token the proxy holds
+        variants: dict[str, tuple[Hooks, str, Mapping[str, str], int]] = {
+            "b": (vaultproxy_hooks(proxy), upstream, {}, 1),
+            "c": (vaultproxy_hooks(proxy), upstream, placeholder_headers, 1),
+            "c4": (vaultproxy_hooks(proxy), upstream, placeholder_headers, 4),
+            "d": ((modify.requestheaders, modify.responseheaders), upstream, placeholder_headers, 1),
+            **{name: (vaultproxy_hooks(proxy), to, headers, 1) for name, (to, headers, _) in COMPUTED.items()},
+            "turn": ((no_hook, no_hook), upstream, {}, 1),
         }
-        for name in ("c", "d"):
-            f = flow(upstream, placeholder_headers, client)
-            on_request, _ = variants[name][0]
-            on_request(f)
-            if any("<<vault:" in f.request.headers[h] for h in placeholder_headers):
-                raise RuntimeError(f"in-process hooks of configuration {name} did not set the headers")
+        check_headers_set(variants, placeholder_headers, client)
         gross: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(rounds):  # alternating, as bench.common.alternate
-            for name, (hooks, headers, per_turn) in variants.items():
-                gross[name].append(await per_request_us(hooks, upstream, headers, client, per_turn))
+            for name, (hooks, to, headers, per_turn) in variants.items():
+                gross[name].append(await per_request_us(hooks, to, headers, client, per_turn))
     turn = gross.pop("turn")
     samples = {
-        name: [us - loop_us / variants[name][2] for us, loop_us in zip(values, turn)] for name, values in gross.items()
+        name: [us - loop_us / variants[name][3] for us, loop_us in zip(values, turn)] for name, values in gross.items()
     }
     return {
         "cycles_per_sample": CYCLES, "samples_us": samples, "median_us": {name: median(s) for name, s in samples.items()},
         "turn_us": median(turn),
     }
+
+
+def check_headers_set(variants: Mapping[str, tuple[Hooks, str, Mapping[str, str], int]], placeholder_headers: Mapping[str, str], client: connection.Client) -> None:
+    """Each measured configuration really does its work: c and d set the headers, h and v
+    sign, o sends the token it holds."""
+    expected = {"c": list(placeholder_headers), "d": list(placeholder_headers)} | {name: [header] for name, (_, _, header) in COMPUTED.items()}
+    for name, headers in expected.items():
+        (on_request, _), to, sent, _ = variants[name]
+        f = flow(to, sent, client)
+        on_request(f)
+        values = [f.request.headers.get(h, "") for h in headers]
+        if f.response is not None or any(not v or "<<vault:" in v for v in values):
+            raise RuntimeError(f"in-process hooks of configuration {name} did not set {', '.join(headers)}")

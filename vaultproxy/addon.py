@@ -505,26 +505,34 @@ class Substitution:
             self._refuse(flow, e, request.path, streamed=streamed)
             return None
         plan = rewrite.plan(request, body)
-        signs = signing.rule_for(self.proxy.rules, request) is not None
-        if plan is None and not stream_body and not signs:
-            if self.proxy.rules:
+        rules = self.proxy.rules
+        rule = signing.rule_for(rules, request)
+        if plan is None and not stream_body and rule is None:
+            if rules:
                 rewrite.drop_header(request, signing.MARKER)  # a marker no rule for this host took
             return None
-        return self.proxy.when_current(lambda: self._substitute_and_sign(flow, plan, streamed=streamed, stream_body=stream_body))
+        return self.proxy.when_current(
+            lambda: self._substitute_and_sign(flow, plan, (rules, rule), streamed=streamed, stream_body=stream_body)
+        )
 
     def _substitute_and_sign(
-        self, flow: http.HTTPFlow, plan: rewrite.Plan | None, *, streamed: bool, stream_body: bool, minted: frozenset[str] = frozenset(),
+        self, flow: http.HTTPFlow, plan: rewrite.Plan | None, signer: tuple[tuple[Rule, ...], Rule | None], *,
+        streamed: bool, stream_body: bool, minted: frozenset[str] = frozenset(),
     ) -> Awaitable[None] | None:
-        """`minted`: the token sources minted for this request so far."""
+        """`signer`: the rule that signs the request, chosen under those rules (substituting
+        changes neither the host nor which headers the request has). `minted`: the token
+        sources minted for this request so far."""
         try:
             if (plan is not None or stream_body) and not self._substitute(flow, plan, streamed=streamed, stream_body=stream_body):
                 return None
         except SubstitutionError as e:  # a token to mint first (_substitute refuses all else)
             return self._mint_then(
                 e, minted, lambda error: self._refuse(flow, error, flow.request.path, streamed=streamed),
-                lambda minted: self._substitute_and_sign(flow, plan, streamed=streamed, stream_body=stream_body, minted=minted),
+                lambda minted: self._substitute_and_sign(flow, plan, signer, streamed=streamed, stream_body=stream_body, minted=minted),
             )
-        rule = signing.rule_for(self.proxy.rules, flow.request)  # the rules of the index just made current
+        rules, rule = signer
+        if rules is not self.proxy.rules:  # reloaded while the request waited: the rules now in force
+            rule = signing.rule_for(self.proxy.rules, flow.request)
         if rule is None:
             rewrite.drop_header(flow.request, signing.MARKER)  # a marker no rule for this host took
         elif not self.proxy.aws_credentials.ready(rule.method):

@@ -63,11 +63,11 @@ def signature(rule: Rule, request: http.Request, lookup: Lookup, aws: AwsCredent
             added = sigv4_headers(rule.method, keys, parts)
     except SigningError as e:
         raise cannot_sign(rule, e) from None
-    headers = request.headers.copy()
-    headers.pop(MARKER, None)
-    for name, value in added.items():
-        headers[name] = value
-    return Rewrite(fields=headers.fields, keys=rule.keys())
+    # The fields as they are, less the marker and any the signature replaces, then the signature's
+    # (built from the fields: a copy of mitmproxy's Headers costs more than signing).
+    replaced = {name.lower().encode() for name in (*added, MARKER)}
+    kept = tuple(field for field in request.headers.fields if field[0].lower() not in replaced)
+    return Rewrite(fields=kept + tuple((name.encode(), value.encode()) for name, value in added.items()), keys=rule.keys())
 
 
 def cannot_sign(rule: Rule, error: SigningError) -> SubstitutionError:
