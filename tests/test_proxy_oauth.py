@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.cli import run_cli
 from tests.support.net import LOOPBACK, free_port, wait_until
 from tests.support.oauth_server import AuthorizationServer, ResourceServer
 from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
 from tests.support.tls import TLSMaterial
-from tests.support.upstream import RecordingUpstream
+from tests.support.upstream import RecordingUpstream, WebSocketUpstream
 from vaultcore.vault import Vault
 
 CLIENT_ID = "vaultproxy-e2e"
@@ -236,3 +237,30 @@ def test_a_mint_in_flight_never_holds_up_other_requests(
             refused = waiting.result(timeout=TIMEOUT)
     assert refused.status_code == 503 and refused.headers["X-Vaultproxy-Error"] == "token_unavailable"
     assert api.requests == 0
+
+
+def test_a_websocket_message_waits_for_its_token(
+    vault_home: Path, authorization: AuthorizationServer, ws_upstream: WebSocketUpstream, mitmdump: StartProxy,
+) -> None:
+    """A placeholder in a client's message mints the token too, and the message goes out with it."""
+    client_credentials(vault_home, authorization)
+    token_source(vault_home, authorization.port, hosts=[LOOPBACK])
+    with start(mitmdump, vault_home).websocket(f"{ws_upstream.url}/socket") as connection:
+        connection.send("token=<<vault:billing>>")
+        (message,) = ws_upstream.wait_for(1, TIMEOUT)
+    token = str(message).removeprefix("token=")
+    assert authorization.introspect(token) == {"client_id": CLIENT_ID, "scope": "read"}
+    assert authorization.token_requests() == 1
+
+
+def test_status_shows_each_token_and_whether_tokens_yaml_loads(vault_home: Path, authorization: AuthorizationServer) -> None:
+    """(What it shows after a mint or a failure: the tests above, through Vault.status.)"""
+    client_credentials(vault_home, authorization)
+    status = run_cli(vault_home, "status")
+    assert status.returncode == 0, status.stderr
+    said = f"token billing: client_credentials at https://auth.example.com:{authorization.port}/oauth/token; not minted yet"
+    assert said in status.stdout.decode()
+
+    (vault_home / "tokens.yaml").write_text("tokens:\n  - name: billing\n    hosts: api.example.com\n")
+    broken = run_cli(vault_home, "status").stdout.decode()
+    assert f"tokens error:  {vault_home / 'tokens.yaml'}:2: tokens[0].token_url: missing (required)" in broken
