@@ -156,6 +156,12 @@ def test_refresh_token_rotation_is_stored_before_the_new_token_is_used(
     assert api.rejected == 1 and authorization.token_requests("refresh_token") == 2
     assert Vault(vault_home).get("billing.refresh_token") not in (first, rotated)
     assert [line["outcome"] for line in audit_lines(vault_home, "/v1/again")] == ["resolved", "retried_after_401", "resolved"]
+
+    # An API that rejects every token cannot make the proxy hammer the token endpoint: a token
+    # is replaced after a rejection at most once in 30 s; meanwhile the client gets the 401.
+    authorization.expire_access_tokens()
+    assert call(session, api, "/v1/hostile").status_code == 401
+    assert authorization.token_requests("refresh_token") == 2
     assert rotated not in proxy.output() and first not in proxy.output()
 
 

@@ -8,8 +8,11 @@ the new access token is handed out, so that a crash between the two loses nothin
 many requests wait for it (they share its future; the proxy's event loop never blocks). A
 failure is kept, and answered at once, for a backoff (`schedule.backoff`): a revoked client
 costs the token endpoint one request per backoff, not one per API request. A change to the
-source or to its credentials ends the backoff at once. Each source's state (when minted,
-until when, the last error; never a value) is written to token-status.json for `status`.
+source or to its credentials ends the backoff at once. A token an API rejects is replaced at
+most once per REJECTION_WINDOW_SECONDS, as a provider secret is refetched: an API that
+rejects every token cannot make the proxy hammer the token endpoint. Each source's state
+(when minted, until when, the last error; never a value) goes to token-status.json for
+`status`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 from vaultcore.atomic import replace_file
 from vaultcore.index import LOCAL_SOURCE, SecretIndex
 from vaultcore.placeholders import SubstitutionError
+from vaultcore.refresher import REJECTION_WINDOW_SECONDS
 from vaultcore.schedule import backoff
 from vaultcore.store import VaultError
 from vaultcore.tokens import Token, TokenSource
@@ -159,6 +163,7 @@ class _State:
     token: Token | None = None
     minted_at: float | None = None
     running: Future[Token] | None = None
+    replaced_rejected_at: float = -math.inf  # when a rejected token was last replaced
     attempt: str = ""  # the fingerprint of the last failed attempt
     failures: int = 0
     failed_at: float = 0.0
@@ -185,7 +190,8 @@ class Minter:
 
     def mint(self, source: TokenSource, values: Mapping[str, str], *, rejected: str | None = None) -> Future[Token]:
         """A usable token for `source`: the one held, the mint under way, or a new mint.
-        `rejected`: an access token the API refused, never handed out again."""
+        `rejected`: an access token the API refused, replaced unless one was replaced in the
+        last REJECTION_WINDOW_SECONDS."""
         fingerprint = _fingerprint(source, values)
         with self._lock:
             state = self._states.setdefault(source.name, _State())
@@ -194,6 +200,10 @@ class Minter:
             held = self.token(source)
             if held is not None and held.access_token != rejected:
                 return _done(held)
+            if held is not None and time.time() < state.replaced_rejected_at + REJECTION_WINDOW_SECONDS:
+                return _done(held)  # rejected again so soon: the API's trouble, not the token's
+            if held is not None:
+                state.replaced_rejected_at = time.time()
             if state.error is not None and state.attempt == fingerprint and time.time() < state.failed_at + backoff(state.failures, BACKOFF_TTL):
                 return _done(error=state.error)
             state.running = future = Future()
