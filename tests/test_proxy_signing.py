@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.support.moto import MotoServer, enforced_auth
-from tests.support.net import LOOPBACK
+from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
 from tests.support.upstream import RecordingUpstream
 from vaultcore.vault import Vault
@@ -201,3 +201,23 @@ def test_a_profile_that_does_not_exist_refuses_clearly(vault_home: Path, mitmdum
     refused = session.get(tls_upstream.url_for("api.example.com") + "/items", timeout=TIMEOUT)
     assert refused.status_code == 400 and refused.headers["X-Vaultproxy-Error"] == "cannot_sign"
     assert "AWS profile 'nowhere'" in refused.text and not tls_upstream.requests
+
+
+def test_a_signing_file_written_while_the_proxy_runs_is_picked_up_by_the_watcher(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+) -> None:
+    """signing.yaml and tokens.yaml are edited by hand: the proxy's watcher, not the check
+    before each request, picks them up (every half second)."""
+    Vault(vault_home).set("webhook_secret", WEBHOOK_SECRET, hosts=["api.example.com"])
+    session = start(mitmdump, vault_home).requests_session()
+    url = tls_upstream.url_for("api.example.com") + "/hooks"
+    assert session.post(url, data=b"{}", timeout=TIMEOUT).status_code == 200
+    assert tls_upstream.requests[-1].header("Stripe-Signature") is None
+
+    (vault_home / "signing.yaml").write_text(SIGNING)
+
+    def signed() -> bool:
+        session.post(url, data=b"{}", timeout=TIMEOUT)
+        return tls_upstream.requests[-1].header("Stripe-Signature") is not None
+
+    wait_until(signed, 10, "the new signing rule to sign")

@@ -79,7 +79,9 @@ class Snapshot:
     the next rebuild still applies the vault's changes to its secrets (see `Vault.snapshot`);
     `config_error` says why the file did not load. `signing` are the signing rules
     (vaultcore/signing.py), the last good ones while signing.yaml is broken (`signing_error`);
-    `tokens` the OAuth token sources of tokens.yaml (vaultcore/tokens.py), likewise."""
+    `tokens` the OAuth token sources of tokens.yaml (vaultcore/tokens.py), likewise. Those two
+    files are edited by hand, never by the CLI: `rules_signature` stamps them for the proxy's
+    watcher (in force within half a second), apart from the files checked before each request."""
 
     index: SecretIndex
     signature: Signature
@@ -89,11 +91,15 @@ class Snapshot:
     signing_error: str | None = None
     tokens: tuple[TokenSource, ...] = ()
     tokens_error: str | None = None
+    rules_signature: Signature = Signature((), ())
 
     def is_stale(self) -> bool:
         """Whether a file the index was built from changed since: a few stat calls, so the
         proxy can ask before each request it resolves."""
         return self.signature.is_stale()
+
+    def rules_stale(self) -> bool:
+        return self.rules_signature.is_stale()
 
 
 class Vault:
@@ -109,11 +115,14 @@ class Vault:
         return self.store.read()
 
     def signature(self) -> Signature:
-        """vault.enc, the configs directory (a file renamed into it changes its mtime),
-        signing.yaml and tokens.yaml, stamped now. A snapshot adds its active configuration's
-        file, the only other one its index reads: so no glob, and the proxy can check before
-        each request."""
-        return Signature.of(self.store.path, self.configs.path, self.home / SIGNING_FILE, self.home / TOKENS_FILE)
+        """vault.enc and the configs directory (a file renamed into it changes its mtime),
+        stamped now: what the CLI writes. A snapshot adds its active configuration's file, the
+        only other one its index reads: so no glob, and the proxy can check before each request."""
+        return Signature.of(self.store.path, self.configs.path)
+
+    def rules_signature(self) -> Signature:
+        """signing.yaml and tokens.yaml, stamped now: edited by hand only."""
+        return Signature.of(self.home / SIGNING_FILE, self.home / TOKENS_FILE)
 
     def snapshot(self, previous: Snapshot | None = None) -> Snapshot:
         """The proxy's index. Raises only when vault.enc cannot be read: the caller keeps
@@ -125,6 +134,7 @@ class Vault:
         name, so a removed or changed value counts at once. After a switch to a broken
         configuration no provider secret resolves at all."""
         signature = self.signature()  # stamped before they are read: a change during the build is seen next time
+        rules_signature = self.rules_signature()
         state = self.state()
         try:
             signing, signing_error = load_rules(self.home), None
@@ -134,7 +144,9 @@ class Vault:
             tokens, tokens_error = load_sources(self.home), None
         except TokenSourceError as e:
             tokens, tokens_error = (previous.tokens if previous else ()), str(e)
-        rules = {"signing": signing, "signing_error": signing_error, "tokens": tokens, "tokens_error": tokens_error}
+        rules = {
+            "rules_signature": rules_signature, "signing": signing, "signing_error": signing_error, "tokens": tokens, "tokens_error": tokens_error,
+        }
         name = state.get("active_config")
         if not name:
             return Snapshot(self._index(state, None), signature, **rules)

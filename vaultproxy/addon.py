@@ -127,6 +127,7 @@ class VaultProxy:
         self._announcer: asyncio.Task | None = None
         self._reloading = asyncio.Lock()
         self._failed: Signature | None = None  # what a failed reload saw: not retried until it changes
+        self._failed_rules: Signature | None = None  # likewise, of the hand-edited rule files
         self._current_this_turn = False  # see is_current
         # Reverse mode: whether this addon, not mitmproxy, rewrites Host to the target (so that
         # it sees the name the client used first), and the flows whose client used another name.
@@ -265,7 +266,7 @@ class VaultProxy:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
             try:
-                await self.reload_if_changed()
+                await self.reload_if_changed(rules=True)
             except Exception as e:  # the watcher must outlive any one bad reload
                 logger.warning(f"vaultproxy: reload failed, keeping the last good state ({type(e).__name__})")
 
@@ -289,6 +290,10 @@ class VaultProxy:
                 self._current_this_turn = True
         return current
 
+    def _rules_changed(self) -> bool:
+        assert self.snapshot is not None
+        return self.snapshot.rules_stale() and (self._failed_rules is None or self._failed_rules.is_stale())
+
     def _end_turn(self) -> None:
         self._current_this_turn = False
 
@@ -306,19 +311,22 @@ class VaultProxy:
         if (waiting := then()) is not None:
             await waiting
 
-    async def reload_if_changed(self) -> None:
+    async def reload_if_changed(self, *, rules: bool = False) -> None:
+        """`rules`: also when only the hand-edited rule files (signing.yaml, tokens.yaml)
+        changed, which the watcher checks every half second instead of every turn: two stat
+        calls fewer for the requests."""
         assert self.vault is not None and self.snapshot is not None
         async with self._reloading:  # one reload, however many requests wait for it
-            if self.is_current():
+            if self.is_current() and not (rules and self._rules_changed()):
                 return
-            attempt = self.snapshot.signature.restamped()
+            attempt, rules_attempt = self.snapshot.signature.restamped(), self.snapshot.rules_signature.restamped()
             try:
                 snapshot = await asyncio.to_thread(self.vault.snapshot, self.snapshot)
             except LOAD_ERRORS as e:
-                self._failed = attempt
+                self._failed, self._failed_rules = attempt, rules_attempt
                 logger.warning(f"vaultproxy: reload failed, keeping the last good state: {e}")
                 return
-            self._failed = None
+            self._failed = self._failed_rules = None
             self._use(snapshot)
             if self.refresher:
                 self.refresher.wake()  # a configuration's refresh settings may have changed
