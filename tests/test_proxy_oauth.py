@@ -270,3 +270,21 @@ def test_status_shows_each_token_and_whether_tokens_yaml_loads(vault_home: Path,
     (vault_home / "tokens.yaml").write_text("tokens:\n  - name: billing\n    hosts: api.example.com\n")
     broken = run_cli(vault_home, "status").stdout.decode()
     assert f"tokens error:  {vault_home / 'tokens.yaml'}:2: tokens[0].token_url: missing (required)" in broken
+
+
+def test_a_refresh_token_the_server_does_not_know_gets_invalid_grant(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
+) -> None:
+    authorization.add_client(CLIENT_ID, CLIENT_SECRET)
+    vault = Vault(vault_home)
+    vault.set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+    vault.set("billing.refresh_token", "FAKE-refresh-token-never-issued-5b1e", hosts=["auth.example.com"])
+    token_source(vault_home, authorization.port, grant="refresh_token", refresh_token="billing.refresh_token")
+    proxy = start(mitmdump, vault_home)
+
+    refused = call(proxy.requests_session(), api)
+    assert refused.status_code == 502 and refused.headers["X-Vaultproxy-Error"] == "token_refused"
+    assert "invalid_grant" in refused.text and api.requests == 0
+    assert "invalid_grant" in token_status(vault_home)["error"]
+    assert Vault(vault_home).get("billing.refresh_token") == "FAKE-refresh-token-never-issued-5b1e"  # nothing lost
+    assert "FAKE-refresh-token-never-issued-5b1e" not in proxy.output() + refused.text
