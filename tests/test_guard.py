@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 from mitmproxy import http
+from mitmproxy.test import tflow
 
-from vaultcore.index import Destination, Secret, SecretIndex
+from vaultcore.index import MINT_NEEDED, Destination, Secret, SecretIndex
 from vaultcore.placeholders import SubstitutionError
-from vaultproxy.guard import Head, check_host_agrees
+from vaultcore.tokens import TokenSource, source_secrets
+from vaultproxy.guard import Head, Scopes, Settings, check_host_agrees, lookup_for
 
 
 def request(url: str = "https://api.example.com/v1", headers: dict[str, str] | None = None, http2: bool = False) -> http.Request:
@@ -71,3 +73,19 @@ def test_a_page_cannot_tell_which_keys_exist() -> None:
     with pytest.raises(SubstitutionError) as caught:
         index.check("k", trusted)  # a trusted page gets the detail
     assert caught.value.code == "host_not_allowed"
+
+
+def test_a_request_refused_anyway_causes_no_mint() -> None:
+    """A token placeholder asks for a mint only once the request itself passed its checks
+    (Host agreement here; SNI, folding and reverse-mode names alike)."""
+    source = TokenSource("billing", ("api.example.com",), "https://auth.example.com/token", "c", "billing.secret")
+    index = SecretIndex().overlaid(source_secrets(source, None))
+    flow = tflow.tflow()
+    flow.request = request(headers={"Authorization": "Bearer <<vault:billing>>"})
+    with pytest.raises(SubstitutionError) as error:
+        lookup_for(flow, Scopes(), index, Settings())("billing")
+    assert error.value.code == MINT_NEEDED
+    flow.request.headers["Host"] = "evil.example.com"
+    with pytest.raises(SubstitutionError) as error:
+        lookup_for(flow, Scopes(), index, Settings())("billing")
+    assert error.value.code == "host_mismatch"

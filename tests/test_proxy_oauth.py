@@ -9,6 +9,7 @@ secret, no refresh token, no access token. Each test counts what reached the tok
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import socket
 import time
@@ -24,7 +25,11 @@ from tests.support.net import LOOPBACK, free_port, wait_until
 from tests.support.oauth_server import AuthorizationServer, ResourceServer
 from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
 from tests.support.tls import TLSMaterial
-from tests.support.upstream import RecordingUpstream, WebSocketUpstream
+from tests.support.upstream import RecordingUpstream, Reply, WebSocketUpstream
+from vaultcore import oauth
+from vaultcore.oauth import Minter, MintError
+from vaultcore.store import VaultError
+from vaultcore.tokens import TokenSource, load_sources
 from vaultcore.vault import Vault
 
 CLIENT_ID = "vaultproxy-e2e"
@@ -288,3 +293,66 @@ def test_a_refresh_token_the_server_does_not_know_gets_invalid_grant(
     assert "invalid_grant" in token_status(vault_home)["error"]
     assert Vault(vault_home).get("billing.refresh_token") == "FAKE-refresh-token-never-issued-5b1e"  # nothing lost
     assert "FAKE-refresh-token-never-issued-5b1e" not in proxy.output() + refused.text
+
+
+def test_a_token_endpoint_that_redirects_gets_no_credentials_past_it(vault_home: Path, mitmdump: StartProxy, api: ResourceServer) -> None:
+    """A 307 would make an HTTP client send the form, refresh token and client secret
+    included, to wherever it points: the proxy never follows one."""
+    with RecordingUpstream() as elsewhere, RecordingUpstream() as redirecting:
+        redirecting.route("/oauth/token", Reply(307, b"", (("Location", f"http://127.0.0.1:{elsewhere.port}/collect"),)))
+        vault = Vault(vault_home)
+        vault.set("billing.client_secret", CLIENT_SECRET, hosts=["127.0.0.1"])
+        (vault_home / "tokens.yaml").write_text(json.dumps({"tokens": [{
+            "name": "billing", "hosts": ["api.example.com"], "token_url": f"http://127.0.0.1:{redirecting.port}/oauth/token",
+            "client_id": CLIENT_ID, "client_secret": "billing.client_secret", "auth_method": "client_secret_post",
+        }]}))
+        refused = call(start(mitmdump, vault_home).requests_session(), api)
+        assert refused.status_code == 503 and refused.headers["X-Vaultproxy-Error"] == "token_unavailable"
+        assert len(redirecting.requests) == 1 and not elsewhere.requests
+
+
+def test_one_waiter_giving_up_cancels_the_mint_for_no_one(vault_home: Path, authorization: AuthorizationServer) -> None:
+    """Every request waiting for a token shares one future: a client that disconnects (its
+    flow's wait cancelled) must not cancel it for the others."""
+    client_credentials(vault_home, authorization)
+    (source,) = load_sources(vault_home)
+    with socket.create_server((LOOPBACK, 0)) as silent:
+        slow = dataclasses.replace(source, token_url=f"http://127.0.0.1:{silent.getsockname()[1]}/oauth/token")
+        minter = Minter(Vault(vault_home))
+        shared = minter.mint(slow, {"billing.client_secret": CLIENT_SECRET})
+        assert minter.mint(slow, {"billing.client_secret": CLIENT_SECRET}) is shared  # one mint in flight
+        assert not shared.cancel()
+        silent.close()
+        assert isinstance(shared.exception(timeout=TIMEOUT), MintError)
+
+
+class ReadOnlyVault:
+    """A vault whose writes fail (a full disk, a read-only home): where the Minter stores
+    a rotated refresh token."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def set(self, key: str, value: str) -> None:
+        raise VaultError("the vault home is read-only")
+
+
+def test_a_rotated_refresh_token_that_could_not_be_stored_is_still_the_one_sent(
+    vault_home: Path, authorization: AuthorizationServer, tls_material: TLSMaterial, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server revoked the old refresh token when it rotated it: sending it again would
+    look like token theft to servers with reuse detection (they revoke the whole grant)."""
+    monkeypatch.setattr(oauth, "backoff", lambda failures, ttl: 0.0)
+    authorization.add_client(CLIENT_ID, CLIENT_SECRET)
+    first = authorization.issue_refresh_token(CLIENT_ID, scope="read")
+    source = TokenSource("billing", ("api.example.com",), authorization.token_url, CLIENT_ID, "billing.secret",
+                         refresh_token="billing.refresh", grant="refresh_token")
+    minter = Minter(ReadOnlyVault(vault_home), verify=str(tls_material.ca_cert))
+    stale = {"billing.secret": CLIENT_SECRET, "billing.refresh": first}  # the index, never updated
+
+    with pytest.raises(MintError, match="kept in this proxy's memory only"):
+        minter.mint(source, stale).result(timeout=TIMEOUT)
+    with pytest.raises(MintError):
+        minter.mint(source, stale).result(timeout=TIMEOUT)
+    assert authorization.token_requests("refresh_token") == 2
+    assert authorization.last_form()["refresh_token"] != first  # the rotated one, not the revoked one

@@ -96,23 +96,24 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
     )
     session.trust_env = False  # no proxy from the environment (it may be this very proxy), no .netrc
     extra = {"audience": source.audience} if source.audience else {}
+    # Never redirected: a 307 would resend the credentials to wherever it points, past their
+    # hosts rule. A redirect is answered as what it is: no token response.
+    request: dict[str, Any] = {"timeout": TIMEOUT_SECONDS, "verify": verify, "allow_redirects": False}
     started = time.time()
     given = values[source.refresh_token] if source.refresh_token else None
     fail = _failing(source.name, values)
     try:
         if source.grant == "refresh_token":
-            reply = session.refresh_token(source.token_url, refresh_token=given, timeout=TIMEOUT_SECONDS, verify=verify, **extra)
+            reply = session.refresh_token(source.token_url, refresh_token=given, **request, **extra)
         else:
-            reply = session.fetch_token(
-                source.token_url, grant_type="client_credentials", timeout=TIMEOUT_SECONDS, verify=verify, **extra,
-            )
+            reply = session.fetch_token(source.token_url, grant_type="client_credentials", **request, **extra)
     except OAuthError as e:
         description = f" ({e.description})" if getattr(e, "description", None) else ""
         raise fail(TOKEN_REFUSED, f"the token endpoint refused: {e.error}{description}") from None
     except requests.RequestException as e:
         raise fail(TOKEN_UNAVAILABLE, f"the token endpoint could not be asked: {type(e).__name__}: {e}") from None
-    except ValueError:  # not JSON
-        raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer is not a token response (not JSON)") from None
+    except ValueError:  # not JSON, not a JSON object, a redirect
+        raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer is not a token response") from None
     finally:
         session.close()
     return _token(reply, started, fail), _rotated(reply, given)
@@ -127,7 +128,8 @@ def _failing(name: str, values: Mapping[str, str]) -> Fail:
 
     def fail(code: str, message: str) -> MintError:
         for value in values.values():
-            message = message.replace(value, "[redacted]")
+            if len(value) >= 4:  # shorter ones are no secret, and would shred the message
+                message = message.replace(value, "[redacted]")
         return MintError(name, code, f"token {name!r} cannot be minted: {message}")
 
     return fail
@@ -142,6 +144,8 @@ def _token(reply: Mapping[str, Any], started: float, fail: Fail) -> Token:
         expires_in = float(reply["expires_in"]) if reply.get("expires_in") is not None else None
     except (TypeError, ValueError):
         raise fail(TOKEN_UNAVAILABLE, "the token endpoint's expires_in is not a number") from None
+    if expires_in is not None and expires_in < 1:
+        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint issued a token that expires at once (expires_in {expires_in:g})")
     scope = reply.get("scope")
     # RFC 6750's scheme is case-insensitive; some servers say "bearer", some APIs want "Bearer".
     return Token.issued(access, "Bearer" if kind.lower() == "bearer" else kind, expires_in, started, scope if isinstance(scope, str) else None)
@@ -164,6 +168,10 @@ class _State:
     minted_at: float | None = None
     running: Future[Token] | None = None
     replaced_rejected_at: float = -math.inf  # when a rejected token was last replaced
+    # The last rotation (old refresh token, new one): used in place of the old one while the
+    # proxy's index still shows it (before its reload, or when storing the new one failed),
+    # for the server has revoked it.
+    rotation: tuple[str, str] | None = None
     attempt: str = ""  # the fingerprint of the last failed attempt
     failures: int = 0
     failed_at: float = 0.0
@@ -179,6 +187,7 @@ class Minter:
         self.generation = 0  # grows with every token minted: the proxy rebuilds its index then
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
+        self._status_lock = threading.Lock()  # one writer of token-status.json at a time, newest last
 
     def token(self, source: TokenSource, at: float | None = None) -> Token | None:
         """The source's token if one minted with its current settings is still usable."""
@@ -192,21 +201,24 @@ class Minter:
         """A usable token for `source`: the one held, the mint under way, or a new mint.
         `rejected`: an access token the API refused, replaced unless one was replaced in the
         last REJECTION_WINDOW_SECONDS."""
-        fingerprint = _fingerprint(source, values)
         with self._lock:
             state = self._states.setdefault(source.name, _State())
             if state.running is not None:
                 return state.running
+            if source.refresh_token and state.rotation and values.get(source.refresh_token) == state.rotation[0]:
+                values = {**values, source.refresh_token: state.rotation[1]}
+            fingerprint = _fingerprint(source, values)
             held = self.token(source)
             if held is not None and held.access_token != rejected:
                 return _done(held)
             if held is not None and time.time() < state.replaced_rejected_at + REJECTION_WINDOW_SECONDS:
                 return _done(held)  # rejected again so soon: the API's trouble, not the token's
-            if held is not None:
-                state.replaced_rejected_at = time.time()
             if state.error is not None and state.attempt == fingerprint and time.time() < state.failed_at + backoff(state.failures, BACKOFF_TTL):
                 return _done(error=state.error)
+            if held is not None:
+                state.replaced_rejected_at = time.time()
             state.running = future = Future()
+            future.set_running_or_notify_cancel()  # shared by every waiter: one giving up cancels it for none
         threading.Thread(target=self._run, args=(source, dict(values), fingerprint, future), name=f"vaultproxy-mint-{source.name}", daemon=True).start()
         return future
 
@@ -214,6 +226,10 @@ class Minter:
         try:
             token, rotated = request_token(source, values, verify=self.verify)
             if rotated is not None:
+                assert source.refresh_token is not None
+                with self._lock:
+                    self._states[source.name].rotation = (values[source.refresh_token], rotated)
+                fingerprint = _fingerprint(source, {**values, source.refresh_token: rotated})  # what the next attempt sends
                 self._store_rotated(source, rotated, values)
         except MintError as e:
             self._failed(source, fingerprint, e, future)
@@ -238,7 +254,9 @@ class Minter:
             self.vault.set(source.refresh_token, rotated)
         except (VaultError, OSError) as e:
             raise _failing(source.name, {**values, "rotated": rotated})(
-                TOKEN_UNAVAILABLE, f"the server rotated the refresh token, and storing the new one failed ({e}): authorize again",
+                TOKEN_UNAVAILABLE,
+                f"the server rotated the refresh token, and storing the new one failed ({e}): it is kept in this proxy's "
+                "memory only, and the next mint uses it",
             ) from None
         logger.info(f"vaultproxy: token {source.name!r}: the server rotated the refresh token; stored in {source.refresh_token!r}")
 
@@ -268,7 +286,8 @@ class Minter:
 
     def _write_status(self) -> None:
         try:
-            replace_file(self.vault.home / TOKEN_STATUS_FILE, json.dumps(self.status(), indent=1).encode())
+            with self._status_lock:
+                replace_file(self.vault.home / TOKEN_STATUS_FILE, json.dumps(self.status(), indent=1).encode())
         except OSError as e:
             logger.warning(f"vaultproxy: cannot write {TOKEN_STATUS_FILE}: {e.strerror}")
 

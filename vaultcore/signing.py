@@ -261,7 +261,6 @@ class AwsCredentials:
 
     def load(self, rule: SigV4 | Hmac) -> None:
         """Blocking: load (or refresh) the rule's credentials; SigningError when there are none."""
-        import botocore.exceptions
         import botocore.session
 
         with self._lock:  # one load for a burst of requests
@@ -273,8 +272,8 @@ class AwsCredentials:
                 held = botocore.session.Session(profile=rule.profile).get_credentials()
                 if held is not None:
                     held.get_frozen_credentials()  # refreshes temporary ones here, not when signing
-            except botocore.exceptions.BotoCoreError as e:
-                raise SigningError(f"cannot load credentials from {where}: {e}") from None
+            except Exception as e:  # botocore's errors, STS's ClientError (AccessDenied...): never sign unsigned
+                raise SigningError(f"cannot load credentials from {where}: {type(e).__name__}: {e}") from None
             if held is None:
                 raise SigningError(f"no credentials found in {where}")
             self._held[rule] = held

@@ -546,17 +546,19 @@ class Substitution:
         elif not self.proxy.aws_credentials.ready(rule.method):
             return self._load_then_sign(flow, rule, streamed=streamed)
         else:
-            self._sign(flow, rule, streamed=streamed)
+            self._sign(flow, rule, self.proxy.aws_credentials, streamed=streamed)
         return None
 
     async def _load_then_sign(self, flow: http.HTTPFlow, rule: Rule, *, streamed: bool) -> None:
-        """Load a profile's (or the default chain's) keys on a worker thread, then sign."""
+        """Load a profile's (or the default chain's) keys on a worker thread, then sign with
+        them (the same keys, should a reload replace the proxy's meanwhile)."""
+        aws = self.proxy.aws_credentials
         try:
-            await asyncio.to_thread(self.proxy.aws_credentials.load, rule.method)
+            await asyncio.to_thread(aws.load, rule.method)
         except SigningError as e:
             self._refuse(flow, signing.cannot_sign(rule, e), self.proxy.flights.original_path(flow), streamed=streamed)
             return
-        self._sign(flow, rule, streamed=streamed)
+        self._sign(flow, rule, aws, streamed=streamed)
 
     async def _mint_then(
         self, needed: SubstitutionError, minted: frozenset[str],
@@ -574,15 +576,19 @@ class Substitution:
         except SubstitutionError as e:
             refuse(e)
             return
+        except Exception as e:  # an exception out of an async hook would let the request through
+            logger.exception(f"vaultproxy: minting token {name!r} failed unexpectedly")
+            refuse(SubstitutionError(TOKEN_UNAVAILABLE, needed.key, f"token {name!r} could not be minted ({type(e).__name__})"))
+            return
         if (waiting := again(minted | {name})) is not None:
             await waiting
 
-    def _sign(self, flow: http.HTTPFlow, rule: Rule, *, streamed: bool) -> None:
+    def _sign(self, flow: http.HTTPFlow, rule: Rule, aws: AwsCredentials, *, streamed: bool) -> None:
         """Sign last: a signature covers the request exactly as it leaves."""
         request, proxy = flow.request, self.proxy
         path = proxy.flights.original_path(flow)
         try:
-            change = signing.signature(rule, request, self._lookup_for(flow), proxy.aws_credentials, streamed=streamed)
+            change = signing.signature(rule, request, self._lookup_for(flow), aws, streamed=streamed)
         except SubstitutionError as e:
             self._refuse(flow, e, path, streamed=streamed)
             return

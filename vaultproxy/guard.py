@@ -23,7 +23,7 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
 
-from vaultcore.index import Destination, SecretIndex
+from vaultcore.index import MINT_NEEDED, Destination, SecretIndex
 from vaultcore.placeholders import (
     Budget,
     Context,
@@ -251,7 +251,12 @@ class RequestLookup:
         self._checked = False
 
     def __call__(self, key: str) -> str | bytes | None:
-        value = self._scope.value(key)  # first: an unknown key kept literally uses no secret
+        try:
+            value = self._scope.value(key)  # first: an unknown key kept literally uses no secret
+        except SubstitutionError as e:
+            if e.code == MINT_NEEDED and not self._checked:
+                self.check_request(key)  # a request refused anyway causes no mint
+            raise
         if value is not None and not self._checked:
             self.check_request(key)
         return value
