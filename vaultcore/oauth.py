@@ -223,6 +223,7 @@ class Minter:
         return future
 
     def _run(self, source: TokenSource, values: dict[str, str], fingerprint: str, future: Future[Token]) -> None:
+        outcome: Token | MintError
         try:
             token, rotated = request_token(source, values, verify=self.verify)
             if rotated is not None:
@@ -232,10 +233,10 @@ class Minter:
                 fingerprint = _fingerprint(source, {**values, source.refresh_token: rotated})  # what the next attempt sends
                 self._store_rotated(source, rotated, values)
         except MintError as e:
-            self._failed(source, fingerprint, e, future)
+            outcome = self._failed(source, fingerprint, e)
         except Exception as e:  # a bug must not leave every waiter hanging
             logger.exception(f"vaultproxy: minting token {source.name!r} failed unexpectedly")
-            self._failed(source, fingerprint, MintError(source.name, TOKEN_UNAVAILABLE, f"token {source.name!r}: {type(e).__name__}"), future)
+            outcome = self._failed(source, fingerprint, MintError(source.name, TOKEN_UNAVAILABLE, f"token {source.name!r}: {type(e).__name__}"))
         else:
             with self._lock:
                 state = self._states[source.name]
@@ -243,8 +244,12 @@ class Minter:
                 state.running, state.error, state.failures = None, None, 0
                 self.generation += 1
             logger.info(f"vaultproxy: minted token {source.name!r}" + ("" if math.isinf(token.expires_at) else f", valid for {token.expires_at - token.issued_at:.0f} s"))
-            future.set_result(token)
-        self._write_status()
+            outcome = token
+        self._write_status()  # before any waiter wakes: `status` says what the client is about to be told
+        if isinstance(outcome, MintError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
     def _store_rotated(self, source: TokenSource, rotated: str, values: Mapping[str, str]) -> None:
         """Before the new access token goes out: a crash after this keeps the refresh token
@@ -260,13 +265,13 @@ class Minter:
             ) from None
         logger.info(f"vaultproxy: token {source.name!r}: the server rotated the refresh token; stored in {source.refresh_token!r}")
 
-    def _failed(self, source: TokenSource, fingerprint: str, error: MintError, future: Future[Token]) -> None:
+    def _failed(self, source: TokenSource, fingerprint: str, error: MintError) -> MintError:
         with self._lock:
             state = self._states[source.name]
             state.failures = state.failures + 1 if state.attempt == fingerprint else 1
             state.attempt, state.failed_at, state.error, state.running = fingerprint, time.time(), error, None
         logger.warning(f"vaultproxy: {error}")
-        future.set_exception(error)
+        return error
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Each source's state, without values: what token-status.json holds."""
