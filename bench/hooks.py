@@ -128,7 +128,7 @@ def computed_credentials(home: Path, token_url: str) -> None:
     """The signing rules and the token source of h, v and o, with their keys, in `home`."""
     vault = Vault(home)
     vault.set("bench.hmac_key", "FAKE-bench-hmac-key-0001", hosts=["127.0.0.2"])
-    vault.set("bench.access_key_id", "AKIAFAKEBENCH0000001", hosts=["127.0.0.3"])
+    vault.set("bench.access_key_id", "FAKE-BENCH-ACCESS-KEY-ID", hosts=["127.0.0.3"])
     vault.set("bench.secret_access_key", "FAKE-bench-sigv4-secret-0001", hosts=["127.0.0.3"])
     vault.set("bench.client_secret", BENCH_CLIENT[1], hosts=["127.0.0.1"])
     (home / "signing.yaml").write_text(json.dumps({"rules": [

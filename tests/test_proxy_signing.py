@@ -115,7 +115,7 @@ def test_sigv4_clients_without_keys_call_aws_through_the_proxy(
 
 def test_sigv4_keys_keep_their_own_host_rules(vault_home: Path, mitmdump: StartProxy, moto: MotoServer) -> None:
     """A rule cannot send keys where the keys themselves may not go."""
-    vault = aws_vault(vault_home, "AKIAFAKEHOSTRULE0001", "FAKE-secret-for-host-rule-test")
+    vault = aws_vault(vault_home, "FAKE-HOST-RULE-KEY-ID", "FAKE-secret-for-host-rule-test")
     vault.edit("aws.secret_access_key", hosts=["secretsmanager.eu-west-1.amazonaws.com"])
     session = start(mitmdump, vault_home).requests_session()
     refused = secretsmanager(session, moto, "ListSecrets", {})
@@ -170,7 +170,7 @@ def test_sigv4_keys_from_an_aws_profile_and_the_default_chain(vault_home: Path, 
         credentials = tmp_path / "aws-credentials"
         credentials.write_text(
             f"[default]\naws_access_key_id = {users.reader.access_key_id}\naws_secret_access_key = {users.reader.secret_access_key}\n"
-            "[stale]\naws_access_key_id = AKIAFAKESTALEPROFILE\naws_secret_access_key = FAKE-stale-profile-secret\n"
+            "[stale]\naws_access_key_id = FAKE-STALE-PROFILE-KEY-ID\naws_secret_access_key = FAKE-stale-profile-secret\n"
         )
         (vault_home / "signing.yaml").write_text(
             "rules:\n"

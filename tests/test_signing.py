@@ -148,13 +148,13 @@ def test_sigv4_needs_exactly_one_source_of_keys(sigv4: str, says: str) -> None:
 
 
 def test_profile_keys_load_from_aws_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "credentials").write_text("[dev]\naws_access_key_id = AKIAPROFILEEXAMPLE\naws_secret_access_key = FAKE-profile-secret\n")
+    (tmp_path / "credentials").write_text("[dev]\naws_access_key_id = FAKE-PROFILE-KEY-ID\naws_secret_access_key = FAKE-profile-secret\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     aws, rule = AwsCredentials(), SigV4(profile="dev")
     assert not aws.ready(rule) and aws.ready(SigV4("a", "s"))
     aws.load(rule)
-    assert aws.ready(rule) and aws.keys(rule).access_key_id == "AKIAPROFILEEXAMPLE"
+    assert aws.ready(rule) and aws.keys(rule).access_key_id == "FAKE-PROFILE-KEY-ID"
     assert "FAKE-profile-secret" not in repr(aws.keys(rule))
     with pytest.raises(SigningError, match="AWS profile 'missing'"):
         aws.load(SigV4(profile="missing"))
