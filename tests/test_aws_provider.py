@@ -19,7 +19,7 @@ from vaultcore.profiles import ProviderConfig, SecretMapping
 from vaultcore.providers import aws
 from vaultcore.providers.aws import FetchResult, ProviderError, StaticCredentials
 
-KEYS = StaticCredentials("AKIAVAULTPROXYTEST01", "FAKE-secret-access-key-7c1d", "FAKE-session-token-5e2a")
+KEYS = StaticCredentials("FAKEVAULTPROXYTEST01", "FAKE-secret-access-key-7c1d", "FAKE-session-token-5e2a")
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def guarded(moto_server: MotoServer, secrets_admin: Any, prefix: str) -> Iterato
 
 
 @pytest.mark.parametrize("credentials", [
-    StaticCredentials("AKIAUNKNOWNKEY000001", "FAKE-never-issued-secret"),
+    StaticCredentials("FAKEUNKNOWNKEY000001", "FAKE-never-issued-secret"),
     pytest.param(None, id="right-key-id-wrong-secret"),
 ])
 def test_invalid_credentials(guarded: Guarded, config: ProviderConfig, credentials: StaticCredentials | None) -> None:
@@ -213,10 +213,10 @@ def test_profile_source(secrets_admin: Any, prefix: str, moto_endpoint: str, tmp
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
     (tmp_path / "aws-config").write_text("[profile team]\nregion = eu-west-1\n")
     (tmp_path / "aws-credentials").write_text(
-        "[team]\naws_access_key_id = AKIAPROFILETEST00001\naws_secret_access_key = FAKE-profile-secret\n"
+        "[team]\naws_access_key_id = FAKEPROFILETEST00001\naws_secret_access_key = FAKE-profile-secret\n"
     )
     config = config_for(moto_endpoint, credentials_source="profile", aws_profile="team")
-    assert aws.session_for(config, None).get_credentials().access_key == "AKIAPROFILETEST00001"
+    assert aws.session_for(config, None).get_credentials().access_key == "FAKEPROFILETEST00001"
     assert ok(aws.fetch(config, [SecretMapping("p", f"{prefix}p")], None)["p"]) == "FAKE-via-profile"
     with pytest.raises(ProviderError) as caught:
         other = config_for(moto_endpoint, credentials_source="profile", aws_profile="other")
@@ -230,7 +230,7 @@ def test_default_source(secrets_admin: Any, prefix: str, moto_endpoint: str, mon
         aws.fetch(config, [SecretMapping("d", f"{prefix}d")], None)
     assert caught.value.code == "missing_credentials"
     secrets_admin.create_secret(Name=f"{prefix}d", SecretString="FAKE-via-env")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENVTEST000000001")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FAKEENVTEST000000001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "FAKE-env-secret")
     assert ok(aws.fetch(config, [SecretMapping("d", f"{prefix}d")], None)["d"]) == "FAKE-via-env"
 
@@ -243,8 +243,8 @@ def test_reprs_hide_secrets() -> None:
 
 def test_static_credentials_dict_round_trip() -> None:
     assert StaticCredentials.from_dict(KEYS.to_dict()) == KEYS
-    plain = StaticCredentials("AKIA1", "FAKE-s")
+    plain = StaticCredentials("FAKE1", "FAKE-s")
     assert StaticCredentials.from_dict(plain.to_dict()) == plain
     with pytest.raises(ValueError) as caught:
-        StaticCredentials.from_dict({"access_key_id": "AKIA1", "secret_access_key": ""})
+        StaticCredentials.from_dict({"access_key_id": "FAKE1", "secret_access_key": ""})
     assert "secret_access_key" in str(caught.value)

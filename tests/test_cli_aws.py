@@ -23,7 +23,7 @@ from vaultcore.providers.aws import StaticCredentials
 from vaultcore.vault import Vault
 
 TIMEOUT = 120  # a guard against a hung command, not a measurement
-KEY_ID = "AKIACLITEST000000001"
+KEY_ID = "FAKECLITEST000000001"
 SECRET_KEY = "FAKE-cli-secret-access-key-9d4e"
 NEW_SECRET_KEY = "FAKE-cli-rotated-access-key-77b2"
 TOKEN = "FAKE-cli-token-value-0c3f"
@@ -120,7 +120,7 @@ def test_configuration_lifecycle(cli: Cli, moto: MotoServer, tmp_path: Path) -> 
     aws_files.mkdir(parents=True)
     Path(cli.env["AWS_CONFIG_FILE"]).write_text(f"[profile team]\nregion = {REGION}\n")
     Path(cli.env["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
-        "[team]\naws_access_key_id = AKIACLIPROFILE000001\naws_secret_access_key = FAKE-cli-profile-secret\n")
+        "[team]\naws_access_key_id = FAKECLIPROFILE000001\naws_secret_access_key = FAKE-cli-profile-secret\n")
     cli.secrets.append("FAKE-cli-profile-secret")
     out = cli.ok("config", "add", "team", "--region", REGION, "--source", "profile", "--aws-profile", "team",
                  "--endpoint-url", moto.endpoint_url)

@@ -50,7 +50,7 @@ from vaultcore.store import State, VaultError
 from vaultcore.vault import Vault
 
 HOST = LOOPBACK  # upstreams listen here; loopback may receive secrets over plain HTTP
-KEYS = StaticCredentials("AKIAFAULTTEST0000001", "FAKE-faults-secret-key-77d1")
+KEYS = StaticCredentials("FAKEFAULTTEST0000001", "FAKE-faults-secret-key-77d1")
 CLI_TIMEOUT = 120.0
 WAIT = 60.0
 RELOADED = "vaultproxy: reloaded"

@@ -214,7 +214,7 @@ def set_up_vault(cli: Cli, moto: MotoServer, s: Secrets) -> None:
     client.create_secret(Name="prod/db", SecretString=db_secret(s))
     client.create_secret(Name="prod/plain", SecretString=s.value("aws_plain"))
     client.create_secret(Name="prod/binary", SecretBinary=s.value("aws_binary"))
-    keys = f"AKIAVAULTPROXYTEST01\n{s.value('aws_secret_key')}\n".encode()
+    keys = f"FAKEVAULTPROXYTEST01\n{s.value('aws_secret_key')}\n".encode()
     cli("config", "add", "prod", "--region", "us-east-1", "--endpoint-url", moto.endpoint_url,
         "--source", "static", "--hosts", HOSTS, stdin=keys)
     for alias, secret_id, mode in (("db", "prod/db", "json"), ("aws_plain", "prod/plain", "plaintext"),
@@ -224,7 +224,7 @@ def set_up_vault(cli: Cli, moto: MotoServer, s: Secrets) -> None:
 
     # A fetch that fails: the endpoint is a port nobody listens on.
     closed = f"http://{LOOPBACK}:{free_port()}"
-    broken_keys = f"AKIAVAULTPROXYTEST02\n{s.value('broken_secret_key')}\n".encode()
+    broken_keys = f"FAKEVAULTPROXYTEST02\n{s.value('broken_secret_key')}\n".encode()
     cli("config", "add", "broken", "--region", "us-east-1", "--endpoint-url", closed, "--source", "static",
         "--hosts", HOSTS, stdin=broken_keys, expect=None)  # saved even though its test fails
     cli("secret", "add", "gone", "--secret-id", "prod/gone", "--config", "broken")

@@ -17,7 +17,7 @@ from vaultcore.providers.base import StaticCredentials
 from vaultcore.vault import Vault
 
 HOST = "api.example.com"
-KEYS = StaticCredentials("AKIASSMTEST000000001", "FAKE-ssm-secret-key-51c2")
+KEYS = StaticCredentials("FAKESSMTEST000000001", "FAKE-ssm-secret-key-51c2")
 SECURE = "FAKE-ssm-secure-db-password-6b1e"
 
 
@@ -122,7 +122,7 @@ def test_cli_adds_fetches_exports_and_lists(tmp_path: Path, moto: MotoServer, ss
     ssm.put_parameter(Name="/cli/key", Value=SECURE, Type="SecureString")
     home = tmp_path / "home"
     added = run_cli(home, "config", "add", "params", "--provider", "ssm", "--region", REGION,
-                    "--endpoint-url", moto.endpoint_url, "--hosts", HOST, stdin=b"AKIACLI\nFAKE-cli-ssm-secret\n")
+                    "--endpoint-url", moto.endpoint_url, "--hosts", HOST, stdin=b"FAKECLI\nFAKE-cli-ssm-secret\n")
     assert added.returncode == 0, added.stderr
     assert b"saved configuration params" in added.stdout and b"connected as arn:aws:" in added.stdout
     assert run_cli(home, "secret", "add", "key", "--secret-id", "/cli/key").returncode == 0

@@ -24,7 +24,7 @@ from vaultcore.vault import Vault
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "api.example.com"
-KEYS = StaticCredentials("AKIAE2ETEST000000001", "FAKE-e2e-secret-access-key-6a0b")
+KEYS = StaticCredentials("FAKEE2ETEST000000001", "FAKE-e2e-secret-access-key-6a0b")
 PROD_TOKEN = "FAKE-e2e-prod-token-41d7"
 STAGING_TOKEN = "FAKE-e2e-staging-token-9e2c"
 STAGING_EXTRA = "FAKE-e2e-staging-extra-c5a1"

@@ -45,7 +45,7 @@ RELOAD_WAIT = 30.0  # the addon polls every 0.5 s; this only bounds a broken rel
 ROUNDS = 10
 TOKEN = "sk_live_Zq9Rl"  # a prefix of every value of the reload tests
 FRESH_TOKEN = "sk_live_Fr3sh"  # a prefix of every value of the freshness tests
-KEYS = StaticCredentials("AKIAFRESHTEST0000001", "FAKE-fresh-secret-key-0c4d")
+KEYS = StaticCredentials("FAKEFRESHTEST0000001", "FAKE-fresh-secret-key-0c4d")
 
 
 @pytest.fixture(scope="module")

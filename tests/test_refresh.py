@@ -38,7 +38,7 @@ from vaultcore.vault import Vault
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "api.example.com"
-KEYS = StaticCredentials("AKIAREFRESHTEST00001", "FAKE-refresh-secret-access-key-77c1")
+KEYS = StaticCredentials("FAKEREFRESHTEST00001", "FAKE-refresh-secret-access-key-77c1")
 TOKENS = [f"FAKE-rotated-token-{n:02d}-5be0" for n in range(6)]
 TIMEOUT = 60
 

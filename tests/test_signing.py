@@ -117,7 +117,7 @@ def test_sigv4_needs_a_scope_and_a_whole_body_except_for_s3() -> None:
 
 def test_sigv4_session_tokens_travel_with_the_signature() -> None:
     rule = SigV4("a", "s", session_token="t", service="execute-api", region="eu-west-1")
-    keys = vault_keys(rule, {"a": "ASIAEXAMPLE", "s": "FAKE-sigv4-secret", "t": "FAKE-session-token"})
+    keys = vault_keys(rule, {"a": "FAKEEXAMPLE", "s": "FAKE-sigv4-secret", "t": "FAKE-session-token"})
     parts = RequestParts("GET", "https://api.example.com/items", "api.example.com", "/items", {}, b"")
     headers = sigv4_headers(rule, keys, parts)
     assert headers["X-Amz-Security-Token"] == "FAKE-session-token"

@@ -25,7 +25,7 @@ from vaultcore.store import VaultError
 from vaultcore.vault import Vault
 
 HOST = "api.example.com"
-KEYS = StaticCredentials("AKIAVAULTTEST0000001", "FAKE-vault-secret-key-3f9a", "FAKE-vault-session-token-81c0")
+KEYS = StaticCredentials("FAKEVAULTTEST0000001", "FAKE-vault-secret-key-3f9a", "FAKE-vault-session-token-81c0")
 NESTED = {"user": "FAKE-db-user-51", "conn": {"host": "db.internal", "port": 5432}, "hosts": ["FAKE-h0", "FAKE-h1"],
           "tls": True, "note": None}
 BINARY = b"\x00\xffFAKE-binary-blob\x80\x7f"
