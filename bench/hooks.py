@@ -168,6 +168,7 @@ async def measure(vault_home: Path, upstream: str, placeholder_headers: Mapping[
     with taddons.context(Proxyserver(), proxy, modify) as context:  # on this running loop
         context.configure(proxy, vault_home=str(vault_home))
         context.configure(modify, modify_headers=modify_headers)
+        proxy.running()  # as in mitmdump: the file watch, the refresher, the reload watcher
         client = owners_connection(proxy)
         await proxy.mint("bench_token")  # o measures a request with a token the proxy holds
         variants: dict[str, tuple[Hooks, str, Mapping[str, str], int]] = {
@@ -183,6 +184,7 @@ async def measure(vault_home: Path, upstream: str, placeholder_headers: Mapping[
         for _ in range(rounds):  # alternating, as bench.common.alternate
             for name, (hooks, to, headers, per_turn) in variants.items():
                 gross[name].append(await per_request_us(hooks, to, headers, client, per_turn))
+        proxy.done()
     turn = gross.pop("turn")
     samples = {
         name: [us - loop_us / variants[name][3] for us, loop_us in zip(values, turn)] for name, values in gross.items()

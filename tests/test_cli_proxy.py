@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.cli import CLI, StartVaultproxy, cli_env, run_cli, run_on_terminal, stand_in_proxy
 from tests.support.net import LOOPBACK, free_port, wait_until
-from tests.support.proxy import StartProxy, curl
+from tests.support.proxy import StartProxy, audit_lines, curl
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordingUpstream
 from vaultcore.proxyenv import proxy_info
@@ -186,6 +186,7 @@ def test_status_says_which_proxy_serves_the_home_and_stop_stops_it(
     assert described["running"] and described["pid"] == proxy.pid and described["options"]["vault_on_missing"] == "keep"
 
     assert curl(proxy, f"{upstream.url}/seen", "-H", "X-Key: <<vault:k>>").returncode == 0
+    audit_lines(home, "/seen")  # written within the audit log's flush interval
     logged = [json.loads(line) for line in run_cli(home, "log", "--json", "--key", "k").stdout.splitlines()]
     assert [(entry["path"], entry["keys"], entry["outcome"]) for entry in logged] == [("/seen", ["k"], "resolved")]
 

@@ -9,7 +9,6 @@ value in the proxy's output, and no write lost.
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections import Counter
@@ -23,7 +22,7 @@ import pytest
 
 from tests.support.net import LOOPBACK, wait_until
 from tests.support.cli import run_cli
-from tests.support.proxy import StartProxy
+from tests.support.proxy import StartProxy, audit_lines
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.vault import Vault
 
@@ -134,7 +133,7 @@ def run_load(home: Path, mitmdump: StartProxy, upstream: RecordingUpstream, clie
     ids = Counter(check_request(request, values) for request in received)
     assert ids == Counter(sent), "requests lost or duplicated on the way"
 
-    audit = [json.loads(line) for line in (home / "audit.log").read_text().splitlines()]
+    audit = audit_lines(home, count=len(sent))
     assert Counter(line["outcome"] for line in audit) == {"resolved": len(sent)}
     flow_line = f"POST {upstream.url}/echo?"
     wait_until(lambda: proxy.output().count(flow_line) >= len(sent), WAIT, "the proxy to show every flow")

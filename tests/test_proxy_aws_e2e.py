@@ -16,7 +16,7 @@ import requests
 from tests.support.env import child_env
 from tests.support.moto import REGION, MotoServer
 from tests.support.net import LOOPBACK, wait_until
-from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.proxy import MitmdumpProcess, StartProxy, audit_text
 from tests.support.upstream import RecordingUpstream
 from vaultcore.profiles import ProviderConfig, SecretMapping
 from vaultcore.providers.aws import StaticCredentials
@@ -106,7 +106,7 @@ def test_fetched_values_resolve_from_the_cache_and_follow_a_switch(
     assert client.received("Bearer <<vault:token>>") == f"Bearer {PROD_TOKEN}"
 
     assert proxy.is_running()
-    output, audit = proxy.output(), (vault_home / "audit.log").read_text()
+    output, audit = proxy.output(), audit_text(vault_home)
     assert "/v1/charges" in output and "token" in audit  # both saw these requests...
     for secret in (PROD_TOKEN, STAGING_TOKEN, STAGING_EXTRA, KEYS.secret_access_key):
         assert secret not in output + audit  # ...and no value

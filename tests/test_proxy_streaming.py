@@ -29,7 +29,7 @@ from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons
 
 from tests.support.net import LOOPBACK, wait_until
-from tests.support.proxy import MitmdumpProcess, audit_lines
+from tests.support.proxy import MitmdumpProcess, audit_lines, audit_text
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordingUpstream
 from vaultcore.vault import Vault
@@ -65,7 +65,7 @@ def streaming_proxy(
     with process:
         yield process
     assert TOKEN not in process.output()
-    assert TOKEN not in (home / "audit.log").read_text()
+    assert TOKEN not in audit_text(home)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from tests.support.env import child_env
 from tests.support.gatekeepers import Gatekeeper, ProviderTap
 from tests.support.moto import REGION, MotoServer
 from tests.support.net import LOOPBACK, wait_until
-from tests.support.proxy import MitmdumpProcess, StartProxy
+from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines, audit_text
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordingUpstream
 from vaultcore.profiles import ProviderConfig, SecretMapping
@@ -69,7 +69,7 @@ def start(mitmdump: StartProxy, home: Path, **options: str) -> MitmdumpProcess:
 
 
 def assert_no_value_in(proxy: MitmdumpProcess, home: Path, *values: str) -> None:
-    recorded = proxy.output() + (home / "audit.log").read_text()
+    recorded = proxy.output() + audit_text(home)
     for value in values:
         assert value not in recorded
 
@@ -144,7 +144,7 @@ def test_refresh_on_401_retries_once_and_a_burst_fetches_once(
         assert set(pool.map(call, range(100))) == {401}
     assert tap.fetches() - before <= 1
 
-    audit = [json.loads(line) for line in (vault_home / "audit.log").read_text().splitlines()]
+    audit = audit_lines(vault_home, count=0)
     assert any(entry["outcome"] == "retried_after_401" and entry["keys"] == ["token"] for entry in audit)
     assert_no_value_in(proxy, vault_home, *TOKENS[:2], KEYS.secret_access_key)
 
@@ -258,7 +258,7 @@ def test_a_rotation_in_progress_is_retried_with_the_pending_version(
     response = session.get(url, headers={"Authorization": "Bearer <<vault:token>>"}, timeout=TIMEOUT)
     assert response.status_code == 200
     assert gatekeeper.shown[TOKENS[0]] == 1 and gatekeeper.shown[TOKENS[2]] == 1  # current first, then pending
-    audit = [json.loads(line) for line in (vault_home / "audit.log").read_text().splitlines()]
+    audit = audit_lines(vault_home, count=0)
     assert [e["outcome"] for e in audit if e["outcome"].startswith("retried")] == ["retried_after_401_with_pending"]
     assert vault.index().get("token").value == TOKENS[0]  # the cache keeps the current version
     assert_no_value_in(proxy, vault_home, TOKENS[0], TOKENS[2])

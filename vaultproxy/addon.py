@@ -30,6 +30,7 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
 
 from vaultcore.atomic import replace_file
+from vaultcore.filewatch import FileWatch
 from vaultcore.freshness import Signature
 from vaultcore.index import MINT_NEEDED, SecretIndex
 from vaultcore.oauth import TOKEN_UNAVAILABLE, Minter, MintError, credentials
@@ -129,6 +130,10 @@ class VaultProxy:
         self._failed: Signature | None = None  # what a failed reload saw: not retried until it changes
         self._failed_rules: Signature | None = None  # likewise, of the hand-edited rule files
         self._current_this_turn = False  # see is_current
+        # The kernel's word on the vault's files (Linux), read by the event loop: while it has
+        # told of no change, the index is current without a stat call (see is_current).
+        self._file_watch: FileWatch | None = None
+        self._files_changed = True
         # Reverse mode: whether this addon, not mitmproxy, rewrites Host to the target (so that
         # it sees the name the client used first), and the flows whose client used another name.
         self._rewrites_host = False
@@ -198,6 +203,7 @@ class VaultProxy:
         self._running = True
         ctx.master.addons.add(self.substitution)
         self._start_refresher()
+        self._watch_files()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
         self._announcer = asyncio.get_running_loop().create_task(self._announce())
 
@@ -212,6 +218,7 @@ class VaultProxy:
         for task in (self._watcher, self._announcer):
             if task:
                 task.cancel()
+        self._unwatch_files()
         # On a script reload a new instance adds its own part: take this one out of the chain.
         with contextlib.suppress(exceptions.AddonManagerError):
             ctx.master.addons.remove(self.substitution)
@@ -270,21 +277,57 @@ class VaultProxy:
             except Exception as e:  # the watcher must outlive any one bad reload
                 logger.warning(f"vaultproxy: reload failed, keeping the last good state ({type(e).__name__})")
 
-    def is_current(self) -> bool:
-        """Whether the index is what the vault's files say (a few stat calls), or they have
-        not changed since a reload of them failed.
+    def _watch_files(self) -> None:
+        """Have the event loop read the kernel's events about the vault's files (where
+        inotify works; elsewhere is_current asks with stat calls)."""
+        assert self.snapshot is not None
+        try:
+            self._file_watch = FileWatch()
+            self._file_watch.watch(self.snapshot.signature.paths)
+        except OSError as e:
+            self._file_watch = None
+            logger.debug(f"vaultproxy: no file watch ({e}); the vault's files are checked before each request")
+            return
+        asyncio.get_running_loop().add_reader(self._file_watch.fd, self._read_file_events)
 
-        A "current" answer also serves every later request until the event loop next polls
-        for I/O: a request handled until then was read at that poll or before, and so was
-        sent before the answer was taken; a CLI change that the client waited for before
-        sending it had been made by then. (Each stat is a system call, a few µs.)"""
+    def _read_file_events(self) -> None:
+        assert self._file_watch is not None
+        if self._file_watch.changed():
+            self._files_changed = True
+
+    def _unwatch_files(self) -> None:
+        if self._file_watch is not None:
+            with contextlib.suppress(RuntimeError, ValueError):  # the loop may be closed already
+                asyncio.get_running_loop().remove_reader(self._file_watch.fd)
+            self._file_watch.close()
+            self._file_watch = None
+
+    def is_current(self) -> bool:
+        """Whether the index is what the vault's files say, or they have not changed since a
+        reload of them failed.
+
+        With a file watch (Linux): current while the kernel has told of no change since the
+        last check. The event loop reads the watch whenever it is readable, and the kernel
+        queued the event inside the CLI's write, before the client that waited for the CLI
+        could send its request; mitmproxy reads that request's bytes in a callback of the same
+        poll or a later one, and runs its hooks in a task turns after that: so the event has
+        been read before the request's hooks run. A reported change is confirmed by the stamps.
+
+        Without one (a few stat calls): a "current" answer also serves every later request
+        until the event loop next polls for I/O: a request handled until then was read at
+        that poll or before, and so was sent before the answer was taken. (Each stat is a
+        system call, a few µs.)"""
         assert self.snapshot is not None
         if self._tokens_until <= time.time():  # a token is due: its placeholder now asks for a mint
             self._overlay_tokens()
-        if self._current_this_turn:
+        if self._current_this_turn or not self._files_changed:
             return True
+        if self._file_watch is not None:
+            self._files_changed = False  # an event from here on is seen again
         current = not self.snapshot.is_stale() or (self._failed is not None and not self._failed.is_stale())
-        if current:
+        if self._file_watch is not None:
+            self._files_changed = self._files_changed or not current
+        elif current:
             with contextlib.suppress(RuntimeError):  # no event loop (tests, benchmarks): every call checks
                 asyncio.get_running_loop().call_soon(self._end_turn)
                 self._current_this_turn = True
@@ -316,6 +359,10 @@ class VaultProxy:
         changed, which the watcher checks every half second instead of every turn: two stat
         calls fewer for the requests."""
         assert self.vault is not None and self.snapshot is not None
+        if self._file_watch is not None:
+            # A write this proxy's own threads just made (a refetch, a rotated refresh token)
+            # is queued in the watch, and the loop may not have read it yet.
+            self._read_file_events()
         async with self._reloading:  # one reload, however many requests wait for it
             if self.is_current() and not (rules and self._rules_changed()):
                 return
@@ -348,6 +395,8 @@ class VaultProxy:
     def _use(self, snapshot: Snapshot) -> None:
         if snapshot.signing != self.rules:  # a profile's keys are read again after signing.yaml changes
             self.aws_credentials = AwsCredentials()
+        if self._file_watch is not None and (self.snapshot is None or snapshot.signature.paths != self.snapshot.signature.paths):
+            self._file_watch.watch(snapshot.signature.paths)  # another configuration is active
         self.snapshot, self.rules = snapshot, snapshot.signing
         self.token_sources = {source.name: source for source in snapshot.tokens}
         self._overlay_tokens()

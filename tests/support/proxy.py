@@ -12,6 +12,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +21,8 @@ import httpx
 import requests
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websocket_connect
+
+from vaultproxy.audit import FLUSH_SECONDS
 
 from .env import child_env
 from .net import LOOPBACK, free_port, is_listening, wait_until
@@ -295,11 +298,28 @@ class MitmdumpProcess:
         return websocket_connect(url, proxy=self.url, open_timeout=CLIENT_TIMEOUT, **kwargs)
 
 
-def audit_lines(vault_home: Path, path: str | None = None) -> list[dict[str, Any]]:
+def audit_lines(vault_home: Path, path: str | None = None, *, count: int = 1) -> list[dict[str, Any]]:
     """The addon's audit log (audit.log in the vault home, a JSON object a request); only the
-    requests for `path` (without query) when given."""
-    lines = [json.loads(line) for line in (vault_home / "audit.log").read_text().splitlines()]
-    return [line for line in lines if path is None or line["path"] == path]
+    requests for `path` (without query) when given. The proxy writes a resolved request's line
+    within FLUSH_SECONDS: this waits for `count` such lines (at most CLIENT_TIMEOUT), or with
+    `count=0`, for a line that must not come, a few flush intervals."""
+
+    def lines() -> list[dict[str, Any]]:
+        log = vault_home / "audit.log"
+        every = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return [line for line in every if path is None or line["path"] == path]
+
+    if count:
+        wait_until(lambda: len(lines()) >= count, CLIENT_TIMEOUT, f"{count} audit line(s) for {path or 'any path'}")
+    else:
+        time.sleep(FLUSH_SECONDS * 3)
+    return lines()
+
+
+def audit_text(vault_home: Path) -> str:
+    """The whole audit log once every line recorded so far is written (for leak checks)."""
+    time.sleep(FLUSH_SECONDS * 3)
+    return (vault_home / "audit.log").read_text()
 
 
 def curl(
