@@ -60,6 +60,9 @@ class FileWatch:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self._names: dict[int, set[str | None]] = {}  # watch descriptor -> the names it is for
         self._paths: tuple[Path, ...] = ()
+        # A directory of `paths` that could not be watched, nor its parent (where it would
+        # appear): the watch cannot vouch for anything, and the caller checks for itself.
+        self.blind = False
 
     def watch(self, paths: Iterable[Path]) -> None:
         """Watch for changes to `paths` (files or directories, present or not). A directory
@@ -72,13 +75,18 @@ class FileWatch:
             if path.is_dir():
                 wanted.setdefault(path, set()).add(ANY_NAME)
         names: dict[int, set[str | None]] = {}
+        unwatched = set()
         for directory, wanted_names in wanted.items():
             wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), DIRECTORY_EVENTS | IN_ONLYDIR)
-            if wd >= 0:  # a directory that cannot be watched (missing) is seen by its parent's watch
+            if wd >= 0:
                 names.setdefault(wd, set()).update(wanted_names)
+            else:
+                unwatched.add(directory)
         for wd in set(self._names) - set(names):
             self._libc.inotify_rm_watch(self.fd, wd)
         self._names = names
+        # A missing configs directory is fine: its parent's watch reports its creation.
+        self.blind = any(directory.parent not in wanted or directory.parent in unwatched for directory in unwatched)
 
     def changed(self) -> bool:
         """Read every event queued so far; true when one may concern a watched path (or

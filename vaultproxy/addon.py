@@ -322,10 +322,11 @@ class VaultProxy:
             self._overlay_tokens()
         if self._current_this_turn or not self._files_changed:
             return True
-        if self._file_watch is not None:
+        watched = self._file_watch is not None and not self._file_watch.blind
+        if watched:
             self._files_changed = False  # an event from here on is seen again
         current = not self.snapshot.is_stale() or (self._failed is not None and not self._failed.is_stale())
-        if self._file_watch is not None:
+        if watched:
             self._files_changed = self._files_changed or not current
         elif current:
             with contextlib.suppress(RuntimeError):  # no event loop (tests, benchmarks): every call checks
@@ -397,6 +398,7 @@ class VaultProxy:
             self.aws_credentials = AwsCredentials()
         if self._file_watch is not None and (self.snapshot is None or snapshot.signature.paths != self.snapshot.signature.paths):
             self._file_watch.watch(snapshot.signature.paths)  # another configuration is active
+            self._files_changed = True  # checked once with the stamps (and on, should the watch be blind)
         self.snapshot, self.rules = snapshot, snapshot.signing
         self.token_sources = {source.name: source for source in snapshot.tokens}
         self._overlay_tokens()
