@@ -27,7 +27,7 @@ from mitmproxy.net import encoding
 
 from bench.common import CpuPlan, Target, alternate, median, paired_ratio, profile, table, timed
 from vaultcore.index import Destination, Secret, SecretIndex
-from vaultcore.placeholders import Budget, Context, Lookup, StreamSubstituter, resolve
+from vaultcore.placeholders import Budget, Context, Lookup, StreamSubstituter, Text, resolve, resolve_each
 from vaultcore.redaction import Redactor
 from vaultproxy import guard, responses, rewrite
 
@@ -95,12 +95,23 @@ def rewrite_gzip(request: http.Request) -> http.Request:
     """What the addon does with a compressed body: decode, plan, substitute, re-encode."""
     plan = rewrite.plan(request, rewrite.decoded_body(request))
     assert plan is not None
-    policy = lookup()
-    change = rewrite.rewrite_request(
-        request, plan, lambda data, context, budget: resolve(data, context, policy, budget), Budget(guard.Settings().max_growth),
-    )
+    change = rewrite.rewrite_request(request, plan, Unscoped(lookup()), Budget(guard.Settings().max_growth))
     change.apply(request)
     return request
+
+
+class Unscoped:
+    """A lookup as `rewrite_request` takes it, without the proxy's per-destination cache
+    (`guard.Scope`): what resolving the body costs, not what a cache saves."""
+
+    def __init__(self, lookup: Lookup) -> None:
+        self._lookup = lookup
+
+    def resolve(self, data: Text, context: Context, budget: Budget) -> tuple[Text, list[str]]:
+        return resolve(data, context, self._lookup, budget)
+
+    def resolve_all(self, texts: tuple[Text, ...], context: Context, budget: Budget) -> tuple[tuple[Text, ...], list[str]]:
+        return resolve_each(texts, context, self._lookup, budget)
 
 
 @dataclass(frozen=True)

@@ -480,6 +480,15 @@ def resolve(data: Text, context: Context, lookup: Lookup, budget: Budget | None 
     return _substituted(data, found, context, lookup, budget)
 
 
+def resolve_each(
+    texts: tuple[Text, ...], context: Context, lookup: Lookup, budget: Budget | None = None, resolve_one: Callable[..., tuple[Text, list[str]]] = resolve,
+) -> tuple[tuple[Text, ...], list[str]]:
+    """`resolve_one` (`resolve`, or a caching one with its arguments) of each of `texts`: the
+    resolved texts, and every key they used, once each, in order."""
+    resolved = [resolve_one(text, context, lookup, budget) for text in texts]
+    return tuple([text for text, _ in resolved]), list(dict.fromkeys(key for _, keys in resolved for key in keys))
+
+
 class StreamSubstituter:
     """Chunk-by-chunk substitution for streamed bodies: a placeholder split across chunks
     still resolves, and the output equals one-shot `substitute` of the whole stream.

@@ -489,13 +489,18 @@ class VaultProxy:
         self.flights.restore(flow)
         response = flow.response
         assert response is not None
-        if flow in self.refused:
+        if self._refused(flow):
             return
         used = self.flights.used(flow)
         redactor = self._redactor(used.index, used.keys) if used else None
         responses.clean_headers(response.headers, redactor)
         if response.stream is True and (stream := responses.stream_filter(flow, redactor)) is not None:
             response.stream = stream
+
+    def _refused(self, flow: http.HTTPFlow) -> bool:
+        """Whether the proxy answered `flow` itself (looked up only when it answered any flow
+        still alive: a WeakSet lookup makes a weak reference)."""
+        return bool(self.refused) and flow in self.refused
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         used = self.flights.finish(flow)
@@ -512,7 +517,7 @@ class VaultProxy:
         if flow.websocket is not None:
             # the handshake's values may come back in messages
             self.flights.add_websocket_keys(flow, used.keys if used else [], used.index if used else None)
-        elif flow.response is not None and not flow.response.stream and flow not in self.refused:
+        elif flow.response is not None and not flow.response.stream and not self._refused(flow):
             responses.clean_body(flow.response, self._redactor(used.index, used.keys) if used else None)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -654,7 +659,7 @@ class Substitution:
         try:
             lookup = self._lookup_for(flow)
             budget = Budget(proxy.settings.max_growth)
-            change = rewrite.rewrite_request(request, plan, lookup.resolve, budget) if plan else rewrite.Rewrite()
+            change = rewrite.rewrite_request(request, plan, lookup, budget) if plan else rewrite.Rewrite()
         except SubstitutionError as e:
             if e.code == MINT_NEEDED:
                 raise

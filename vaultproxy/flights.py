@@ -22,7 +22,7 @@ from vaultproxy.rewrite import Rewrite
 FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
 
 
-@dataclass
+@dataclass(slots=True)
 class Original:
     flow: http.HTTPFlow
     path: str | None = None
@@ -74,7 +74,10 @@ class Flights:
             original.fields = request.headers.fields
         if rewrite.content is not None and original.raw_content is None:
             original.raw_content = request.raw_content
-        original.keys.extend(k for k in rewrite.keys if k not in original.keys)
+        if original.keys:
+            original.keys.extend(k for k in rewrite.keys if k not in original.keys)
+        else:
+            original.keys = list(rewrite.keys)
 
     def track_stream(self, flow: http.HTTPFlow, substituter: StreamSubstituter) -> None:
         self._original(flow).stream = substituter

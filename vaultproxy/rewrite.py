@@ -119,35 +119,35 @@ def plan(request: http.Request, body: bytes | None) -> Plan | None:
     return None
 
 
-class Resolve(Protocol):
-    """`placeholders.resolve` bound to one request's lookup (`guard.RequestLookup.resolve`)."""
+class Resolver(Protocol):
+    """`placeholders.resolve` bound to one request's lookup (`guard.RequestLookup`): of one
+    text, and of several at once (header values)."""
 
-    def __call__(self, data: Text, context: Context, budget: Budget) -> tuple[Text, list[str]]: ...
+    def resolve(self, data: Text, context: Context, budget: Budget) -> tuple[Text, list[str]]: ...
+
+    def resolve_all(self, texts: tuple[Text, ...], context: Context, budget: Budget) -> tuple[tuple[Text, ...], list[str]]: ...
 
 
-def rewrite_request(request: http.Request, plan: Plan, resolve: Resolve, budget: Budget) -> Rewrite:
+def rewrite_request(request: http.Request, plan: Plan, resolver: Resolver, budget: Budget) -> Rewrite:
     """Resolve the parts `plan` found: URL (path and query), header values and the decoded
     body; together they may grow by `budget` at most."""
     rewrite = Rewrite()
     if plan.path:
-        path, keys = resolve(request.path, Context.URL, budget)
+        path, keys = resolver.resolve(request.path, Context.URL, budget)
         if keys:
             rewrite.path = path
             rewrite._add(keys)
     if plan.headers:
-        fields = list(request.headers.fields)
-        resolved = False
-        for i in plan.headers:
-            name, value = fields[i]
-            new, keys = resolve(value, Context.HEADER, budget)
-            if keys:
-                fields[i] = (name, new)
-                rewrite._add(keys)
-                resolved = True
-        if resolved:
-            rewrite.fields = tuple(fields)
+        fields = request.headers.fields
+        values, keys = resolver.resolve_all(tuple([fields[i][1] for i in plan.headers]), Context.HEADER, budget)
+        if keys:
+            new_fields = list(fields)
+            for i, value in zip(plan.headers, values):
+                new_fields[i] = (fields[i][0], value)
+            rewrite.fields = tuple(new_fields)
+            rewrite._add(keys)
     if plan.body is not None:
-        content, keys = resolve(plan.body, body_context(request.headers.get("content-type", "")), budget)
+        content, keys = resolver.resolve(plan.body, body_context(request.headers.get("content-type", "")), budget)
         if keys:
             rewrite.content = content
             rewrite._add(keys)
