@@ -10,16 +10,15 @@ on one keep-alive connection of the proxy's own user, as the gate admits it when
 (the /proc lookup is once per connection). Flow and response creation is not timed; the
 times are CPU time of the bench's thread.
 
-The hooks run in a running event loop, as in mitmdump, and the loop turns between requests:
-what the proxy does once per turn (the check of the vault's files, the write of the audit
-lines recorded in the turn) is paid as often as in the proxy. c is a lone client, one
-request a turn: every request pays both (a lone client through mitmdump: 1.0 requests per
-vault check and per audit write). Under section 1's load (wrk, 8 connections) mitmdump made
-3.6 requests per vault check and per audit write (counted in the running proxy, 2026-12-02):
-c4, the same requests 4 to a turn, is c at that load. The loop's own cost of the turns,
-measured with no hooks ("turn"), is taken off every figure: it is no hook's. (Before
-2026-12-02 the hooks ran with no event loop: each request paid the vault check and the
-audit write too, but apart from the loop's interleaving.)
+The hooks run in a running event loop, as in mitmdump, on a proxy that is `running()` as in
+mitmdump (its file watch read by the loop, its refresher and reload watcher started), and the
+loop turns between requests: what the proxy does once per turn is paid as often as in the
+proxy. c is a lone client, one request a turn; c4, the same requests 4 to a turn, is the load
+of section 1 (wrk, 8 connections: mitmdump served 3.6 requests a turn, counted in a running
+proxy, 2026-12-02). Until the file watch and the audit log's flush interval (2026-12-02,
+afternoon), each turn cost three stat calls and an audit write, and c paid them per request;
+now c and c4 should agree. The loop's own cost of the turns, measured with no hooks ("turn"),
+is taken off every figure: it is no hook's.
 
 Beside the 3-header case, the credentials the proxy computes (issue 14): h, a request it signs
 with an HMAC header; v, one it signs with AWS SigV4 (botocore's signer); o, one whose
