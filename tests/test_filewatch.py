@@ -91,3 +91,17 @@ def test_a_watch_that_cannot_see_a_directory_says_so(tmp_path: Path) -> None:
     watch.watch([tmp_path / "gone" / "vault.enc", tmp_path / "gone" / "configs"])
     assert not watch.blind  # the configs directory may be missing: its parent sees it appear
     watch.close()
+
+
+def test_a_symlinked_vault_is_watched_where_it_lives(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "synced"
+    elsewhere.mkdir()
+    (elsewhere / "vault.enc").write_bytes(b"v1")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "vault.enc").symlink_to(elsewhere / "vault.enc")
+    watch = FileWatch()
+    watch.watch([home / "vault.enc"])
+    replace_file(elsewhere / "vault.enc", b"v2")  # what stat(home / "vault.enc") sees change
+    assert watch.changed()
+    watch.close()

@@ -71,9 +71,11 @@ class FileWatch:
         self._paths = tuple(paths)
         wanted: dict[Path, set[str | None]] = {}
         for path in self._paths:
-            wanted.setdefault(path.parent, set()).add(path.name)
-            if path.is_dir():
-                wanted.setdefault(path, set()).add(ANY_NAME)
+            # A symlink's target changes where it lives: stat follows the link, so must the watch.
+            for where in dict.fromkeys((path, path.resolve())):
+                wanted.setdefault(where.parent, set()).add(where.name)
+                if where.is_dir():
+                    wanted.setdefault(where, set()).add(ANY_NAME)
         names: dict[int, set[str | None]] = {}
         unwatched = set()
         for directory, wanted_names in wanted.items():
