@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import math
@@ -202,12 +201,6 @@ class VaultProxy:
     def running(self) -> None:
         self.gate.running()
         self._running = True
-        # What is loaded by now (mitmproxy, botocore's service models, authlib, the index) lives
-        # as long as the process: frozen, the garbage collector stops walking it on every full
-        # collection. Under load that cut mitmdump's CPU time per request by 7-19% (two runs,
-        # docs/benchmarks.md): more than all of the hooks cost.
-        gc.collect()
-        gc.freeze()
         ctx.master.addons.add(self.substitution)
         self._start_refresher()
         self._watch_files()
