@@ -14,7 +14,9 @@ import hashlib
 import hmac
 import json
 import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -221,3 +223,48 @@ def test_a_signing_file_written_while_the_proxy_runs_is_picked_up_by_the_watcher
         return tls_upstream.requests[-1].header("Stripe-Signature") is not None
 
     wait_until(signed, 10, "the new signing rule to sign")
+
+
+def test_a_burst_waiting_for_a_profiles_keys_leaves_the_vault_reload_free(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, tmp_path: Path,
+) -> None:
+    """Loading a profile's keys may take long (SSO, STS, a credential_process). A burst of
+    requests waiting for them shares one load: had each waited on a worker thread of its own,
+    they would fill the event loop's default thread pool (6 threads on 2 cores), and the
+    reload a `local set` needs before the next request would queue behind them."""
+    started, release = tmp_path / "process-started", tmp_path / "release"
+    credential_process = tmp_path / "slow_credentials.py"
+    credential_process.write_text(
+        "import json, pathlib, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(release)!r}).exists():\n    time.sleep(0.05)\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': 'FAKE-SLOW-KEY-ID', 'SecretAccessKey': 'FAKE-slow-profile-secret'}))\n"
+    )
+    config = tmp_path / "aws-config"
+    config.write_text(f"[profile slow]\ncredential_process = {sys.executable} {credential_process}\n")
+    (vault_home / "signing.yaml").write_text(
+        "rules:\n  - {name: slow, hosts: [signed.example.com], sigv4: {profile: slow, service: execute-api, region: eu-west-1}}\n"
+    )
+    proxy = mitmdump(
+        env={"VAULTPROXY_HOME": str(vault_home), "AWS_CONFIG_FILE": str(config),
+             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials")},
+        hosts={"*.example.com": LOOPBACK},
+    )
+    signed_url = tls_upstream.url_for("signed.example.com") + "/signed"
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        burst = [pool.submit(lambda: proxy.requests_session().get(signed_url, timeout=TIMEOUT)) for _ in range(12)]
+        try:
+            wait_until(started.exists, TIMEOUT, "the credential process to start")
+            time.sleep(0.5)  # every request of the burst has reached the proxy and waits
+            Vault(vault_home).set("fresh", "FAKE-set-during-the-burst", hosts=["api.example.com"])
+            answer = proxy.requests_session().get(
+                tls_upstream.url_for("api.example.com") + "/fresh", headers={"X-Key": "<<vault:fresh>>"}, timeout=10,
+            )
+            assert answer.status_code == 200 and tls_upstream.requests[-1].header("X-Key") == "FAKE-set-during-the-burst"
+            assert not any(request.done() for request in burst)  # still waiting for the keys
+        finally:
+            release.touch()
+        statuses = [request.result().status_code for request in burst]
+    assert statuses == [200] * 12
+    signed = [r for r in tls_upstream.requests if r.path == "/signed"]
+    assert len(signed) == 12 and all("Credential=FAKE-SLOW-KEY-ID/" in r.header("Authorization") for r in signed)

@@ -39,7 +39,7 @@ from vaultcore.profiles import ConfigError
 from vaultcore.proxyenv import RUNTIME_FILE
 from vaultcore.redaction import Redactor
 from vaultcore.refresher import Refresher
-from vaultcore.signing import AwsCredentials, Rule, SigningError
+from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
 from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
@@ -111,6 +111,7 @@ class VaultProxy:
         self.index = SecretIndex()  # the snapshot's, with the token sources' placeholders over it
         self.rules: tuple[Rule, ...] = ()  # signing rules (vaultproxy/signing.py)
         self.aws_credentials = AwsCredentials()  # for rules that sign with a profile's keys
+        self._aws_loads: dict[tuple[AwsCredentials, SigV4], asyncio.Future[None]] = {}  # see load_aws_keys
         self.minter: Minter | None = None  # OAuth tokens (vaultcore/oauth.py), for the vault in use
         self.token_sources: dict[str, TokenSource] = {}
         self._tokens_until = math.inf  # when a token in the index is due to be minted again
@@ -443,6 +444,17 @@ class VaultProxy:
         if self._tokens_seen != self.minter.generation:
             self._overlay_tokens()
 
+    def load_aws_keys(self, aws: AwsCredentials, method: SigV4) -> asyncio.Future[None]:
+        """`aws.load(method)` on a worker thread, one in flight however many requests wait for
+        it: each waiting on a thread of its own, a burst would fill the default thread pool,
+        and the vault's reloads would queue behind them while the keys load (which may take as
+        long as SSO or a credential_process does)."""
+        loading = self._aws_loads.get((aws, method))
+        if loading is None:
+            loading = self._aws_loads[aws, method] = asyncio.ensure_future(asyncio.to_thread(aws.load, method))
+            loading.add_done_callback(lambda _: self._aws_loads.pop((aws, method), None))
+        return asyncio.shield(loading)  # a waiter cancelled (its client gone) cancels no other's
+
     def index_for(self, flow: http.HTTPFlow) -> SecretIndex:
         """The index `flow` resolves from: the vault's, or for a retry with a rotation's
         pending version, the vault's with that version laid over it."""
@@ -610,7 +622,7 @@ class Substitution:
         them (the same keys, should a reload replace the proxy's meanwhile)."""
         aws = self.proxy.aws_credentials
         try:
-            await asyncio.to_thread(aws.load, rule.method)
+            await self.proxy.load_aws_keys(aws, rule.method)
         except SigningError as e:
             self._refuse(flow, signing.cannot_sign(rule, e), self.proxy.flights.original_path(flow), streamed=streamed)
             return
