@@ -9,9 +9,11 @@ secret, no refresh token, no access token. Each test counts what reached the tok
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -324,6 +326,66 @@ def test_one_waiter_giving_up_cancels_the_mint_for_no_one(vault_home: Path, auth
         assert not shared.cancel()
         silent.close()
         assert isinstance(shared.exception(timeout=TIMEOUT), MintError)
+
+
+class TricklingTokenEndpoint:
+    """A token endpoint that answers one byte every 0.2 s, forever: each read gets data well
+    within the per-read timeout, so only a deadline on the whole request ends the wait."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server((LOOPBACK, 0))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> TricklingTokenEndpoint:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.server.close()
+        self.thread.join(timeout=TIMEOUT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}/oauth/token"
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.server.accept()
+                threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: "
+            while not self.stop.wait(0.2):
+                connection.sendall(head[:1] if head else b"a")
+                head = head[1:]
+
+
+def test_a_token_endpoint_that_trickles_fails_the_mint_at_its_deadline(
+    vault_home: Path, authorization: AuthorizationServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that keeps sending a byte now and then never trips the per-read timeout: the
+    whole token request has a deadline, the waiters get token_unavailable, and the next
+    attempt is a new mint, not a wait on the stuck one."""
+    monkeypatch.setattr(oauth, "MINT_DEADLINE_SECONDS", 1.0)
+    client_credentials(vault_home, authorization)
+    (source,) = load_sources(vault_home)
+    with TricklingTokenEndpoint() as trickling:
+        stuck = dataclasses.replace(source, token_url=trickling.url)
+        minter = Minter(Vault(vault_home))
+        waiting = minter.mint(stuck, {"billing.client_secret": CLIENT_SECRET})
+        error = waiting.exception(timeout=TIMEOUT)
+        assert isinstance(error, MintError) and error.code == "token_unavailable" and "1 s" in str(error)
+        assert CLIENT_SECRET not in str(error)
+        assert minter.mint(stuck, {"billing.client_secret": CLIENT_SECRET}).exception(timeout=0) is error  # backing off
+        # Another secret (the fix a user would make): a new attempt at once, not a wait on the stuck one.
+        again = minter.mint(stuck, {"billing.client_secret": "FAKE-billing-client-secret-new"})
+        assert again is not waiting and isinstance(again.exception(timeout=TIMEOUT), MintError)
+        assert minter.status()["billing"]["failures"] == 1  # another credential: its first failure
 
 
 class ReadOnlyVault:

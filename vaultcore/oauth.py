@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +41,10 @@ from vaultcore.tokens import Token, TokenSource
 logger = logging.getLogger(__name__)
 
 TOKEN_STATUS_FILE = "token-status.json"
-TIMEOUT_SECONDS = 10.0
+TIMEOUT_SECONDS = 10.0  # each connect and read (requests has no deadline for a whole request)
+# The longest a token request may keep its waiters: a server that sends a byte now and then
+# never trips the per-read timeout. A later answer is still kept (and a rotation stored).
+MINT_DEADLINE_SECONDS = 30.0
 # What the proxy answers when it cannot get a token: the token endpoint said no (502, its
 # answer is the problem), or could not be asked or made no sense (503, try again later).
 TOKEN_REFUSED = "token_refused"
@@ -219,10 +222,23 @@ class Minter:
                 state.replaced_rejected_at = time.time()
             state.running = future = Future()
             future.set_running_or_notify_cancel()  # shared by every waiter: one giving up cancels it for none
-        threading.Thread(target=self._run, args=(source, dict(values), fingerprint, future), name=f"vaultproxy-mint-{source.name}", daemon=True).start()
+        deadline = threading.Timer(MINT_DEADLINE_SECONDS, self._give_up, args=(source, fingerprint, future))
+        deadline.daemon = True
+        threading.Thread(
+            target=self._run, args=(source, dict(values), fingerprint, future, deadline), name=f"vaultproxy-mint-{source.name}", daemon=True,
+        ).start()
+        deadline.start()  # cancelled by the mint's end, even one that came first
         return future
 
-    def _run(self, source: TokenSource, values: dict[str, str], fingerprint: str, future: Future[Token]) -> None:
+    def _give_up(self, source: TokenSource, fingerprint: str, future: Future[Token]) -> None:
+        """At the deadline of a mint still under way: its waiters get token_unavailable, and
+        the next attempt (after the backoff, or at once with another credential) is a new one."""
+        error = MintError(source.name, TOKEN_UNAVAILABLE, f"token {source.name!r}: the token endpoint did not answer within {MINT_DEADLINE_SECONDS:g} s")
+        if self._failed(source, fingerprint, error, future):
+            self._write_status()
+            _settle(future, error)
+
+    def _run(self, source: TokenSource, values: dict[str, str], fingerprint: str, future: Future[Token], deadline: threading.Timer) -> None:
         outcome: Token | MintError
         try:
             token, rotated = request_token(source, values, verify=self.verify)
@@ -233,23 +249,25 @@ class Minter:
                 fingerprint = _fingerprint(source, {**values, source.refresh_token: rotated})  # what the next attempt sends
                 self._store_rotated(source, rotated, values)
         except MintError as e:
-            outcome = self._failed(source, fingerprint, e)
+            outcome = e
+            self._failed(source, fingerprint, e, future)
         except Exception as e:  # a bug must not leave every waiter hanging
             logger.exception(f"vaultproxy: minting token {source.name!r} failed unexpectedly")
-            outcome = self._failed(source, fingerprint, MintError(source.name, TOKEN_UNAVAILABLE, f"token {source.name!r}: {type(e).__name__}"))
+            outcome = MintError(source.name, TOKEN_UNAVAILABLE, f"token {source.name!r}: {type(e).__name__}")
+            self._failed(source, fingerprint, outcome, future)
         else:
             with self._lock:
                 state = self._states[source.name]
                 state.source, state.token, state.minted_at = source, token, time.time()
-                state.running, state.error, state.failures = None, None, 0
+                state.error, state.failures = None, 0
+                if state.running is future:  # not given up at its deadline (and another mint begun)
+                    state.running = None
                 self.generation += 1
             logger.info(f"vaultproxy: minted token {source.name!r}" + ("" if math.isinf(token.expires_at) else f", valid for {token.expires_at - token.issued_at:.0f} s"))
             outcome = token
+        deadline.cancel()
         self._write_status()  # before any waiter wakes: `status` says what the client is about to be told
-        if isinstance(outcome, MintError):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+        _settle(future, outcome)
 
     def _store_rotated(self, source: TokenSource, rotated: str, values: Mapping[str, str]) -> None:
         """Before the new access token goes out: a crash after this keeps the refresh token
@@ -265,13 +283,17 @@ class Minter:
             ) from None
         logger.info(f"vaultproxy: token {source.name!r}: the server rotated the refresh token; stored in {source.refresh_token!r}")
 
-    def _failed(self, source: TokenSource, fingerprint: str, error: MintError) -> MintError:
+    def _failed(self, source: TokenSource, fingerprint: str, error: MintError, future: Future[Token]) -> bool:
+        """Count the failure of the mint `future` stands for; False when that mint was over
+        already (given up at its deadline, or answered before it)."""
         with self._lock:
             state = self._states[source.name]
+            if state.running is not future:
+                return False
             state.failures = state.failures + 1 if state.attempt == fingerprint else 1
             state.attempt, state.failed_at, state.error, state.running = fingerprint, time.time(), error, None
         logger.warning(f"vaultproxy: {error}")
-        return error
+        return True
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Each source's state, without values: what token-status.json holds."""
@@ -308,6 +330,17 @@ def read_status(home: Path) -> dict[str, dict[str, Any]]:
 
 def _iso(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds") if at else None
+
+
+def _settle(future: Future[Token], outcome: Token | MintError) -> None:
+    """Answer the waiters, unless the deadline (or the mint itself) answered them first."""
+    try:
+        if isinstance(outcome, MintError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass
 
 
 def _done(token: Token | None = None, *, error: BaseException | None = None) -> Future[Token]:
