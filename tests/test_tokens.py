@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from vaultcore.index import MINT_NEEDED, Destination, Secret, SecretIndex
 from vaultcore.oauth import TOKEN_UNAVAILABLE, credentials
 from vaultcore.placeholders import SubstitutionError
 from vaultcore.tokens import Token, TokenSource, TokenSourceError, parse_sources, source_secrets
+from vaultcore.vault import Vault
 
 SOURCE = TokenSource("billing", ("api.billing.test",), "https://auth.billing.test/oauth/token", "dev-client", "billing.secret")
 
@@ -159,3 +161,18 @@ def test_a_refresh_token_the_proxy_could_not_rewrite_is_refused() -> None:
     with pytest.raises(SubstitutionError, match="must be a local secret.*move-to-local aws") as error:
         credentials(source, index, allow_plaintext=False, verified=True)
     assert error.value.code == TOKEN_UNAVAILABLE
+
+
+def test_status_says_when_a_token_source_takes_a_vault_keys_name(tmp_path: Path) -> None:
+    """`<<vault:billing>>` is the token source's once tokens.yaml names one `billing`: the
+    vault key of that name would otherwise be silently unreachable."""
+    vault = Vault(tmp_path)
+    vault.set("billing", "FAKE-local-billing-key", hosts=["api.example.com"])
+    vault.set("billing.client_secret", "FAKE-client-secret", hosts=["auth.example.com"])
+    (tmp_path / "tokens.yaml").write_text(
+        "tokens:\n  - {name: billing, hosts: [api.example.com], token_url: 'https://auth.example.com/token',"
+        " client_id: c, client_secret: billing.client_secret}\n"
+    )
+    rows = {row["key"]: row for row in vault.status()["keys"]}
+    assert rows["billing"]["shadowed_by"] == "tokens.yaml (a token source's name)"
+    assert "shadowed_by" not in rows["billing.client_secret"]

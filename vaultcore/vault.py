@@ -330,6 +330,11 @@ class Vault:
         rows += [{"key": key, "source": LOCAL_SOURCE, "shadowed_by": index.shadowed[key]} for key in sorted(index.shadowed)]
         if config:
             rows += status_rows(config, state, index)
+        tokens = self._tokens_status()
+        token_names = {token["name"] for token in tokens["tokens"]}
+        for row in rows:  # `<<vault:NAME>>` is the token source's: say so where the key is listed
+            if row["key"] in token_names and not row.get("shadowed_by"):
+                row["shadowed_by"] = f"{TOKENS_FILE} (a token source's name)"
         return {
             "home": str(self.home),
             "active_config": config.name if config else state.get("active_config"),
@@ -337,7 +342,7 @@ class Vault:
             "configs": self.configs.names(),
             "keys": sorted(rows, key=lambda r: r["key"]),
             **self._signing_status(),
-            **self._tokens_status(),
+            **tokens,
         }
 
     def _signing_status(self) -> dict[str, Any]:

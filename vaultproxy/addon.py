@@ -402,6 +402,8 @@ class VaultProxy:
             self._files_changed = True  # checked once with the stamps (and on, should the watch be blind)
         self.snapshot, self.rules = snapshot, snapshot.signing
         self.token_sources = {source.name: source for source in snapshot.tokens}
+        for name in [name for name in self.token_sources if name in snapshot.index]:
+            logger.warning(f"vaultproxy: <<vault:{name}>> is the token source {name!r} of tokens.yaml, not the vault key of that name; rename one")
         self._overlay_tokens()
         if snapshot.signing_error:
             logger.warning(f"vaultproxy: {snapshot.signing_error} (signing keeps its last good rules)")
