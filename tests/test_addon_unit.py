@@ -126,6 +126,28 @@ def test_one_current_answer_serves_the_rest_of_the_event_loops_turn(tctx: taddon
     assert tctx.master.event_loop.run_until_complete(turn()) == (True, False)
 
 
+def test_an_older_snapshot_installed_last_is_checked_again_not_trusted_to_the_watch(
+    tctx: taddons.context, addon: VaultProxy, home: Path,
+) -> None:
+    """A reload that finishes after a newer one (the vault.reload command ran beside it)
+    installs the older snapshot; the file watch has nothing new to say, so the stamps must."""
+
+    async def reloads_out_of_order() -> tuple[bool, bool]:
+        addon.running()  # the file watch, read by this loop
+        try:
+            older = addon.vault.snapshot()
+            Vault(home).unset("unit.k")  # what `local unset` writes
+            tctx.master.commands.call("vault.reload")
+            await asyncio.sleep(0.1)  # the loop reads the watch's event
+            newest_current = addon.is_current() and "unit.k" not in addon.index
+            addon._use(older)  # the slower reload, finishing last
+            return newest_current, addon.is_current()
+        finally:
+            addon.done()
+
+    assert tctx.master.event_loop.run_until_complete(reloads_out_of_order()) == (True, False)
+
+
 # --- what is decided once, and what every request checks again --------------------------------
 
 

@@ -37,14 +37,17 @@ def test_an_atomic_replace_is_a_change(home: Path, watch: FileWatch) -> None:
     assert not watch.changed()  # read once
 
 
-def test_writes_in_place_count_when_closed_and_other_files_never(home: Path, watch: FileWatch) -> None:
+def test_writes_in_place_count_and_other_files_never(home: Path, watch: FileWatch) -> None:
     with (home / "audit.log").open("a") as log:  # kept open beside vault.enc, written all the time
         log.write("line\n")
         log.flush()
         assert not watch.changed()
     assert not watch.changed()  # audit.log is not watched, even closed
-    with (home / "vault.enc").open("ab") as vault:  # an edit in place
+    with (home / "vault.enc").open("ab") as vault:  # an edit in place, still open
         vault.write(b"more")
+        vault.flush()
+        assert watch.changed()
+    os.truncate(home / "vault.enc", 0)  # by path: no open, no close
     assert watch.changed()
     replace_file(home / "token-status.json", b"{}")
     assert not watch.changed()
@@ -104,4 +107,15 @@ def test_a_symlinked_vault_is_watched_where_it_lives(tmp_path: Path) -> None:
     watch.watch([home / "vault.enc"])
     replace_file(elsewhere / "vault.enc", b"v2")  # what stat(home / "vault.enc") sees change
     assert watch.changed()
+    watch.close()
+
+
+def test_a_directory_that_exists_but_cannot_be_watched_makes_the_watch_blind(tmp_path: Path) -> None:
+    """Only a missing directory is seen appearing by its parent's watch: one that exists and
+    cannot be watched (no inotify watches left, no permission; here: not a directory) leaves
+    changes unseen, so the caller must stat."""
+    (tmp_path / "configs").write_bytes(b"")
+    watch = FileWatch()
+    watch.watch([tmp_path / "vault.enc", tmp_path / "configs" / "prod.yaml"])
+    assert watch.blind
     watch.close()

@@ -25,16 +25,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # <sys/inotify.h>
-IN_ATTRIB, IN_CLOSE_WRITE = 0x4, 0x8
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
 IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
 IN_Q_OVERFLOW, IN_IGNORED = 0x4000, 0x8000
 IN_ONLYDIR = 0x01000000
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
-# What changes a file's (inode, mtime, size) stamp, or a directory's entries. A file written in
-# place counts when it is closed (IN_CLOSE_WRITE), not at each write (IN_MODIFY): the audit log,
-# kept open beside vault.enc, would otherwise wake the proxy at each of its writes.
-DIRECTORY_EVENTS = IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+# Everything that changes a file's (inode, mtime, size) stamp, or a directory's entries. (The
+# audit log beside vault.enc wakes the watch at each of its writes, at most five a second: its
+# events name no watched file and are dropped.)
+DIRECTORY_EVENTS = (
+    IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+)
 EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 ANY_NAME = None  # an event of a watched directory that counts whatever it names
 
@@ -77,18 +79,20 @@ class FileWatch:
                 if where.is_dir():
                     wanted.setdefault(where, set()).add(ANY_NAME)
         names: dict[int, set[str | None]] = {}
-        unwatched = set()
+        missing, unwatchable = set(), False
         for directory, wanted_names in wanted.items():
             wd = self._libc.inotify_add_watch(self.fd, os.fsencode(directory), DIRECTORY_EVENTS | IN_ONLYDIR)
             if wd >= 0:
                 names.setdefault(wd, set()).update(wanted_names)
-            else:
-                unwatched.add(directory)
+            elif ctypes.get_errno() == errno.ENOENT:
+                missing.add(directory)
+            else:  # it exists, and cannot be watched (no watches left, no permission...)
+                unwatchable = True
         for wd in set(self._names) - set(names):
             self._libc.inotify_rm_watch(self.fd, wd)
         self._names = names
         # A missing configs directory is fine: its parent's watch reports its creation.
-        self.blind = any(directory.parent not in wanted or directory.parent in unwatched for directory in unwatched)
+        self.blind = unwatchable or any(directory.parent not in wanted or directory.parent in missing for directory in missing)
 
     def changed(self) -> bool:
         """Read every event queued so far; true when one may concern a watched path (or

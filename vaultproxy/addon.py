@@ -302,17 +302,20 @@ class VaultProxy:
                 asyncio.get_running_loop().remove_reader(self._file_watch.fd)
             self._file_watch.close()
             self._file_watch = None
+            self._files_changed = True  # from now on the stamps tell
 
     def is_current(self) -> bool:
         """Whether the index is what the vault's files say, or they have not changed since a
         reload of them failed.
 
         With a file watch (Linux): current while the kernel has told of no change since the
-        last check. The event loop reads the watch whenever it is readable, and the kernel
-        queued the event inside the CLI's write, before the client that waited for the CLI
-        could send its request; mitmproxy reads that request's bytes in a callback of the same
-        poll or a later one, and runs its hooks in a task turns after that: so the event has
-        been read before the request's hooks run. A reported change is confirmed by the stamps.
+        last check. The kernel queued the event inside the CLI's write, before the client that
+        waited for the CLI could send its request. The event loop reads the watch in a reader
+        callback, which runs in the turn of every poll that finds it readable; the request's
+        bytes are read by a callback of that poll or a later one, which only wakes the
+        connection's task (call_soon), and the hooks run in that task (mitmproxy 12 starts hook
+        tasks eagerly, inside it): a turn later at the earliest, after the watch was read. A
+        reported change is confirmed by the stamps.
 
         Without one (a few stat calls): a "current" answer also serves every later request
         until the event loop next polls for I/O: a request handled until then was read at
@@ -399,7 +402,9 @@ class VaultProxy:
             self.aws_credentials = AwsCredentials()
         if self._file_watch is not None and (self.snapshot is None or snapshot.signature.paths != self.snapshot.signature.paths):
             self._file_watch.watch(snapshot.signature.paths)  # another configuration is active
-            self._files_changed = True  # checked once with the stamps (and on, should the watch be blind)
+        # Checked once with the stamps: a snapshot may be older than the last one checked (the
+        # vault.reload command runs beside a reload), and a watch may have gone blind.
+        self._files_changed = True
         self.snapshot, self.rules = snapshot, snapshot.signing
         self.token_sources = {source.name: source for source in snapshot.tokens}
         for name in [name for name in self.token_sources if name in snapshot.index]:
