@@ -336,6 +336,7 @@ class TricklingTokenEndpoint:
         self.server = socket.create_server((LOOPBACK, 0))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.connections = 0
 
     def __enter__(self) -> TricklingTokenEndpoint:
         self.thread.start()
@@ -354,6 +355,7 @@ class TricklingTokenEndpoint:
         with contextlib.suppress(OSError):
             while True:
                 connection, _ = self.server.accept()
+                self.connections += 1
                 threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
 
     def _trickle(self, connection: socket.socket) -> None:
@@ -386,6 +388,28 @@ def test_a_token_endpoint_that_trickles_fails_the_mint_at_its_deadline(
         again = minter.mint(stuck, {"billing.client_secret": "FAKE-billing-client-secret-new"})
         assert again is not waiting and isinstance(again.exception(timeout=TIMEOUT), MintError)
         assert minter.status()["billing"]["failures"] == 1  # another credential: its first failure
+
+
+def test_a_refresh_token_stuck_at_a_trickling_endpoint_is_never_sent_twice(
+    vault_home: Path, authorization: AuthorizationServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the deadline the waiters are answered, but a rotating refresh token still in flight
+    is not sent again beside it: servers that detect reuse revoke the whole grant. Until the
+    stuck request ends, the source answers token_unavailable at once."""
+    monkeypatch.setattr(oauth, "MINT_DEADLINE_SECONDS", 0.5)
+    monkeypatch.setattr(oauth, "BACKOFF_TTL", 0.0)  # no backoff: only the request in flight holds a new one back
+    client_credentials(vault_home, authorization)
+    (source,) = load_sources(vault_home)
+    with TricklingTokenEndpoint() as trickling:
+        stuck = dataclasses.replace(source, token_url=trickling.url, grant="refresh_token", refresh_token="billing.refresh_token")
+        values = {"billing.client_secret": CLIENT_SECRET, "billing.refresh_token": "FAKE-refresh-token-in-flight"}
+        minter = Minter(Vault(vault_home))
+        first = minter.mint(stuck, values)
+        assert isinstance(first.exception(timeout=TIMEOUT), MintError)
+        time.sleep(0.3)
+        again = minter.mint(stuck, values)
+        assert isinstance(again.exception(timeout=0), MintError)  # at once: nothing sent
+        assert trickling.connections == 1
 
 
 class ReadOnlyVault:

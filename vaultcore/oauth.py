@@ -231,12 +231,16 @@ class Minter:
         return future
 
     def _give_up(self, source: TokenSource, fingerprint: str, future: Future[Token]) -> None:
-        """At the deadline of a mint still under way: its waiters get token_unavailable, and
-        the next attempt (after the backoff, or at once with another credential) is a new one."""
+        """At the deadline of a mint still under way: its waiters get token_unavailable. For
+        client credentials the next attempt (after the backoff, or at once with another
+        credential) is a new request; a refresh token still in flight is never sent again
+        beside itself (servers that detect reuse revoke the whole grant): until that request
+        ends, the source answers with this error at once."""
         error = MintError(source.name, TOKEN_UNAVAILABLE, f"token {source.name!r}: the token endpoint did not answer within {MINT_DEADLINE_SECONDS:g} s")
-        if self._failed(source, fingerprint, error, future):
-            self._write_status()
-            _settle(future, error)
+        if not self._failed(source, fingerprint, error, future, still_running=bool(source.refresh_token)):
+            return
+        self._write_status()
+        _settle(future, error)
 
     def _run(self, source: TokenSource, values: dict[str, str], fingerprint: str, future: Future[Token], deadline: threading.Timer) -> None:
         outcome: Token | MintError
@@ -258,11 +262,10 @@ class Minter:
         else:
             with self._lock:
                 state = self._states[source.name]
-                state.source, state.token, state.minted_at = source, token, time.time()
-                state.error, state.failures = None, 0
-                if state.running is future:  # not given up at its deadline (and another mint begun)
-                    state.running = None
-                self.generation += 1
+                if state.running in (future, None):  # else a newer mint, begun after the deadline, answers
+                    state.source, state.token, state.minted_at = source, token, time.time()
+                    state.running, state.error, state.failures = None, None, 0
+                    self.generation += 1
             logger.info(f"vaultproxy: minted token {source.name!r}" + ("" if math.isinf(token.expires_at) else f", valid for {token.expires_at - token.issued_at:.0f} s"))
             outcome = token
         deadline.cancel()
@@ -283,15 +286,19 @@ class Minter:
             ) from None
         logger.info(f"vaultproxy: token {source.name!r}: the server rotated the refresh token; stored in {source.refresh_token!r}")
 
-    def _failed(self, source: TokenSource, fingerprint: str, error: MintError, future: Future[Token]) -> bool:
-        """Count the failure of the mint `future` stands for; False when that mint was over
-        already (given up at its deadline, or answered before it)."""
+    def _failed(self, source: TokenSource, fingerprint: str, error: MintError, future: Future[Token], *, still_running: bool = False) -> bool:
+        """Count the failure of the mint `future` stands for; False when it was counted
+        already (given up at its deadline) or that mint is over. `still_running`: the
+        request goes on, and no other may start beside it."""
         with self._lock:
             state = self._states[source.name]
             if state.running is not future:
                 return False
+            state.running = future if still_running else None
+            if future.done():  # given up at its deadline, and counted then
+                return False
             state.failures = state.failures + 1 if state.attempt == fingerprint else 1
-            state.attempt, state.failed_at, state.error, state.running = fingerprint, time.time(), error, None
+            state.attempt, state.failed_at, state.error = fingerprint, time.time(), error
         logger.warning(f"vaultproxy: {error}")
         return True
 
