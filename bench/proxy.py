@@ -74,8 +74,8 @@ CONFIGS = {
 }
 HOOK_LABELS = {
     "b": "vaultproxy, no placeholders (client gate included)",
-    "c": "vaultproxy, 3 header placeholders, a lone client (each request pays a check of the vault files and an audit write)",
-    "c4": "the same, 4 requests to a turn of the event loop (one check and one audit write for the 4), as under section 1's load",
+    "c": "vaultproxy, 3 header placeholders, a lone client (one request to a turn of the event loop: whatever is done once a turn is paid by each)",
+    "c4": "the same, 4 requests to a turn of the event loop, as under section 1's load",
     "d": "mitmproxy ModifyHeaders, 3 headers",
     "h": "vaultproxy, a request it signs with an HMAC header",
     "v": "vaultproxy, a request it signs with AWS SigV4 (botocore)",
