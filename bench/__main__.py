@@ -26,13 +26,13 @@ SECTIONS = {"proxy": "bench.proxy", "body": "bench.body", "vault": "bench.vaults
 # Sized so a full run stays under ~10 minutes on 2 cores and --quick is a smoke run of 1-2.
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
-        "proxy": {"rounds": 12, "seconds": 4.0, "warmup_seconds": 2.0, "connections": 8, "profile_seconds": 10.0, "hook_rounds": 7, "idle_seconds": 30.0},
+        "proxy": {"rounds": 12, "seconds": 4.0, "warmup_seconds": 2.0, "connections": 8, "profile_seconds": 10.0, "hook_rounds": 7, "dispatch_rounds": 45, "idle_seconds": 30.0},
         "body": {"samples": {1: 21, 10: 7}},
         "vault": {"rounds": 7, "sizes": (100, 1_000, 10_000), "rss_rounds": 2},
         "fetch": {"rounds": 5, "sizes": (50, 200, 500)},
     },
     "quick": {
-        "proxy": {"rounds": 3, "seconds": 2.0, "warmup_seconds": 1.0, "connections": 8, "profile_seconds": 4.0, "hook_rounds": 3, "idle_seconds": 10.0},
+        "proxy": {"rounds": 3, "seconds": 2.0, "warmup_seconds": 1.0, "connections": 8, "profile_seconds": 4.0, "hook_rounds": 3, "dispatch_rounds": 9, "idle_seconds": 10.0},
         "body": {"samples": {1: 5, 10: 3}},
         "vault": {"rounds": 3, "sizes": (100, 1_000, 10_000), "rss_rounds": 1},
         "fetch": {"rounds": 1, "sizes": (50, 200, 500)},

@@ -1,10 +1,12 @@
 """1. Proxy throughput and latency: what vaultproxy adds to a small HTTP/1.1 request.
 
-Five configurations, sampled in alternation through real mitmdump processes, with a load
+The configurations, sampled in alternation through real mitmdump processes, with a load
 generator (wrk, or bench/loadgen.py) in its own process on the other CPU and the fast
 upstream of bench/upstream.py:
 
     a  plain mitmdump
+    a2 a second plain mitmdump, the control: two processes of one configuration differ by this
+       much in the same run (a target missed by less is within the noise)
     b  mitmdump + vaultproxy, a request without placeholders
     c  mitmdump + vaultproxy, three header placeholders
     d  plain mitmdump whose own modify_headers sets the same three headers
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import hooks, refreshing
+from bench import dispatch, hooks, refreshing
 from bench.common import (
     REPO, Child, CpuPlan, Target, alternate, bench_helper, median, paired_ratio, pinned_to, sched_seconds, table,
 )
@@ -65,6 +67,7 @@ class Config:
 
 CONFIGS = {
     "a": Config("plain mitmdump", "plain", False),
+    "a2": Config("a second plain mitmdump (the control)", "plain2", False),
     "b": Config("mitmdump + vaultproxy, no placeholders", "addon", False),
     "c": Config("mitmdump + vaultproxy, 3 header placeholders", "addon", True),
     "d": Config("plain mitmdump + modify_headers (3 headers)", "modify", True),
@@ -218,6 +221,7 @@ def choose_loadgen(requested: str) -> str:
 def start_processes(stack: contextlib.ExitStack, workdir: Path, home: Path, scaled: Path, plan: CpuPlan) -> dict[str, Child]:
     options: dict[str, dict[str, Any]] = {
         "plain": {},
+        "plain2": {},
         "addon": {"vault_home": home},
         "scaled": {"vault_home": scaled},
         "modify": {"extra": modify_headers_options()},
@@ -341,6 +345,8 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
             Target("proxy: g/c req/s (10,000 secrets, 1,000 auto-refreshed)", f"{g_over_c:.3f}", ">= 0.95 (noise)", g_over_c >= 0.95),
         ]
         in_process = hooks.run(home, f"{LOOPBACK}:{upstream.port}", PLACEHOLDER_HEADERS, modify_headers_specs(), settings["hook_rounds"])
+        in_dispatch = {name: (c.process, c.placeholders) for name, c in CONFIGS.items() if c.process in dispatch.PROCESSES}
+        dispatched = dispatch.run(workdir / "dispatch", home, plan.proxy, settings["dispatch_rounds"], in_dispatch)
         profile = None
         if not all(t.met for t in targets) and importlib.util.find_spec("pyinstrument"):
             profile = addon_profile(workdir / "profile", home, upstream.port, plan, loadgen, connections, settings["profile_seconds"])
@@ -376,6 +382,16 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
             (name, label, f"{in_process['median_us'][name]:.1f}", f"{in_process['median_us'][name] / summary['a']['cpu_us']:.1%}")
             for name, label in HOOK_LABELS.items()
         ])
+        + "\n\nThe same configurations in process, with mitmproxy's dispatch (bench/dispatch.py: each in a process of its "
+        "own, the addon chain mitmdump builds, a request's four hooks and the `update` after each dispatched to every "
+        f"addon, no network; {dispatched['cycles_per_sample']} requests per sample, {settings['dispatch_rounds']} samples "
+        "alternating, CPU time; \"added\" = the median of the per-round differences from a):\n\n"
+        + table(("", "configuration", "µs per request", "added over a, µs"), [
+            (name, CONFIGS[name].label, f"{dispatched['median_us'][name]:.0f}", f"{dispatched['added_us'][name]:+.1f}" if name != "a" else "")
+            for name in in_dispatch
+        ])
+        + f"\n\nc adds {dispatched['added_us']['c'] - dispatched['added_us']['d']:+.1f} µs per request more than d in process "
+        f"(a2, the control, {dispatched['added_us']['a2']:+.1f})."
     )
     if profile is not None:
         listing = "\n".join(f"{f['share']:6.1%}  {f['function']}" for f in profile["functions"]) or "(no sample fell in vaultproxy or vaultcore)"
@@ -391,7 +407,7 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
         "pinning": plan.describe(), "configs": {n: c.label for n, c in CONFIGS.items()},
         "samples": samples, "summary": summary, "c_over_d": c_over_d, "c_over_d_cpu": c_over_d_cpu,
         "f_over_b": f_over_b, "g_over_c": g_over_c, "idle_cpu_per_s": idle,
-        "hooks_in_process": in_process, "profile": profile,
+        "hooks_in_process": in_process, "dispatch_in_process": dispatched, "profile": profile,
     }
     return results, markdown, targets
 
