@@ -5,18 +5,21 @@ The attack: another local user (here `nobody`, which needs the tests to run as r
 do in CI) points curl at the proxy on 127.0.0.1 with a placeholder and a listener of their
 own as the destination, and gets the owner's secret. Each test runs a real mitmdump with the
 addon, a real upstream on 127.0.0.1 and the real curl; the uid lookup's parser is also tested
-on sample /proc text, and its reader on real loopback connections.
+on sample /proc text and sample sock_diag replies, and both ways of asking on real loopback
+connections.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import re
 import socket
 import stat
+import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,9 @@ from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream
 from vaultcore.credential import CREDENTIAL_FILE, read_credential
 from vaultcore.proxyenv import proxy_url
+from vaultcore import sockdiag
+from vaultcore.sockdiag import tcp_owner
+from vaultproxy import clientgate
 from vaultproxy.clientgate import client_uid, kernel_forms, socket_uid
 
 SECRETS = SecretSet({"gate.loc": Entry(leak_value()[0])})
@@ -163,14 +169,31 @@ def crowd() -> Iterator[None]:
                 client.close()
 
 
+def without_sock_diag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a kernel that cannot be asked over netlink: /proc is read."""
+
+    def refused(local: object, remote: object) -> int | None:
+        raise OSError(errno.EPROTONOSUPPORT, "no sock_diag")
+
+    monkeypatch.setattr(clientgate, "tcp_owner", refused)
+
+
+def without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As where /proc/net is not mounted: only sock_diag can answer."""
+    monkeypatch.setattr(clientgate, "TCP_TABLES", ("/nonexistent/tcp", "/nonexistent/tcp6"))
+
+
+@pytest.mark.parametrize("asking", [without_sock_diag, without_proc], ids=["proc", "sock_diag"])
 @pytest.mark.parametrize(("family", "listen_on", "connect_to"), [
     pytest.param(socket.AF_INET, LOOPBACK, LOOPBACK, id="ipv4"),
     pytest.param(socket.AF_INET6, "::1", "::1", id="ipv6"),
     pytest.param(socket.AF_INET6, "::ffff:127.0.0.1", LOOPBACK, id="dual-stack-listener"),
 ])
 def test_client_uid_finds_the_owner_of_a_real_connection(
-    family: socket.AddressFamily, listen_on: str, connect_to: str, crowd: None
+    family: socket.AddressFamily, listen_on: str, connect_to: str, asking: Callable[[pytest.MonkeyPatch], None],
+    crowd: None, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    asking(monkeypatch)
     with socket.socket(family) as server:
         if family == socket.AF_INET6:
             server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -185,6 +208,84 @@ def test_client_uid_finds_the_owner_of_a_real_connection(
             assert client_uid(client) == os.geteuid()
             client.peername = ("10.1.2.3", client.peername[1])
             assert client_uid(client) is None  # not on loopback: nobody to look up
+
+
+@as_another_user
+def test_sock_diag_names_another_users_connection() -> None:
+    """The kernel's answer is the uid of the client's end, not of the proxy's (root's) end."""
+    assert NOBODY is not None
+    with socket.socket() as server:
+        server.bind((LOOPBACK, 0))
+        server.listen()
+        host, port = server.getsockname()
+        holder = subprocess.Popen(  # curl as nobody, waiting for an answer that never comes
+            ["curl", "-q", "--silent", "--noproxy", "*", "--max-time", str(CLIENT_TIMEOUT), f"http://{host}:{port}/"],
+            user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[], cwd="/", env={"PATH": os.environ["PATH"]},
+        )
+        try:
+            accepted, _ = server.accept()
+            with accepted:
+                client, proxy_side = accepted.getpeername(), accepted.getsockname()
+                assert tcp_owner(client, proxy_side) == NOBODY.pw_uid
+                assert tcp_owner(proxy_side, client) == os.geteuid()  # the other end is the proxy's
+                assert socket_uid(Path("/proc/net/tcp").read_text(), client, proxy_side) == NOBODY.pw_uid  # both ways agree
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+def test_sock_diag_takes_no_closed_or_listening_socket_for_a_client() -> None:
+    """A connection its client closed lingers in TIME_WAIT with uid 0 whoever owned it: were
+    that taken for the owner, a proxy run as root would admit any closed-and-gone client. A
+    listener found at the address is no client either."""
+    with socket.socket() as server:
+        server.bind((LOOPBACK, 0))
+        server.listen()
+        connecting = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        client, proxy_side = accepted.getpeername(), accepted.getsockname()
+        connecting.close()
+        accepted.close()
+        wait_until(lambda: lookup_fails_or_is_none(client, proxy_side), 5, "the closed connection not to count as a client")
+        assert lookup_fails_or_is_none(server.getsockname(), (LOOPBACK, 0))
+
+
+def lookup_fails_or_is_none(local: tuple[str, int], remote: tuple[str, int]) -> bool:
+    try:
+        return tcp_owner(local, remote) is None
+    except OSError:
+        return True  # not known: client_uid then reads /proc, which holds no live row either
+
+
+SOCK_DIAG_SEQUENCE = 7
+
+
+def sock_diag_reply(kind: int = sockdiag.SOCK_DIAG_BY_FAMILY, state: int = sockdiag.TCP_ESTABLISHED, ports: tuple[int, int] = (40000, 8080),
+                    uid: int = 1000, sequence: int = SOCK_DIAG_SEQUENCE, error: int = 0) -> bytes:
+    """A netlink message as the kernel answers a sock_diag request."""
+    if kind == sockdiag.NLMSG_ERROR:
+        body = struct.pack("=i", -error) + bytes(16)
+    else:
+        body = struct.pack("=BBBB", socket.AF_INET, state, 0, 0) + struct.pack("!HH16s16s", *ports, bytes(16), bytes(16))
+        body += struct.pack("=III", 0, 0, 0) + struct.pack("=IIIII", 0, 0, 0, uid, 1234)
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, sequence, 0) + body
+
+
+@pytest.mark.parametrize(("reply", "answer"), [
+    pytest.param(sock_diag_reply(), 1000, id="established"),
+    pytest.param(sock_diag_reply(state=10), None, id="a-listener"),
+    pytest.param(sock_diag_reply(state=6, uid=0), None, id="time-wait"),
+    pytest.param(sock_diag_reply(ports=(40001, 8080)), None, id="another-connection"),
+    pytest.param(sock_diag_reply(kind=sockdiag.NLMSG_ERROR, error=errno.ENOENT), OSError, id="unknown-socket"),
+    pytest.param(sock_diag_reply(sequence=SOCK_DIAG_SEQUENCE + 1), OSError, id="another-request"),
+    pytest.param(sock_diag_reply(kind=3), OSError, id="another-message"),
+])
+def test_sock_diag_reply_is_read_strictly(reply: bytes, answer: int | type[OSError] | None) -> None:
+    if answer is OSError:
+        with pytest.raises(OSError):
+            sockdiag.owner(reply, 40000, 8080, SOCK_DIAG_SEQUENCE)
+    else:
+        assert sockdiag.owner(reply, 40000, 8080, SOCK_DIAG_SEQUENCE) == answer
 
 
 # --- the gate --------------------------------------------------------------------------------

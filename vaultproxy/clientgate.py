@@ -2,8 +2,8 @@
 
 The proxy hands a secret to whoever sends its placeholder, and any local user can connect to
 127.0.0.1. So on Linux each loopback client is identified, once per connection, by the uid
-that owns its end of the TCP connection (/proc/net/tcp and tcp6); a client of the proxy's own
-uid is let in. Every other client must present the proxy credential (vaultcore.credential) as
+that owns its end of the TCP connection (asked of the kernel by sock_diag, or read from
+/proc/net/tcp and tcp6 where that cannot be asked); a client of the proxy's own uid is let in. Every other client must present the proxy credential (vaultcore.credential) as
 the password of Proxy-Authorization Basic: another local user the owner gave it to, a remote
 client, any client on another OS, and every client of a proxy that listens beyond loopback
 (there a connection of the owner's uid may be forwarded for someone else, by ssh -R or a
@@ -33,6 +33,7 @@ from mitmproxy.utils.human import format_address
 
 from vaultcore.credential import CREDENTIAL_FILE, ensure_credential
 from vaultcore.index import is_loopback
+from vaultcore.sockdiag import tcp_owner
 from vaultcore.store import VaultError
 from vaultcore.vault import home_from_option
 from vaultproxy.rewrite import drop_header
@@ -85,6 +86,12 @@ def client_uid(client: connection.Client) -> int | None:
     (another OS, a client that has already closed): such a client needs the credential."""
     if client.transport_protocol != "tcp" or not is_loopback(client.peername[0]):
         return None
+    try:
+        return tcp_owner(client.peername, client.sockname)
+    except ValueError:
+        return None  # a sockname that is no IP address
+    except OSError:
+        pass  # sock_diag cannot be asked here, or does not know the socket: /proc has the last word
     for path in TCP_TABLES:
         try:
             uid = socket_uid(Path(path).read_text(), client.peername, client.sockname)
