@@ -183,7 +183,13 @@ def without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clientgate, "TCP_TABLES", ("/nonexistent/tcp", "/nonexistent/tcp6"))
 
 
-@pytest.mark.parametrize("asking", [without_sock_diag, without_proc], ids=["proc", "sock_diag"])
+def not_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on an OS without netlink (macOS, Windows): the lookup must fail as an OSError, or the
+    gate's hooks would raise, mitmproxy would log it and carry on, and the client go unchecked."""
+    monkeypatch.delattr(socket, "AF_NETLINK")
+
+
+@pytest.mark.parametrize("asking", [without_sock_diag, without_proc, not_on_linux], ids=["proc", "sock_diag", "no-netlink"])
 @pytest.mark.parametrize(("family", "listen_on", "connect_to"), [
     pytest.param(socket.AF_INET, LOOPBACK, LOOPBACK, id="ipv4"),
     pytest.param(socket.AF_INET6, "::1", "::1", id="ipv6"),
@@ -217,6 +223,7 @@ def test_sock_diag_names_another_users_connection() -> None:
     with socket.socket() as server:
         server.bind((LOOPBACK, 0))
         server.listen()
+        server.settimeout(CLIENT_TIMEOUT)
         host, port = server.getsockname()
         holder = subprocess.Popen(  # curl as nobody, waiting for an answer that never comes
             ["curl", "-q", "--silent", "--noproxy", "*", "--max-time", str(CLIENT_TIMEOUT), f"http://{host}:{port}/"],

@@ -82,8 +82,10 @@ def tcp_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     """The uid that owns the live TCP socket from `local` to `remote` on this machine; None
     when the socket found there is no live connection. Raises OSError where the kernel cannot
     be asked (another OS, netlink refused) or does not know the socket."""
+    if not hasattr(socket, "AF_NETLINK"):  # not Linux: an OSError, as every way this cannot be asked
+        raise OSError(errno.EAFNOSUPPORT, "netlink is Linux's")
     sequence = next(_sequence)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:
         diag.send(request(local, remote, sequence))
-        reply = diag.recv(65536)
+        reply = diag.recv(65536, socket.MSG_DONTWAIT)  # the kernel answers within send(): never wait on the loop
     return owner(reply, local[1], remote[1], sequence)
