@@ -257,6 +257,31 @@ def test_sock_diag_takes_no_closed_or_listening_socket_for_a_client() -> None:
         assert lookup_fails_or_is_none(server.getsockname(), (LOOPBACK, 0))
 
 
+def test_a_connection_gone_from_the_kernel_is_nobodys_whatever_proc_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that resets its connection right after its request is gone from the kernel.
+    Reading /proc then would take milliseconds, in which a new connection of another user
+    (here the owner's) could take the same port and be read as the client's: the gate asks
+    no slower source once the kernel has said the socket is gone."""
+    with socket.socket() as server:
+        server.bind((LOOPBACK, 0))
+        server.listen()
+        connecting = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with accepted:
+            peer, proxy_side = accepted.getpeername(), accepted.getsockname()
+            connecting.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connecting.close()  # a reset: no TIME_WAIT, the socket is gone at once
+            table = tmp_path / "tcp"  # /proc as it would read had the owner taken the port meanwhile
+            ipv4_form = lambda address: min(kernel_forms(address), key=len)  # noqa: E731
+            table.write_text(PROC_NET_TCP.splitlines()[0] + f"\n   1: {ipv4_form(peer)} {ipv4_form(proxy_side)} 01 "
+                             f"00000000:00000000 00:00000000 00000000 {os.geteuid()} 0 40012 1 0 20 4 30 10 -1\n")
+            assert socket_uid(table.read_text(), peer, proxy_side) == os.geteuid()
+            monkeypatch.setattr(clientgate, "TCP_TABLES", (str(table), "/nonexistent/tcp6"))
+            client = tflow.tclient_conn()
+            client.peername, client.sockname = peer, proxy_side
+            assert client_uid(client) is None
+
+
 def lookup_fails_or_is_none(local: tuple[str, int], remote: tuple[str, int]) -> bool:
     try:
         return tcp_owner(local, remote) is None

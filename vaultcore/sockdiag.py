@@ -9,6 +9,7 @@ loop, every other client's requests with it, waits for that on each new connecti
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import itertools
 import os
@@ -80,8 +81,35 @@ def owner(reply: bytes, local_port: int, remote_port: int, sequence: int) -> int
 
 def tcp_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     """The uid that owns the live TCP socket from `local` to `remote` on this machine; None
-    when the socket found there is no live connection. Raises OSError where the kernel cannot
-    be asked (another OS, netlink refused) or does not know the socket."""
+    when there is no live connection between them. Raises OSError where the kernel cannot be
+    asked (another OS, netlink refused, no tcp_diag module)."""
+    try:
+        return _ask(local, remote)
+    except OSError as e:
+        if e.errno == errno.ENOENT and finds_live_connections():
+            # Gone (a client that reset its connection): nobody's. Asking /proc now would take
+            # milliseconds, in which another user's new connection could take the same port.
+            return None
+        raise
+
+
+@functools.cache
+def finds_live_connections() -> bool:
+    """Whether this kernel answers for live connections (a kernel without tcp_diag says
+    ENOENT for every socket): asked once, of a loopback connection of the proxy's own."""
+    try:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            with socket.create_connection(server.getsockname(), timeout=5) as client:
+                accepted, _ = server.accept()
+                with accepted:
+                    return _ask(client.getsockname(), server.getsockname()) == os.geteuid()
+    except OSError:
+        return False
+
+
+def _ask(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     if not hasattr(socket, "AF_NETLINK"):  # not Linux: an OSError, as every way this cannot be asked
         raise OSError(errno.EAFNOSUPPORT, "netlink is Linux's")
     sequence = next(_sequence)

@@ -91,7 +91,7 @@ def client_uid(client: connection.Client) -> int | None:
     except ValueError:
         return None  # a sockname that is no IP address
     except OSError:
-        pass  # sock_diag cannot be asked here, or does not know the socket: /proc has the last word
+        pass  # sock_diag cannot be asked here: /proc is
     for path in TCP_TABLES:
         try:
             uid = socket_uid(Path(path).read_text(), client.peername, client.sockname)
