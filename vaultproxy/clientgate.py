@@ -181,7 +181,7 @@ class ClientGate:
         drop_header(flow.request, AUTH_HEADER)  # the credential never goes upstream
 
     def _meet(self, client: connection.Client) -> Peer:
-        """Identify a connection, once: reading /proc is too slow to repeat for every request."""
+        """Identify a connection, once: the answer holds for its every request."""
         uid = client_uid(client)
         peer = self.peers[client] = Peer(uid, uid == os.geteuid() and not exposed_addresses())
         return peer
