@@ -194,6 +194,8 @@ def not_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.param(socket.AF_INET, LOOPBACK, LOOPBACK, id="ipv4"),
     pytest.param(socket.AF_INET6, "::1", "::1", id="ipv6"),
     pytest.param(socket.AF_INET6, "::ffff:127.0.0.1", LOOPBACK, id="dual-stack-listener"),
+    # The client's own socket is IPv6 here, connected to an IPv4-mapped address.
+    pytest.param(socket.AF_INET6, "::ffff:127.0.0.1", "::ffff:127.0.0.1", id="mapped-client-socket"),
 ])
 def test_client_uid_finds_the_owner_of_a_real_connection(
     family: socket.AddressFamily, listen_on: str, connect_to: str, asking: Callable[[pytest.MonkeyPatch], None],
