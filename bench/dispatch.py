@@ -145,8 +145,8 @@ def samplers(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, proce
         yield started
     finally:
         for child in started.values():
-            with contextlib.suppress(OSError):
-                child.communicate(timeout=30)  # an empty line ends it
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                child.communicate(timeout=30)  # the end of its input ends it
             if child.poll() is None:
                 child.kill()
         for log in logs:
