@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +147,34 @@ def test_an_older_snapshot_installed_last_is_checked_again_not_trusted_to_the_wa
             addon.done()
 
     assert tctx.master.event_loop.run_until_complete(reloads_out_of_order()) == (True, False)
+
+
+def test_a_home_moved_away_and_back_is_watched_again(tctx: taddons.context, addon: VaultProxy, home: Path) -> None:
+    """Moved away, the home leaves the watch blind (nothing watches where it would come
+    back), and the proxy checks the stamps every turn meanwhile. Once it is back, the kernel
+    watches it again: a change made then is told by the watch, not found by a stat."""
+
+    async def away_and_back() -> tuple[bool, bool, bool, bool]:
+        addon.running()
+        try:
+            watch = addon._file_watch
+            assert watch is not None
+            os.rename(home, home.with_name("away"))
+            await asyncio.sleep(0.1)  # the loop reads the watch's event
+            blind_while_away = watch.blind
+            os.rename(home.with_name("away"), home)
+            for _ in range(30):  # the reload watcher's interval is half a second
+                if not watch.blind:
+                    break
+                await asyncio.sleep(0.1)
+            assert addon.is_current()  # one check with the stamps after the watch came back
+            Vault(home).set("unit.back", "sk_live_Zq9UnitBack", hosts=[HOST])
+            await asyncio.sleep(0.1)
+            return blind_while_away, watch.blind, addon._files_changed, addon.is_current()
+        finally:
+            addon.done()
+
+    assert tctx.master.event_loop.run_until_complete(away_and_back()) == (True, False, True, False)
 
 
 # --- what is decided once, and what every request checks again --------------------------------

@@ -273,6 +273,7 @@ class VaultProxy:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
+            self._see_again()
             try:
                 await self.reload_if_changed(rules=True)
             except Exception as e:  # the watcher must outlive any one bad reload
@@ -290,6 +291,15 @@ class VaultProxy:
             logger.debug(f"vaultproxy: no file watch ({e}); the vault's files are checked before each request")
             return
         asyncio.get_running_loop().add_reader(self._file_watch.fd, self._read_file_events)
+
+    def _see_again(self) -> None:
+        """A watch gone blind (the home moved away: nothing watches where it would come back)
+        is made again, here every half second; once it sees again, the stamps are checked once
+        for what changed while it could not (meanwhile every turn checked them)."""
+        if self._file_watch is not None and self._file_watch.blind:
+            assert self.snapshot is not None
+            self._file_watch.watch(self.snapshot.signature.paths)
+            self._files_changed = True
 
     def _read_file_events(self) -> None:
         assert self._file_watch is not None
