@@ -284,6 +284,29 @@ def test_a_connection_gone_from_the_kernel_is_nobodys_whatever_proc_says(tmp_pat
             assert client_uid(client) is None
 
 
+def test_the_kernel_is_asked_again_until_it_has_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe that failed (out of file descriptors, say) is no verdict for good: until it
+    succeeds, a socket the kernel does not know goes on to /proc, as before."""
+    answers = iter([False, True])
+    asked: list[bool] = []
+    monkeypatch.setattr(sockdiag, "_kernel_answers", False)
+    monkeypatch.setattr(sockdiag, "_asked_of_own_connection", lambda: asked.append(True) or next(answers))
+    assert [sockdiag.finds_live_connections() for _ in range(3)] == [False, True, True]
+    assert len(asked) == 2
+
+
+def test_the_gate_fails_closed_when_it_cannot_tell_who_connected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception out of the gate's hooks would only be logged by mitmproxy, and the client
+    would go on unchecked: a lookup that fails in any way leaves it a stranger."""
+
+    def broken(client: object) -> int | None:
+        raise RuntimeError("a bug in the lookup")
+
+    monkeypatch.setattr(clientgate, "client_uid", broken)
+    gate = clientgate.ClientGate()
+    assert gate._meet(tflow.tclient_conn()) == clientgate.Peer(None, False)
+
+
 def lookup_fails_or_is_none(local: tuple[str, int], remote: tuple[str, int]) -> bool:
     try:
         return tcp_owner(local, remote) is None
@@ -313,6 +336,7 @@ def sock_diag_reply(kind: int = sockdiag.SOCK_DIAG_BY_FAMILY, state: int = sockd
     pytest.param(sock_diag_reply(kind=sockdiag.NLMSG_ERROR, error=errno.ENOENT), OSError, id="unknown-socket"),
     pytest.param(sock_diag_reply(sequence=SOCK_DIAG_SEQUENCE + 1), OSError, id="another-request"),
     pytest.param(sock_diag_reply(kind=3), OSError, id="another-message"),
+    pytest.param(sock_diag_reply()[:40], OSError, id="cut-short"),
 ])
 def test_sock_diag_reply_is_read_strictly(reply: bytes, answer: int | type[OSError] | None) -> None:
     if answer is OSError:

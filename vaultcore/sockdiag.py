@@ -9,7 +9,6 @@ loop, every other client's requests with it, waits for that on each new connecti
 from __future__ import annotations
 
 import errno
-import functools
 import ipaddress
 import itertools
 import os
@@ -56,6 +55,14 @@ def request(local: tuple[str, int], remote: tuple[str, int], sequence: int) -> b
 
 
 def owner(reply: bytes, local_port: int, remote_port: int, sequence: int) -> int | None:
+    """The uid in the kernel's `reply` (see `_owner`); a reply it cannot read is an OSError too."""
+    try:
+        return _owner(reply, local_port, remote_port, sequence)
+    except struct.error:
+        raise OSError(errno.EPROTO, "sock_diag answered with a message too short") from None
+
+
+def _owner(reply: bytes, local_port: int, remote_port: int, sequence: int) -> int | None:
     """The uid in the kernel's `reply`; None when the socket it found is not a live
     connection between these ports (a listener, or one closing: TIME_WAIT rows carry uid 0,
     whoever owned them). Raises OSError when the kernel gave no answer about the socket, a
@@ -93,10 +100,20 @@ def tcp_owner(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
         raise
 
 
-@functools.cache
+_kernel_answers = False  # once the kernel has answered for a live connection of the proxy's own
+
+
 def finds_live_connections() -> bool:
     """Whether this kernel answers for live connections (a kernel without tcp_diag says
-    ENOENT for every socket): asked once, of a loopback connection of the proxy's own."""
+    ENOENT for every socket), asked of a loopback connection of the proxy's own until it has
+    said yes (a failure, out of file descriptors say, is asked again the next time)."""
+    global _kernel_answers
+    if not _kernel_answers:
+        _kernel_answers = _asked_of_own_connection()
+    return _kernel_answers
+
+
+def _asked_of_own_connection() -> bool:
     try:
         with socket.socket() as server:
             server.bind(("127.0.0.1", 0))

@@ -273,8 +273,8 @@ class VaultProxy:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
-            self._see_again()
             try:
+                self._see_again()
                 await self.reload_if_changed(rules=True)
             except Exception as e:  # the watcher must outlive any one bad reload
                 logger.warning(f"vaultproxy: reload failed, keeping the last good state ({type(e).__name__})")

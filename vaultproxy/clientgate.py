@@ -181,8 +181,14 @@ class ClientGate:
         drop_header(flow.request, AUTH_HEADER)  # the credential never goes upstream
 
     def _meet(self, client: connection.Client) -> Peer:
-        """Identify a connection, once: the answer holds for its every request."""
-        uid = client_uid(client)
+        """Identify a connection, once: the answer holds for its every request. Any failure
+        makes it a stranger's: an exception out of the gate's hooks would only be logged by
+        mitmproxy, and the client would go on unchecked."""
+        try:
+            uid = client_uid(client)
+        except Exception:
+            logger.exception("vaultproxy: could not tell who is at the other end of a connection; it needs the credential")
+            uid = None
         peer = self.peers[client] = Peer(uid, uid == os.geteuid() and not exposed_addresses())
         return peer
 
