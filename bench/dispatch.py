@@ -7,8 +7,9 @@ a `-s` script), with no network. bench/hooks.py calls vaultproxy's hooks directl
 leaves out what mitmproxy charges for offering every event to every addon object; through
 mitmdump (section 1) each figure also carries sockets and parsing, and two processes of the
 same configuration differ by several per cent (section 1's control, a2). This sits between
-the two: the configurations of section 1 (a, a2, b, c, d, e), each in a process of its own
-pinned to the proxy's CPU, sampled in alternation, in CPU time of the process's thread.
+the two: the configurations of section 1 (a, a2, b, c, d, e), each mitmdump of section 1 in
+a process of its own (b and c share one, as there) pinned to the proxy's CPU, sampled in
+alternation, in CPU time of the process's thread.
 
     python -m bench.dispatch PROCESS VAULT_HOME CONFDIR    (a sampler; bench/proxy.py runs them)
 
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -111,11 +113,28 @@ async def per_request_us(master: Any, client: Any, headers: Mapping[str, str]) -
     return spent / CYCLES * 1e6
 
 
+async def check_resolves(master: Any, client: Any) -> None:
+    """The addon's sampler does its work: a request's placeholders leave as the values (not
+    refused, as a client the gate did not admit would be)."""
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook
+
+    from bench.hooks import flow
+    from bench.proxy import HEADER_VALUES, LOOPBACK, PLACEHOLDER_HEADERS
+
+    f = flow(f"{LOOPBACK}:8081", PLACEHOLDER_HEADERS, client)
+    await master.addons.handle_lifecycle(HttpRequestHeadersHook(f))
+    await master.addons.handle_lifecycle(HttpRequestHook(f))
+    if f.response is not None or [f.request.headers.get(name) for name in PLACEHOLDER_HEADERS] != list(HEADER_VALUES.values()):
+        raise RuntimeError("the addon's dispatch sampler did not resolve the placeholders")
+
+
 async def serve(process: str, vault_home: Path, confdir: Path) -> None:
     from bench.proxy import PLACEHOLDER_HEADERS
 
     master = await build_master(process, vault_home, confdir)
     client = bench_client(master)
+    if process == "addon":
+        await check_resolves(master, client)
     print("ready", flush=True)
     while line := (await asyncio.to_thread(sys.stdin.readline)).strip():
         print(json.dumps(await per_request_us(master, client, PLACEHOLDER_HEADERS if line == "headers" else {})), flush=True)
@@ -149,6 +168,7 @@ def samplers(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, proce
                 child.communicate(timeout=30)  # the end of its input ends it
             if child.poll() is None:
                 child.kill()
+                child.wait()
         for log in logs:
             log.close()
 
@@ -168,7 +188,9 @@ def run(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, rounds: in
     the placeholder headers; "a" among them), and what each adds over a (the median of the
     per-round differences), over `rounds` alternating samples after one of warm-up."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with samplers(workdir, vault_home, cpus, dict.fromkeys(process for process, _ in configs.values())) as started:
+    home = workdir / "vault"  # a copy: a running addon writes its proxy.json into its home
+    shutil.copytree(vault_home, home, dirs_exist_ok=True)
+    with samplers(workdir, home, cpus, dict.fromkeys(process for process, _ in configs.values())) as started:
 
         def measure(name: str) -> float:
             process, headers = configs[name]
