@@ -110,6 +110,35 @@ def test_a_symlinked_vault_is_watched_where_it_lives(tmp_path: Path) -> None:
     watch.close()
 
 
+def test_a_retargeted_symlinked_home_is_a_change(tmp_path: Path) -> None:
+    """A home that is a symlink (to a synced folder, say) is retargeted by renaming a new link
+    over it: stat(home / "vault.enc") then sees another file, and so must the watch."""
+    for name, content in (("one", b"v1"), ("two", b"v2")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vault.enc").write_bytes(content)
+    home = tmp_path / "home"
+    home.symlink_to(tmp_path / "one")
+    watch = FileWatch()
+    watch.watch([home / "vault.enc"])
+    assert not watch.changed()
+    (tmp_path / "home.new").symlink_to(tmp_path / "two")
+    os.replace(tmp_path / "home.new", home)
+    assert watch.changed()
+    replace_file(tmp_path / "two" / "vault.enc", b"v3")
+    assert watch.changed()  # the new target is watched
+    watch.close()
+
+
+def test_a_path_that_cannot_be_looked_at_makes_the_watch_blind(tmp_path: Path) -> None:
+    """A symlink loop (RuntimeError on Python 3.11, resolved as it stands on 3.13) must not
+    escape the watch: the caller then stats, whose error it reports on its own."""
+    (tmp_path / "configs").symlink_to(tmp_path / "configs")
+    watch = FileWatch()
+    watch.watch([tmp_path / "configs" / "prod.yaml"])
+    assert watch.blind
+    watch.close()
+
+
 def test_a_directory_that_exists_but_cannot_be_watched_makes_the_watch_blind(tmp_path: Path) -> None:
     """Only a missing directory is seen appearing by its parent's watch: one that exists and
     cannot be watched (no inotify watches left, no permission; here: not a directory) leaves

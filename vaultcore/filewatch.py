@@ -51,6 +51,22 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
+def _directories_to_watch(paths: Iterable[Path]) -> dict[Path, set[str | None]]:
+    """Each directory to watch, and the names in it that concern `paths` (ANY_NAME: all)."""
+    wanted: dict[Path, set[str | None]] = {}
+    for path in paths:
+        # A symlink's target changes where it lives: stat follows the link, so must the watch.
+        for where in dict.fromkeys((path, path.resolve())):
+            wanted.setdefault(where.parent, set()).add(where.name)
+            if where.is_dir():
+                wanted.setdefault(where, set()).add(ANY_NAME)
+        # A symlink on the way (a symlinked home) is watched where it is named: retargeted, it
+        # puts other files behind the same path.
+        for link in (directory for directory in path.parents if directory.is_symlink()):
+            wanted.setdefault(link.parent, set()).add(link.name)
+    return wanted
+
+
 class FileWatch:
     """A watch on the directories that hold `paths` (and on those of `paths` that are
     directories): `changed` is true after any event that may have changed one of them."""
@@ -71,13 +87,11 @@ class FileWatch:
         that does not exist yet is watched once it appears: call `watch` again then (`changed`
         reports its creation in its parent)."""
         self._paths = tuple(paths)
-        wanted: dict[Path, set[str | None]] = {}
-        for path in self._paths:
-            # A symlink's target changes where it lives: stat follows the link, so must the watch.
-            for where in dict.fromkeys((path, path.resolve())):
-                wanted.setdefault(where.parent, set()).add(where.name)
-                if where.is_dir():
-                    wanted.setdefault(where, set()).add(ANY_NAME)
+        try:
+            wanted = _directories_to_watch(self._paths)
+        except (OSError, RuntimeError):  # a path that cannot be looked at (no permission, a symlink loop)
+            self.blind = True
+            return
         names: dict[int, set[str | None]] = {}
         missing, unwatchable = set(), False
         for directory, wanted_names in wanted.items():
