@@ -33,16 +33,17 @@ _ERROR = struct.Struct("=i")
 _sequence = itertools.count(1)
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 client) is the
-    IPv4 address: the kernel keeps such a connection under its IPv4 addresses."""
+def plain_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """`host`'s IP address; an IPv4-mapped IPv6 address (a dual-stack listener's view of an
+    IPv4 client) is the IPv4 address: the kernel keeps such a connection under its IPv4
+    addresses."""
     ip = ipaddress.ip_address(host.split("%", 1)[0])
     return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
 def request(local: tuple[str, int], remote: tuple[str, int], sequence: int) -> bytes:
     """The netlink message asking for the TCP socket from `local` to `remote`."""
-    local_ip, remote_ip = _ip(local[0]), _ip(remote[0])
+    local_ip, remote_ip = plain_ip(local[0]), plain_ip(remote[0])
     if local_ip.version != remote_ip.version:
         raise ValueError("the two ends of a connection are of one IP version")
     family = socket.AF_INET if local_ip.version == 4 else socket.AF_INET6
@@ -55,32 +56,28 @@ def request(local: tuple[str, int], remote: tuple[str, int], sequence: int) -> b
 
 
 def owner(reply: bytes, local_port: int, remote_port: int, sequence: int) -> int | None:
-    """The uid in the kernel's `reply` (see `_owner`); a reply it cannot read is an OSError too."""
-    try:
-        return _owner(reply, local_port, remote_port, sequence)
-    except struct.error:
-        raise OSError(errno.EPROTO, "sock_diag answered with a message too short") from None
-
-
-def _owner(reply: bytes, local_port: int, remote_port: int, sequence: int) -> int | None:
     """The uid in the kernel's `reply`; None when the socket it found is not a live
     connection between these ports (a listener, or one closing: TIME_WAIT rows carry uid 0,
-    whoever owned them). Raises OSError when the kernel gave no answer about the socket, a
-    missing one included: a kernel without the tcp_diag module says ENOENT too."""
-    _, kind, _, answered, _ = _HEADER.unpack_from(reply)
-    if answered != sequence:
-        raise OSError(errno.EPROTO, "sock_diag answered another request")
-    if kind == NLMSG_ERROR:
-        code = -_ERROR.unpack_from(reply, _HEADER.size)[0]
-        raise OSError(code, os.strerror(code))
-    if kind != SOCK_DIAG_BY_FAMILY:
-        raise OSError(errno.EPROTO, f"unexpected sock_diag message type {kind}")
-    offset = _HEADER.size
-    _, state, _, _ = _MESSAGE.unpack_from(reply, offset)
-    offset += _MESSAGE.size
-    source_port, destination_port, *_ = _SOCKET_ID.unpack_from(reply, offset)
-    offset += _SOCKET_ID.size + _SOCKET_TAIL.size
-    uid = _MESSAGE_TAIL.unpack_from(reply, offset)[3]
+    whoever owned them). Raises OSError when the kernel gave no answer about the socket (a
+    missing one included: a kernel without the tcp_diag module says ENOENT too), or one this
+    cannot read."""
+    try:
+        _, kind, _, answered, _ = _HEADER.unpack_from(reply)
+        if answered != sequence:
+            raise OSError(errno.EPROTO, "sock_diag answered another request")
+        if kind == NLMSG_ERROR:
+            code = -_ERROR.unpack_from(reply, _HEADER.size)[0]
+            raise OSError(code, os.strerror(code))
+        if kind != SOCK_DIAG_BY_FAMILY:
+            raise OSError(errno.EPROTO, f"unexpected sock_diag message type {kind}")
+        offset = _HEADER.size
+        _, state, _, _ = _MESSAGE.unpack_from(reply, offset)
+        offset += _MESSAGE.size
+        source_port, destination_port, *_ = _SOCKET_ID.unpack_from(reply, offset)
+        offset += _SOCKET_ID.size + _SOCKET_TAIL.size
+        uid = _MESSAGE_TAIL.unpack_from(reply, offset)[3]
+    except struct.error:
+        raise OSError(errno.EPROTO, "sock_diag answered with a message too short") from None
     if state != TCP_ESTABLISHED or (source_port, destination_port) != (local_port, remote_port):
         return None
     return uid

@@ -3,8 +3,9 @@
 The proxy hands a secret to whoever sends its placeholder, and any local user can connect to
 127.0.0.1. So on Linux each loopback client is identified, once per connection, by the uid
 that owns its end of the TCP connection (asked of the kernel by sock_diag, or read from
-/proc/net/tcp and tcp6 where that cannot be asked); a client of the proxy's own uid is let in. Every other client must present the proxy credential (vaultcore.credential) as
-the password of Proxy-Authorization Basic: another local user the owner gave it to, a remote
+/proc/net/tcp and tcp6 where that cannot be asked); a client of the proxy's own uid is let
+in. Every other client must present the proxy credential (vaultcore.credential) as the
+password of Proxy-Authorization Basic: another local user the owner gave it to, a remote
 client, any client on another OS, and every client of a proxy that listens beyond loopback
 (there a connection of the owner's uid may be forwarded for someone else, by ssh -R or a
 container runtime). Modes without Proxy-Authorization (socks5, reverse...) only let the owner
@@ -15,7 +16,6 @@ CONNECT tunnel, and the header never goes upstream.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 import sys
@@ -33,7 +33,7 @@ from mitmproxy.utils.human import format_address
 
 from vaultcore.credential import CREDENTIAL_FILE, ensure_credential
 from vaultcore.index import is_loopback
-from vaultcore.sockdiag import tcp_owner
+from vaultcore.sockdiag import plain_ip, tcp_owner
 from vaultcore.store import VaultError
 from vaultcore.vault import home_from_option
 from vaultproxy.rewrite import drop_header
@@ -57,9 +57,7 @@ def kernel_forms(address: Address, byteorder: Literal["little", "big"] = sys.byt
     """`address` as /proc/net/tcp{,6} print it: each 32-bit word of the IP as a native-endian
     hex number, a colon, the port in hex. An IPv4 address is in tcp, or IPv4-mapped
     (::ffff:127.0.0.1) in tcp6 for an IPv6 socket; a mapped one is the same IPv4 address."""
-    ip = ipaddress.ip_address(address[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    ip = plain_ip(address[0])
     packed_forms = [ip.packed, IPV4_MAPPED_PREFIX + ip.packed] if ip.version == 4 else [ip.packed]
     return {
         "".join(f"{int.from_bytes(packed[i : i + 4], byteorder):08X}" for i in range(0, len(packed), 4))
@@ -82,8 +80,8 @@ def socket_uid(table: str, local: Address, remote: Address, byteorder: Literal["
 def client_uid(client: connection.Client) -> int | None:
     """The uid of the local process at the other end of `client`: the owner of the socket
     whose local address is the client's peername and whose remote address is the proxy's
-    sockname. None for a client that is not on loopback TCP, or where /proc has no such row
-    (another OS, a client that has already closed): such a client needs the credential."""
+    sockname. None for a client that is not on loopback TCP, on another OS, or no longer
+    connected: such a client needs the credential."""
     if client.transport_protocol != "tcp" or not is_loopback(client.peername[0]):
         return None
     try:
