@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -51,7 +52,7 @@ class AuditLog:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._buffer: list[str] = []
 
-    def record(self, request: http.Request, path: str, keys: list[str], outcome: str, reason: str = "") -> None:
+    def record(self, request: http.Request, path: str, keys: Sequence[str], outcome: str, reason: str = "") -> None:
         """`path` is the request's path as the client sent it (placeholders, not values);
         `reason` (the console's only) why it was refused."""
         what = (request.method, request.host, path.split("?", 1)[0], tuple(keys), outcome)

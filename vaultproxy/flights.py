@@ -66,7 +66,17 @@ class Flights:
     def remember(self, flow: http.HTTPFlow, rewrite: Rewrite, index: SecretIndex, *, streamed_body: bool = False) -> None:
         """Keep the parts `rewrite` (or, for a streamed body, the re-framing) will change."""
         request = flow.request
-        original = self._original(flow)
+        original = self._requests.get(flow.id)
+        if original is None:  # the common case: one change per request, kept in one step
+            self._requests[flow.id] = Original(
+                flow,
+                request.path if rewrite.path is not None else None,
+                request.headers.fields if rewrite.fields is not None or streamed_body else None,
+                request.raw_content if rewrite.content is not None else None,
+                list(rewrite.keys),
+                index,
+            )
+            return
         original.index = index
         if rewrite.path is not None and original.path is None:
             original.path = request.path
@@ -74,10 +84,7 @@ class Flights:
             original.fields = request.headers.fields
         if rewrite.content is not None and original.raw_content is None:
             original.raw_content = request.raw_content
-        if original.keys:
-            original.keys.extend(k for k in rewrite.keys if k not in original.keys)
-        else:
-            original.keys = list(rewrite.keys)
+        original.keys.extend(k for k in rewrite.keys if k not in original.keys)
 
     def track_stream(self, flow: http.HTTPFlow, substituter: StreamSubstituter) -> None:
         self._original(flow).stream = substituter

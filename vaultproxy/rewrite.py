@@ -8,7 +8,7 @@ may hold placeholders, once, with one cheap check per part (`mentions_placeholde
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from mitmproxy import connection, http, websocket
@@ -39,19 +39,14 @@ def body_context(content_type: str) -> Context:
     return Context.RAW
 
 
-@dataclass
-class Rewrite:
-    """The new parts of a request, computed but not yet applied."""
+class Rewrite(NamedTuple):
+    """The new parts of a request, computed but not yet applied (a tuple: one is built for
+    every request that uses a secret)."""
 
     path: str | None = None
     fields: tuple[tuple[bytes, bytes], ...] | None = None
     content: bytes | None = None
-    keys: list[str] = field(default_factory=list)
-
-    def _add(self, keys: list[str]) -> None:
-        for key in keys:
-            if key not in self.keys:
-                self.keys.append(key)
+    keys: Sequence[str] = ()
 
     def apply(self, request: http.Request) -> None:
         if self.path is not None:
@@ -131,27 +126,30 @@ class Resolver(Protocol):
 def rewrite_request(request: http.Request, plan: Plan, resolver: Resolver, budget: Budget) -> Rewrite:
     """Resolve the parts `plan` found: URL (path and query), header values and the decoded
     body; together they may grow by `budget` at most."""
-    rewrite = Rewrite()
+    path = fields = content = None
+    keys: list[str] = []
     if plan.path:
-        path, keys = resolver.resolve(request.path, Context.URL, budget)
-        if keys:
-            rewrite.path = path
-            rewrite._add(keys)
+        resolved_path, used = resolver.resolve(request.path, Context.URL, budget)
+        if used:
+            path, keys = resolved_path, used
     if plan.headers:
-        fields = request.headers.fields
-        values, keys = resolver.resolve_all(tuple([fields[i][1] for i in plan.headers]), Context.HEADER, budget)
-        if keys:
-            new_fields = list(fields)
+        old_fields = request.headers.fields
+        values, used = resolver.resolve_all(tuple([old_fields[i][1] for i in plan.headers]), Context.HEADER, budget)
+        if used:
+            new_fields = list(old_fields)
             for i, value in zip(plan.headers, values):
-                new_fields[i] = (fields[i][0], value)
-            rewrite.fields = tuple(new_fields)
-            rewrite._add(keys)
+                new_fields[i] = (old_fields[i][0], value)
+            fields, keys = tuple(new_fields), _merged(keys, used)
     if plan.body is not None:
-        content, keys = resolver.resolve(plan.body, body_context(request.headers.get("content-type", "")), budget)
-        if keys:
-            rewrite.content = content
-            rewrite._add(keys)
-    return rewrite
+        resolved_body, used = resolver.resolve(plan.body, body_context(request.headers.get("content-type", "")), budget)
+        if used:
+            content, keys = resolved_body, _merged(keys, used)
+    return Rewrite(path, fields, content, keys)
+
+
+def _merged(keys: list[str], more: list[str]) -> list[str]:
+    """`keys` then those of `more` not among them (each list holds a key once)."""
+    return list(dict.fromkeys(keys + more)) if keys else more
 
 
 def streamable(request: http.Request) -> bool:
