@@ -9,6 +9,7 @@ median of per-round ratios, which cancels most of the drift between rounds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -56,7 +57,62 @@ def median(values: Sequence[float]) -> float:
 
 def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
     """Median of the per-round ratios: each pair was measured moments apart."""
-    return median([n / d for n, d in zip(numerators, denominators, strict=True) if d])
+    return paired(numerators, denominators).median
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The median of per-round ratios, and an interval that holds the median of the ratios
+    such rounds give with at least `coverage` probability. Two processes of one configuration
+    differ by several per cent on this kind of host (the proxy section's control), as much as
+    the margins of some bars: a bar inside the interval is not decided by the run."""
+
+    median: float
+    low: float
+    high: float
+    coverage: float
+
+    def verdict(self, bar: float) -> bool | None:
+        """Whether the ratio is at least `bar`: True or False when the whole interval says
+        so, None (undecided) when the bar lies inside it."""
+        if self.low >= bar:
+            return True
+        if self.high < bar:
+            return False
+        return None
+
+    def __str__(self) -> str:
+        # Too few rounds for CONFIDENCE (a quick run's 3): the whole range, and what it covers.
+        shortfall = f", {self.coverage:.0%}" if self.coverage < CONFIDENCE else ""
+        return f"{self.median:.3f} [{self.low:.3f}-{self.high:.3f}{shortfall}]"
+
+
+CONFIDENCE = 0.95
+
+
+def paired(numerators: Sequence[float], denominators: Sequence[float]) -> Estimate:
+    """The per-round ratios' median and its interval (`median_interval`)."""
+    ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d]
+    return Estimate(median(ratios), *median_interval(ratios))
+
+
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """A distribution-free interval for the median: the k-th smallest and k-th largest of
+    `values`, with k the largest whose interval still covers the median with probability
+    `confidence` (the number of values below the median is binomial, n and 1/2, whatever the
+    distribution). Returns (low, high, coverage); with too few values for `confidence` (fewer
+    than 6 at 95%) the whole range, and the lower coverage it has."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return math.nan, math.nan, 0.0
+    def coverage(k: int) -> float:  # of the k-th smallest to the k-th largest: 1 - 2 P(Bin(n, 1/2) < k)
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k < (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -285,12 +341,12 @@ def profile(operation: Callable[[], object], repeat: int = 1, lines: int = 40) -
 
 @dataclass(frozen=True)
 class Target:
-    """One figure the brief sets a bar for."""
+    """One figure the brief sets a bar for; `met` None: the run cannot tell (`Estimate.verdict`)."""
 
     name: str
     measured: str
     bar: str
-    met: bool
+    met: bool | None
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -303,7 +359,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def targets_table(targets: Sequence[Target]) -> str:
     return table(
         ("target", "measured", "bar", "met"),
-        [(t.name, t.measured, t.bar, "yes" if t.met else "**NO**") for t in targets],
+        [(t.name, t.measured, t.bar, {True: "yes", False: "**NO**", None: "undecided"}[t.met]) for t in targets],
     )
 
 
@@ -333,7 +389,7 @@ def write_results(results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = RESULTS_DIR / f"bench-{stamp}.json"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    json_path.write_text(json.dumps(results, indent=2, default=dataclasses.asdict) + "\n")  # Estimates
     md_path = json_path.with_suffix(".md")
     md_path.write_text(markdown + "\n")
     return json_path, md_path

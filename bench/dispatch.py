@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from bench.common import alternate, bench_helper, median, pinned_to
+from bench.common import alternate, bench_helper, median, median_interval, pinned_to
 from tests.support.env import child_env
 
 CYCLES = 100  # requests per sample: short samples, finely interleaved, cancel the machine's drift
@@ -198,10 +198,12 @@ def run(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, rounds: in
 
         alternate(list(configs), 1, measure)  # warm-up, not recorded
         samples = alternate(list(configs), rounds, measure)
-    added = {name: median([x - a for x, a in zip(values, samples["a"])]) for name, values in samples.items() if name != "a"}
+    added = {name: [x - a for x, a in zip(values, samples["a"])] for name, values in samples.items() if name != "a"}
     return {
         "cycles_per_sample": CYCLES, "samples_us": samples,
-        "median_us": {name: median(values) for name, values in samples.items()}, "added_us": added,
+        "median_us": {name: median(values) for name, values in samples.items()},
+        "added_us": {name: median(differences) for name, differences in added.items()},
+        "added_interval_us": {name: median_interval(differences)[:2] for name, differences in added.items()},
     }
 
 

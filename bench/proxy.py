@@ -39,7 +39,7 @@ from typing import Any
 
 from bench import dispatch, hooks, refreshing
 from bench.common import (
-    REPO, Child, CpuPlan, Target, alternate, bench_helper, median, paired_ratio, pinned_to, sched_seconds, table,
+    REPO, Child, CpuPlan, Estimate, Target, alternate, bench_helper, median, paired, pinned_to, sched_seconds, table,
 )
 from bench.profiled_mitmdump import START_SIGNAL, STOP_SIGNAL
 from tests.support.env import child_env
@@ -333,27 +333,27 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
             raise RuntimeError(f"a mitmdump exited during the run: see the logs in {workdir}")
         summary = summarize(samples)
         idle = refreshing.idle_cpu({"addon": processes["addon"], "scaled": processes["scaled"]}, settings["idle_seconds"])
-        f_over_b = paired_ratio([s["rps"] for s in samples["f"]], [s["rps"] for s in samples["b"]])
-        g_over_c = paired_ratio([s["rps"] for s in samples["g"]], [s["rps"] for s in samples["c"]])
-        c_over_d = paired_ratio([s["rps"] for s in samples["c"]], [s["rps"] for s in samples["d"]])
-        c_over_d_cpu = paired_ratio([s["cpu_us_per_request"] for s in samples["d"]], [s["cpu_us_per_request"] for s in samples["c"]])
+        f_over_b = paired([s["rps"] for s in samples["f"]], [s["rps"] for s in samples["b"]])
+        g_over_c = paired([s["rps"] for s in samples["g"]], [s["rps"] for s in samples["c"]])
+        c_over_d = paired([s["rps"] for s in samples["c"]], [s["rps"] for s in samples["d"]])
+        c_over_d_cpu = paired([s["cpu_us_per_request"] for s in samples["d"]], [s["cpu_us_per_request"] for s in samples["c"]])
         targets = [
-            Target("proxy: b/a req/s (addon, no placeholders)", f"{summary['b']['ratio']:.3f} (CPU: {summary['b']['cpu_ratio']:.3f})", ">= 0.97", summary["b"]["ratio"] >= 0.97),
-            Target("proxy: c/a req/s (3 header placeholders)", f"{summary['c']['ratio']:.3f} (CPU: {summary['c']['cpu_ratio']:.3f})", ">= 0.95", summary["c"]["ratio"] >= 0.95),
-            Target("proxy: c/d req/s (vs modify_headers)", f"{c_over_d:.3f} (CPU: {c_over_d_cpu:.3f})", ">= 1.0", c_over_d >= 1.0),
-            Target("proxy: f/b req/s (10,000 secrets, 1,000 auto-refreshed)", f"{f_over_b:.3f}", ">= 0.95 (noise)", f_over_b >= 0.95),
-            Target("proxy: g/c req/s (10,000 secrets, 1,000 auto-refreshed)", f"{g_over_c:.3f}", ">= 0.95 (noise)", g_over_c >= 0.95),
+            ratio_target("proxy: b/a req/s (addon, no placeholders)", summary["b"]["ratio"], summary["b"]["cpu_ratio"], 0.97),
+            ratio_target("proxy: c/a req/s (3 header placeholders)", summary["c"]["ratio"], summary["c"]["cpu_ratio"], 0.95),
+            ratio_target("proxy: c/d req/s (vs modify_headers)", c_over_d, c_over_d_cpu, 1.0),
+            ratio_target("proxy: f/b req/s (10,000 secrets, 1,000 auto-refreshed)", f_over_b, None, 0.95),
+            ratio_target("proxy: g/c req/s (10,000 secrets, 1,000 auto-refreshed)", g_over_c, None, 0.95),
         ]
         in_process = hooks.run(home, f"{LOOPBACK}:{upstream.port}", PLACEHOLDER_HEADERS, modify_headers_specs(), settings["hook_rounds"])
         in_dispatch = {name: (c.process, c.placeholders) for name, c in CONFIGS.items() if c.process in dispatch.PROCESSES}
         dispatched = dispatch.run(workdir / "dispatch", home, plan.proxy, settings["dispatch_rounds"], in_dispatch)
         profile = None
-        if not all(t.met for t in targets) and importlib.util.find_spec("pyinstrument"):
+        if not all(t.met is True for t in targets) and importlib.util.find_spec("pyinstrument"):
             profile = addon_profile(workdir / "profile", home, upstream.port, plan, loadgen, connections, settings["profile_seconds"])
 
     rows = [
-        (name, CONFIGS[name].label, f"{s['rps']:.0f}", f"{s['ratio']:.3f}", f"{s['ratio_min']:.2f}-{s['ratio_max']:.2f}",
-         f"{s['cpu_us']:.0f}", f"{s['cpu_ratio']:.3f}", f"{s['busy']:.0%}", f"{s['cpu_wait']:.0%}",
+        (name, CONFIGS[name].label, f"{s['rps']:.0f}", str(s["ratio"]), f"{s['ratio_min']:.2f}-{s['ratio_max']:.2f}",
+         f"{s['cpu_us']:.0f}", str(s["cpu_ratio"]), f"{s['busy']:.0%}", f"{s['cpu_wait']:.0%}",
          f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['p50_added_ms']:+.2f}", f"{s['p99_added_ms']:+.2f}", s["errors"])
         for name, s in summary.items()
     ]
@@ -361,15 +361,16 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
         "### 1. Proxy throughput and latency\n\n"
         f"{loadgen}, {connections} keep-alive connections, {settings['rounds']} rounds of {seconds:g} s per configuration "
         f"({'/'.join(CONFIGS)} alternating), {plan.describe()}. Medians over rounds; \"vs a\" = median of the per-round "
-        "ratios (range: lowest-highest round); \"CPU vs a\" = a's mitmdump CPU time per request over this one's, "
+        "ratios, with the interval that holds their median with 95% confidence (distribution-free: bench.common.median_interval), "
+        "a bar inside it is undecided by the run (range: lowest-highest round); \"CPU vs a\" = a's mitmdump CPU time per request over this one's, "
         "the same comparison in CPU time, which other load on the machine disturbs far less; \"busy\" = mitmdump's "
         "CPU time over wall time (near 100%: the proxy is the bottleneck), \"CPU wait\" = time it was runnable but "
         "waiting for its CPU (other work on the machine); \"+p50\", \"+p99\" = the latency added over plain mitmdump "
         "(a), the median of per-round differences.\n\n"
         + table(("", "configuration", "req/s", "vs a", "range", "CPU µs/req", "CPU vs a", "busy", "CPU wait", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "errors"), rows)
-        + f"\n\nc / d (vaultproxy vs mitmproxy's own modify_headers): {c_over_d:.3f} in req/s, {c_over_d_cpu:.3f} in CPU time per request."
+        + f"\n\nc / d (vaultproxy vs mitmproxy's own modify_headers): {c_over_d} in req/s, {c_over_d_cpu} in CPU time per request."
         + f"\n\nAuto-refresh (f, g: {refreshing.LOCAL:,} local secrets and {refreshing.REFRESHED:,} AWS secrets under "
-        f"`refresh: {refreshing.REFRESH_SECONDS}s`): f / b {f_over_b:.3f}, g / c {g_over_c:.3f} in req/s. With no request "
+        f"`refresh: {refreshing.REFRESH_SECONDS}s`): f / b {f_over_b}, g / c {g_over_c} in req/s. With no request "
         f"arriving, for {settings['idle_seconds']:g} s, that proxy used {idle['scaled'] * 1000:.1f} ms of CPU per second "
         f"(the refresher: batched fetches, vault writes, the reloads they cause), the one with 3 secrets "
         f"{idle['addon'] * 1000:.1f} ms."
@@ -385,9 +386,10 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
         + "\n\nThe same configurations in process, with mitmproxy's dispatch (bench/dispatch.py: each in a process of its "
         "own, the addon chain mitmdump builds, a request's four hooks and the `update` after each dispatched to every "
         f"addon, no network; {dispatched['cycles_per_sample']} requests per sample, {settings['dispatch_rounds']} samples "
-        "alternating, CPU time; \"added\" = the median of the per-round differences from a):\n\n"
+        "alternating, CPU time; \"added\" = the median of the per-round differences from a, and the interval that holds "
+        "it with 95% confidence):\n\n"
         + table(("", "configuration", "µs per request", "added over a, µs"), [
-            (name, CONFIGS[name].label, f"{dispatched['median_us'][name]:.0f}", f"{dispatched['added_us'][name]:+.1f}" if name != "a" else "")
+            (name, CONFIGS[name].label, f"{dispatched['median_us'][name]:.0f}", added_over_a(dispatched, name) if name != "a" else "")
             for name in in_dispatch
         ])
         + f"\n\nc adds {dispatched['added_us']['c'] - dispatched['added_us']['d']:+.1f} µs per request more than d in process "
@@ -412,6 +414,17 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
     return results, markdown, targets
 
 
+def added_over_a(dispatched: Mapping[str, Any], name: str) -> str:
+    low, high = dispatched["added_interval_us"][name]
+    return f"{dispatched['added_us'][name]:+.1f} [{low:+.1f} to {high:+.1f}]"
+
+
+def ratio_target(name: str, ratio: Estimate, cpu_ratio: Estimate | None, bar: float) -> Target:
+    """A bar on a req/s ratio: met or missed when its whole interval says so, else undecided."""
+    measured = f"{ratio}" + (f" (CPU: {cpu_ratio})" if cpu_ratio is not None else "")
+    return Target(name, measured, f">= {bar:g}", ratio.verdict(bar))
+
+
 def summarize(samples: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     base_rps = [s["rps"] for s in samples["a"]]
     base_cpu = [s["cpu_us_per_request"] for s in samples["a"]]
@@ -422,11 +435,11 @@ def summarize(samples: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str
         per_round = [x / a for x, a in zip(rps, base_rps)]
         summary[name] = {
             "rps": median(rps),
-            "ratio": paired_ratio(rps, base_rps),
+            "ratio": paired(rps, base_rps),
             "ratio_min": min(per_round),
             "ratio_max": max(per_round),
             "cpu_us": median([s["cpu_us_per_request"] for s in runs]),
-            "cpu_ratio": paired_ratio(base_cpu, [s["cpu_us_per_request"] for s in runs]),
+            "cpu_ratio": paired(base_cpu, [s["cpu_us_per_request"] for s in runs]),
             "busy": median([s["busy"] for s in runs]),
             "cpu_wait": median([s["cpu_wait"] for s in runs]),
             "p50_ms": median([s["p50_ms"] for s in runs]),
