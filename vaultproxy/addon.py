@@ -23,6 +23,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from mitmproxy import command, connection, ctx, exceptions, http, websocket
 from mitmproxy.addonmanager import Loader
@@ -64,6 +65,16 @@ def live(flow: http.HTTPFlow, replays: weakref.WeakSet[http.HTTPFlow]) -> bool:
     flows another addon already answered or killed, not replays other than this proxy's own
     retries of rejected requests)."""
     return flow.live and (not flow.is_replay or flow in replays) and flow.response is None and flow.error is None
+
+
+K, V, D = TypeVar("K"), TypeVar("V"), TypeVar("D")
+
+
+def weakly_held(mapping: weakref.WeakKeyDictionary[K, V], key: K, default: D) -> V | D:
+    """`mapping.get(key, default)` for a mapping that is nearly always empty (flows answered,
+    retried or reached by a name this proxy does not serve): a lookup makes a weak reference
+    of the key, about a microsecond on every request; asking for its length does not."""
+    return mapping.get(key, default) if mapping else default
 
 
 # UIs and options that show or record flows (and so values) before placeholders are put back.
@@ -475,7 +486,7 @@ class VaultProxy:
     def index_for(self, flow: http.HTTPFlow) -> SecretIndex:
         """The index `flow` resolves from: the vault's, or for a retry with a rotation's
         pending version, the vault's with that version laid over it."""
-        return self.retrier.overlays.get(flow, self.index)
+        return weakly_held(self.retrier.overlays, flow, self.index)
 
     @command.command("vault.status")
     def status(self) -> Sequence[str]:
@@ -711,7 +722,7 @@ class Substitution:
 
     def _lookup_for(self, flow: http.HTTPFlow) -> guard.RequestLookup:
         proxy = self.proxy
-        return guard.lookup_for(flow, self.scopes, proxy.index_for(flow), proxy.settings, unserved=proxy.unserved.get(flow))
+        return guard.lookup_for(flow, self.scopes, proxy.index_for(flow), proxy.settings, unserved=weakly_held(proxy.unserved, flow, None))
 
     def _literal_on_refusal(self, flow: http.HTTPFlow, lookup: Lookup) -> Lookup:
         """For a streamed body, whose start has already left: a refused key stays a literal
