@@ -21,6 +21,7 @@ from vaultcore.placeholders import (
     MARKER_STR,
     MAX_PLACEHOLDER_LEN,
     PERCENT_CONTEXTS,
+    Budget,
     Context,
     Reference,
     StreamSubstituter,
@@ -103,6 +104,27 @@ def test_non_placeholders_pass_through(text: str) -> None:
             assert find_references(data, context) == []
             out, keys = substitute(data, context, lookup)
             assert out is data and keys == []
+
+
+def test_the_growth_budget_counts_what_a_text_grows_by_in_all() -> None:
+    """Values shorter than their placeholders make room for longer ones; past the budget the
+    refusal names the key whose value crossed it, and the text is not substituted."""
+    values = {"short": b"x" * 5, "long": b"y" * 50}
+    text = b"<<vault:short>> <<vault:long>> <<vault:short>>"  # grows by -10 + 36 - 10 = 16
+    budget = Budget(16)
+    assert resolve(text, Context.RAW, values.get, budget) == (b"xxxxx " + b"y" * 50 + b" xxxxx", ["short", "long"])
+    assert budget.left == 0
+    with pytest.raises(SubstitutionError) as refused:
+        resolve(text, Context.RAW, values.get, Budget(15))
+    assert refused.value.code == "too_large" and refused.value.key == "long"
+
+
+def test_a_streamed_body_spends_one_budget_across_its_chunks() -> None:
+    stream = StreamSubstituter(Context.RAW, {"long": b"y" * 50}.get, Budget(60))
+    assert stream.feed(b"a <<vault:long>> b ") == b"a " + b"y" * 50 + b" b "  # +36 of 60
+    with pytest.raises(SubstitutionError) as refused:
+        stream.feed(b"<<vault:long>> c")  # +36 more: the same placeholder, rendered before
+    assert refused.value.code == "too_large" and refused.value.key == "long"
 
 
 def test_nested_placeholder_inner_is_valid_outer_is_literal() -> None:
