@@ -9,7 +9,6 @@ median of per-round ratios, which cancels most of the drift between rounds.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import math
@@ -22,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -55,9 +54,17 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+CONFIDENCE = 0.95  # of every interval reported beside a median
+
+
+def per_round_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """Each round's ratio: each pair was measured moments apart."""
+    return [n / d for n, d in zip(numerators, denominators, strict=True) if d]
+
+
 def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
-    """Median of the per-round ratios: each pair was measured moments apart."""
-    return paired(numerators, denominators).median
+    """Median of the per-round ratios."""
+    return median(per_round_ratios(numerators, denominators))
 
 
 @dataclass(frozen=True)
@@ -82,17 +89,18 @@ class Estimate:
         return None
 
     def __str__(self) -> str:
-        # Too few rounds for CONFIDENCE (a quick run's 3): the whole range, and what it covers.
-        shortfall = f", {self.coverage:.0%}" if self.coverage < CONFIDENCE else ""
-        return f"{self.median:.3f} [{self.low:.3f}-{self.high:.3f}{shortfall}]"
+        return f"{self.median:.3f} [{self.low:.3f}-{self.high:.3f}{shortfall(self.coverage)}]"
 
 
-CONFIDENCE = 0.95
+def shortfall(coverage: float) -> str:
+    """What an interval says of itself when too few rounds (a quick run's 3) cannot give
+    CONFIDENCE: it is the whole range, and covers this much."""
+    return f", {coverage:.0%}" if coverage < CONFIDENCE else ""
 
 
 def paired(numerators: Sequence[float], denominators: Sequence[float]) -> Estimate:
     """The per-round ratios' median and its interval (`median_interval`)."""
-    ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d]
+    ratios = per_round_ratios(numerators, denominators)
     return Estimate(median(ratios), *median_interval(ratios))
 
 
@@ -106,6 +114,7 @@ def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> 
     n = len(ordered)
     if n == 0:
         return math.nan, math.nan, 0.0
+
     def coverage(k: int) -> float:  # of the k-th smallest to the k-th largest: 1 - 2 P(Bin(n, 1/2) < k)
         return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
 
@@ -389,7 +398,7 @@ def write_results(results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = RESULTS_DIR / f"bench-{stamp}.json"
-    json_path.write_text(json.dumps(results, indent=2, default=dataclasses.asdict) + "\n")  # Estimates
+    json_path.write_text(json.dumps(results, indent=2, default=asdict) + "\n")  # Estimates
     md_path = json_path.with_suffix(".md")
     md_path.write_text(markdown + "\n")
     return json_path, md_path

@@ -203,7 +203,7 @@ def run(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, rounds: in
         "cycles_per_sample": CYCLES, "samples_us": samples,
         "median_us": {name: median(values) for name, values in samples.items()},
         "added_us": {name: median(differences) for name, differences in added.items()},
-        "added_interval_us": {name: median_interval(differences)[:2] for name, differences in added.items()},
+        "added_interval_us": {name: median_interval(differences) for name, differences in added.items()},  # (low, high, coverage)
     }
 
 

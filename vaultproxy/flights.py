@@ -70,11 +70,11 @@ class Flights:
         if original is None:  # the common case: one change per request, kept in one step
             self._requests[flow.id] = Original(
                 flow,
-                request.path if rewrite.path is not None else None,
-                request.headers.fields if rewrite.fields is not None or streamed_body else None,
-                request.raw_content if rewrite.content is not None else None,
-                list(rewrite.keys),
-                index,
+                path=request.path if rewrite.path is not None else None,
+                fields=request.headers.fields if rewrite.fields is not None or streamed_body else None,
+                raw_content=request.raw_content if rewrite.content is not None else None,
+                keys=list(rewrite.keys),
+                index=index,
             )
             return
         original.index = index

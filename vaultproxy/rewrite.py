@@ -46,6 +46,8 @@ class Rewrite(NamedTuple):
     path: str | None = None
     fields: tuple[tuple[bytes, bytes], ...] | None = None
     content: bytes | None = None
+    # Often the very list a guard.Scope keeps for the next request to the same destination:
+    # never mutated (Flights copies it).
     keys: Sequence[str] = ()
 
     def apply(self, request: http.Request) -> None:
