@@ -11,7 +11,7 @@ the two: the configurations of section 1 (a, a2, b, c, d, e), each mitmdump of s
 a process of its own (b and c share one, as there) pinned to the proxy's CPU, sampled in
 alternation, in CPU time of the process's thread.
 
-    python -m bench.dispatch PROCESS VAULT_HOME CONFDIR    (a sampler; bench/proxy.py runs them)
+    python -m bench.dispatch PROCESS VAULT_HOME CONFDIR [narrow]    (a sampler; bench/proxy.py runs them)
 
 A sampler builds its mitmdump, then answers each line "headers" or "plain" on stdin with the
 µs per request of CYCLES requests (with or without the three placeholder headers) on stdout.
@@ -128,9 +128,41 @@ async def check_resolves(master: Any, client: Any) -> None:
         raise RuntimeError("the addon's dispatch sampler did not resolve the placeholders")
 
 
-async def serve(process: str, vault_home: Path, confdir: Path) -> None:
+def narrow_dispatch() -> None:
+    """A what-if, for this bench only (docs/benchmarks.md): mitmproxy's addon manager as it
+    would be if it offered each event only to the addon objects that define its hook. Today
+    `AddonManager.trigger_event` walks every addon of the chain for every event, each through a
+    coroutine, a generator-based context manager and two generators, whether or not it has the
+    hook. Here the hooks of each event are listed once per chain (the sampler's chain is built
+    once; a chain that changes length is listed again) and each runs as mitmproxy runs it:
+    in `safecall`, awaited when it returns an awaitable, an AddonHalt ending the event."""
+    import inspect
+
+    from mitmproxy import addonmanager, exceptions, hooks
+
+    async def trigger_event(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
+        listed = self.__dict__.setdefault("_bench_hooks", {})
+        key = (event.name, len(self.chain))
+        if (handlers := listed.get(key)) is None:
+            handlers = listed[key] = [func for addon in self.chain for _, func in self._iter_hooks(addon, event)]
+        args = event.args()
+        for func in handlers:
+            try:
+                with addonmanager.safecall():
+                    result = func(*args)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+            except exceptions.AddonHalt:
+                return
+
+    addonmanager.AddonManager.trigger_event = trigger_event  # type: ignore[method-assign]
+
+
+async def serve(process: str, vault_home: Path, confdir: Path, narrow: bool) -> None:
     from bench.proxy import PLACEHOLDER_HEADERS
 
+    if narrow:
+        narrow_dispatch()
     master = await build_master(process, vault_home, confdir)
     client = bench_client(master)
     if process == "addon":
@@ -145,7 +177,9 @@ async def serve(process: str, vault_home: Path, confdir: Path) -> None:
 
 
 @contextlib.contextmanager
-def samplers(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, processes: Iterable[str]) -> Iterator[dict[str, subprocess.Popen[str]]]:
+def samplers(
+    workdir: Path, vault_home: Path, cpus: frozenset[int] | None, processes: Iterable[str], narrow: bool,
+) -> Iterator[dict[str, subprocess.Popen[str]]]:
     """One sampler process for each of `processes`, each stopped on the way out."""
     started: dict[str, subprocess.Popen[str]] = {}
     logs: list[IO[bytes]] = []
@@ -154,7 +188,7 @@ def samplers(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, proce
             log = (workdir / f"dispatch-{process}.log").open("ab")
             logs.append(log)
             started[process] = child = subprocess.Popen(
-                [*bench_helper("dispatch"), process, str(vault_home), str(workdir / "confdir")],
+                [*bench_helper("dispatch"), process, str(vault_home), str(workdir / "confdir"), *(["narrow"] if narrow else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                 env=child_env(home=workdir / "home"), preexec_fn=pinned_to(cpus),
             )
@@ -183,14 +217,18 @@ def sample(child: subprocess.Popen[str], headers: bool) -> float:
     return float(answer)
 
 
-def run(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, rounds: int, configs: Mapping[str, tuple[str, bool]]) -> dict[str, Any]:
+def run(
+    workdir: Path, vault_home: Path, cpus: frozenset[int] | None, rounds: int, configs: Mapping[str, tuple[str, bool]],
+    *, narrow: bool = False,
+) -> dict[str, Any]:
     """µs per request of each of `configs` (name -> its process, whether its requests carry
     the placeholder headers; "a" among them), and what each adds over a (the median of the
-    per-round differences), over `rounds` alternating samples after one of warm-up."""
+    per-round differences), over `rounds` alternating samples after one of warm-up.
+    `narrow`: with mitmproxy's dispatch as `narrow_dispatch` makes it."""
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "vault"  # a copy: a running addon writes its proxy.json into its home
     shutil.copytree(vault_home, home, dirs_exist_ok=True)
-    with samplers(workdir, home, cpus, dict.fromkeys(process for process, _ in configs.values())) as started:
+    with samplers(workdir, home, cpus, dict.fromkeys(process for process, _ in configs.values()), narrow) as started:
 
         def measure(name: str) -> float:
             process, headers = configs[name]
@@ -208,4 +246,4 @@ def run(workdir: Path, vault_home: Path, cpus: frozenset[int] | None, rounds: in
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])))
+    asyncio.run(serve(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:] == ["narrow"]))
