@@ -119,6 +119,24 @@ def test_the_growth_budget_counts_what_a_text_grows_by_in_all() -> None:
     assert refused.value.code == "too_large" and refused.value.key == "long"
 
 
+def test_a_text_past_the_budget_is_refused_before_the_rest_is_looked_up() -> None:
+    """Each spelling of a placeholder (percent-encoded in any case) is rendered on its own: a
+    hostile form body of many spellings must not make a copy of the value for each before the
+    budget refuses it."""
+    spellings = [f"{a}{b}vault{colon}big{c}{d}" for a in ("%3C", "%3c") for b in ("%3C", "%3c")
+                 for colon in ("%3A", "%3a") for c in ("%3E", "%3e") for d in ("%3E", "%3e")]
+    looked_up: list[str] = []
+
+    def lookup(key: str) -> str:
+        looked_up.append(key)
+        return "v" * 1000
+
+    with pytest.raises(SubstitutionError) as refused:
+        resolve("&".join(f"f{i}={s}" for i, s in enumerate(spellings)), Context.FORM, lookup, Budget(1500))
+    assert refused.value.code == "too_large" and refused.value.key == "big"
+    assert len(spellings) == 32 and len(looked_up) <= 3  # the third is past any shrinking the rest could do
+
+
 def test_a_streamed_body_spends_one_budget_across_its_chunks() -> None:
     stream = StreamSubstituter(Context.RAW, {"long": b"y" * 50}.get, Budget(60))
     assert stream.feed(b"a <<vault:long>> b ") == b"a " + b"y" * 50 + b" b "  # +36 of 60

@@ -17,10 +17,11 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, overload
+from typing import NoReturn, TypeVar, overload
 from urllib.parse import quote, quote_from_bytes, quote_plus, unquote_plus
 
 MARKER = b"<<vault:"
@@ -317,6 +318,13 @@ class Budget:
     def __init__(self, limit: int) -> None:
         self.limit = self.left = limit
 
+    def take(self, grown: int) -> bool:
+        """Spend `grown` if it fits; False, and nothing spent, if it does not."""
+        if grown > self.left:
+            return False
+        self.left -= grown
+        return True
+
     def spend(self, grown: int, key: str) -> None:
         self.left -= grown
         if self.left < 0:
@@ -363,9 +371,16 @@ class _Resolver:
         copied = grown = 0
         source = memoryview(data) if isinstance(data, bytes) else data
         rendered = self._rendered
+        # The growth is spent once, at the end. The rest of a text can shrink by at most its
+        # length, so once `grown + copied` passes `certain` the text is refused whatever
+        # follows; checked before each new rendering (each spelling of a placeholder has one of
+        # its own): a hostile text is refused before it makes more than a few.
+        certain = math.inf if self._budget is None else self._budget.left + (len(data) if end is None else end)
         for match in found:
             entry = rendered.get(match[0])
             if entry is None:
+                if grown + copied > certain:
+                    self._refuse_growth(found)
                 entry = rendered[match[0]] = self._render(match)
                 if entry[1] is not None:
                     self.keys_used[entry[0]] = None
@@ -375,23 +390,20 @@ class _Resolver:
                 add(entry[1])
                 copied = match.end()
         if pieces:
-            if self._budget is not None:
-                self._spend(grown, found)
+            if self._budget is not None and not self._budget.take(grown):
+                self._refuse_growth(found)
             add(source[copied:end])
         return pieces
 
-    def _spend(self, grown: int, found: list[re.Match]) -> None:
-        """Spend what `found` grew the text by, at once; past the budget, the refusal names
-        the key whose value crossed it (found again placeholder by placeholder)."""
+    def _refuse_growth(self, found: list[re.Match]) -> NoReturn:
+        """Past the budget: spend `found`'s placeholders one by one to name the key whose
+        value crossed it (the placeholders rendered so far are enough)."""
         assert self._budget is not None
-        if grown <= self._budget.left:
-            self._budget.left -= grown
-            return
-        for match in found:
-            key, out, growth = self._rendered[match[0]]
-            if out is not None:
-                self._budget.spend(growth, key)
-        raise AssertionError("the budget was overrun by these placeholders")
+        for match in found:  # the sum up to the last one rendered is past the budget
+            entry = self._rendered.get(match[0])
+            if entry is not None and entry[1] is not None:
+                self._budget.spend(entry[2], entry[0])
+        raise AssertionError("unreachable: these placeholders overran the budget")
 
 
 @overload

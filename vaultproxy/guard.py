@@ -202,7 +202,7 @@ class Scope:
     def resolve(self, data: Text, context: Context, lookup: Lookup, budget: Budget) -> tuple[Text, list[str]]:
         """`placeholders.resolve` through `lookup` (which answers as `value` does), or what it
         returned for the same short text before. A text kept is only reused while `budget`
-        holds its whole length: then no step of resolving it again could have overrun it."""
+        holds its whole length, more than it grew by: resolving it again would have fit."""
         kept = self._texts.get((data, context))
         if kept is not None:
             new, keys, grown = kept
