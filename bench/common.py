@@ -79,14 +79,11 @@ class Estimate:
     high: float
     coverage: float
 
-    def verdict(self, bar: float) -> bool | None:
-        """Whether the ratio is at least `bar`: True or False when the whole interval says
-        so, None (undecided) when the bar lies inside it."""
-        if self.low >= bar:
-            return True
-        if self.high < bar:
-            return False
-        return None
+    def verdict(self, bar: float, *, at_most: bool = False) -> bool | None:
+        """Whether the ratio is at least `bar` (or, `at_most`, at most): True or False when
+        the whole interval says so, None (undecided) when the bar lies inside it."""
+        met, missed = (self.high <= bar, self.low > bar) if at_most else (self.low >= bar, self.high < bar)
+        return True if met else False if missed else None
 
     def __str__(self) -> str:
         return f"{self.median:.3f} [{self.low:.3f}-{self.high:.3f}{shortfall(self.coverage)}]"
