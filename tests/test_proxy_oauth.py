@@ -37,6 +37,7 @@ from vaultcore.vault import Vault
 CLIENT_ID = "vaultproxy-e2e"
 CLIENT_SECRET = "FAKE-client-secret-oauth-e2e-41c7"
 TIMEOUT = 30
+STREAM_ABOVE = "1k"  # stream_large_bodies where a test needs a streamed request
 BEARER = {"Authorization": "<<vault:billing.token_type>> <<vault:billing>>"}
 
 
@@ -61,8 +62,8 @@ def token_source(home: Path, port: int, **fields: Any) -> None:
     (home / "tokens.yaml").write_text(json.dumps({"tokens": [source]}))
 
 
-def start(mitmdump: StartProxy, home: Path) -> MitmdumpProcess:
-    return mitmdump(env={"VAULTPROXY_HOME": str(home)}, hosts={"*.example.com": LOOPBACK})
+def start(mitmdump: StartProxy, home: Path, **options: str) -> MitmdumpProcess:
+    return mitmdump(env={"VAULTPROXY_HOME": str(home)}, hosts={"*.example.com": LOOPBACK}, options=options)
 
 
 def client_credentials(home: Path, authorization: AuthorizationServer, auth_method: str = "client_secret_basic") -> Vault:
@@ -264,6 +265,66 @@ def test_a_websocket_message_waits_for_its_token(
     token = str(message).removeprefix("token=")
     assert authorization.introspect(token) == {"client_id": CLIENT_ID, "scope": "read"}
     assert authorization.token_requests() == 1
+
+
+def streamed_upload(session: requests.Session, url: str, **headers: str) -> requests.Response:
+    """A JSON upload the proxy streams (STREAM_ABOVE), whose only placeholder is the token, in
+    its body: nothing in its head asks for a mint."""
+    body = json.dumps({"pad": "x" * 4096, "token": "<<vault:billing>>"}).encode()
+    return session.post(url + "/upload", data=body, headers={"Content-Type": "application/json", **headers}, timeout=TIMEOUT)
+
+
+def test_a_token_only_in_a_streamed_body_is_minted_before_the_body_leaves(
+    vault_home: Path, authorization: AuthorizationServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+) -> None:
+    """A streamed body is resolved as it leaves, when no mint can hold the request any more: the
+    tokens it could use are minted while its head waits, so the body carries a current one."""
+    client_credentials(vault_home, authorization)
+    proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
+
+    answer = streamed_upload(proxy.requests_session(), tls_upstream.url_for("api.example.com"))
+    assert answer.status_code == 200, answer.text
+    (received,) = tls_upstream.wait_for(1)
+    assert received.chunked  # streamed, and re-framed for the value
+    token = received.json()["token"]
+    assert authorization.introspect(token) == {"client_id": CLIENT_ID, "scope": "read"}
+    assert authorization.token_requests() == 1
+    assert [line["keys"] for line in audit_lines(vault_home, "/upload")] == [["billing"]]
+    assert token not in proxy.output() + audit_text(vault_home)
+
+
+def test_a_streamed_body_the_token_is_not_for_causes_no_mint(
+    vault_home: Path, authorization: AuthorizationServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+) -> None:
+    """Minting ahead asks what any lookup asks: another host, a page's origin the source does not
+    allow, a Host header that disagrees with the destination each get no token minted, and their
+    bodies keep the placeholder."""
+    client_credentials(vault_home, authorization)
+    session = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE).requests_session()
+    api = tls_upstream.url_for("api.example.com")
+
+    assert streamed_upload(session, tls_upstream.url_for("other.example.com")).status_code == 200
+    assert streamed_upload(session, api, Origin="https://evil.example.com").status_code == 200
+    assert streamed_upload(session, api, Host=f"other.example.com:{tls_upstream.port}").status_code == 200
+    received = tls_upstream.wait_for(3)
+    assert [request.json()["token"] for request in received] == ["<<vault:billing>>"] * 3
+    assert authorization.token_requests() == 0
+
+
+def test_a_streamed_body_whose_token_cannot_be_minted_still_goes_with_the_placeholder(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+) -> None:
+    """Minting ahead refuses nothing: the body may not use the token. If it does, that placeholder
+    stays literal, as a refused key in a streamed body does, and the log says why."""
+    Vault(vault_home).set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+    token_source(vault_home, free_port())  # nothing listens there
+    proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
+
+    assert streamed_upload(proxy.requests_session(), tls_upstream.url_for("api.example.com")).status_code == 200
+    (received,) = tls_upstream.wait_for(1)
+    assert received.json()["token"] == "<<vault:billing>>"
+    assert "could not mint token 'billing' ahead of a streamed body to api.example.com" in proxy.output()
+    assert "left 'billing' unresolved in a streamed body to api.example.com" in proxy.output()
 
 
 def test_status_shows_each_token_and_whether_tokens_yaml_loads(vault_home: Path, authorization: AuthorizationServer) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -615,9 +616,8 @@ class Substitution:
             if rules:
                 rewrite.drop_header(request, signing.MARKER)  # a marker no rule for this host took
             return None
-        return self.proxy.when_current(
-            lambda: self._substitute_and_sign(flow, plan, (rules, rule), streamed=streamed, stream_body=stream_body)
-        )
+        substitute = functools.partial(self._substitute_and_sign, flow, plan, (rules, rule), streamed=streamed, stream_body=stream_body)
+        return self.proxy.when_current(lambda: self._mint_ahead(flow, substitute) if stream_body else substitute())
 
     def _substitute_and_sign(
         self, flow: http.HTTPFlow, plan: rewrite.Plan | None, signer: tuple[tuple[Rule, ...], Rule | None], *,
@@ -655,6 +655,42 @@ class Substitution:
             self._refuse(flow, signing.cannot_sign(rule, e), self.proxy.flights.original_path(flow), streamed=streamed)
             return
         self._sign(flow, rule, aws, streamed=streamed)
+
+    def _mint_ahead(self, flow: http.HTTPFlow, then: Callable[[], Awaitable[None] | None]) -> Awaitable[None] | None:
+        """Before a streamed body: mint the tokens it could use that are due, then `then`. Its
+        placeholders are resolved as it leaves, when no mint can hold the request any more,
+        and a token asked for there would stay a literal placeholder. Only tokens this request
+        may receive are due: each is asked for as any placeholder is (its source's hosts and
+        origins, the request's own checks), so a hostile page or host causes no mint."""
+        if not self.proxy.token_sources:
+            return then()
+        try:
+            lookup = self._lookup_for(flow)
+        except SubstitutionError:
+            return then()  # refused whatever it holds: `then` says why
+        due = []
+        for source in self.proxy.token_sources.values():
+            access_key = source.keys()[0]
+            try:
+                lookup(access_key)
+            except SubstitutionError as e:
+                if e.code == MINT_NEEDED:
+                    due.append(access_key)
+        return self._mint_each(flow, due, then) if due else then()
+
+    async def _mint_each(self, flow: http.HTTPFlow, keys: list[str], then: Callable[[], Awaitable[None] | None]) -> None:
+        """Mint each of `keys`, then `then`. A mint that fails refuses nothing: the body may not
+        use that token, and where it does, the placeholder stays literal and is audited as a
+        refused key in a streamed body is."""
+        for key in keys:
+            try:
+                await self.proxy.mint(key)
+            except SubstitutionError as e:
+                logger.warning(f"vaultproxy: could not mint token {key!r} ahead of a streamed body to {flow.request.host}: {e}")
+            except Exception:  # as for any mint: the request goes on
+                logger.exception(f"vaultproxy: minting token {key!r} ahead of a streamed body failed unexpectedly")
+        if (waiting := then()) is not None:
+            await waiting
 
     async def _mint_then(
         self, needed: SubstitutionError, minted: frozenset[str],
