@@ -267,11 +267,11 @@ def test_a_websocket_message_waits_for_its_token(
     assert authorization.token_requests() == 1
 
 
-def streamed_upload(session: requests.Session, url: str, **headers: str) -> requests.Response:
-    """A JSON upload the proxy streams (STREAM_ABOVE), whose only placeholder is the token, in
-    its body: nothing in its head asks for a mint."""
+def streamed_upload(session: requests.Session, url: str, path: str = "/upload", **headers: str) -> requests.Response:
+    """A JSON upload the proxy streams (STREAM_ABOVE), whose only token placeholder is in its
+    body: nothing in its head asks for a mint."""
     body = json.dumps({"pad": "x" * 4096, "token": "<<vault:billing>>"}).encode()
-    return session.post(url + "/upload", data=body, headers={"Content-Type": "application/json", **headers}, timeout=TIMEOUT)
+    return session.post(url + path, data=body, headers={"Content-Type": "application/json", **headers}, timeout=TIMEOUT)
 
 
 def test_a_token_only_in_a_streamed_body_is_minted_before_the_body_leaves(
@@ -293,21 +293,28 @@ def test_a_token_only_in_a_streamed_body_is_minted_before_the_body_leaves(
     assert token not in proxy.output() + audit_text(vault_home)
 
 
-def test_a_streamed_body_the_token_is_not_for_causes_no_mint(
+def test_a_streamed_request_the_token_is_not_for_causes_no_mint(
     vault_home: Path, authorization: AuthorizationServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
 ) -> None:
-    """Minting ahead asks what any lookup asks: another host, a page's origin the source does not
-    allow, a Host header that disagrees with the destination each get no token minted, and their
-    bodies keep the placeholder."""
+    """Minting ahead asks what any placeholder asks, and only of a head that would pass: another
+    host, a page's origin the source does not allow, a Host header that disagrees with the
+    destination, a head refused for a key of its own each get no token minted, and the bodies
+    that leave keep the placeholder."""
     client_credentials(vault_home, authorization)
     session = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE).requests_session()
     api = tls_upstream.url_for("api.example.com")
 
-    assert streamed_upload(session, tls_upstream.url_for("other.example.com")).status_code == 200
-    assert streamed_upload(session, api, Origin="https://evil.example.com").status_code == 200
-    assert streamed_upload(session, api, Host=f"other.example.com:{tls_upstream.port}").status_code == 200
-    received = tls_upstream.wait_for(3)
-    assert [request.json()["token"] for request in received] == ["<<vault:billing>>"] * 3
+    assert streamed_upload(session, tls_upstream.url_for("other.example.com"), "/other").status_code == 200
+    assert streamed_upload(session, api, "/page", Origin="https://evil.example.com").status_code == 200
+    assert streamed_upload(session, api, "/host", Host=f"other.example.com:{tls_upstream.port}").status_code == 200
+    with pytest.raises(requests.RequestException):  # a streamed head refused: the connection is closed
+        streamed_upload(session, api, "/head", **{"X-Key": "<<vault:billing.client_secret>>"})
+    outcomes = {path: audit_lines(vault_home, path)[0]["outcome"] for path in ("/other", "/page", "/host", "/head")}
+    assert outcomes == {
+        "/other": "refused:host_not_allowed", "/page": "refused:origin_not_allowed",
+        "/host": "refused:host_mismatch", "/head": "refused:host_not_allowed",
+    }
+    assert [request.json()["token"] for request in tls_upstream.requests] == ["<<vault:billing>>"] * 3
     assert authorization.token_requests() == 0
 
 
@@ -323,8 +330,8 @@ def test_a_streamed_body_whose_token_cannot_be_minted_still_goes_with_the_placeh
     assert streamed_upload(proxy.requests_session(), tls_upstream.url_for("api.example.com")).status_code == 200
     (received,) = tls_upstream.wait_for(1)
     assert received.json()["token"] == "<<vault:billing>>"
-    assert "could not mint token 'billing' ahead of a streamed body to api.example.com" in proxy.output()
-    assert "left 'billing' unresolved in a streamed body to api.example.com" in proxy.output()
+    output = proxy.output()
+    assert "token 'billing' cannot be minted" in output and "left 'billing' unresolved in a streamed body to api.example.com" in output
 
 
 def test_status_shows_each_token_and_whether_tokens_yaml_loads(vault_home: Path, authorization: AuthorizationServer) -> None:

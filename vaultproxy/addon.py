@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -616,8 +615,9 @@ class Substitution:
             if rules:
                 rewrite.drop_header(request, signing.MARKER)  # a marker no rule for this host took
             return None
-        substitute = functools.partial(self._substitute_and_sign, flow, plan, (rules, rule), streamed=streamed, stream_body=stream_body)
-        return self.proxy.when_current(lambda: self._mint_ahead(flow, substitute) if stream_body else substitute())
+        return self.proxy.when_current(
+            lambda: self._substitute_and_sign(flow, plan, (rules, rule), streamed=streamed, stream_body=stream_body)
+        )
 
     def _substitute_and_sign(
         self, flow: http.HTTPFlow, plan: rewrite.Plan | None, signer: tuple[tuple[Rule, ...], Rule | None], *,
@@ -625,7 +625,11 @@ class Substitution:
     ) -> Awaitable[None] | None:
         """`signer`: the rule that signs the request, chosen under those rules (substituting
         changes neither the host nor which headers the request has). `minted`: the token
-        sources minted for this request so far."""
+        sources minted (or tried, ahead of a streamed body) for this request so far."""
+        if stream_body and (due := self._tokens_due(flow, plan, minted)):
+            return self._mint_ahead(
+                flow, due, lambda: self._substitute_and_sign(flow, plan, signer, streamed=streamed, stream_body=True, minted=minted | due),
+            )
         try:
             if (plan is not None or stream_body) and not self._substitute(flow, plan, streamed=streamed, stream_body=stream_body):
                 return None
@@ -656,39 +660,42 @@ class Substitution:
             return
         self._sign(flow, rule, aws, streamed=streamed)
 
-    def _mint_ahead(self, flow: http.HTTPFlow, then: Callable[[], Awaitable[None] | None]) -> Awaitable[None] | None:
-        """Before a streamed body: mint the tokens it could use that are due, then `then`. Its
-        placeholders are resolved as it leaves, when no mint can hold the request any more,
-        and a token asked for there would stay a literal placeholder. Only tokens this request
-        may receive are due: each is asked for as any placeholder is (its source's hosts and
-        origins, the request's own checks), so a hostile page or host causes no mint."""
-        if not self.proxy.token_sources:
-            return then()
+    def _tokens_due(self, flow: http.HTTPFlow, plan: rewrite.Plan | None, minted: frozenset[str]) -> frozenset[str]:
+        """The token sources to mint before a streamed body starts: those due that it could use.
+        The body is resolved as it leaves, when no mint can hold the request any more, so a
+        token asked for there would stay a literal placeholder. Each source is asked for as
+        any placeholder is (its hosts and origins, then the request's own checks), so a
+        hostile page or host causes no mint, and only once the head would pass: a request
+        refused anyway causes none either."""
+        sources = self.proxy.token_sources.keys() - minted
+        if not sources or rewrite.streamed_framing(flow.request, flow.server_conn) is None:
+            return frozenset()  # no source left; or a body whose length must not change takes no value
         try:
             lookup = self._lookup_for(flow)
+            if plan is not None:  # the head, as _substitute resolves it next (and refuses or mints for it)
+                rewrite.rewrite_request(flow.request, plan, lookup, Budget(self.proxy.settings.max_growth))
         except SubstitutionError:
-            return then()  # refused whatever it holds: `then` says why
-        due = []
-        for source in self.proxy.token_sources.values():
-            access_key = source.keys()[0]
+            return frozenset()
+        due = set()
+        for name in sources:  # a source's name is its access token's key
             try:
-                lookup(access_key)
+                lookup(name)
             except SubstitutionError as e:
                 if e.code == MINT_NEEDED:
-                    due.append(access_key)
-        return self._mint_each(flow, due, then) if due else then()
+                    due.add(name)
+        return frozenset(due)
 
-    async def _mint_each(self, flow: http.HTTPFlow, keys: list[str], then: Callable[[], Awaitable[None] | None]) -> None:
-        """Mint each of `keys`, then `then`. A mint that fails refuses nothing: the body may not
-        use that token, and where it does, the placeholder stays literal and is audited as a
-        refused key in a streamed body is."""
-        for key in keys:
+    async def _mint_ahead(self, flow: http.HTTPFlow, due: frozenset[str], then: Callable[[], Awaitable[None] | None]) -> None:
+        """Mint each of `due`, then `then`. A mint that fails refuses nothing (the Minter logs
+        it): the body may not use that token, and where it does, its placeholder stays literal
+        and is logged and audited as a refused key in a streamed body is."""
+        for name in sorted(due):
             try:
-                await self.proxy.mint(key)
-            except SubstitutionError as e:
-                logger.warning(f"vaultproxy: could not mint token {key!r} ahead of a streamed body to {flow.request.host}: {e}")
-            except Exception:  # as for any mint: the request goes on
-                logger.exception(f"vaultproxy: minting token {key!r} ahead of a streamed body failed unexpectedly")
+                await self.proxy.mint(name)
+            except SubstitutionError:
+                pass
+            except Exception:  # as for any mint; the request goes on
+                logger.exception(f"vaultproxy: minting token {name!r} ahead of a streamed body to {flow.request.host} failed unexpectedly")
         if (waiting := then()) is not None:
             await waiting
 
