@@ -318,6 +318,22 @@ def test_a_streamed_request_the_token_is_not_for_causes_no_mint(
     assert authorization.token_requests() == 0
 
 
+def test_a_streamed_body_that_can_take_no_value_causes_no_mint(
+    vault_home: Path, authorization: AuthorizationServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+) -> None:
+    """An HTTP/2 client's streamed body, on a lazily made upstream connection, must keep its length
+    (tests/test_proxy_streaming.py): no value can go into it, so no token is minted for it."""
+    client_credentials(vault_home, authorization)
+    proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE, connection_strategy="lazy")
+    body = json.dumps({"pad": "x" * 4096, "token": "<<vault:billing>>"}).encode()
+    with proxy.httpx_client(http2=True) as client:
+        answer = client.post(tls_upstream.url_for("api.example.com") + "/h2", content=body, headers={"Content-Type": "application/json"})
+    assert answer.http_version == "HTTP/2" and answer.status_code == 200
+    (received,) = tls_upstream.wait_for(1)
+    assert received.body == body
+    assert authorization.token_requests() == 0
+
+
 def test_a_streamed_body_whose_token_cannot_be_minted_still_goes_with_the_placeholder(
     vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
 ) -> None:
