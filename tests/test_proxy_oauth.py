@@ -334,20 +334,25 @@ def test_a_streamed_body_that_can_take_no_value_causes_no_mint(
     assert authorization.token_requests() == 0
 
 
+@pytest.mark.parametrize(("secret_hosts", "why"), [
+    (["auth.example.com"], "token 'billing' cannot be minted: the token endpoint could not be asked"),  # nothing listens at it
+    (["api.example.com"], "token 'billing' cannot be minted: secret 'billing.client_secret' is not allowed for host 'auth.example.com'"),
+])
 def test_a_streamed_body_whose_token_cannot_be_minted_still_goes_with_the_placeholder(
-    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, secret_hosts: list[str], why: str,
 ) -> None:
     """Minting ahead refuses nothing: the body may not use the token. If it does, that placeholder
     stays literal, as a refused key in a streamed body does, and the log says why."""
-    Vault(vault_home).set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
-    token_source(vault_home, free_port())  # nothing listens there
+    Vault(vault_home).set("billing.client_secret", CLIENT_SECRET, hosts=secret_hosts)
+    token_source(vault_home, free_port())
     proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
 
     assert streamed_upload(proxy.requests_session(), tls_upstream.url_for("api.example.com")).status_code == 200
     (received,) = tls_upstream.wait_for(1)
     assert received.json()["token"] == "<<vault:billing>>"
     output = proxy.output()
-    assert "token 'billing' cannot be minted" in output and "left 'billing' unresolved in a streamed body to api.example.com" in output
+    assert f"could not mint token 'billing' ahead of a streamed body to api.example.com: {why}" in output
+    assert "left 'billing' unresolved in a streamed body to api.example.com" in output
 
 
 def test_status_shows_each_token_and_whether_tokens_yaml_loads(vault_home: Path, authorization: AuthorizationServer) -> None:

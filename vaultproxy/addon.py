@@ -686,18 +686,21 @@ class Substitution:
         return frozenset(due)
 
     async def _mint_ahead(self, flow: http.HTTPFlow, due: frozenset[str], then: Callable[[], Awaitable[None] | None]) -> None:
-        """Mint each of `due`, then `then`. A mint that fails refuses nothing (the Minter logs
-        it): the body may not use that token, and where it does, its placeholder stays literal
-        and is logged and audited as a refused key in a streamed body is."""
-        for name in sorted(due):
-            try:
-                await self.proxy.mint(name)
-            except SubstitutionError:
-                pass
-            except Exception:  # as for any mint; the request goes on
-                logger.exception(f"vaultproxy: minting token {name!r} ahead of a streamed body to {flow.request.host} failed unexpectedly")
+        """Mint `due`, side by side (the head waits for the slowest, not for their sum), then
+        `then`. A mint that fails refuses nothing: the body may not use that token, and where
+        it does, its placeholder stays literal and is logged and audited as a refused key in
+        a streamed body is."""
+        await asyncio.gather(*(self._mint_for_body(flow, name) for name in sorted(due)))
         if (waiting := then()) is not None:
             await waiting
+
+    async def _mint_for_body(self, flow: http.HTTPFlow, name: str) -> None:
+        try:
+            await self.proxy.mint(name)
+        except SubstitutionError as e:  # its message names keys and hosts, never a value
+            logger.warning(f"vaultproxy: could not mint token {name!r} ahead of a streamed body to {flow.request.host}: {e}")
+        except Exception:  # as for any mint; the request goes on
+            logger.exception(f"vaultproxy: minting token {name!r} ahead of a streamed body to {flow.request.host} failed unexpectedly")
 
     async def _mint_then(
         self, needed: SubstitutionError, minted: frozenset[str],
