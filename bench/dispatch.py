@@ -38,6 +38,9 @@ CYCLES = 100  # requests per sample: short samples, finely interleaved, cancel t
 SCRIPT_TIMEOUT = 30.0
 # What a sampler can build: section 1's mitmdump processes, but for the 10,000-secret one.
 PROCESSES = ("plain", "plain2", "addon", "modify", "null")
+# What-ifs beside e, not part of `scripts/bench` (docs/benchmarks.md, "Addon objects, not
+# hooks"): e's two addon objects without a hook, and one object with all of e's hooks.
+SHAPES = ("bare", "single")
 
 
 # --- the sampler process ---------------------------------------------------------------------
@@ -61,6 +64,8 @@ async def build_master(process: str, vault_home: Path, confdir: Path) -> Any:
         opts.update_defer(vault_home=str(vault_home))  # declared by the script once it loads
         before = len(master.addons.chain)
         opts.update(scripts=[str(ADDON_SCRIPT if process == "addon" else NULL_ADDON)])
+    elif process in SHAPES:
+        master.addons.add(*shaped_like_e(process))
     await master.running()
     if process in ("addon", "null"):
         deadline = time.monotonic() + SCRIPT_TIMEOUT
@@ -69,6 +74,16 @@ async def build_master(process: str, vault_home: Path, confdir: Path) -> Any:
                 raise RuntimeError(f"the {process} script did not load")
             await asyncio.sleep(0.01)
     return master
+
+
+def shaped_like_e(shape: str) -> list[object]:
+    """The addon objects of a SHAPES what-if: what e costs by its objects, and by its hooks."""
+    from bench.null_addon import First, Last
+
+    hooks = {name for part in (First, Last) for name in vars(part) if not name.startswith("_") and name != "running"}
+    if shape == "bare":
+        return [type("BareFirst", (), {})(), type("BareLast", (), {})()]
+    return [type("Single", (), dict.fromkeys(hooks, lambda self, *args: None))()]
 
 
 def bench_client(master: Any) -> Any:
