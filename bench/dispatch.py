@@ -78,11 +78,11 @@ async def build_master(process: str, vault_home: Path, confdir: Path) -> Any:
 
 def shaped_like_e(shape: str) -> list[object]:
     """The addon objects of a SHAPES what-if: what e costs by its objects, and by its hooks."""
+    if shape == "bare":
+        return [type("BareFirst", (), {})(), type("BareLast", (), {})()]
     from bench.null_addon import First, Last
 
     hooks = {name for part in (First, Last) for name in vars(part) if not name.startswith("_") and name != "running"}
-    if shape == "bare":
-        return [type("BareFirst", (), {})(), type("BareLast", (), {})()]
     return [type("Single", (), dict.fromkeys(hooks, lambda self, *args: None))()]
 
 

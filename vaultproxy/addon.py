@@ -676,7 +676,7 @@ class Substitution:
                 rewrite.rewrite_request(flow.request, plan, lookup, Budget(self.proxy.settings.max_growth))
         except SubstitutionError:
             return frozenset()
-        due = set()
+        due: set[str] = set()
         for name in sources:  # a source's name is its access token's key
             try:
                 lookup(name)
