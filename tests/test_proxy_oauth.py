@@ -334,15 +334,16 @@ def test_a_streamed_body_that_can_take_no_value_causes_no_mint(
     assert authorization.token_requests() == 0
 
 
-@pytest.mark.parametrize(("secret_hosts", "why"), [
-    (["auth.example.com"], "token 'billing' cannot be minted: the token endpoint could not be asked"),  # nothing listens at it
-    (["api.example.com"], "token 'billing' cannot be minted: secret 'billing.client_secret' is not allowed for host 'auth.example.com'"),
+@pytest.mark.parametrize(("secret_hosts", "code", "why"), [
+    (["auth.example.com"], "token_unavailable", "token 'billing' cannot be minted: the token endpoint could not be asked"),  # nothing listens
+    (["api.example.com"], "host_not_allowed", "token 'billing' cannot be minted: secret 'billing.client_secret' is not allowed for host 'auth.example.com'"),
 ])
 def test_a_streamed_body_whose_token_cannot_be_minted_still_goes_with_the_placeholder(
-    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, secret_hosts: list[str], why: str,
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, secret_hosts: list[str], code: str, why: str,
 ) -> None:
     """Minting ahead refuses nothing: the body may not use the token. If it does, that placeholder
-    stays literal, as a refused key in a streamed body does, and the log says why."""
+    stays literal, as a refused key in a streamed body does, and the log and the audit line say
+    why (the mint's own refusal, not the internal mint_needed)."""
     Vault(vault_home).set("billing.client_secret", CLIENT_SECRET, hosts=secret_hosts)
     token_source(vault_home, free_port())
     proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
@@ -352,7 +353,33 @@ def test_a_streamed_body_whose_token_cannot_be_minted_still_goes_with_the_placeh
     assert received.json()["token"] == "<<vault:billing>>"
     output = proxy.output()
     assert f"could not mint token 'billing' ahead of a streamed body to api.example.com: {why}" in output
-    assert "left 'billing' unresolved in a streamed body to api.example.com" in output
+    assert f"left 'billing' unresolved in a streamed body to api.example.com: {why}" in output
+    assert [line["outcome"] for line in audit_lines(vault_home, "/upload")] == [f"refused:{code}"]
+
+
+def test_a_token_that_falls_due_while_its_body_streams_stays_literal_and_says_why(
+    vault_home: Path, authorization: AuthorizationServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+) -> None:
+    """A token is never sent once due: a body still streaming when its token falls due keeps the
+    placeholder, and the log and audit line say so (not the internal mint_needed)."""
+    authorization.token_lifetime = 2  # due after 1.8 s
+    client_credentials(vault_home, authorization)
+    proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
+
+    def chunks() -> Iterator[bytes]:  # chunked: streamed from its first byte
+        yield b'{"pad": "' + b"x" * 2048 + b'", '
+        time.sleep(3)  # the token minted ahead of the body falls due
+        yield b'"token": "<<vault:billing>>"}'
+
+    answer = proxy.requests_session().post(
+        tls_upstream.url_for("api.example.com") + "/slow", data=chunks(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT,
+    )
+    assert answer.status_code == 200
+    (received,) = tls_upstream.wait_for(1)
+    assert received.json()["token"] == "<<vault:billing>>"
+    assert authorization.token_requests() == 1  # minted ahead; not again inside the body
+    assert "left 'billing' unresolved in a streamed body to api.example.com: token 'billing' fell due while the body streamed" in proxy.output()
+    assert [line["outcome"] for line in audit_lines(vault_home, "/slow")] == ["refused:token_unavailable"]
 
 
 def test_status_shows_each_token_and_whether_tokens_yaml_loads(vault_home: Path, authorization: AuthorizationServer) -> None:

@@ -582,6 +582,8 @@ class Substitution:
     def __init__(self, proxy: VaultProxy):
         self.proxy = proxy
         self.scopes = guard.Scopes()
+        # A streamed request's tokens that could not be minted ahead of its body, and why
+        self.mints_failed: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, SubstitutionError]] = weakref.WeakKeyDictionary()
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not live(flow, self.proxy.retrier.replays):
@@ -699,6 +701,7 @@ class Substitution:
             await self.proxy.mint(name)
         except SubstitutionError as e:  # its message names keys and hosts, never a value
             logger.warning(f"vaultproxy: could not mint token {name!r} ahead of a streamed body to {flow.request.host}: {e}")
+            self.mints_failed.setdefault(flow, {})[name] = e
         except Exception:  # as for any mint; the request goes on
             logger.exception(f"vaultproxy: minting token {name!r} ahead of a streamed body to {flow.request.host} failed unexpectedly")
 
@@ -778,11 +781,20 @@ class Substitution:
             try:
                 return lookup(key)
             except SubstitutionError as e:
+                if e.code == MINT_NEEDED:  # an internal code: say why there is no token
+                    e = self._no_token(flow, key)
                 logger.warning(f"vaultproxy: left {key!r} unresolved in a streamed body to {flow.request.host}: {e}")
                 self.proxy.flights.add_refusal(flow, e)
                 return None
 
         return stream_lookup
+
+    def _no_token(self, flow: http.HTTPFlow, key: str) -> SubstitutionError:
+        """Why a streamed body has no token for `key`: its mint ahead of the body failed, or
+        the token fell due while the body streamed (the next request mints it)."""
+        name = key.partition(".")[0]
+        failed = weakly_held(self.mints_failed, flow, {}).get(name)
+        return failed or SubstitutionError(TOKEN_UNAVAILABLE, key, f"token {name!r} fell due while the body streamed")
 
     def audit_stream(self, flow: http.HTTPFlow) -> None:
         """Once per streamed request, at the end of its body or when it fails."""
