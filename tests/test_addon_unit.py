@@ -8,9 +8,11 @@ the framing decisions for streamed bodies toward upstreams the harness cannot pr
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -273,6 +275,23 @@ def test_live_flow_is_resolved(tctx: taddons.context, addon: VaultProxy) -> None
     addon.substitution.requestheaders(flow)
     addon.substitution.request(flow)
     assert flow.request.headers["x-key"] == VALUE
+
+
+def test_a_failed_mint_ahead_of_a_body_keeps_nothing_that_holds_its_flow(tctx: taddons.context, addon: VaultProxy, home: Path) -> None:
+    """Why a streamed body got no token is kept per flow, weakly: it must not hold the flow (a
+    kept exception would, through its traceback's frames), or each such upload would leak."""
+    token_url = f"https://auth.{HOST}/oauth/token"
+    (home / "tokens.yaml").write_text(json.dumps({"tokens": [
+        {"name": "billing", "hosts": [HOST], "token_url": token_url, "client_id": "unit", "client_secret": "billing.client_secret"},
+    ]}))
+    tctx.master.commands.call("vault.reload")
+    flow = request_flow()
+    asyncio.run(addon.substitution._mint_for_body(flow, "billing"))  # no client secret: refused before any request
+    assert addon.substitution._no_token(flow, "billing").code == "unknown_key"
+    kept = weakref.ref(flow)
+    del flow
+    gc.collect()
+    assert kept() is None and not addon.substitution.mints_failed
 
 
 # --- streaming decisions --------------------------------------------------------------------

@@ -360,15 +360,17 @@ def test_a_streamed_body_whose_token_cannot_be_minted_still_goes_with_the_placeh
 def test_a_token_that_falls_due_while_its_body_streams_stays_literal_and_says_why(
     vault_home: Path, authorization: AuthorizationServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
 ) -> None:
-    """A token is never sent once due: a body still streaming when its token falls due keeps the
-    placeholder, and the log and audit line say so (not the internal mint_needed)."""
-    authorization.token_lifetime = 2  # due after 1.8 s
+    """A token due before anything looked it up for the destination is not sent: a body that
+    reaches its placeholder after that keeps it, and the log and audit line say why (not the
+    internal mint_needed)."""
+    authorization.token_lifetime = 2  # due 1.8 s after it was minted
     client_credentials(vault_home, authorization)
     proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
 
     def chunks() -> Iterator[bytes]:  # chunked: streamed from its first byte
         yield b'{"pad": "' + b"x" * 2048 + b'", '
-        time.sleep(3)  # the token minted ahead of the body falls due
+        wait_until(lambda: authorization.token_requests() == 1, TIMEOUT, "the token minted ahead of the body")
+        time.sleep(3)  # it falls due
         yield b'"token": "<<vault:billing>>"}'
 
     answer = proxy.requests_session().post(

@@ -582,8 +582,9 @@ class Substitution:
     def __init__(self, proxy: VaultProxy):
         self.proxy = proxy
         self.scopes = guard.Scopes()
-        # A streamed request's tokens that could not be minted ahead of its body, and why
-        self.mints_failed: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, SubstitutionError]] = weakref.WeakKeyDictionary()
+        # A streamed request's tokens that could not be minted ahead of its body: (code, message).
+        # Not the exception: its traceback's frames would hold the flow, and the key with it.
+        self.mints_failed: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, tuple[str, str]]] = weakref.WeakKeyDictionary()
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not live(flow, self.proxy.retrier.replays):
@@ -701,7 +702,7 @@ class Substitution:
             await self.proxy.mint(name)
         except SubstitutionError as e:  # its message names keys and hosts, never a value
             logger.warning(f"vaultproxy: could not mint token {name!r} ahead of a streamed body to {flow.request.host}: {e}")
-            self.mints_failed.setdefault(flow, {})[name] = e
+            self.mints_failed.setdefault(flow, {})[name] = (e.code, e.message)
         except Exception:  # as for any mint; the request goes on
             logger.exception(f"vaultproxy: minting token {name!r} ahead of a streamed body to {flow.request.host} failed unexpectedly")
 
@@ -792,9 +793,10 @@ class Substitution:
     def _no_token(self, flow: http.HTTPFlow, key: str) -> SubstitutionError:
         """Why a streamed body has no token for `key`: its mint ahead of the body failed, or
         the token fell due while the body streamed (the next request mints it)."""
-        name = key.partition(".")[0]
-        failed = weakly_held(self.mints_failed, flow, {}).get(name)
-        return failed or SubstitutionError(TOKEN_UNAVAILABLE, key, f"token {name!r} fell due while the body streamed")
+        name = key.partition(".")[0]  # a source's name holds no dot
+        fell_due = (TOKEN_UNAVAILABLE, f"token {name!r} fell due while the body streamed")
+        code, message = weakly_held(self.mints_failed, flow, {}).get(name, fell_due)
+        return SubstitutionError(code, key, message)
 
     def audit_stream(self, flow: http.HTTPFlow) -> None:
         """Once per streamed request, at the end of its body or when it fails."""
