@@ -674,9 +674,7 @@ class Substitution:
         if not sources or rewrite.streamed_framing(flow.request, flow.server_conn) is None:
             return frozenset()  # no source left; or a body whose length must not change takes no value
         try:
-            lookup = self._lookup_for(flow)
-            if plan is not None:  # the head, as _substitute resolves it next (and refuses or mints for it)
-                rewrite.rewrite_request(flow.request, plan, lookup, Budget(self.proxy.settings.max_growth))
+            lookup, _, _ = self._resolve_head(flow, plan)  # as _substitute does next, which refuses or mints for it
         except SubstitutionError:
             return frozenset()
         due: set[str] = set()
@@ -747,9 +745,7 @@ class Substitution:
         request, proxy = flow.request, self.proxy
         original_path = request.path
         try:
-            lookup = self._lookup_for(flow)
-            budget = Budget(proxy.settings.max_growth)
-            change = rewrite.rewrite_request(request, plan, lookup, budget) if plan else rewrite.Rewrite()
+            lookup, budget, change = self._resolve_head(flow, plan)
         except SubstitutionError as e:
             if e.code == MINT_NEEDED:
                 raise
@@ -769,6 +765,12 @@ class Substitution:
             proxy.audit.record(request, original_path, change.keys, RESOLVED)
             change.apply(request)
         return True
+
+    def _resolve_head(self, flow: http.HTTPFlow, plan: rewrite.Plan | None) -> tuple[guard.RequestLookup, Budget, rewrite.Rewrite]:
+        """The request's lookup, its growth budget, and its URL and header fields resolved
+        (not applied yet); SubstitutionError when refused."""
+        lookup, budget = self._lookup_for(flow), Budget(self.proxy.settings.max_growth)
+        return lookup, budget, rewrite.rewrite_request(flow.request, plan, lookup, budget) if plan else rewrite.Rewrite()
 
     def _lookup_for(self, flow: http.HTTPFlow) -> guard.RequestLookup:
         proxy = self.proxy
