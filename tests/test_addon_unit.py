@@ -294,6 +294,23 @@ def test_a_failed_mint_ahead_of_a_body_keeps_nothing_that_holds_its_flow(tctx: t
     assert kept() is None and not addon.substitution.mints_failed
 
 
+
+def test_a_mint_ahead_that_fails_unexpectedly_is_the_reason_the_body_is_given(
+    tctx: taddons.context, addon: VaultProxy, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A body whose token's mint ahead of it raised (a bug: nothing expected) says so where its
+    placeholder stays literal; only a body whose token nothing tried to mint is told it was due."""
+
+    async def broken(key: str, **_: object) -> None:  # what no real mint is expected to do
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(addon, "mint", broken)
+    flow, untried = request_flow(), request_flow()
+    asyncio.run(addon.substitution._mint_for_body(flow, "billing"))
+    error = addon.substitution._no_token(flow, "billing.token_type")
+    assert (error.code, error.key, error.message) == ("token_unavailable", "billing.token_type", "token 'billing' could not be minted (RuntimeError)")
+    assert addon.substitution._no_token(untried, "billing").message == "token 'billing' was due, and a streamed body cannot wait for a mint"
+
 # --- streaming decisions --------------------------------------------------------------------
 
 

@@ -53,13 +53,14 @@ def api(authorization: AuthorizationServer, tls_material: TLSMaterial) -> Iterat
         yield server
 
 
-def token_source(home: Path, port: int, **fields: Any) -> None:
-    """tokens.yaml with one source, `billing`, whose token endpoint is auth.example.com."""
-    source = {
-        "name": "billing", "hosts": ["api.example.com"], "token_url": f"https://auth.example.com:{port}/oauth/token",
+def token_source(home: Path, port: int, names: tuple[str, ...] = ("billing",), **fields: Any) -> None:
+    """tokens.yaml with one source of each of `names` for api.example.com, whose token endpoint
+    is auth.example.com."""
+    sources = [{
+        "name": name, "hosts": ["api.example.com"], "token_url": f"https://auth.example.com:{port}/oauth/token",
         "client_id": CLIENT_ID, "client_secret": "billing.client_secret", "scope": "read", **fields,
-    }
-    (home / "tokens.yaml").write_text(json.dumps({"tokens": [source]}))
+    } for name in names]
+    (home / "tokens.yaml").write_text(json.dumps({"tokens": sources}))
 
 
 def start(mitmdump: StartProxy, home: Path, **options: str) -> MitmdumpProcess:
@@ -357,12 +358,13 @@ def test_a_streamed_body_whose_token_cannot_be_minted_still_goes_with_the_placeh
     assert [line["outcome"] for line in audit_lines(vault_home, "/upload")] == [f"refused:{code}"]
 
 
-def test_a_token_that_falls_due_while_its_body_streams_stays_literal_and_says_why(
+def test_a_streamed_body_carries_the_token_minted_for_it_however_long_it_streams(
     vault_home: Path, authorization: AuthorizationServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
 ) -> None:
-    """A token due before anything looked it up for the destination is not sent: a body that
-    reaches its placeholder after that keeps it, and the log and audit line say why (not the
-    internal mint_needed)."""
+    """The body is resolved against the tokens held when its head left: a token minted ahead of
+    it, which falls due before the body reaches its placeholders, is still the one they take
+    (access token and type alike), as a token held before would be. Nothing else could go
+    there: a mint cannot hold a body that has started."""
     authorization.token_lifetime = 2  # due 1.8 s after it was minted
     client_credentials(vault_home, authorization)
     proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
@@ -371,17 +373,39 @@ def test_a_token_that_falls_due_while_its_body_streams_stays_literal_and_says_wh
         yield b'{"pad": "' + b"x" * 2048 + b'", '
         wait_until(lambda: authorization.token_requests() == 1, TIMEOUT, "the token minted ahead of the body")
         time.sleep(3)  # it falls due
-        yield b'"token": "<<vault:billing>>"}'
+        yield b'"token": "<<vault:billing>>", "type": "<<vault:billing.token_type>>"}'
 
     answer = proxy.requests_session().post(
         tls_upstream.url_for("api.example.com") + "/slow", data=chunks(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT,
     )
     assert answer.status_code == 200
     (received,) = tls_upstream.wait_for(1)
-    assert received.json()["token"] == "<<vault:billing>>"
+    body = received.json()
+    assert authorization.issued(body["token"]) and body["type"] == "Bearer"
     assert authorization.token_requests() == 1  # minted ahead; not again inside the body
-    assert "left 'billing' unresolved in a streamed body to api.example.com: token 'billing' fell due while the body streamed" in proxy.output()
-    assert [line["outcome"] for line in audit_lines(vault_home, "/slow")] == ["refused:token_unavailable"]
+    (line,) = audit_lines(vault_home, "/slow")
+    assert (line["outcome"], sorted(line["keys"])) == ("resolved", ["billing", "billing.token_type"])
+    assert body["token"] not in proxy.output() + audit_text(vault_home)
+
+
+def test_every_token_a_streamed_body_may_take_is_minted_before_it_leaves(
+    vault_home: Path, authorization: AuthorizationServer, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+) -> None:
+    """Two token sources for one host, both due: both are minted while the head waits, and the
+    body's placeholders take a token each."""
+    client_credentials(vault_home, authorization)
+    token_source(vault_home, authorization.port, names=("billing", "reports"))
+    proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
+
+    body = json.dumps({"pad": "x" * 4096, "billing": "<<vault:billing>>", "reports": "<<vault:reports>>"}).encode()
+    answer = proxy.requests_session().post(
+        tls_upstream.url_for("api.example.com") + "/both", data=body, headers={"Content-Type": "application/json"}, timeout=TIMEOUT,
+    )
+    assert answer.status_code == 200, answer.text
+    (received,) = tls_upstream.wait_for(1)
+    tokens = [received.json()[name] for name in ("billing", "reports")]
+    assert [authorization.introspect(token) for token in tokens] == [{"client_id": CLIENT_ID, "scope": "read"}] * 2
+    assert tokens[0] != tokens[1] and authorization.token_requests() == 2
 
 
 def test_status_shows_each_token_and_whether_tokens_yaml_loads(vault_home: Path, authorization: AuthorizationServer) -> None:

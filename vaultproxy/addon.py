@@ -664,26 +664,31 @@ class Substitution:
         self._sign(flow, rule, aws, streamed=streamed)
 
     def _tokens_due(self, flow: http.HTTPFlow, plan: rewrite.Plan | None, minted: frozenset[str]) -> frozenset[str]:
-        """The token sources to mint before a streamed body starts: those due that it could use.
-        The body is resolved as it leaves, when no mint can hold the request any more, so a
-        token asked for there would stay a literal placeholder. Each source is asked for as
-        any placeholder is (its hosts and origins, then the request's own checks), so a
-        hostile page or host causes no mint, and only once the head would pass: a request
-        refused anyway causes none either."""
-        sources = self.proxy.token_sources.keys() - minted
+        """The token sources to mint before a streamed body starts: those due that it could use
+        (not those of `minted`, tried already). The body is resolved as it leaves, when no mint
+        can hold the request any more, so a token asked for there would stay a literal
+        placeholder. Each token key is asked for as any placeholder is (its hosts and origins,
+        then the request's own checks), so a hostile page or host causes no mint, and only
+        once the head would pass: a request refused anyway causes none either.
+
+        Every key asked for and granted is kept by the request's Scope (guard.Scope.value),
+        which its body resolves from: the body carries the tokens held when its head left,
+        however long it streams, whether they were minted for it or before."""
+        sources = self.proxy.token_sources.values()
         if not sources or rewrite.streamed_framing(flow.request, flow.server_conn) is None:
-            return frozenset()  # no source left; or a body whose length must not change takes no value
+            return frozenset()  # no source; or a body whose length must not change takes no value
         try:
             lookup, _, _ = self._resolve_head(flow, plan)  # as _substitute does next, which refuses or mints for it
         except SubstitutionError:
             return frozenset()
         due: set[str] = set()
-        for name in sources:  # a source's name is its access token's key
-            try:
-                lookup(name)
-            except SubstitutionError as e:
-                if e.code == MINT_NEEDED:
-                    due.add(name)
+        for source in sources:
+            for key in source.keys():
+                try:
+                    lookup(key)
+                except SubstitutionError as e:
+                    if e.code == MINT_NEEDED and source.name not in minted:
+                        due.add(source.name)
         return frozenset(due)
 
     async def _mint_ahead(self, flow: http.HTTPFlow, due: frozenset[str], then: Callable[[], Awaitable[None] | None]) -> None:
@@ -701,8 +706,9 @@ class Substitution:
         except SubstitutionError as e:  # its message names keys and hosts, never a value
             logger.warning(f"vaultproxy: could not mint token {name!r} ahead of a streamed body to {flow.request.host}: {e}")
             self.mints_failed.setdefault(flow, {})[name] = (e.code, e.message)
-        except Exception:  # as for any mint; the request goes on
+        except Exception as e:  # as for any mint; the request goes on
             logger.exception(f"vaultproxy: minting token {name!r} ahead of a streamed body to {flow.request.host} failed unexpectedly")
+            self.mints_failed.setdefault(flow, {})[name] = (TOKEN_UNAVAILABLE, f"token {name!r} could not be minted ({type(e).__name__})")
 
     async def _mint_then(
         self, needed: SubstitutionError, minted: frozenset[str],
@@ -794,10 +800,11 @@ class Substitution:
 
     def _no_token(self, flow: http.HTTPFlow, key: str) -> SubstitutionError:
         """Why a streamed body has no token for `key`: its mint ahead of the body failed, or
-        the token fell due while the body streamed (the next request mints it)."""
+        the token was due when the body reached it (one that lived too short to be held,
+        say: the next request mints it)."""
         name = key.partition(".")[0]  # a source's name holds no dot
-        fell_due = (TOKEN_UNAVAILABLE, f"token {name!r} fell due while the body streamed")
-        code, message = weakly_held(self.mints_failed, flow, {}).get(name, fell_due)
+        due = (TOKEN_UNAVAILABLE, f"token {name!r} was due, and a streamed body cannot wait for a mint")
+        code, message = weakly_held(self.mints_failed, flow, {}).get(name, due)
         return SubstitutionError(code, key, message)
 
     def audit_stream(self, flow: http.HTTPFlow) -> None:

@@ -417,6 +417,10 @@ class AuthorizationServer(_Serving):
             return None
         return {"client_id": found.client_id, "scope": found.scope}
 
+    def issued(self, access_token: str) -> bool:
+        """Whether this server issued `access_token`, current or not (`introspect`: current only)."""
+        return self._access_token(access_token) is not None
+
     def expire_access_tokens(self) -> None:
         """Every access token issued so far counts as expired from now on."""
         with self._lock:
