@@ -148,6 +148,22 @@ def test_hmac_signature_verifies_as_the_api_does(vault_home: Path, mitmdump: Sta
     assert tls_upstream.requests[-1].header("X-Vaultproxy-Sign") is None
 
 
+@pytest.mark.parametrize("rules", [True, False], ids=["a host no rule covers", "no signing rules"])
+def test_the_signing_marker_never_goes_upstream(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, rules: bool,
+) -> None:
+    """X-Vaultproxy-Sign is the proxy's, whatever the request holds and whether or not a rule
+    signs it: it is taken out of requests with and without placeholders."""
+    Vault(vault_home).set("demo", "FAKE-demo-value-2", hosts=["other.example.com"])
+    if rules:
+        (vault_home / "signing.yaml").write_text(SIGNING)
+    session = start(mitmdump, vault_home).requests_session()
+    for headers in ({}, {"X-Key": "<<vault:demo>>"}):
+        answer = session.get(tls_upstream.url_for("other.example.com") + "/", timeout=TIMEOUT, headers={"X-Vaultproxy-Sign": "webhook", **headers})
+        assert answer.status_code == 200
+    assert [(r.header("X-Vaultproxy-Sign"), r.header("X-Key")) for r in tls_upstream.wait_for(2)] == [(None, None), (None, "FAKE-demo-value-2")]
+
+
 @pytest.mark.parametrize(("broken", "said"), [
     ("rules: [{name: x}]\n", "signing.yaml:1: rules[0].hosts: missing"), ("rules: {", "signing.yaml:2: invalid YAML"),
 ])

@@ -615,8 +615,7 @@ class Substitution:
         rules = self.proxy.rules
         rule = signing.rule_for(rules, request)
         if plan is None and not stream_body and rule is None:
-            if rules:
-                rewrite.drop_header(request, signing.MARKER)  # a marker no rule for this host took
+            rewrite.drop_header(request, signing.MARKER)  # a marker no rule for this host took
             return None
         return self.proxy.when_current(
             lambda: self._substitute_and_sign(flow, plan, (rules, rule), streamed=streamed, stream_body=stream_body)
