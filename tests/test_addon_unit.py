@@ -367,6 +367,16 @@ def test_prepare_streamed_body_reframes_as_told(
     assert request.headers.get("transfer-encoding") == transfer_encoding
 
 
+def test_drop_header_takes_every_spelling_and_nothing_else() -> None:
+    request = tutils.treq(headers=http.Headers([
+        (b"x-VAULTPROXY-sign", b"a"), (b"X-Vaultproxy-Signs", b"kept"), (b"Accept", b"*/*"), (b"X-Vaultproxy-Sign", b"b"),
+    ]))
+    rewrite.drop_header(request, "X-Vaultproxy-Sign")
+    assert request.headers.fields == ((b"X-Vaultproxy-Signs", b"kept"), (b"Accept", b"*/*"))
+    rewrite.drop_header(request, "X-Vaultproxy-Sign")  # none left: nothing changes
+    assert len(request.headers.fields) == 2
+
+
 def test_streamed_chunks_are_never_empty() -> None:
     # mitmproxy frames an empty chunk as "0\r\n\r\n", which would end a chunked body early.
     request = tutils.treq()
