@@ -24,7 +24,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from vaultcore.index import Secret, SecretIndex
 from vaultcore.placeholders import Context, StreamSubstituter, SubstitutionError
 from vaultcore.vault import Snapshot, Vault
-from vaultproxy import rewrite
+from vaultproxy import responses, rewrite
 from vaultproxy.addon import VaultProxy
 from vaultproxy.audit import FLUSH_SECONDS, RESOLVED, AuditLog
 
@@ -310,6 +310,53 @@ def test_a_mint_ahead_that_fails_unexpectedly_is_the_reason_the_body_is_given(
     error = addon.substitution._no_token(flow, "billing.token_type")
     assert (error.code, error.key, error.message) == ("token_unavailable", "billing.token_type", "token 'billing' could not be minted (RuntimeError)")
     assert addon.substitution._no_token(untried, "billing").message == "token 'billing' was due, and a streamed body cannot wait for a mint"
+
+# --- what comes back ---------------------------------------------------------------------------
+
+
+def answered(flow: http.HTTPFlow, response: http.Response, addon: VaultProxy) -> http.HTTPFlow:
+    """`flow` after its response passed the addon's response hooks."""
+    flow.response = response
+    addon.responseheaders(flow)
+    addon.response(flow)
+    return flow
+
+
+def test_trailers_are_cleaned(tctx: taddons.context, addon: VaultProxy) -> None:
+    """HTTP/2 and 3 upstreams may send trailers after the body: they are checked like headers."""
+    flow = request_flow(x_key="<<vault:unit.k>>")
+    addon.substitution.request(flow)
+    response = http.Response.make(200, b"ok")
+    response.trailers = http.Headers(x_echo=f"{VALUE} <<vault:unit.planted>>")
+    assert answered(flow, response, addon).response.trailers["x-echo"] == "<<vault:unit.k>> <<blocked-vault:unit.planted>>"
+
+
+def test_an_answer_before_a_streamed_body_ends_redacts_what_the_body_used(tctx: taddons.context, addon: VaultProxy) -> None:
+    """An upstream may answer (400 "bad key: ...") while the body still streams: the values the
+    body has used so far are redacted too, not only the head's."""
+    tctx.configure(addon, stream_large_bodies="1k")
+    flow = request_flow(content_type="application/json", transfer_encoding="chunked")
+    addon.substitution.requestheaders(flow)
+    assert callable(flow.request.stream)
+    assert flow.request.stream(b'{"key": "<<vault:unit.k>>", ') == [f'{{"key": "{VALUE}", '.encode()]
+    response = answered(flow, http.Response.make(400, f"bad key: {VALUE}".encode()), addon).response
+    assert response.content == b"bad key: <<vault:unit.k>>"
+
+
+def test_a_response_whose_check_fails_is_cut_off(
+    tctx: taddons.context, addon: VaultProxy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """mitmproxy only logs an exception out of a hook and passes the response on: a check that
+    fails (a bug; nothing expected raises) must cut the flow off instead."""
+
+    def broken(*_: object) -> bool:
+        raise RuntimeError(VALUE)  # the message is not logged: it may quote the response
+
+    monkeypatch.setattr(responses, "clean_body", broken)
+    flow = answered(request_flow(), http.Response.make(200, b"ok"), addon)
+    assert flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+    assert "checking a response failed (RuntimeError)" in caplog.text and VALUE not in caplog.text
+
 
 # --- streaming decisions --------------------------------------------------------------------
 

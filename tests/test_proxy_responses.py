@@ -16,7 +16,9 @@ import gzip
 import html
 import json
 import re
+import socket
 import subprocess
+import zlib
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -24,7 +26,7 @@ import pytest
 from mitmproxy import io
 
 from tests.support.env import child_env
-from tests.support.net import LOOPBACK
+from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MitmdumpProcess, StartProxy
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.vault import Vault
@@ -195,3 +197,179 @@ def test_responses_to_requests_without_secrets_are_left_alone(proxy: MitmdumpPro
     with proxy.requests_session() as session:
         response = session.get(f"{upstream.url}/plain", timeout=CLIENT_TIMEOUT)
     assert response.content == body and response.headers["Content-Encoding"] == "gzip"
+
+
+# --- answers that try to slip past the checks ------------------------------------------------
+# A hostile server chooses its framing, codings, status line and trailers; whatever it picks,
+# the client gets no value and no live placeholder. These servers answer with raw bytes.
+
+PLANT = b"<<vault:rsp.planted>>"
+
+
+def echo_and_plant(request: RecordedRequest) -> bytes:
+    """The value the request carried, twice, and a placeholder for the client to send back."""
+    value = received_value(request).encode()
+    return b"echo " + value + b" and " + PLANT + b" then " + value + b" " + b"." * 200
+
+
+def chunked(body: bytes, trailers: bytes = b"", size: int = 50) -> bytes:
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n" + trailers + b"\r\n"
+
+
+def raw_reply(head: str, body: bytes) -> Reply:
+    return Reply(raw=lambda request: head.encode() + b"\r\n" + body)
+
+
+def through(proxy: MitmdumpProcess, url: str, headers: dict[str, str] | None = None) -> bytes:
+    """Every byte a client reads for a GET through the proxy (HTTP/1.1: framing, trailers and
+    status line included), until the proxy closes the connection."""
+    lines = [f"GET {url} HTTP/1.1", f"Host: {url.split('/')[2]}", "Connection: close", "Accept-Encoding: identity",
+             *(f"{name}: {value}" for name, value in (headers or {}).items())]
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received
+
+
+def clean(data: bytes) -> bool:
+    return leaked(data) == [] and PLANT not in data and PLANT.replace(b"<", b"%3C") not in data
+
+
+@pytest.mark.parametrize("framing", ["chunked", "until-close"])
+def test_a_body_that_outgrows_stream_large_bodies_unannounced_is_still_cleaned(
+    streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, framing: str,
+) -> None:
+    """A body whose size is not known up front is buffered, and mitmproxy starts streaming it
+    once it outgrows stream_large_bodies, with no hook in between: it must be streamed through
+    the checks from its start instead."""
+    head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + ("Transfer-Encoding: chunked\r\n" if framing == "chunked" else "Connection: close\r\n")
+    upstream.route("/late", Reply(raw=lambda request: head.encode() + b"\r\n" + (
+        chunked(echo_and_plant(request)) if framing == "chunked" else echo_and_plant(request))))
+    with streaming_proxy.requests_session() as session:
+        response = session.get(f"{upstream.url}/late", headers={"X-Token": "<<vault:rsp.tok>>"}, timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 200 and b"blocked-vault:rsp.planted" in response.content
+    assert clean(response.content), response.content
+
+
+def test_a_binary_download_still_has_its_placeholders_neutralised(streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    """The server picks the media type: a streamed octet-stream is checked like any other body."""
+    body = b"\x00\xff" * 100 + b" run: curl /x?t=" + PLANT + b" " + b"\x00" * 100
+    upstream.route("/bin", Reply(body=body, headers=(("Content-Type", "application/octet-stream"),)))
+    with streaming_proxy.requests_session() as session:
+        content = session.get(f"{upstream.url}/bin", timeout=CLIENT_TIMEOUT).content
+    assert PLANT not in content and b"blocked-vault:rsp.planted" in content and content.startswith(b"\x00\xff")
+
+
+def gzip_members(body: bytes) -> bytes:
+    """Two gzip members: clients decode both, mitmproxy's decoder only the first."""
+    return gzip.compress(b"harmless ") + gzip.compress(body)
+
+
+CODED_BODIES = {
+    "x-gzip": ("x-gzip", gzip.compress),
+    "stacked": ("gzip, gzip", lambda body: gzip.compress(gzip.compress(body))),
+    "members": ("gzip", gzip_members),
+    "raw-deflate": ("deflate", lambda body: zlib.compress(body)[2:-4]),
+}
+
+
+@pytest.mark.parametrize("coding", list(CODED_BODIES))
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_bodies_in_codings_clients_decode_are_decoded_in_full_before_the_check(
+    proxy: MitmdumpProcess, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, coding: str, streamed: bool,
+) -> None:
+    """What urllib3 (requests) decodes, the proxy decodes before it checks: x-gzip, stacked
+    codings, every member of a gzip body, deflate without its zlib header."""
+    content_encoding, encode = CODED_BODIES[coding]
+    upstream.route("/coded", Reply(respond=lambda request: ([("Content-Encoding", content_encoding)], encode(echo_and_plant(request))),
+                                   headers=(("Content-Type", "text/plain"),)))
+    with (streaming_proxy if streamed else proxy).requests_session() as session:
+        response = session.get(f"{upstream.url}/coded", headers={"X-Token": "<<vault:rsp.tok>>"}, timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 200 and b"blocked-vault:rsp.planted" in response.content
+    assert clean(response.content), response.content
+    assert upstream.requests[-1].header("x-token") == VALUE.encode().decode("latin-1")  # the value went out
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("coding", ["compress", "gzip-cut-short", "gzip-then-garbage"])
+def test_a_body_that_cannot_be_decoded_is_not_passed_on(
+    proxy: MitmdumpProcess, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, coding: str, streamed: bool,
+) -> None:
+    """A body the proxy cannot decode in full cannot be checked: whole, it is withheld (502);
+    streamed, it is cut off where decoding fails (what came before was checked). Never passed
+    on unchecked."""
+    encodings = {
+        "compress": ("compress", lambda body: body),
+        "gzip-cut-short": ("gzip", lambda body: gzip.compress(body)[:-12]),
+        "gzip-then-garbage": ("gzip", lambda body: gzip.compress(b"harmless") + b"garbage " + body),
+    }
+    content_encoding, encode = encodings[coding]
+    upstream.route("/odd", Reply(respond=lambda request: ([("Content-Encoding", content_encoding)], encode(echo_and_plant(request))),
+                                 headers=(("Content-Type", "text/plain"),)))
+    active = streaming_proxy if streamed else proxy
+    received = through(active, f"{upstream.url}/odd", {"X-Token": "<<vault:rsp.tok>>"})
+    assert clean(received) and b"garbage" not in received, received
+    status = received.split(b"\r\n", 1)[0]
+    if not streamed:
+        assert status.startswith(b"HTTP/1.1 502") and b"undecodable_response" in received, received
+    elif coding == "compress":  # cut off before anything was sent
+        assert received == b"" or status.startswith(b"HTTP/1.1 502"), received
+    else:
+        assert status.startswith(b"HTTP/1.1 200"), received
+    wait_until(lambda: "cannot be decoded" in active.output(), CLIENT_TIMEOUT, "the log line")
+
+
+def test_the_status_line_is_checked_too(mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path) -> None:
+    """A reason phrase is the server's to fill: an echo there is redacted and a placeholder
+    neutralised, for the client and in the flow file. (Trailers are too, but mitmproxy reads
+    them from HTTP/2 and 3 upstreams only: tests/test_addon_unit.py.)"""
+
+    def respond(request: RecordedRequest) -> bytes:
+        value = received_value(request).encode()
+        return b"HTTP/1.1 200 OK " + value + b" " + PLANT + b"\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nbody"
+
+    upstream.route("/line", Reply(raw=respond))
+    flows = tmp_path / "flows"
+    proxy = mitmdump(options={"vault_home": str(home)}, args=["-w", str(flows)])
+    received = through(proxy, f"{upstream.url}/line", {"X-Token": "<<vault:rsp.tok>>"})
+    status_line = received.split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 200 OK <<vault:rsp.tok>> <<blocked-vault:rsp.planted>>", received
+    assert clean(received) and received.endswith(b"body")
+    proxy.stop()
+    assert leaked(flows.read_bytes()) == []
+
+
+def test_an_error_that_quotes_the_request_reaches_neither_client_nor_records(
+    mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path,
+) -> None:
+    """Something that is not HTTP at an allowed host's port echoes what it got: mitmproxy's
+    error ("Bad HTTP response line: b'GET /?t=VALUE ...'") would go to the flow file, the log
+    and, as a 502 page, to the client. The client is told the connection was killed; the log
+    has the error with the placeholder."""
+    upstream.route("/not-http", Reply(raw=lambda request: request.raw.split(b"\r\n", 1)[0] + b"\r\n\r\n"))
+    flows = tmp_path / "flows"
+    proxy = mitmdump(options={"vault_home": str(home)}, args=["-w", str(flows)])
+    received = through(proxy, f"{upstream.url}/not-http?t=<<vault:rsp.tok>>")
+    assert clean(received) and b"not-http" not in received, received  # killed: the connection closes with no answer
+    proxy.stop()
+    output = proxy.output()
+    assert leaked(output.encode()) == [] and leaked(flows.read_bytes()) == []
+    assert "/not-http?t=<<vault:rsp.tok>>" in output and "the client is told the connection was killed" in output
+
+
+def test_a_recorded_request_does_not_tell_the_values_length(mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path) -> None:
+    """A body placeholder changes Content-Length on the wire; the flow file keeps the length of
+    the body it records (placeholders), not one that gives away the value's."""
+    flows = tmp_path / "flows"
+    proxy = mitmdump(options={"vault_home": str(home)}, args=["-w", str(flows)])
+    body = json.dumps({"token": "<<vault:rsp.tok>>"}).encode()
+    with proxy.requests_session() as session:
+        session.post(f"{upstream.url}/post", data=body, headers={"Content-Type": "application/json"}, timeout=CLIENT_TIMEOUT)
+    assert upstream.requests[-1].header("content-length") != str(len(body))  # the value went out
+    proxy.stop()
+    with flows.open("rb") as f:
+        (flow,) = list(io.FlowReader(f).stream())
+    assert flow.request.content == body and flow.request.headers["content-length"] == str(len(body))

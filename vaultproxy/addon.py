@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mitmproxy import command, connection, ctx, exceptions, http, websocket
+from mitmproxy.flow import Error as FlowError
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
@@ -58,6 +59,14 @@ RELOAD_INTERVAL_SECONDS = 0.5
 CA_FILE = "mitmproxy-ca-cert.pem"  # in mitmproxy's confdir
 CA_WAIT_SECONDS = 30.0
 LOAD_ERRORS = (VaultError, ConfigError, OSError, ValueError)
+
+
+def cut_off(flow: http.HTTPFlow, what: str, error: Exception) -> None:
+    """For a response check that failed: mitmproxy only logs an exception out of a hook, and
+    the flow goes on, so the response would reach the client unchecked. It is cut off instead.
+    Only the exception's type is logged: its message may quote the response."""
+    logger.error(f"vaultproxy: {what} failed ({type(error).__name__}); cut it off rather than pass it on unchecked")
+    flow.kill()
 
 
 def live(flow: http.HTTPFlow, replays: weakref.WeakSet[http.HTTPFlow]) -> bool:
@@ -525,17 +534,40 @@ class VaultProxy:
     def _redactor(self, index: SecretIndex | None, keys: Iterable[str]) -> Redactor | None:
         return responses.redactor_for(index, keys) if self.settings.redact_responses else None
 
+    def _redactor_of(self, used: Original | None) -> Redactor | None:
+        """The redactor of the values a request used so far: those of a body still streaming
+        too (an upstream may answer before it ends)."""
+        if used is None:
+            return None
+        return self._redactor(used.index, used.keys if used.stream is None else [*used.keys, *used.stream.keys_used])
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.flights.restore(flow)
         response = flow.response
         assert response is not None
         if self._refused(flow):
             return
-        used = self.flights.used(flow)
-        redactor = self._redactor(used.index, used.keys) if used else None
-        responses.clean_headers(response.headers, redactor)
-        if response.stream is True and (stream := responses.stream_filter(flow, redactor)) is not None:
+        try:
+            redactor = self._redactor_of(self.flights.used(flow))
+            responses.clean_head(response, redactor)
+            if response.stream is not True and responses.streams_late(flow, self.settings.stream_large_bodies):
+                response.stream = True
+            if response.stream is True:
+                self._filter_stream(flow, response, redactor)
+        except Exception as e:
+            cut_off(flow, "checking a response's head", e)
+
+    @staticmethod
+    def _filter_stream(flow: http.HTTPFlow, response: http.Response, redactor: Redactor | None) -> None:
+        """Clean a streamed body as it passes; one that cannot be decoded as it comes is cut off."""
+        if (stream := responses.stream_filter(flow, redactor)) is not None:
             response.stream = stream
+            return
+        logger.warning(
+            f"vaultproxy: cut off a streamed response from {flow.request.host}: its Content-Encoding "
+            f"({response.headers.get('content-encoding')}) cannot be decoded as it comes, so it could not be checked"
+        )
+        flow.kill()
 
     def _refused(self, flow: http.HTTPFlow) -> bool:
         """Whether the proxy answered `flow` itself (looked up only when it answered any flow
@@ -557,20 +589,51 @@ class VaultProxy:
         if flow.websocket is not None:
             # the handshake's values may come back in messages
             self.flights.add_websocket_keys(flow, used.keys if used else [], used.index if used else None)
-        elif flow.response is not None and not flow.response.stream and not self._refused(flow):
-            responses.clean_body(flow.response, self._redactor(used.index, used.keys) if used else None)
+            return
+        response = flow.response
+        if response is None or self._refused(flow):
+            return
+        try:
+            redactor = self._redactor_of(used)
+            responses.clean_trailers(response, redactor)
+            if not response.stream and not responses.clean_body(response, redactor):
+                logger.warning(
+                    f"vaultproxy: withheld a response from {flow.request.host}: its Content-Encoding "
+                    f"({response.headers.get('content-encoding')}) cannot be decoded in full, so it could not be checked"
+                )
+                flow.response = responses.withheld(response)
+        except Exception as e:
+            cut_off(flow, "checking a response", e)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self.flights.restore(flow)  # first: whatever fails below, the request holds placeholders
         self.substitution.audit_stream(flow)  # a streamed request cut short is audited too
-        self.flights.finish(flow)
+        used = self.flights.finish(flow)
+        self._clean_error(flow, used)
         self.flights.end_websocket(flow)
+
+    def _clean_error(self, flow: http.HTTPFlow, used: Original | None) -> None:
+        """mitmproxy's error messages may quote what the upstream sent ("Bad HTTP response
+        line: b'...'"), which may echo the request, values and all, or hold a placeholder. The
+        message goes to whatever records the flow and, as the body of a 502, to the client:
+        one that had to be cleaned goes to neither. The flow is marked killed instead (then
+        the client is told only that), and the cleaned message is logged."""
+        if flow.error is None:
+            return
+        message = flow.error.msg.encode("utf-8", "surrogateescape")
+        if (clean := responses.cleaned(message, self._redactor_of(used))) is not message:
+            logger.warning(f"vaultproxy: {flow.request.host}: {clean.decode('utf-8', 'replace')} (the client is told the connection was killed)")
+            flow.error = FlowError(FlowError.KILLED_MESSAGE)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         self.flights.restore_messages(flow)
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
         if not message.from_client:
-            message.content = responses.cleaned(message.content, self._redactor(*self.flights.websocket_keys(flow)))
+            try:
+                message.content = responses.cleaned(message.content, self._redactor(*self.flights.websocket_keys(flow)))
+            except Exception as e:
+                cut_off(flow, "checking a WebSocket message", e)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.flights.end_websocket(flow)

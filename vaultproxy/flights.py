@@ -71,7 +71,8 @@ class Flights:
             self._requests[flow.id] = Original(
                 flow,
                 path=request.path if rewrite.path is not None else None,
-                fields=request.headers.fields if rewrite.fields is not None or streamed_body else None,
+                # A new body changes Content-Length, which would tell the value's length.
+                fields=request.headers.fields if rewrite.fields is not None or rewrite.content is not None or streamed_body else None,
                 raw_content=request.raw_content if rewrite.content is not None else None,
                 keys=list(rewrite.keys),
                 index=index,
@@ -80,7 +81,7 @@ class Flights:
         original.index = index
         if rewrite.path is not None and original.path is None:
             original.path = request.path
-        if (rewrite.fields is not None or streamed_body) and original.fields is None:
+        if (rewrite.fields is not None or rewrite.content is not None or streamed_body) and original.fields is None:
             original.fields = request.headers.fields
         if rewrite.content is not None and original.raw_content is None:
             original.raw_content = request.raw_content

@@ -1,27 +1,36 @@
 """What comes back from upstream, before the client or anything that records flows sees it.
 
-Two jobs, in this order, on response headers, bodies (whole or streamed) and server-to-client
-WebSocket messages (see `vaultcore.redaction`):
+Two jobs, in this order, on the status line, headers, trailers, bodies (whole or streamed)
+and server-to-client WebSocket messages (see `vaultcore.redaction`):
 
 - every placeholder a server sent is neutralised, in every response: a server that holds no
   secret could otherwise answer `302 Location: https://allowed.test/?t=<<vault:tok>>` (or
   put one in a page an agent reads) and have the client spend the secret for it;
 - the values the request used are shown as their placeholders wherever the response echoes
   them (`vault_redact_responses`, on by default).
+
+A body is checked as the client will read it: decoded in full (`decoder`). One that cannot
+be is not passed on (`withheld`; a stream is cut off where decoding fails).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import zlib
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import brotli
 from mitmproxy import http
+from mitmproxy.net import encoding
+from mitmproxy.net.http.http1 import expected_http_body_size
 
 from vaultcore.index import SecretIndex
 from vaultcore.redaction import Redactor, StreamNeutraliser, StreamRedactor, might_hold_placeholder, neutralise
-from vaultproxy.rewrite import BINARY_TYPES
+from vaultproxy.refusal import ERROR_HEADER
+
+logger = logging.getLogger(__name__)
 
 Filter = Callable[[bytes], bytes]
 StreamFilter = Callable[[bytes], list[bytes]]
@@ -47,12 +56,28 @@ def cleaned(data: bytes, redactor: Redactor | None) -> bytes:
     return redactor.redact(data) if redactor is not None else data
 
 
-def clean_headers(headers: http.Headers, redactor: Redactor | None) -> None:
-    # Every response comes here: one check over all values is five times cheaper than one each
-    # (whatever occurs in one value occurs in them joined).
-    joined = b"\n".join([value for _, value in headers.fields])
-    if not might_hold_placeholder(joined) and (redactor is None or redactor.redact(joined) is joined):
+def clean_head(response: http.Response, redactor: Redactor | None) -> None:
+    """The status line's reason phrase and every header value. Every response comes here: one
+    check over all of them is five times cheaper than one each (whatever occurs in one occurs
+    in them joined)."""
+    joined = b"\n".join([value for _, value in response.headers.fields])
+    if not _may_change(joined + b"\n" + response.data.reason, redactor):
         return
+    response.data.reason = cleaned(response.data.reason, redactor)
+    _clean_fields(response.headers, redactor)
+
+
+def clean_trailers(response: http.Response, redactor: Redactor | None) -> None:
+    """Trailers come after the body (and are sent after the `response` hook)."""
+    if response.trailers and _may_change(b"\n".join([value for _, value in response.trailers.fields]), redactor):
+        _clean_fields(response.trailers, redactor)
+
+
+def _may_change(data: bytes, redactor: Redactor | None) -> bool:
+    return might_hold_placeholder(data) or (redactor is not None and redactor.redact(data) is not data)
+
+
+def _clean_fields(headers: http.Headers, redactor: Redactor | None) -> None:
     fields = tuple((name, cleaned(value, redactor)) for name, value in headers.fields)
     if any(new is not old for (_, new), (_, old) in zip(fields, headers.fields)):
         headers.fields = fields
@@ -61,50 +86,179 @@ def clean_headers(headers: http.Headers, redactor: Redactor | None) -> None:
 ENCODING_NAME = b"content-encoding"
 
 
-def clean_body(response: http.Response, redactor: Redactor | None) -> None:
-    """A whole body, decoded first when it is compressed (the client decodes it too). One
-    look at the header names tells an encoded body, at a fifth of `Headers.get`'s cost."""
+def clean_body(response: http.Response, redactor: Redactor | None) -> bool:
+    """A whole body, decoded first when it is compressed (the client decodes it too); False
+    when its Content-Encoding cannot be undone in full, so that it could not be checked: it
+    must not be passed on (`withheld`). One look at the header names tells an encoded body,
+    at a fifth of `Headers.get`'s cost."""
     raw = response.raw_content
     if not raw:
-        return
-    encoded = ENCODING_NAME in [name.lower() for name, _ in response.headers.fields]
-    content = response.get_content(strict=False) if encoded else raw
-    if content is not None and (new := cleaned(content, redactor)) is not content:
-        response.content = new  # re-encodes, and fixes Content-Length
+        return True
+    if ENCODING_NAME in [name.lower() for name, _ in response.headers.fields]:
+        decode = decoder(response.headers.get("content-encoding", ""))
+        try:
+            content = decode(raw) + decode(b"") if decode is not None else None
+        except Exception:  # zlib's, brotli's, zstd's errors, a member cut short: all mean the same
+            content = None
+        if content is None:
+            return False
+    else:
+        content = raw
+    if (new := cleaned(content, redactor)) is not content:
+        # Re-encoded, Content-Length fixed; a coding mitmproxy cannot encode (x-gzip, stacked
+        # codings) is dropped, and the client gets the body as it is.
+        response.content = new
+    return True
 
 
-def _stream_decoder(encoding: str) -> Filter | None:
-    """A chunk-by-chunk decoder for a streamed body's Content-Encoding (None: identity)."""
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
-        return lambda chunk: decoder.decompress(chunk) if chunk else decoder.flush()
-    if encoding == "br":
-        brotli_decoder = brotli.Decompressor()
-        return lambda chunk: brotli_decoder.process(chunk) if chunk else b""
-    return None
+def withheld(response: http.Response) -> http.Response:
+    """The proxy's answer in place of a response whose body could not be checked."""
+    coding = response.headers.get("content-encoding", "")
+    return http.Response.make(
+        502,
+        f"vaultproxy withheld this response: its Content-Encoding ({coding}) cannot be decoded in full, "
+        "so it could not be checked for secrets or placeholders\n".encode(),
+        {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", ERROR_HEADER: "undecodable_response"},
+    )
+
+
+# --- undoing Content-Encoding, as clients do ------------------------------------------------
+
+
+def decoder(content_encoding: str) -> Filter | None:
+    """A chunk-by-chunk decoder of a body with this Content-Encoding, every coding undone (the
+    last applied first); None when one of them is unknown. It takes `b""` at the end of the
+    body, and raises when the body was cut short. Clients decode more than mitmproxy does:
+    every member of a gzip body (mitmproxy, the first), `x-gzip`, stacked codings."""
+    codings = [coding for coding in (part.strip().lower() for part in content_encoding.split(",")) if coding not in ("", "identity")]
+    if any(coding not in _CODINGS for coding in codings):
+        return None
+    decoders = [_CODINGS[coding]() for coding in reversed(codings)]
+
+    def decode(chunk: bytes) -> bytes:
+        if not chunk:
+            for each in decoders:
+                each(b"")
+            return b""
+        for each in decoders:
+            chunk = each(chunk)
+            if not chunk:
+                break
+        return chunk
+
+    return decode
+
+
+def _members(start: Callable[[bytes], Any]) -> Filter:
+    """A decoder of a body of one or more compressed members, each undone by a fresh
+    decompressor `start(its first bytes)` (zlib's or zstd's: `decompress`, `eof`,
+    `unused_data`). NUL bytes after the last member are padding, as gzip allows."""
+    current: Any = None
+
+    def decode(chunk: bytes) -> bytes:
+        nonlocal current
+        if not chunk:
+            if current is not None and not current.eof:
+                raise ValueError("the body ends inside a compressed member")
+            return b""
+        out = []
+        while chunk:
+            if current is None:
+                if not chunk.strip(b"\0"):
+                    break
+                current = start(chunk)
+            out.append(current.decompress(chunk))
+            if not current.eof:
+                break
+            chunk, current = current.unused_data, None
+        return b"".join(out)
+
+    return decode
+
+
+def _brotli() -> Filter:
+    brotli_decoder = brotli.Decompressor()
+
+    def decode(chunk: bytes) -> bytes:
+        if chunk:
+            return brotli_decoder.process(chunk)
+        if not brotli_decoder.is_finished():
+            raise ValueError("the body ends inside its brotli stream")
+        return b""
+
+    return decode
+
+
+def _zlib_wrapped(first: bytes) -> bool:
+    """Whether a deflate body has the zlib header it should have; some servers send raw deflate."""
+    return len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+
+
+def _zstd_frame() -> Any:
+    """A decompressor of one zstd frame, from the zstd module mitmproxy uses (zstandard on
+    mitmproxy 11, compression.zstd or its backport on 12)."""
+    made = encoding.zstd.ZstdDecompressor()
+    return made.decompressobj() if hasattr(made, "decompressobj") else made
+
+
+def _gzip() -> Filter:
+    return _members(lambda _: zlib.decompressobj(zlib.MAX_WBITS | 32))  # a zlib header is read too, as by curl
+
+
+_CODINGS: dict[str, Callable[[], Filter]] = {
+    "gzip": _gzip,
+    "x-gzip": _gzip,
+    "deflate": lambda: _members(lambda first: zlib.decompressobj(zlib.MAX_WBITS if _zlib_wrapped(first) else -zlib.MAX_WBITS)),
+    "br": _brotli,
+    "zstd": lambda: _members(lambda _: _zstd_frame()),
+}
+
+
+# --- streamed bodies --------------------------------------------------------------------------
+
+
+def streams_late(flow: http.HTTPFlow, stream_large_bodies: str | None) -> bool:
+    """Whether mitmproxy may start streaming this response only after `responseheaders`.
+
+    A body whose size is unknown up front (chunked, or read until the connection closes) is
+    buffered, and once it outgrows stream_large_bodies mitmproxy sends it on as it comes, with
+    no hook in between: neither neutralised nor redacted. Such a body is streamed through the
+    filter from its start instead."""
+    if not stream_large_bodies:
+        return False
+    try:
+        size = expected_http_body_size(flow.request, flow.response)
+    except ValueError:  # a malformed length: unknown
+        return True
+    return size is None or size < 0
 
 
 def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilter | None:
-    """The filter for a streamed response body, set up in `responseheaders`; None when this
-    body is passed through as it is (a binary download of a request that used no secret, or
-    an encoding that cannot be decoded chunk by chunk).
+    """The filter for a streamed response body, set up in `responseheaders`; None when its
+    Content-Encoding cannot be undone chunk by chunk, so that it cannot be checked (the
+    caller kills the flow).
 
-    The body's length changes, so it loses Content-Length (and is re-framed as chunked for an
-    HTTP/1 client); a compressed body goes to the client decoded."""
+    The body's length may change, so it loses Content-Length (and is re-framed as chunked for
+    an HTTP/1 client); a compressed body goes to the client decoded."""
     response = flow.response
     assert response is not None
-    media = response.headers.get("content-type", "").lower()
-    if redactor is None and media.startswith(BINARY_TYPES):
-        return None
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    decode = None if encoding == "identity" else _stream_decoder(encoding)
-    if decode is None and encoding != "identity":
+    decode = decoder(response.headers.get("content-encoding", ""))
+    if decode is None:
         return None
     neutraliser = StreamNeutraliser()
     stream_redactor = StreamRedactor(redactor) if redactor is not None else None
+    undecodable = False
 
     def filter_chunk(chunk: bytes) -> list[bytes]:
-        data = decode(chunk) if decode is not None else chunk
+        nonlocal undecodable
+        try:
+            data = b"" if undecodable else decode(chunk)
+        except Exception as e:  # what came before was checked and sent; nothing after it is
+            undecodable, data = True, b""
+            logger.warning(
+                f"vaultproxy: cut short a streamed response from {flow.request.host}: its body cannot be decoded "
+                f"past this point ({type(e).__name__}), so the rest could not be checked"
+            )
         out = neutraliser.feed(data) if chunk else neutraliser.feed(data) + neutraliser.flush()  # b"": the end
         if stream_redactor is not None:
             out = stream_redactor.feed(out) if chunk else stream_redactor.feed(out) + stream_redactor.flush()

@@ -101,7 +101,9 @@ class Reply:
     and goes on with the next request on the connection. `respond` computes (extra headers,
     body) from the request, for servers that reflect what they received in their own way.
     `trickle` sends the response in pieces of that many bytes, pausing between them, so a
-    proxy reads it in many chunks.
+    proxy reads it in many chunks. `raw` computes the whole answer's bytes from the request,
+    then closes the connection: for a hostile server that breaks the rules (its own framing,
+    trailers, status line, codings, or no HTTP at all).
     """
 
     status: int = 200
@@ -113,6 +115,7 @@ class Reply:
     early: bool = False
     respond: Callable[[RecordedRequest], tuple[list[tuple[str, str]], bytes]] | None = None
     trickle: int = 0
+    raw: Callable[[RecordedRequest], bytes] | None = None
 
 
 class _Recorder(Generic[T]):
@@ -291,6 +294,9 @@ class _Handler(socketserver.BaseRequestHandler):
             return False
         if reply.behaviour == "malformed":
             conn.sendall(MALFORMED_RESPONSE)
+            return False
+        if reply.raw is not None:
+            conn.sendall(reply.raw(request))
             return False
         data, keep_alive = _response(request, reply)
         pieces = [data[i : i + reply.trickle] for i in range(0, len(data), reply.trickle)] if reply.trickle else [data]
