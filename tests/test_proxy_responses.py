@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import gzip
 import html
+import io as io_module
 import json
 import re
 import socket
@@ -294,32 +295,46 @@ def test_bodies_in_codings_clients_decode_are_decoded_in_full_before_the_check(
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
-@pytest.mark.parametrize("coding", ["compress", "gzip-cut-short", "gzip-then-garbage"])
-def test_a_body_that_cannot_be_decoded_is_not_passed_on(
+@pytest.mark.parametrize("coding", ["gzip-cut-short", "gzip-then-garbage"])
+def test_a_body_that_does_not_decode_is_not_passed_on(
     proxy: MitmdumpProcess, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, coding: str, streamed: bool,
 ) -> None:
-    """A body the proxy cannot decode in full cannot be checked: whole, it is withheld (502);
-    streamed, it is cut off where decoding fails (what came before was checked). Never passed
-    on unchecked."""
+    """A body that does not decode as its Content-Encoding says cannot be checked: whole, it is
+    withheld (502); streamed, it is cut off where decoding fails (what came before was
+    checked). Never passed on unchecked."""
     encodings = {
-        "compress": ("compress", lambda body: body),
-        "gzip-cut-short": ("gzip", lambda body: gzip.compress(body)[:-12]),
-        "gzip-then-garbage": ("gzip", lambda body: gzip.compress(b"harmless") + b"garbage " + body),
+        "gzip-cut-short": lambda body: gzip.compress(body)[:-12],
+        "gzip-then-garbage": lambda body: gzip.compress(b"harmless") + b"garbage " + body,
     }
-    content_encoding, encode = encodings[coding]
-    upstream.route("/odd", Reply(respond=lambda request: ([("Content-Encoding", content_encoding)], encode(echo_and_plant(request))),
+    upstream.route("/odd", Reply(respond=lambda request: ([("Content-Encoding", "gzip")], encodings[coding](echo_and_plant(request))),
                                  headers=(("Content-Type", "text/plain"),)))
     active = streaming_proxy if streamed else proxy
     received = through(active, f"{upstream.url}/odd", {"X-Token": "<<vault:rsp.tok>>"})
     assert clean(received) and b"garbage" not in received, received
     status = received.split(b"\r\n", 1)[0]
-    if not streamed:
-        assert status.startswith(b"HTTP/1.1 502") and b"undecodable_response" in received, received
-    elif coding == "compress":  # cut off before anything was sent
-        assert received == b"" or status.startswith(b"HTTP/1.1 502"), received
-    else:
+    if streamed:
         assert status.startswith(b"HTTP/1.1 200"), received
-    wait_until(lambda: "cannot be decoded" in active.output(), CLIENT_TIMEOUT, "the log line")
+        wait_until(lambda: "cannot be decoded past this point" in active.output(), CLIENT_TIMEOUT, "the log line")
+    else:
+        assert status.startswith(b"HTTP/1.1 502") and b"undecodable_response" in received, received
+        wait_until(lambda: "withheld a response" in active.output(), CLIENT_TIMEOUT, "the log line")
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("coding", ["compress", "none", "utf-8"])
+def test_a_body_in_a_coding_the_proxy_does_not_know_goes_as_it_was_checked(
+    proxy: MitmdumpProcess, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, coding: str, streamed: bool,
+) -> None:
+    """A server may label a body with a coding the proxy cannot undo (or a sloppy one, `none`,
+    a charset): it is checked as it is and goes without the label, so no client can read it
+    otherwise than it was checked."""
+    upstream.route("/odd", Reply(respond=lambda request: ([("Content-Encoding", coding)], echo_and_plant(request)),
+                                 headers=(("Content-Type", "text/plain"),)))
+    with (streaming_proxy if streamed else proxy).requests_session() as session:
+        response = session.get(f"{upstream.url}/odd", headers={"X-Token": "<<vault:rsp.tok>>"}, timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 200 and "Content-Encoding" not in response.headers
+    assert response.content.startswith(b"echo <<vault:rsp.tok>> and <<blocked-vault:rsp.planted>>"), response.content
+    assert clean(response.content)
 
 
 def test_the_status_line_is_checked_too(mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path) -> None:
@@ -373,3 +388,16 @@ def test_a_recorded_request_does_not_tell_the_values_length(mitmdump: StartProxy
     with flows.open("rb") as f:
         (flow,) = list(io.FlowReader(f).stream())
     assert flow.request.content == body and flow.request.headers["content-length"] == str(len(body))
+
+
+def test_compressed_bytes_that_show_a_placeholder_in_the_clear_are_re_encoded(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    """A gzip header's name field is not compressed: a client that does not decode (curl
+    without --compressed) reads it as it is. The body is checked decoded, and the bytes sent
+    are checked too."""
+    buffer = io_module.BytesIO()
+    with gzip.GzipFile(filename=PLANT.decode(), mode="wb", fileobj=buffer, mtime=0) as compressed:
+        compressed.write(b"a harmless body")
+    assert PLANT in buffer.getvalue()
+    upstream.route("/named", Reply(body=buffer.getvalue(), headers=(("Content-Type", "text/plain"), ("Content-Encoding", "gzip"))))
+    received = through(proxy, f"{upstream.url}/named")
+    assert PLANT not in received and gzip.decompress(received.split(b"\r\n\r\n", 1)[1]) == b"a harmless body"

@@ -553,21 +553,9 @@ class VaultProxy:
             if response.stream is not True and responses.streams_late(flow, self.settings.stream_large_bodies):
                 response.stream = True
             if response.stream is True:
-                self._filter_stream(flow, response, redactor)
+                response.stream = responses.stream_filter(flow, redactor)
         except Exception as e:
             cut_off(flow, "checking a response's head", e)
-
-    @staticmethod
-    def _filter_stream(flow: http.HTTPFlow, response: http.Response, redactor: Redactor | None) -> None:
-        """Clean a streamed body as it passes; one that cannot be decoded as it comes is cut off."""
-        if (stream := responses.stream_filter(flow, redactor)) is not None:
-            response.stream = stream
-            return
-        logger.warning(
-            f"vaultproxy: cut off a streamed response from {flow.request.host}: its Content-Encoding "
-            f"({response.headers.get('content-encoding')}) cannot be decoded as it comes, so it could not be checked"
-        )
-        flow.kill()
 
     def _refused(self, flow: http.HTTPFlow) -> bool:
         """Whether the proxy answered `flow` itself (looked up only when it answered any flow
@@ -598,8 +586,8 @@ class VaultProxy:
             responses.clean_trailers(response, redactor)
             if not response.stream and not responses.clean_body(response, redactor):
                 logger.warning(
-                    f"vaultproxy: withheld a response from {flow.request.host}: its Content-Encoding "
-                    f"({response.headers.get('content-encoding')}) cannot be decoded in full, so it could not be checked"
+                    f"vaultproxy: withheld a response from {flow.request.host}: its body does not decode as its "
+                    f"Content-Encoding ({response.headers.get('content-encoding')}) says, so it could not be checked"
                 )
                 flow.response = responses.withheld(response)
         except Exception as e:
@@ -620,7 +608,7 @@ class VaultProxy:
         the client is told only that), and the cleaned message is logged."""
         if flow.error is None:
             return
-        message = flow.error.msg.encode("utf-8", "surrogateescape")
+        message = flow.error.msg.encode("utf-8", "backslashreplace")
         if (clean := responses.cleaned(message, self._redactor_of(used))) is not message:
             logger.warning(f"vaultproxy: {flow.request.host}: {clean.decode('utf-8', 'replace')} (the client is told the connection was killed)")
             flow.error = FlowError(FlowError.KILLED_MESSAGE)

@@ -9,8 +9,9 @@ and server-to-client WebSocket messages (see `vaultcore.redaction`):
 - the values the request used are shown as their placeholders wherever the response echoes
   them (`vault_redact_responses`, on by default).
 
-A body is checked as the client will read it: decoded in full (`decoder`). One that cannot
-be is not passed on (`withheld`; a stream is cut off where decoding fails).
+A body is checked as the client will read it: decoded in full (`decoder`), or, in a coding
+the proxy does not know, as it is and without its Content-Encoding. One that does not decode
+is not passed on (`withheld`; a stream is cut off where decoding fails).
 """
 
 from __future__ import annotations
@@ -87,24 +88,29 @@ ENCODING_NAME = b"content-encoding"
 
 
 def clean_body(response: http.Response, redactor: Redactor | None) -> bool:
-    """A whole body, decoded first when it is compressed (the client decodes it too); False
-    when its Content-Encoding cannot be undone in full, so that it could not be checked: it
-    must not be passed on (`withheld`). One look at the header names tells an encoded body,
-    at a fifth of `Headers.get`'s cost."""
+    """A whole body, checked as the client will read it; False when it is compressed and does
+    not decode (cut short, garbage), so that it could not be checked: it must not be passed on
+    (`withheld`). One look at the header names tells an encoded body, at a fifth of
+    `Headers.get`'s cost."""
     raw = response.raw_content
     if not raw:
         return True
+    decode = None
     if ENCODING_NAME in [name.lower() for name, _ in response.headers.fields]:
-        decode = decoder(response.headers.get("content-encoding", ""))
-        try:
-            content = decode(raw) + decode(b"") if decode is not None else None
-        except Exception:  # zlib's, brotli's, zstd's errors, a member cut short: all mean the same
-            content = None
-        if content is None:
-            return False
-    else:
-        content = raw
-    if (new := cleaned(content, redactor)) is not content:
+        decode = decoder(response.headers["content-encoding"])
+        if decode is None:  # a coding the proxy does not know: `none`, a charset, `compress`
+            del response.headers["content-encoding"]  # no client decodes it otherwise than checked
+    if decode is None:
+        if (new := cleaned(raw, redactor)) is not raw:
+            response.content = new
+        return True
+    try:
+        content = decode(raw) + decode(b"")
+    except Exception:  # zlib's, brotli's, zstd's errors, a member cut short: all mean the same
+        return False
+    # Also re-encoded when the compressed bytes show something in the clear (a gzip header's
+    # name or comment field), which a client that does not decode would read.
+    if (new := cleaned(content, redactor)) is not content or _may_change(raw, redactor):
         # Re-encoded, Content-Length fixed; a coding mitmproxy cannot encode (x-gzip, stacked
         # codings) is dropped, and the client gets the body as it is.
         response.content = new
@@ -116,7 +122,7 @@ def withheld(response: http.Response) -> http.Response:
     coding = response.headers.get("content-encoding", "")
     return http.Response.make(
         502,
-        f"vaultproxy withheld this response: its Content-Encoding ({coding}) cannot be decoded in full, "
+        f"vaultproxy withheld this response: its body does not decode as its Content-Encoding ({coding}) says, "
         "so it could not be checked for secrets or placeholders\n".encode(),
         {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", ERROR_HEADER: "undecodable_response"},
     )
@@ -149,22 +155,27 @@ def decoder(content_encoding: str) -> Filter | None:
     return decode
 
 
-def _members(start: Callable[[bytes], Any]) -> Filter:
+def _members(start: Callable[[bytes], Any], *, header: int = 1, padding: bool = False) -> Filter:
     """A decoder of a body of one or more compressed members, each undone by a fresh
     decompressor `start(its first bytes)` (zlib's or zstd's: `decompress`, `eof`,
-    `unused_data`). NUL bytes after the last member are padding, as gzip allows."""
+    `unused_data`), once `header` bytes of it have come (a chunk may hold fewer). `padding`:
+    NUL bytes between and after members are skipped, as gzip readers do."""
     current: Any = None
+    pending = b""  # the start of a member, shorter than `header`
 
     def decode(chunk: bytes) -> bytes:
-        nonlocal current
+        nonlocal current, pending
         if not chunk:
-            if current is not None and not current.eof:
+            if pending or (current is not None and not current.eof):
                 raise ValueError("the body ends inside a compressed member")
             return b""
         out = []
         while chunk:
             if current is None:
-                if not chunk.strip(b"\0"):
+                chunk = (pending + chunk).lstrip(b"\0") if padding else pending + chunk
+                pending = b""
+                if len(chunk) < header:
+                    pending = chunk
                     break
                 current = start(chunk)
             out.append(current.decompress(chunk))
@@ -178,11 +189,14 @@ def _members(start: Callable[[bytes], Any]) -> Filter:
 
 def _brotli() -> Filter:
     brotli_decoder = brotli.Decompressor()
+    fed = False
 
     def decode(chunk: bytes) -> bytes:
+        nonlocal fed
         if chunk:
+            fed = True
             return brotli_decoder.process(chunk)
-        if not brotli_decoder.is_finished():
+        if fed and not brotli_decoder.is_finished():
             raise ValueError("the body ends inside its brotli stream")
         return b""
 
@@ -190,8 +204,9 @@ def _brotli() -> Filter:
 
 
 def _zlib_wrapped(first: bytes) -> bool:
-    """Whether a deflate body has the zlib header it should have; some servers send raw deflate."""
-    return len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+    """Whether a deflate body (its first two bytes at least) has the zlib header it should
+    have; some servers send raw deflate."""
+    return first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
 
 
 def _zstd_frame() -> Any:
@@ -202,13 +217,13 @@ def _zstd_frame() -> Any:
 
 
 def _gzip() -> Filter:
-    return _members(lambda _: zlib.decompressobj(zlib.MAX_WBITS | 32))  # a zlib header is read too, as by curl
+    return _members(lambda _: zlib.decompressobj(zlib.MAX_WBITS | 32), padding=True)  # a zlib header is read too, as by curl
 
 
 _CODINGS: dict[str, Callable[[], Filter]] = {
     "gzip": _gzip,
     "x-gzip": _gzip,
-    "deflate": lambda: _members(lambda first: zlib.decompressobj(zlib.MAX_WBITS if _zlib_wrapped(first) else -zlib.MAX_WBITS)),
+    "deflate": lambda: _members(lambda first: zlib.decompressobj(zlib.MAX_WBITS if _zlib_wrapped(first) else -zlib.MAX_WBITS), header=2),
     "br": _brotli,
     "zstd": lambda: _members(lambda _: _zstd_frame()),
 }
@@ -233,18 +248,19 @@ def streams_late(flow: http.HTTPFlow, stream_large_bodies: str | None) -> bool:
     return size is None or size < 0
 
 
-def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilter | None:
-    """The filter for a streamed response body, set up in `responseheaders`; None when its
-    Content-Encoding cannot be undone chunk by chunk, so that it cannot be checked (the
-    caller kills the flow).
+def _as_it_is(chunk: bytes) -> bytes:
+    return chunk
+
+
+def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilter:
+    """The filter for a streamed response body, set up in `responseheaders`.
 
     The body's length may change, so it loses Content-Length (and is re-framed as chunked for
-    an HTTP/1 client); a compressed body goes to the client decoded."""
+    an HTTP/1 client); a compressed body goes to the client decoded, and one in a coding the
+    proxy does not know goes as it is, checked as it is (without its Content-Encoding)."""
     response = flow.response
     assert response is not None
-    decode = decoder(response.headers.get("content-encoding", ""))
-    if decode is None:
-        return None
+    decode = decoder(response.headers.get("content-encoding", "")) or _as_it_is
     neutraliser = StreamNeutraliser()
     stream_redactor = StreamRedactor(redactor) if redactor is not None else None
     undecodable = False
