@@ -362,7 +362,7 @@ def test_an_error_that_quotes_the_request_reaches_neither_client_nor_records(
 ) -> None:
     """Something that is not HTTP at an allowed host's port echoes what it got: mitmproxy's
     error ("Bad HTTP response line: b'GET /?t=VALUE ...'") would go to the flow file, the log
-    and, as a 502 page, to the client. The client is told the connection was killed; the log
+    and, as a 502 page, to the client. The client gets no answer instead (its connection is cut); the log
     has the error with the placeholder."""
     upstream.route("/not-http", Reply(raw=lambda request: request.raw.split(b"\r\n", 1)[0] + b"\r\n\r\n"))
     flows = tmp_path / "flows"
@@ -372,7 +372,7 @@ def test_an_error_that_quotes_the_request_reaches_neither_client_nor_records(
     proxy.stop()
     output = proxy.output()
     assert leaked(output.encode()) == [] and leaked(flows.read_bytes()) == []
-    assert "/not-http?t=<<vault:rsp.tok>>" in output and "the client is told the connection was killed" in output
+    assert "/not-http?t=<<vault:rsp.tok>>" in output and "the client gets no answer: it would quote this" in output
 
 
 def test_a_recorded_request_does_not_tell_the_values_length(mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path) -> None:

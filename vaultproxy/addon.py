@@ -604,13 +604,13 @@ class VaultProxy:
         """mitmproxy's error messages may quote what the upstream sent ("Bad HTTP response
         line: b'...'"), which may echo the request, values and all, or hold a placeholder. The
         message goes to whatever records the flow and, as the body of a 502, to the client:
-        one that had to be cleaned goes to neither. The flow is marked killed instead (then
-        the client is told only that), and the cleaned message is logged."""
+        one that had to be cleaned goes to neither. The flow is marked killed instead (mitmproxy
+        then cuts the client's request off with no answer), and the cleaned message is logged."""
         if flow.error is None:
             return
         message = flow.error.msg.encode("utf-8", "backslashreplace")
         if (clean := responses.cleaned(message, self._redactor_of(used))) is not message:
-            logger.warning(f"vaultproxy: {flow.request.host}: {clean.decode('utf-8', 'replace')} (the client is told the connection was killed)")
+            logger.warning(f"vaultproxy: {flow.request.host}: {clean.decode('utf-8', 'replace')} (the client gets no answer: it would quote this)")
             flow.error = FlowError(FlowError.KILLED_MESSAGE)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
