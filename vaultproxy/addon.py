@@ -550,7 +550,7 @@ class VaultProxy:
         try:
             redactor = self._redactor_of(self.flights.used(flow))
             responses.clean_head(response, redactor)
-            if response.stream is not True and responses.streams_late(flow, self.settings.stream_large_bodies):
+            if not response.stream and responses.streams_late(flow, self.settings.stream_large_bodies):
                 response.stream = True
             if response.stream is True:
                 response.stream = responses.stream_filter(flow, redactor)
