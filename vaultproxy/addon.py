@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from mitmproxy import command, connection, ctx, exceptions, http, websocket
-from mitmproxy.flow import Error as FlowError
 from mitmproxy.addonmanager import Loader
+from mitmproxy.flow import Error as FlowError
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
 
@@ -537,9 +537,7 @@ class VaultProxy:
     def _redactor_of(self, used: Original | None) -> Redactor | None:
         """The redactor of the values a request used so far: those of a body still streaming
         too (an upstream may answer before it ends)."""
-        if used is None:
-            return None
-        return self._redactor(used.index, used.keys if used.stream is None else [*used.keys, *used.stream.keys_used])
+        return self._redactor(used.index, used.keys_so_far()) if used is not None else None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.flights.restore(flow)

@@ -36,6 +36,12 @@ class Original:
     response_done: bool = False  # the response ended while the request body was still streaming
     audited: bool = False
 
+    def keys_so_far(self) -> list[str]:
+        """The keys the request used: its head's, then those its streamed body used so far."""
+        if self.stream is None:
+            return self.keys
+        return self.keys + [k for k in self.stream.keys_used if k not in self.keys]
+
 
 def body_streaming(flow: http.HTTPFlow) -> bool:
     """Whether the request's body is still going out (an upstream may answer before it ends)."""
@@ -98,9 +104,7 @@ class Flights:
         original = self._requests.get(flow.id)
         if original is None:
             return [], []
-        if original.stream is not None:
-            original.keys.extend(k for k in original.stream.keys_used if k not in original.keys)
-        return original.keys, original.refusals
+        return original.keys_so_far(), original.refusals
 
     def original_path(self, flow: http.HTTPFlow) -> str:
         original = self._requests.get(flow.id)
