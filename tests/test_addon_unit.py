@@ -298,7 +298,6 @@ def test_a_failed_mint_ahead_of_a_body_keeps_nothing_that_holds_its_flow(tctx: t
     assert kept() is None and not addon.substitution.mints_failed
 
 
-
 def test_a_mint_ahead_that_fails_unexpectedly_is_the_reason_the_body_is_given(
     tctx: taddons.context, addon: VaultProxy, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -314,6 +313,7 @@ def test_a_mint_ahead_that_fails_unexpectedly_is_the_reason_the_body_is_given(
     error = addon.substitution._no_token(flow, "billing.token_type")
     assert (error.code, error.key, error.message) == ("token_unavailable", "billing.token_type", "token 'billing' could not be minted (RuntimeError)")
     assert addon.substitution._no_token(untried, "billing").message == "token 'billing' was due, and a streamed body cannot wait for a mint"
+
 
 # --- what comes back ---------------------------------------------------------------------------
 
@@ -345,6 +345,30 @@ def test_an_answer_before_a_streamed_body_ends_redacts_what_the_body_used(tctx: 
     assert flow.request.stream(b'{"key": "<<vault:unit.k>>", ') == [f'{{"key": "{VALUE}", '.encode()]
     response = answered(flow, http.Response.make(400, f"bad key: {VALUE}".encode()), addon).response
     assert response.content == b"bad key: <<vault:unit.k>>"
+
+
+def test_an_upload_answered_early_is_audited_and_forgotten_when_its_client_hangs_up(
+    tctx: taddons.context, addon: VaultProxy, tmp_path: Path,
+) -> None:
+    """mitmproxy fires no hook for a body abandoned after its answer: the client's disconnect
+    audits it and lets go of the flow (each such upload would leak otherwise). Only that client's."""
+    audit = tmp_path / "audit.log"
+    tctx.configure(addon, stream_large_bodies="1k", vault_audit_log=str(audit))
+    flow = request_flow(x_key="<<vault:unit.k>>", transfer_encoding="chunked")
+    flow.request.timestamp_end = None  # its body still streaming
+    addon.substitution.requestheaders(flow)
+    answered(flow, http.Response.make(401, b"no"), addon)
+    addon.client_disconnected(tflow.tclient_conn())  # someone else's
+    assert addon.flights.used(flow) is not None
+    addon.client_disconnected(flow.client_conn)
+    assert addon.flights.used(flow) is None and not addon.flights.answered_midway(flow.client_conn)
+    addon.audit.close()
+    (line,) = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert line["keys"] == ["unit.k"] and line["outcome"] == RESOLVED
+    kept = weakref.ref(flow)
+    del flow
+    gc.collect()
+    assert kept() is None
 
 
 def test_a_response_whose_check_fails_is_cut_off(

@@ -145,6 +145,27 @@ def test_an_early_response_cannot_turn_a_streamed_body_into_a_request(
     assert line["keys"] == ["smug.tok"] and line["outcome"] == "resolved"
 
 
+def test_a_streamed_upload_answered_early_then_abandoned_is_still_audited(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """The upstream answers on seeing the head, and the client then hangs up mid-body: mitmproxy
+    fires no hook for that (the response is done), but the head's value went upstream."""
+    home = vault_with(tmp_path / "home", **{"gone.tok": (TOKEN + "Gone", [LOOPBACK])})
+    upstream.route("/abandoned", Reply(status=401, body=b"go away", early=True))
+    proxy = mitmdump(options={"vault_home": str(home), "stream_large_bodies": "1k"})
+    origin = f"{LOOPBACK}:{upstream.port}"
+    head = (
+        f"POST http://{origin}/abandoned HTTP/1.1\r\nHost: {origin}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: 100000\r\nX-Token: <<vault:gone.tok>>\r\n\r\n"
+    )
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(head.encode() + b"a" * 4096)
+        assert read_response(sock).status == 401
+    wait_until(lambda: bool(audit_lines(home, "/abandoned")), CLIENT_TIMEOUT, "the abandoned upload's audit line")
+    (line,) = audit_lines(home, "/abandoned")
+    assert line["keys"] == ["gone.tok"] and line["outcome"] == "resolved"
+
+
 # --- 5. DNS rebinding in reverse mode --------------------------------------------------------------
 
 

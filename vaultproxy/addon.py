@@ -509,6 +509,12 @@ class VaultProxy:
     def client_connected(self, client: connection.Client) -> None:
         self.gate.client_connected(client)
 
+    def client_disconnected(self, client: connection.Client) -> None:
+        """A streamed upload answered early, then abandoned: its values went upstream all the same."""
+        for flow in self.flights.answered_midway(client):
+            self.substitution.audit_stream(flow)
+            self.flights.body_sent(flow)
+
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self.gate.http_connect(flow)
 

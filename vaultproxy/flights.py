@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mitmproxy import http, websocket
+from mitmproxy import connection, http, websocket
 
 from vaultcore.index import SecretIndex
 from vaultcore.placeholders import StreamSubstituter, SubstitutionError
@@ -154,8 +154,14 @@ class Flights:
         """What the request used so far (keys, and the index they resolved with)."""
         return self._requests.get(flow.id)
 
+    def answered_midway(self, client: connection.Client) -> list[http.HTTPFlow]:
+        """`client`'s requests answered while their body was still going out. When the client
+        hangs up, mitmproxy reports no end for them (their response is done): no hook fires."""
+        return [o.flow for o in self._requests.values() if o.response_done and o.flow.client_conn.id == client.id]
+
     def body_sent(self, flow: http.HTTPFlow) -> None:
-        """A streamed body has ended: forget the flow if its response has already come."""
+        """A streamed body has ended (or its client hung up): forget the flow if its response
+        has already come."""
         original = self._requests.get(flow.id)
         if original is not None and original.response_done:
             del self._requests[flow.id]
