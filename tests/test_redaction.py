@@ -154,6 +154,12 @@ def test_a_form_two_values_share_shows_the_first_placeholder() -> None:
     assert redactor.redact(b"S3CRET-same") == b"<<vault:one>>"
 
 
+def test_a_placeholder_with_several_values_redacts_each() -> None:
+    """A key rotated while a WebSocket was open: the socket carried both of its values."""
+    redactor = Redactor([(P_TOKEN, "S3CRET-before"), (P_TOKEN, "S3CRET-after")])
+    assert redactor.redact(b"S3CRET-before S3CRET-after") == P_TOKEN + b" " + P_TOKEN
+
+
 def test_nothing_to_redact_returns_the_same_object() -> None:
     body = b"nothing secret here " * 1000
     assert Redactor({P_TOKEN: TOKEN}).redact(body) is body

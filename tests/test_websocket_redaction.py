@@ -13,10 +13,11 @@ from mitmproxy import io
 
 from tests.support.net import LOOPBACK
 from tests.support.proxy import StartProxy
-from tests.support.upstream import WebSocketUpstream
+from tests.support.upstream import WebSocketMessage, WebSocketUpstream
 from vaultcore.vault import Vault
 
 VALUE = "sk_live_Zq9WsEcho"
+ROTATED = "sk_live_Zq9WsRotated"
 
 
 @pytest.mark.parametrize("redact", [True, False], ids=["redacted", "not-redacted"])
@@ -44,3 +45,26 @@ def test_echoed_websocket_values_are_redacted(
         assert VALUE not in proxy.output() and VALUE.encode() not in flows.read_bytes()
     else:
         assert server_messages == [f"token {VALUE}".encode()]
+
+
+def test_a_value_rotated_while_a_socket_is_open_stays_redacted_in_both_versions(
+    mitmdump: StartProxy, vault_home: Path
+) -> None:
+    """The server echoes everything it was sent, so its last answer holds the value from before
+    the rotation beside the one after: a socket's redaction covers every version it carried."""
+    vault = Vault(vault_home)
+    vault.set("ws.echo", VALUE, hosts=[LOOPBACK])
+    heard: list[str] = []
+
+    def everything_so_far(message: WebSocketMessage, count: int) -> str:
+        heard.append(message if isinstance(message, str) else message.decode())
+        return " | ".join(heard)
+
+    proxy = mitmdump(options={"vault_home": str(vault_home)})
+    with WebSocketUpstream(answer=everything_so_far) as upstream, proxy.websocket(upstream.url) as connection:
+        connection.send("token <<vault:ws.echo>>")
+        assert connection.recv(timeout=30) == "token <<vault:ws.echo>>"
+        vault.set("ws.echo", ROTATED, hosts=[LOOPBACK])
+        connection.send("again <<vault:ws.echo>>")
+        assert connection.recv(timeout=30) == "token <<vault:ws.echo>> | again <<vault:ws.echo>>"
+        assert upstream.wait_for(2) == [f"token {VALUE}", f"again {ROTATED}"]

@@ -200,19 +200,21 @@ _HEAD = 8
 class Redactor:
     """Shows the values a request used as their placeholders, in every form of `value_forms`.
 
-    Built from {placeholder: value}, e.g. {b"<<vault:token>>": "s3cret"}. One left-to-right
-    pass: at each position the longest form wins (a form containing another is replaced
-    whole) and a written placeholder is never scanned again. A form two values share shows the
-    first one's placeholder. Work on bytes; `redact_text` is for header values.
+    Built from {placeholder: value}, e.g. {b"<<vault:token>>": "s3cret"}, or (placeholder,
+    value) pairs where a placeholder had several values (a key rotated while a WebSocket was
+    open). One left-to-right pass: at each position the longest form wins (a form containing
+    another is replaced whole) and a written placeholder is never scanned again. A form two
+    values share shows the first one's placeholder. Work on bytes; `redact_text` is for
+    header values.
 
     Cost: one scan per anchor (about two per value: its text forms share a run of unescaped
     characters, its base64 forms another), then only a look at where an anchor was found."""
 
-    def __init__(self, values: Mapping[bytes, str | bytes]) -> None:
+    def __init__(self, values: Mapping[bytes, str | bytes] | Iterable[tuple[bytes, str | bytes]]) -> None:
         self._placeholders: dict[bytes, bytes] = {}
         # anchor -> (form, where the anchor first occurs in it)
         self._anchors: dict[bytes, set[tuple[bytes, int]]] = {}
-        for placeholder, value in values.items():
+        for placeholder, value in values.items() if isinstance(values, Mapping) else values:
             for anchor, forms in _families(value):
                 self._anchors.setdefault(anchor, set()).update((form, form.find(anchor)) for form in forms)
                 for form in forms:

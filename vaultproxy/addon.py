@@ -21,7 +21,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -537,13 +537,12 @@ class VaultProxy:
 
     # --- putting placeholders back, and what comes back ----------------------------------
 
-    def _redactor(self, index: SecretIndex | None, keys: Iterable[str]) -> Redactor | None:
-        return responses.redactor_for(index, keys) if self.settings.redact_responses else None
-
     def _redactor_of(self, used: Original | None) -> Redactor | None:
         """The redactor of the values a request used so far: those of a body still streaming
         too (an upstream may answer before it ends)."""
-        return self._redactor(used.index, used.keys_so_far()) if used is not None else None
+        if used is None or not self.settings.redact_responses:
+            return None
+        return responses.redactor_for(used.index, used.keys_so_far())
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.flights.restore(flow)
@@ -623,7 +622,8 @@ class VaultProxy:
         message = flow.websocket.messages[-1]
         if not message.from_client:
             try:
-                message.content = responses.cleaned(message.content, self._redactor(*self.flights.websocket_keys(flow)))
+                redactor = responses.redactor_across(self.flights.websocket_keys(flow)) if self.settings.redact_responses else None
+                message.content = responses.cleaned(message.content, redactor)
             except Exception as e:
                 cut_off(flow, "checking a WebSocket message", e)
 

@@ -58,7 +58,7 @@ class Flights:
     def __init__(self) -> None:
         self._requests: dict[str, Original] = {}
         self._messages: dict[str, list[tuple[websocket.WebSocketMessage, bytes]]] = {}
-        self._websocket_keys: dict[str, tuple[SecretIndex | None, set[str]]] = {}
+        self._websocket_keys: dict[str, dict[SecretIndex, set[str]]] = {}
 
     def __len__(self) -> int:
         return len(self._requests) + len(self._messages)
@@ -179,14 +179,13 @@ class Flights:
         self.add_websocket_keys(flow, keys, index)
 
     def add_websocket_keys(self, flow: http.HTTPFlow, keys: list[str], index: SecretIndex | None) -> None:
-        if keys:
-            _, known = self._websocket_keys.get(flow.id, (None, set()))
-            self._websocket_keys[flow.id] = (index, known | set(keys))
+        if keys and index is not None:
+            self._websocket_keys.setdefault(flow.id, {}).setdefault(index, set()).update(keys)
 
-    def websocket_keys(self, flow: http.HTTPFlow) -> tuple[SecretIndex | None, set[str]]:
-        """Keys injected into this WebSocket so far (its handshake and its messages), and the
-        latest index they resolved with."""
-        return self._websocket_keys.get(flow.id, (None, set()))
+    def websocket_keys(self, flow: http.HTTPFlow) -> dict[SecretIndex, set[str]]:
+        """Keys injected into this WebSocket so far (its handshake and its messages), under
+        each index they resolved with (a reload while it is open adds one)."""
+        return self._websocket_keys.get(flow.id, {})
 
     def end_websocket(self, flow: http.HTTPFlow) -> None:
         self._restore_messages(flow.id)

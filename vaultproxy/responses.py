@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import brotli
@@ -40,14 +40,20 @@ StreamFilter = Callable[[bytes], list[bytes]]
 def redactor_for(index: SecretIndex | None, keys: Iterable[str]) -> Redactor | None:
     """A redactor of the values `keys` had in `index` (the index the request was resolved
     with: a value revoked since must still be hidden)."""
-    return _redactor(index, tuple(keys)) if index is not None else None
+    return _redactor(((index, tuple(keys)),)) if index is not None else None
+
+
+def redactor_across(uses: Mapping[SecretIndex, Iterable[str]]) -> Redactor | None:
+    """`redactor_for` each index and its keys together: a WebSocket carries the values of
+    every index it was resolved with (a key rotated while it was open has two)."""
+    return _redactor(tuple((index, tuple(keys)) for index, keys in uses.items())) if uses else None
 
 
 @functools.lru_cache(maxsize=256)
-def _redactor(index: SecretIndex, keys: tuple[str, ...]) -> Redactor | None:
+def _redactor(uses: tuple[tuple[SecretIndex, tuple[str, ...]], ...]) -> Redactor | None:
     """Cached: the same few key sets come back on every request, and building one is most of
     the cost of redacting a small response. A reload makes a new index, so no stale entry hits."""
-    values = {f"<<vault:{key}>>".encode(): secret.value for key in keys if (secret := index.get(key)) is not None}
+    values = [(f"<<vault:{key}>>".encode(), secret.value) for index, keys in uses for key in keys if (secret := index.get(key)) is not None]
     return Redactor(values) if values else None
 
 
