@@ -262,6 +262,19 @@ def answered(flow: http.HTTPFlow) -> None:
     flow.response = tutils.tresp()  # by another addon
 
 
+def test_a_script_reload_hands_the_requests_in_flight_to_the_next_instance_of_that_master(home: Path) -> None:
+    """mitmproxy calls the retired instance's `done`, then loads the new one into the same master."""
+    retired, successor, stranger = VaultProxy(), VaultProxy(), VaultProxy()
+    with taddons.context(proxyserver.Proxyserver(), retired) as context:
+        context.configure(retired, vault_home=str(home))
+        in_flight = retired.flights
+        context.master.addons.remove(retired)
+        with taddons.context(stranger):  # another master, loaded meanwhile
+            assert stranger.flights is not in_flight
+        context.master.addons.register(successor)
+        assert successor.flights is in_flight
+
+
 @pytest.mark.parametrize("make", [not_live, replayed, answered])
 def test_flows_that_are_not_live_client_traffic_are_never_resolved(tctx: taddons.context, addon: VaultProxy, make) -> None:
     flow = request_flow(x_key="<<vault:unit.k>>")

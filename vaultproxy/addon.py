@@ -28,6 +28,7 @@ from typing import TypeVar
 from mitmproxy import command, connection, ctx, exceptions, http, websocket
 from mitmproxy.addonmanager import Loader
 from mitmproxy.flow import Error as FlowError
+from mitmproxy.master import Master
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
 
@@ -59,6 +60,12 @@ RELOAD_INTERVAL_SECONDS = 0.5
 CA_FILE = "mitmproxy-ca-cert.pem"  # in mitmproxy's confdir
 CA_WAIT_SECONDS = 30.0
 LOAD_ERRORS = (VaultError, ConfigError, OSError, ValueError)
+
+# A script reload (mitmproxy reloads a `-s` file that changed) calls the old instance's `done`,
+# then loads a new one, while requests are in flight: the new one must still put their
+# placeholders back and redact what their answers echo. The old one leaves its record of them
+# here, under its master, for the next instance loaded into it.
+_handed_over: weakref.WeakKeyDictionary[Master, Flights] = weakref.WeakKeyDictionary()
 
 
 def cut_off(flow: http.HTTPFlow, what: str, error: Exception) -> None:
@@ -166,6 +173,7 @@ class VaultProxy:
     # --- options and state ---------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
+        self.flights = _handed_over.pop(loader.master, self.flights)
         declare_options(loader)
         try:
             check_deferred(loader.master.options)
@@ -233,6 +241,8 @@ class VaultProxy:
 
         # Runs before save's `done`, which writes the flows still open: as placeholders.
         self.flights.restore_all()
+        # A request this instance holds (for a reload, a token, AWS keys) goes on with it.
+        _handed_over[ctx.master] = self.flights
         self.audit.close()
         if self.refresher:
             self.refresher.stop()

@@ -18,12 +18,13 @@ Both serve on 127.0.0.1 only, over HTTP or (given TLSMaterial) HTTPS, without re
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -323,6 +324,12 @@ class AuthorizationServer(_Serving):
         app.wsgi_app = _loopback_host(app.wsgi_app)  # type: ignore[method-assign]
         self._serve(app)
         return self
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Token requests wait (counted already) until this ends: a mint kept in flight."""
+        with self._endpoint:
+            yield
 
     def _record(self) -> None:
         """Count the token request and note how the client authenticated, before authlib looks."""

@@ -1,0 +1,126 @@
+"""End to end: mitmproxy reloads a `-s` script whose file changes (a `git pull`, an upgrade),
+here while requests are in flight. The instance the reload retires knew which values those
+requests carried; the new one answers their responses, and must still put their placeholders
+back before anything records the flow, and redact the values their responses echo.
+
+Each test runs mitmdump with its own copy of the addon's script (touching the repository's
+would reload every proxy of the test session) and writes a flow file (`-w`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from mitmproxy import io
+from mitmproxy.http import HTTPFlow
+
+from tests.support.net import LOOPBACK, wait_until
+from tests.support.oauth_server import AuthorizationServer
+from tests.support.proxy import ADDON_SCRIPT, CLIENT_TIMEOUT, MitmdumpProcess, StartProxy
+from tests.support.tls import TLSMaterial
+from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
+from vaultcore.vault import Vault
+
+VALUE = "sk_live_Zq9Reload"
+CLIENT_SECRET = "FAKE-client-secret-reload-77d1"
+
+
+def echo(header: str, after: threading.Event | None = None) -> Callable[[RecordedRequest], tuple[list[tuple[str, str]], bytes]]:
+    """An upstream answer that echoes the request's `header`, once `after` is set if given."""
+
+    def respond(request: RecordedRequest) -> tuple[list[tuple[str, str]], bytes]:
+        if after is not None:
+            after.wait(CLIENT_TIMEOUT)
+        return [("Content-Type", "text/plain")], (request.header(header) or "").encode()
+
+    return respond
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    copy = tmp_path / "script" / ADDON_SCRIPT.name
+    copy.parent.mkdir()
+    shutil.copy(ADDON_SCRIPT, copy)
+    return copy
+
+
+def start(mitmdump: StartProxy, script: Path, flows: Path, home: Path, **kwargs: object) -> MitmdumpProcess:
+    return mitmdump(addon=False, args=["-s", str(script), "-w", str(flows)], env={"VAULTPROXY_HOME": str(home)}, **kwargs)
+
+
+def reload_script(proxy: MitmdumpProcess, script: Path) -> None:
+    """Change the script's mtime (mitmproxy looks every second) and wait for the new instance."""
+    loaded = proxy.output().count("vaultproxy: ")
+    later = time.time() + 10
+    os.utime(script, (later, later))
+    wait_until(lambda: proxy.output().count("Loading script") >= 2, CLIENT_TIMEOUT, "the script's reload")
+    wait_until(lambda: proxy.output().count("vaultproxy: ") > loaded, CLIENT_TIMEOUT, "the new instance's vault")
+
+
+def recorded(proxy: MitmdumpProcess, flows: Path) -> list[HTTPFlow]:
+    """The flows the proxy wrote, once it has stopped."""
+    proxy.stop()
+    with flows.open("rb") as file:
+        return list(io.FlowReader(file).stream())
+
+
+def test_a_request_upstream_during_a_reload_is_recorded_and_answered_with_placeholders(
+    mitmdump: StartProxy, upstream: RecordingUpstream, script: Path, tmp_path: Path, vault_home: Path
+) -> None:
+    Vault(vault_home).set("reload.tok", VALUE, hosts=[LOOPBACK])
+    release = threading.Event()
+    upstream.route("/slow", Reply(respond=echo("x-token", after=release)))
+    flows = tmp_path / "flows.mitm"
+    proxy = start(mitmdump, script, flows, vault_home)
+    with ThreadPoolExecutor(1) as pool, proxy.requests_session() as session:
+        answer = pool.submit(session.get, f"http://{LOOPBACK}:{upstream.port}/slow",
+                             headers={"X-Token": "<<vault:reload.tok>>"}, timeout=CLIENT_TIMEOUT)
+        (sent,) = upstream.wait_for(1)
+        assert sent.header("x-token") == VALUE
+        reload_script(proxy, script)
+        release.set()
+        response = answer.result()
+    assert response.status_code == 200 and response.text == "<<vault:reload.tok>>"
+    (flow,) = recorded(proxy, flows)
+    assert flow.request.headers["x-token"] == "<<vault:reload.tok>>"
+    assert VALUE.encode() not in flows.read_bytes() and VALUE not in proxy.output()
+
+
+def test_a_request_waiting_for_a_token_during_a_reload_is_recorded_and_answered_with_placeholders(
+    mitmdump: StartProxy, tls_upstream: RecordingUpstream, tls_material: TLSMaterial, script: Path, tmp_path: Path,
+    vault_home: Path,
+) -> None:
+    """The retired instance finishes what it was doing (the mint, then the substitution); the
+    new one must know of it when the answer comes."""
+    tls_upstream.route("/api", Reply(respond=echo("authorization")))
+    with AuthorizationServer(tls_material) as authorization:
+        authorization.add_client("reload-e2e", CLIENT_SECRET)
+        Vault(vault_home).set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+        (vault_home / "tokens.yaml").write_text(json.dumps({"tokens": [{
+            "name": "billing", "hosts": ["api.example.com"], "client_id": "reload-e2e", "client_secret": "billing.client_secret",
+            "token_url": f"https://auth.example.com:{authorization.port}/oauth/token",
+        }]}))
+        flows = tmp_path / "flows.mitm"
+        proxy = start(mitmdump, script, flows, vault_home, hosts={"*.example.com": LOOPBACK})
+        with ThreadPoolExecutor(1) as pool, proxy.requests_session() as session:
+            with authorization.held():
+                answer = pool.submit(session.get, f"https://api.example.com:{tls_upstream.port}/api",
+                                     headers={"Authorization": "Bearer <<vault:billing>>"}, timeout=CLIENT_TIMEOUT)
+                wait_until(lambda: authorization.token_requests() == 1, CLIENT_TIMEOUT, "the mint")
+                reload_script(proxy, script)
+            response = answer.result()
+        (sent,) = tls_upstream.wait_for(1)
+    token = sent.header("authorization").removeprefix("Bearer ")
+    assert token and "vault" not in token
+    assert response.status_code == 200 and response.text == "Bearer <<vault:billing>>"
+    (flow,) = recorded(proxy, flows)
+    assert flow.request.headers["authorization"] == "Bearer <<vault:billing>>"
+    assert token.encode() not in flows.read_bytes() and token not in proxy.output()
