@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from mitmproxy.net import encoding as mitmproxy_encoding
 
 from tests.support.env import child_env
 from tests.support.net import LOOPBACK, free_port, wait_for_port, wait_until
@@ -165,6 +166,25 @@ def test_a_streamed_upload_answered_early_then_abandoned_is_still_audited(
     (line,) = audit_lines(home, "/abandoned")
     assert line["keys"] == ["gone.tok"] and line["outcome"] == "resolved"
 
+
+
+def test_a_compressed_request_body_that_inflates_to_gigabytes_is_not_decoded_past_a_bound(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """A hostile page may POST any body with any Content-Encoding through the proxy: 68 KB of
+    zstd that inflate to 2 GiB would take the proxy's memory. Past the bound the body cannot be
+    searched for placeholders, so it goes as it came (it shows none in the clear: one that did
+    would be refused)."""
+    home = vault_with(tmp_path / "home", **{"bomb.tok": (TOKEN + "Bomb", [LOOPBACK])})
+    proxy = mitmdump(options={"vault_home": str(home)})
+    body = mitmproxy_encoding.encode(b"\0" * (16 << 20), "zstd") * 128
+    with proxy.requests_session() as session:
+        answer = session.post(f"{upstream.url}/bomb", data=body, headers={"Content-Encoding": "zstd", "X-Token": "<<vault:bomb.tok>>"},
+                              timeout=CLIENT_TIMEOUT)
+    assert answer.status_code == 200
+    (sent,) = upstream.requests
+    assert sent.body == body and sent.header("x-token") == TOKEN + "Bomb"
+    assert proxy.peak_memory() < 1 << 30, proxy.peak_memory()
 
 # --- 5. DNS rebinding in reverse mode --------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 from mitmproxy import io
+from mitmproxy.net import encoding as mitmproxy_encoding
 
 from tests.support.env import child_env
 from tests.support.net import LOOPBACK, wait_until
@@ -229,10 +230,10 @@ def through(proxy: MitmdumpProcess, url: str, headers: dict[str, str] | None = N
              *(f"{name}: {value}" for name, value in (headers or {}).items())]
     with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as conn:
         conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        received = b""
+        received = bytearray()
         while chunk := conn.recv(65536):
             received += chunk
-    return received
+    return bytes(received)
 
 
 def clean(data: bytes) -> bool:
@@ -292,6 +293,38 @@ def test_bodies_in_codings_clients_decode_are_decoded_in_full_before_the_check(
     assert response.status_code == 200 and b"blocked-vault:rsp.planted" in response.content
     assert clean(response.content), response.content
     assert upstream.requests[-1].header("x-token") == VALUE.encode().decode("latin-1")  # the value went out
+
+
+# 2 GiB of zeros in 2 MB (gzip) or 68 KB (zstd): members of 16 MiB each, which clients decode
+# one after the other. The proxy decodes at most 64 MiB in one step.
+BOMB_MEMBERS = 128
+MEMORY_BOUND = 1 << 30
+
+
+def bomb(coding: str) -> bytes:
+    return mitmproxy_encoding.encode(b"\0" * (16 << 20), coding) * BOMB_MEMBERS
+
+
+@pytest.mark.parametrize(("coding", "streamed"), [("gzip", False), ("zstd", False), ("zstd", True)])
+def test_a_decompression_bomb_is_not_decoded_past_a_bound(
+    proxy: MitmdumpProcess, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, coding: str, streamed: bool,
+) -> None:
+    """A few kilobytes that inflate to gigabytes would take the proxy's memory (every client's
+    proxy, from any server one visits): decoding stops at a bound, and what could not be
+    decoded in full is not passed on. (A streamed gzip chunk cannot inflate past the bound:
+    deflate's ratio is 1032:1 at most.)"""
+    body = bomb(coding)
+    upstream.route("/bomb", Reply(respond=lambda request: ([("Content-Encoding", coding)], body), headers=(("Content-Type", "text/plain"),)))
+    active = streaming_proxy if streamed else proxy
+    received = through(active, f"{upstream.url}/bomb")
+    status = received.split(b"\r\n", 1)[0]
+    if streamed:
+        assert status.startswith(b"HTTP/1.1 200") and len(received) < 70 << 20, status
+        wait_until(lambda: "decodes to more than 64 MiB" in active.output(), CLIENT_TIMEOUT, "the log line")
+    else:
+        assert status.startswith(b"HTTP/1.1 502") and b"response_too_large" in received, received[:500]
+        wait_until(lambda: "withheld a response" in active.output(), CLIENT_TIMEOUT, "the log line")
+    assert active.peak_memory() < MEMORY_BOUND, active.peak_memory()
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])

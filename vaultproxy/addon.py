@@ -46,7 +46,7 @@ from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
 from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
-from vaultproxy import guard, responses, rewrite, signing
+from vaultproxy import codings, guard, responses, rewrite, signing
 from vaultproxy.audit import RESOLVED, AuditLog, follow_console
 from vaultproxy.clientgate import ClientGate
 from vaultproxy.flights import Flights, Original
@@ -597,12 +597,11 @@ class VaultProxy:
         try:
             redactor = self._redactor_of(used)
             responses.clean_trailers(response, redactor)
-            if not response.stream and not responses.clean_body(response, redactor):
-                logger.warning(
-                    f"vaultproxy: withheld a response from {flow.request.host}: its body does not decode as its "
-                    f"Content-Encoding ({response.headers.get('content-encoding')}) says, so it could not be checked"
-                )
-                flow.response = responses.withheld(response)
+            if not response.stream:
+                responses.clean_body(response, redactor)
+        except codings.Undecodable as e:
+            logger.warning(f"vaultproxy: withheld a response from {flow.request.host}: {e}, so its body could not be checked")
+            flow.response = responses.withheld(e)
         except Exception as e:
             cut_off(flow, "checking a response", e)
 

@@ -9,31 +9,27 @@ and server-to-client WebSocket messages (see `vaultcore.redaction`):
 - the values the request used are shown as their placeholders wherever the response echoes
   them (`vault_redact_responses`, on by default).
 
-A body is checked as the client will read it: decoded in full (`decoder`), or, in a coding
-the proxy does not know, as it is and without its Content-Encoding. One that does not decode
-is not passed on (`withheld`; a stream is cut off where decoding fails).
+A body is checked as the client will read it: decoded in full (`vaultproxy.codings`), or, in
+a coding the proxy does not know, as it is and without its Content-Encoding. One that does
+not decode, or decodes to too much, is not passed on (`withheld`; a stream is cut off there).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import zlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
-import brotli
 from mitmproxy import http
-from mitmproxy.net import encoding
 from mitmproxy.net.http.http1 import expected_http_body_size
 
 from vaultcore.index import SecretIndex
 from vaultcore.redaction import Redactor, StreamNeutraliser, StreamRedactor, might_hold_placeholder, neutralise
+from vaultproxy import codings
 from vaultproxy.refusal import ERROR_HEADER
 
 logger = logging.getLogger(__name__)
 
-Filter = Callable[[bytes], bytes]
 StreamFilter = Callable[[bytes], list[bytes]]
 
 
@@ -93,146 +89,39 @@ def _clean_fields(headers: http.Headers, redactor: Redactor | None) -> None:
 ENCODING_NAME = b"content-encoding"
 
 
-def clean_body(response: http.Response, redactor: Redactor | None) -> bool:
-    """A whole body, checked as the client will read it; False when it is compressed and does
-    not decode (cut short, garbage), so that it could not be checked: it must not be passed on
-    (`withheld`). One look at the header names tells an encoded body, at a fifth of
-    `Headers.get`'s cost."""
+def clean_body(response: http.Response, redactor: Redactor | None) -> None:
+    """A whole body, checked as the client will read it. Raises codings.Undecodable for a
+    compressed body that does not decode in full (cut short, garbage, a bomb), which so could
+    not be checked: it must not be passed on (`withheld`). One look at the header names tells
+    an encoded body, at a fifth of `Headers.get`'s cost."""
     raw = response.raw_content
     if not raw:
-        return True
-    decode = None
+        return
+    content = None
     if ENCODING_NAME in [name.lower() for name, _ in response.headers.fields]:
-        decode = decoder(response.headers["content-encoding"])
-        if decode is None:  # a coding the proxy does not know: `none`, a charset, `compress`
+        content = codings.decode_whole(raw, response.headers["content-encoding"])
+        if content is None:  # a coding the proxy does not know: `none`, a charset, `compress`
             del response.headers["content-encoding"]  # no client decodes it otherwise than checked
-    if decode is None:
+    if content is None:
         if (new := cleaned(raw, redactor)) is not raw:
             response.content = new
-        return True
-    try:
-        content = decode(raw) + decode(b"")
-    except Exception:  # zlib's, brotli's, zstd's errors, a member cut short: all mean the same
-        return False
+        return
     # Also re-encoded when the compressed bytes show something in the clear (a gzip header's
     # name or comment field), which a client that does not decode would read.
     if (new := cleaned(content, redactor)) is not content or _may_change(raw, redactor):
         # Re-encoded, Content-Length fixed; a coding mitmproxy cannot encode (x-gzip, stacked
         # codings) is dropped, and the client gets the body as it is.
         response.content = new
-    return True
 
 
-def withheld(response: http.Response) -> http.Response:
+def withheld(why: codings.Undecodable) -> http.Response:
     """The proxy's answer in place of a response whose body could not be checked."""
-    coding = response.headers.get("content-encoding", "")
+    code = "response_too_large" if isinstance(why, codings.TooLarge) else "undecodable_response"
     return http.Response.make(
         502,
-        f"vaultproxy withheld this response: its body does not decode as its Content-Encoding ({coding}) says, "
-        "so it could not be checked for secrets or placeholders\n".encode(),
-        {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", ERROR_HEADER: "undecodable_response"},
+        f"vaultproxy withheld this response: {why}, so it could not be checked for secrets or placeholders\n".encode(),
+        {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", ERROR_HEADER: code},
     )
-
-
-# --- undoing Content-Encoding, as clients do ------------------------------------------------
-
-
-def decoder(content_encoding: str) -> Filter | None:
-    """A chunk-by-chunk decoder of a body with this Content-Encoding, every coding undone (the
-    last applied first); None when one of them is unknown. It takes `b""` at the end of the
-    body, and raises when the body was cut short. Clients decode more than mitmproxy does:
-    every member of a gzip body (mitmproxy, the first), `x-gzip`, stacked codings."""
-    codings = [coding for coding in (part.strip().lower() for part in content_encoding.split(",")) if coding not in ("", "identity")]
-    if any(coding not in _CODINGS for coding in codings):
-        return None
-    decoders = [_CODINGS[coding]() for coding in reversed(codings)]
-
-    def decode(chunk: bytes) -> bytes:
-        if not chunk:
-            for each in decoders:
-                each(b"")
-            return b""
-        for each in decoders:
-            chunk = each(chunk)
-            if not chunk:
-                break
-        return chunk
-
-    return decode
-
-
-def _members(start: Callable[[bytes], Any], *, header: int = 1, padding: bool = False) -> Filter:
-    """A decoder of a body of one or more compressed members, each undone by a fresh
-    decompressor `start(its first bytes)` (zlib's or zstd's: `decompress`, `eof`,
-    `unused_data`), once `header` bytes of it have come (a chunk may hold fewer). `padding`:
-    NUL bytes between and after members are skipped, as gzip readers do."""
-    current: Any = None
-    pending = b""  # the start of a member, shorter than `header`
-
-    def decode(chunk: bytes) -> bytes:
-        nonlocal current, pending
-        if not chunk:
-            if pending or (current is not None and not current.eof):
-                raise ValueError("the body ends inside a compressed member")
-            return b""
-        out = []
-        while chunk:
-            if current is None:
-                chunk = (pending + chunk).lstrip(b"\0") if padding else pending + chunk
-                pending = b""
-                if len(chunk) < header:
-                    pending = chunk
-                    break
-                current = start(chunk)
-            out.append(current.decompress(chunk))
-            if not current.eof:
-                break
-            chunk, current = current.unused_data, None
-        return b"".join(out)
-
-    return decode
-
-
-def _brotli() -> Filter:
-    brotli_decoder = brotli.Decompressor()
-    fed = False
-
-    def decode(chunk: bytes) -> bytes:
-        nonlocal fed
-        if chunk:
-            fed = True
-            return brotli_decoder.process(chunk)
-        if fed and not brotli_decoder.is_finished():
-            raise ValueError("the body ends inside its brotli stream")
-        return b""
-
-    return decode
-
-
-def _zlib_wrapped(first: bytes) -> bool:
-    """Whether a deflate body (its first two bytes at least) has the zlib header it should
-    have; some servers send raw deflate."""
-    return first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
-
-
-def _zstd_frame() -> Any:
-    """A decompressor of one zstd frame, from the zstd module mitmproxy uses (zstandard on
-    mitmproxy 11, compression.zstd or its backport on 12)."""
-    made = encoding.zstd.ZstdDecompressor()
-    return made.decompressobj() if hasattr(made, "decompressobj") else made
-
-
-def _gzip() -> Filter:
-    return _members(lambda _: zlib.decompressobj(zlib.MAX_WBITS | 32), padding=True)  # a zlib header is read too, as by curl
-
-
-_CODINGS: dict[str, Callable[[], Filter]] = {
-    "gzip": _gzip,
-    "x-gzip": _gzip,
-    "deflate": lambda: _members(lambda first: zlib.decompressobj(zlib.MAX_WBITS if _zlib_wrapped(first) else -zlib.MAX_WBITS), header=2),
-    "br": _brotli,
-    "zstd": lambda: _members(lambda _: _zstd_frame()),
-}
 
 
 # --- streamed bodies --------------------------------------------------------------------------
@@ -266,7 +155,7 @@ def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilte
     proxy does not know goes as it is, checked as it is (without its Content-Encoding)."""
     response = flow.response
     assert response is not None
-    decode = decoder(response.headers.get("content-encoding", "")) or _as_it_is
+    decode = codings.decoder(response.headers.get("content-encoding", "")) or _as_it_is
     neutraliser = StreamNeutraliser()
     stream_redactor = StreamRedactor(redactor) if redactor is not None else None
     undecodable = False
@@ -277,10 +166,8 @@ def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilte
             data = b"" if undecodable else decode(chunk)
         except Exception as e:  # what came before was checked and sent; nothing after it is
             undecodable, data = True, b""
-            logger.warning(
-                f"vaultproxy: cut short a streamed response from {flow.request.host}: its body cannot be decoded "
-                f"past this point ({type(e).__name__}), so the rest could not be checked"
-            )
+            why = e if isinstance(e, codings.TooLarge) else f"it cannot be decoded past this point ({type(e).__name__})"
+            logger.warning(f"vaultproxy: cut short a streamed response from {flow.request.host}: {why}, so the rest could not be checked")
         out = neutraliser.feed(data) if chunk else neutraliser.feed(data) + neutraliser.flush()  # b"": the end
         if stream_redactor is not None:
             out = stream_redactor.feed(out) if chunk else stream_redactor.feed(out) + stream_redactor.flush()

@@ -21,6 +21,7 @@ from vaultcore.placeholders import (
     Text,
     mentions_placeholder,
 )
+from vaultproxy import codings
 
 LT = ord("<")  # `LT in value` is memchr; `b"<" in value` costs ten times more (see guard.LF)
 
@@ -72,25 +73,27 @@ def drop_header(request: http.Request, name: str) -> None:
 
 
 def decoded_body(request: http.Request) -> bytes | None:
-    """The body as the client meant it (decompressed), or None when there is none.
+    """The body as the client meant it (decompressed, as the upstream will decode it), or None
+    when there is none or none can be searched.
 
-    A body whose Content-Encoding cannot be decoded is passed on as it is, unless it shows a
-    placeholder in the clear: then the request is refused rather than half-handled."""
+    A body that cannot be decoded (in a coding the proxy does not know, broken, or inflating
+    past codings.MAX_DECODED) is passed on as it is, unless it shows a placeholder in the
+    clear: then the request is refused rather than half-handled."""
     raw = request.raw_content
     if not raw:
         return None
     if "content-encoding" not in request.headers:
         return raw
+    coding = request.headers["content-encoding"]
     try:
-        return request.get_content(strict=True)
-    except ValueError:
+        body = codings.decode_whole(raw, coding)
+        if body is None:
+            raise codings.Undecodable(f"its Content-Encoding ({coding}) is not one the proxy can decode")
+    except codings.Undecodable as e:
         if mentions_placeholder(raw):
-            raise SubstitutionError(
-                "undecodable_body", "",
-                f"the body's Content-Encoding ({request.headers['content-encoding']}) cannot be decoded, "
-                "so its placeholders cannot be resolved",
-            ) from None
+            raise SubstitutionError("undecodable_body", "", f"the body cannot be read ({e}), so its placeholders cannot be resolved") from None
         return None
+    return body
 
 
 class Plan(NamedTuple):

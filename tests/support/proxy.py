@@ -222,6 +222,13 @@ class MitmdumpProcess:
             raise RuntimeError("mitmdump not started")
         return self._process.pid
 
+    def peak_memory(self) -> int:
+        """The most memory the process has held resident so far, in bytes (Linux: VmHWM)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc/PID/status")
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
