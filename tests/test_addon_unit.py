@@ -356,26 +356,28 @@ def test_an_answer_before_a_streamed_body_ends_redacts_what_the_body_used(tctx: 
     assert response.content == b"bad key: <<vault:unit.k>>"
 
 
-def test_an_upload_answered_early_is_audited_and_forgotten_when_its_client_hangs_up(
+def test_an_upload_answered_early_is_audited_and_forgotten_once_its_client_hangs_up(
     tctx: taddons.context, addon: VaultProxy, tmp_path: Path,
 ) -> None:
-    """mitmproxy fires no hook for a body abandoned after its answer: the client's disconnect
-    audits it and lets go of the flow (each such upload would leak otherwise). Only that client's."""
+    """mitmproxy fires no hook for a body abandoned after its answer, only marks the flow no
+    longer live: the watcher's sweep audits it and lets go of the flow (each such upload would
+    leak otherwise). One still going is left alone."""
     audit = tmp_path / "audit.log"
     tctx.configure(addon, stream_large_bodies="1k", vault_audit_log=str(audit))
-    flow = request_flow(x_key="<<vault:unit.k>>", transfer_encoding="chunked")
-    flow.request.timestamp_end = None  # its body still streaming
-    addon.substitution.requestheaders(flow)
-    answered(flow, http.Response.make(401, b"no"), addon)
-    addon.client_disconnected(tflow.tclient_conn())  # someone else's
-    assert addon.flights.used(flow) is not None
-    addon.client_disconnected(flow.client_conn)
-    assert addon.flights.used(flow) is None and not addon.flights.answered_midway(flow.client_conn)
+    flows = [request_flow(x_key="<<vault:unit.k>>", transfer_encoding="chunked") for _ in range(2)]
+    for flow in flows:
+        flow.request.timestamp_end = None  # its body still streaming
+        addon.substitution.requestheaders(flow)
+        answered(flow, http.Response.make(401, b"no"), addon)
+    abandoned, going_on = flows
+    abandoned.live = False
+    addon.audit_abandoned()
+    assert addon.flights.used(abandoned) is None and addon.flights.used(going_on) is not None
     addon.audit.close()
     (line,) = [json.loads(line) for line in audit.read_text().splitlines()]
     assert line["keys"] == ["unit.k"] and line["outcome"] == RESOLVED
-    kept = weakref.ref(flow)
-    del flow
+    kept = weakref.ref(abandoned)
+    del abandoned, flows, flow
     gc.collect()
     assert kept() is None
 

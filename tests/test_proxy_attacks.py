@@ -168,6 +168,41 @@ def test_a_streamed_upload_answered_early_then_abandoned_is_still_audited(
 
 
 
+SLOW_ANSWERS = """import asyncio
+
+
+class SlowAnswers:
+    async def response(self, flow):
+        await asyncio.sleep(2)
+
+
+addons = [SlowAnswers()]
+"""
+
+
+def test_an_upload_abandoned_while_another_addon_holds_its_answer_is_still_audited(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """An addon ahead of vaultproxy takes its time over the early answer, and the client hangs
+    up meanwhile: mitmproxy reports the hang-up before vaultproxy has seen the answer."""
+    home = vault_with(tmp_path / "home", **{"held.tok": (TOKEN + "Held", [LOOPBACK])})
+    slow = tmp_path / "slow_answers.py"
+    slow.write_text(SLOW_ANSWERS)
+    upstream.route("/held", Reply(status=401, body=b"go away", early=True))
+    proxy = mitmdump(addon=False, args=["-s", str(slow), "-s", str(ADDON_SCRIPT)], options={"vault_home": str(home), "stream_large_bodies": "1k"})
+    origin = f"{LOOPBACK}:{upstream.port}"
+    head = (
+        f"POST http://{origin}/held HTTP/1.1\r\nHost: {origin}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: 100000\r\nX-Token: <<vault:held.tok>>\r\n\r\n"
+    )
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(head.encode() + b"a" * 4096)
+        time.sleep(0.5)  # the answer has come, and is held by SlowAnswers
+    wait_until(lambda: bool(audit_lines(home, "/held")), CLIENT_TIMEOUT, "the abandoned upload's audit line")
+    (line,) = audit_lines(home, "/held")
+    assert line["keys"] == ["held.tok"] and line["outcome"] == "resolved"
+
+
 def test_a_compressed_request_body_that_inflates_to_gigabytes_is_not_decoded_past_a_bound(
     mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
 ) -> None:

@@ -305,9 +305,17 @@ class VaultProxy:
             await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
             try:
                 self._see_again()
+                self.audit_abandoned()
                 await self.reload_if_changed(rules=True)
             except Exception as e:  # the watcher must outlive any one bad reload
                 logger.warning(f"vaultproxy: reload failed, keeping the last good state ({type(e).__name__})")
+
+    def audit_abandoned(self) -> None:
+        """Streamed uploads answered early, then abandoned by their client: no hook tells of
+        them, but the values they used went upstream all the same."""
+        for flow in self.flights.abandoned():
+            self.substitution.audit_stream(flow)
+            self.flights.forget_answered(flow)
 
     def _watch_files(self) -> None:
         """Have the event loop read the kernel's events about the vault's files (where
@@ -519,12 +527,6 @@ class VaultProxy:
     def client_connected(self, client: connection.Client) -> None:
         self.gate.client_connected(client)
 
-    def client_disconnected(self, client: connection.Client) -> None:
-        """A streamed upload answered early, then abandoned: its values went upstream all the same."""
-        for flow in self.flights.answered_midway(client):
-            self.substitution.audit_stream(flow)
-            self.flights.body_sent(flow)
-
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self.gate.http_connect(flow)
 
@@ -662,7 +664,7 @@ class Substitution:
         if flow.request.stream:  # the end of a streamed body, possibly after an early response
             if flow.live and not flow.is_replay:
                 self.audit_stream(flow)
-                self.proxy.flights.body_sent(flow)
+                self.proxy.flights.forget_answered(flow)
             return None
         return self._resolve(flow, streamed=False) if live(flow, self.proxy.retrier.replays) else None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mitmproxy import connection, http, websocket
+from mitmproxy import http, websocket
 
 from vaultcore.index import SecretIndex
 from vaultcore.placeholders import StreamSubstituter, SubstitutionError
@@ -33,7 +33,6 @@ class Original:
     restored: bool = False
     stream: StreamSubstituter | None = None
     refusals: list[SubstitutionError] = field(default_factory=list)
-    response_done: bool = False  # the response ended while the request body was still streaming
     audited: bool = False
 
     def keys_so_far(self) -> list[str]:
@@ -57,6 +56,7 @@ def keep_framing(original: tuple[tuple[bytes, bytes], ...], current: http.Header
 class Flights:
     def __init__(self) -> None:
         self._requests: dict[str, Original] = {}
+        self._answered_midway: dict[str, Original] = {}  # see `abandoned`
         self._messages: dict[str, list[tuple[websocket.WebSocketMessage, bytes]]] = {}
         self._websocket_keys: dict[str, dict[SecretIndex, set[str]]] = {}
 
@@ -139,32 +139,32 @@ class Flights:
     def finish(self, flow: http.HTTPFlow) -> Original | None:
         """Restore and forget the flow; returns what it used (for response redaction).
 
-        A request whose body is still streaming is kept until its body ends (`body_sent`)."""
+        A request whose body is still streaming is kept until its body ends (`forget_answered`)."""
         self.restore(flow)
         original = self._requests.get(flow.id)
         if original is None:
             return None
         if body_streaming(flow) and flow.error is None:
-            original.response_done = True
+            self._answered_midway[flow.id] = original
         else:
             del self._requests[flow.id]
+            self._answered_midway.pop(flow.id, None)
         return original
 
     def used(self, flow: http.HTTPFlow) -> Original | None:
         """What the request used so far (keys, and the index they resolved with)."""
         return self._requests.get(flow.id)
 
-    def answered_midway(self, client: connection.Client) -> list[http.HTTPFlow]:
-        """`client`'s requests answered while their body was still going out. When the client
-        hangs up, mitmproxy reports no end for them (their response is done): no hook fires."""
-        return [o.flow for o in self._requests.values() if o.response_done and o.flow.client_conn.id == client.id]
+    def abandoned(self) -> list[http.HTTPFlow]:
+        """Requests answered while their body was still going out, whose client then hung up
+        or reset the stream. mitmproxy fires no hook for them (their response is done), only
+        marks them no longer live; a body that ends fires `request` before that."""
+        return [o.flow for o in self._answered_midway.values() if not o.flow.live]
 
-    def body_sent(self, flow: http.HTTPFlow) -> None:
-        """A streamed body has ended (or its client hung up): forget the flow if its response
-        has already come."""
-        original = self._requests.get(flow.id)
-        if original is not None and original.response_done:
-            del self._requests[flow.id]
+    def forget_answered(self, flow: http.HTTPFlow) -> None:
+        """A streamed body has ended, or never will: forget the flow if its response has come."""
+        if self._answered_midway.pop(flow.id, None) is not None:
+            self._requests.pop(flow.id, None)
 
     def take_audit(self, flow: http.HTTPFlow) -> bool:
         """True once per flow: whoever audits a streamed request first (its end, or an error)."""
