@@ -26,6 +26,8 @@ from vaultcore.placeholders import Context, StreamSubstituter, SubstitutionError
 from vaultcore.vault import Snapshot, Vault
 from vaultproxy import responses, rewrite
 from vaultproxy.addon import VaultProxy
+from vaultproxy.flights import Flights
+from vaultproxy.rewrite import Rewrite
 from vaultproxy.audit import FLUSH_SECONDS, RESOLVED, AuditLog
 
 VALUE = "sk_live_Zq9Unit"
@@ -269,6 +271,26 @@ def test_a_script_reload_hands_the_requests_in_flight_to_the_next_instance_of_th
             assert stranger.flights is not in_flight
         context.master.addons.register(successor)
         assert successor.flights is in_flight
+        assert successor.unserved is retired.unserved and successor.refused is retired.refused
+        assert successor.retrier.replays is retired.retrier.replays and successor.retrier.overlays is retired.retrier.overlays
+
+
+def test_a_request_changed_again_after_a_retiring_instance_restored_it_is_restored_again() -> None:
+    """A reload retires the instance (which restores every request in flight) while one waits
+    for AWS keys; the retired instance then signs it: what signing added must come off too."""
+    flights = Flights()
+    flow = request_flow(x_key="<<vault:unit.k>>")
+    resolved = Rewrite(fields=((b"x-key", VALUE.encode()),), keys=["unit.k"])
+    flights.remember(flow, resolved, SecretIndex())
+    resolved.apply(flow.request)
+    flights.restore_all()
+    assert flow.request.headers["x-key"] == "<<vault:unit.k>>"
+    signed = Rewrite(fields=(*flow.request.headers.fields, (b"x-amz-security-token", b"SESSION")))
+    flights.remember(flow, signed, SecretIndex())
+    signed.apply(flow.request)
+    flights.restore(flow)
+    assert "x-amz-security-token" not in flow.request.headers and flow.request.headers["x-key"] == "<<vault:unit.k>>"
+    assert flights.used(flow).keys == ["unit.k"]
 
 
 @pytest.mark.parametrize("make", [not_live, replayed, answered])

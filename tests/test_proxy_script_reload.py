@@ -9,8 +9,10 @@ would reload every proxy of the test session) and writes a flow file (`-w`).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import shutil
 import threading
 import time
@@ -52,8 +54,8 @@ def script(tmp_path: Path) -> Path:
     return copy
 
 
-def start(mitmdump: StartProxy, script: Path, flows: Path, home: Path, **kwargs: object) -> MitmdumpProcess:
-    return mitmdump(addon=False, args=["-s", str(script), "-w", str(flows)], env={"VAULTPROXY_HOME": str(home)}, **kwargs)
+def start(mitmdump: StartProxy, script: Path, flows: Path, home: Path, *args: str, **kwargs: object) -> MitmdumpProcess:
+    return mitmdump(addon=False, args=["-s", str(script), "-w", str(flows), *args], env={"VAULTPROXY_HOME": str(home)}, **kwargs)
 
 
 def reload_script(proxy: MitmdumpProcess, script: Path) -> None:
@@ -124,3 +126,27 @@ def test_a_request_waiting_for_a_token_during_a_reload_is_recorded_and_answered_
     (flow,) = recorded(proxy, flows)
     assert flow.request.headers["authorization"] == "Bearer <<vault:billing>>"
     assert token.encode() not in flows.read_bytes() and token not in proxy.output()
+
+
+def test_a_name_a_reverse_proxy_does_not_serve_stays_refused_across_a_reload(
+    mitmdump: StartProxy, upstream: RecordingUpstream, script: Path, tmp_path: Path, vault_home: Path
+) -> None:
+    """A page whose name was rebound to the proxy's address sends its head before a reload and
+    its body after: the instance that saw the head knew the name is not served, and the one
+    that resolves the request must too."""
+    Vault(vault_home).set("reload.tok", VALUE, hosts=[LOOPBACK])
+    flows = tmp_path / "flows.mitm"
+    proxy = start(mitmdump, script, flows, vault_home, "--mode", f"reverse:http://{LOOPBACK}:{upstream.port}",
+                  options={"vault_served_names": ["app.test"]})
+    body = b'{"token": "<<vault:reload.tok>>"}'
+    head = (f"POST /rebound HTTP/1.1\r\nHost: rebind.attacker.test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(head)
+        time.sleep(0.3)  # the head has been read (requestheaders ran)
+        reload_script(proxy, script)
+        sock.sendall(body)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+    assert answer.status == 403 and answer.getheader("X-Vaultproxy-Error") == "name_not_served"
+    assert VALUE.encode() not in upstream.all_bytes()

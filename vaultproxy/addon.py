@@ -63,9 +63,10 @@ LOAD_ERRORS = (VaultError, ConfigError, OSError, ValueError)
 
 # A script reload (mitmproxy reloads a `-s` file that changed) calls the old instance's `done`,
 # then loads a new one, while requests are in flight: the new one must still put their
-# placeholders back and redact what their answers echo. The old one leaves its record of them
-# here, under its master, for the next instance loaded into it.
-_handed_over: weakref.WeakKeyDictionary[Master, Flights] = weakref.WeakKeyDictionary()
+# placeholders back, redact what their answers echo, and refuse what the old one found
+# unserved. The old one leaves itself here, under its master, for the next instance loaded
+# into it to take over from (`_take_over`).
+_retired: weakref.WeakKeyDictionary[Master, VaultProxy] = weakref.WeakKeyDictionary()
 
 
 def cut_off(flow: http.HTTPFlow, what: str, error: Exception) -> None:
@@ -173,7 +174,8 @@ class VaultProxy:
     # --- options and state ---------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        self.flights = _handed_over.pop(loader.master, self.flights)
+        if (retired := _retired.pop(loader.master, None)) is not None:
+            self._take_over(retired)
         declare_options(loader)
         try:
             check_deferred(loader.master.options)
@@ -242,7 +244,7 @@ class VaultProxy:
         # Runs before save's `done`, which writes the flows still open: as placeholders.
         self.flights.restore_all()
         # A request this instance holds (for a reload, a token, AWS keys) goes on with it.
-        _handed_over[ctx.master] = self.flights
+        _retired[ctx.master] = self
         self.audit.close()
         if self.refresher:
             self.refresher.stop()
@@ -257,6 +259,13 @@ class VaultProxy:
         if self.vault and runtime_info(self.vault.home).get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 (self.vault.home / RUNTIME_FILE).unlink()
+
+    def _take_over(self, retired: VaultProxy) -> None:
+        """What the instance a script reload retired knew of the flows in flight, and the
+        option it set for itself (Host, in reverse mode: see _configure)."""
+        self.flights, self.unserved, self.refused = retired.flights, retired.unserved, retired.refused
+        self.retrier.replays, self.retrier.overlays = retired.retrier.replays, retired.retrier.overlays
+        self._rewrites_host = retired._rewrites_host
 
     def _start_refresher(self) -> None:
         """Auto-refresh (and refetch on rejection) for the vault in use, on threads of its own."""

@@ -85,6 +85,9 @@ class Flights:
             )
             return
         original.index = index
+        if original.restored:  # put back already (by an instance a reload retired): kept afresh
+            original.path = original.fields = original.raw_content = None
+            original.restored = False
         if rewrite.path is not None and original.path is None:
             original.path = request.path
         if (rewrite.fields is not None or rewrite.content is not None or streamed_body) and original.fields is None:
