@@ -256,8 +256,8 @@ def replayed(flow: http.HTTPFlow) -> None:
     flow.is_replay = "request"
 
 
-def answered(flow: http.HTTPFlow) -> None:
-    flow.response = tutils.tresp()  # by another addon
+def answered_by_another_addon(flow: http.HTTPFlow) -> None:
+    flow.response = tutils.tresp()
 
 
 def test_a_script_reload_hands_the_requests_in_flight_to_the_next_instance_of_that_master(home: Path) -> None:
@@ -293,7 +293,22 @@ def test_a_request_changed_again_after_a_retiring_instance_restored_it_is_restor
     assert flights.used(flow).keys == ["unit.k"]
 
 
-@pytest.mark.parametrize("make", [not_live, replayed, answered])
+def test_a_websocket_keeps_an_index_only_for_a_value_it_had_not_carried() -> None:
+    """Each reload (and each token renewal) makes a new index of every secret: a socket open
+    for days keeps only those that gave one of its keys another value."""
+    flights, flow = Flights(), request_flow()
+
+    def index(value: str) -> SecretIndex:
+        return SecretIndex(local_secrets=[Secret("unit.k", value, (HOST,)), Secret("unit.other", "FAKE-other", (HOST,))])
+
+    first, reloaded, rotated = index(VALUE), index(VALUE), index(VALUE + "Rotated")
+    for each in (first, reloaded, rotated):
+        flights.add_websocket_keys(flow, ["unit.k"], each)
+    flights.add_websocket_keys(flow, ["unit.other"], reloaded)  # a key first carried later
+    assert flights.websocket_keys(flow) == {first: {"unit.k", "unit.other"}, rotated: {"unit.k"}}
+
+
+@pytest.mark.parametrize("make", [not_live, replayed, answered_by_another_addon])
 def test_flows_that_are_not_live_client_traffic_are_never_resolved(tctx: taddons.context, addon: VaultProxy, make) -> None:
     flow = request_flow(x_key="<<vault:unit.k>>")
     make(flow)

@@ -182,8 +182,17 @@ class Flights:
         self.add_websocket_keys(flow, keys, index)
 
     def add_websocket_keys(self, flow: http.HTTPFlow, keys: list[str], index: SecretIndex | None) -> None:
-        if keys and index is not None:
-            self._websocket_keys.setdefault(flow.id, {}).setdefault(index, set()).update(keys)
+        """Each key goes under an index the socket holds already that gives it the same value:
+        every reload and token renewal makes a new index of every secret, and a socket open
+        for days keeps only those that gave one of its keys another value."""
+        if not keys or index is None:
+            return
+        uses = self._websocket_keys.setdefault(flow.id, {})
+        for key in keys:
+            if (secret := index.get(key)) is None:
+                continue
+            held = next((known for known in uses if (same := known.get(key)) is not None and same.value == secret.value), index)
+            uses.setdefault(held, set()).add(key)
 
     def websocket_keys(self, flow: http.HTTPFlow) -> dict[SecretIndex, set[str]]:
         """Keys injected into this WebSocket so far (its handshake and its messages), under
