@@ -219,7 +219,7 @@ def test_a_compressed_request_body_that_inflates_to_gigabytes_is_not_decoded_pas
     assert answer.status_code == 200
     (sent,) = upstream.requests
     assert sent.body == body and sent.header("x-token") == TOKEN + "Bomb"
-    assert proxy.peak_memory() < 1 << 30, proxy.peak_memory()
+    assert proxy.peak_memory() < 512 << 20, proxy.peak_memory()  # about 200 MB measured
 
 # --- 5. DNS rebinding in reverse mode --------------------------------------------------------------
 

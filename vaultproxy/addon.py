@@ -313,8 +313,11 @@ class VaultProxy:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
             try:
-                self._see_again()
                 self.audit_abandoned()
+            except Exception as e:  # in a try of its own: neither it nor a reload may stop the other
+                logger.warning(f"vaultproxy: checking for abandoned uploads failed ({type(e).__name__})")
+            try:
+                self._see_again()
                 await self.reload_if_changed(rules=True)
             except Exception as e:  # the watcher must outlive any one bad reload
                 logger.warning(f"vaultproxy: reload failed, keeping the last good state ({type(e).__name__})")

@@ -5,9 +5,13 @@ member of a gzip body, where mitmproxy stops after the first; `x-gzip`; stacked 
 as `gzip, br`), and an upstream server decodes what a client uploads.
 
 A few kilobytes can inflate to gigabytes (a decompression bomb), from any server a client
-visits or any page that posts through the proxy. One step of decoding (a whole body, or one
-chunk of a streamed one) yields at most MAX_DECODED bytes and raises TooLarge past that,
-having allocated little more: every decompressor is asked for at most that much.
+visits or any page that posts through the proxy, and all decoding runs on the event loop
+that serves every client. So, within what clients decode:
+- one step of decoding (a whole body, or one chunk of a streamed one) yields at most
+  MAX_DECODED bytes, and raises TooLarge past that: every decompressor is asked for at most
+  that much;
+- a zstd frame may need a window of 8 MiB at most, as for browsers (RFC 9659);
+- a body may stack two codings and hold MAX_MEMBERS gzip members or zstd frames at most.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from mitmproxy.net import encoding
 Filter = Callable[[bytes], bytes]
 
 MAX_DECODED = 64 << 20
+MAX_CODINGS = 2  # more, and the body counts as in a coding the proxy does not know
+MAX_MEMBERS = 1024  # each starts a decompressor: an empty gzip member costs 26 µs in 20 bytes
+ZSTD_WINDOW_LOG = 23  # 8 MiB
 _SLICE = 1024  # input fed at a time to a decompressor that takes no output bound
 
 
@@ -49,10 +56,11 @@ def decode_whole(raw: bytes, content_encoding: str) -> bytes | None:
 
 def decoder(content_encoding: str) -> Filter | None:
     """A chunk-by-chunk decoder of a body with this Content-Encoding, every coding undone (the
-    last applied first); None when one of them is unknown. It takes `b""` at the end of the
-    body, and raises when the body was cut short or a chunk decodes to too much."""
+    last applied first); None when one of them is unknown, or there are too many. It takes
+    `b""` at the end of the body, and raises when the body was cut short or a chunk decodes
+    to too much."""
     codings = [coding for coding in (part.strip().lower() for part in content_encoding.split(",")) if coding not in ("", "identity")]
-    if any(coding not in _CODINGS for coding in codings):
+    if len(codings) > MAX_CODINGS or any(coding not in _CODINGS for coding in codings):
         return None
     decoders = [_CODINGS[coding]() for coding in reversed(codings)]
 
@@ -77,9 +85,10 @@ def _members(start: Callable[[bytes], Any], *, header: int = 1, padding: bool = 
     `padding`: NUL bytes between and after members are skipped, as gzip readers do."""
     current: Any = None
     pending = b""  # the start of a member, shorter than `header`
+    members = 0
 
     def decode(chunk: bytes) -> bytes:
-        nonlocal current, pending
+        nonlocal current, pending, members
         if not chunk:
             if pending or (current is not None and not current.eof):
                 raise Undecodable("the body ends inside a compressed member")
@@ -92,6 +101,9 @@ def _members(start: Callable[[bytes], Any], *, header: int = 1, padding: bool = 
                 if len(chunk) < header:
                     pending = chunk
                     break
+                members += 1
+                if members > MAX_MEMBERS:
+                    raise Undecodable(f"it holds more than {MAX_MEMBERS} compressed members")
                 current = start(chunk)
             # Below max_length, a decompressor has taken all of its input.
             out.append(piece := current.decompress(chunk, room + 1))
@@ -119,9 +131,10 @@ def _in_slices(step: Callable[[bytes], bytes], data: bytes, max_length: int, end
 
 
 class _ZstdInSlices:
-    """zstandard's frame decompressor (mitmproxy 11) with the bounded `decompress` of
-    compression.zstd's: a zstd byte inflates to 32 KiB at most (a 128 KiB block of one
-    repeated byte takes four), so a slice overshoots the bound by 32 MiB at most."""
+    """zstandard's frame decompressor (mitmproxy 11) with a bounded `decompress` like
+    compression.zstd's, but for one thing: input left once max_length is passed is dropped
+    (the caller gives up on the body then). A zstd byte inflates to 32 KiB at most (a 128 KiB
+    block of one repeated byte takes four), so a slice overshoots the bound by 32 MiB at most."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -141,8 +154,10 @@ class _ZstdInSlices:
 def _zstd_frame() -> Any:
     """A decompressor of one zstd frame, from the zstd module mitmproxy uses (compression.zstd
     or its backport on mitmproxy 12, which bound their output; zstandard on 11)."""
-    made = encoding.zstd.ZstdDecompressor()
-    return _ZstdInSlices(made.decompressobj()) if hasattr(made, "decompressobj") else made
+    zstd = encoding.zstd
+    if hasattr(zstd, "DecompressionParameter"):
+        return zstd.ZstdDecompressor(options={zstd.DecompressionParameter.window_log_max: ZSTD_WINDOW_LOG})
+    return _ZstdInSlices(zstd.ZstdDecompressor(max_window_size=1 << ZSTD_WINDOW_LOG).decompressobj())
 
 
 def _brotli_bounds_output() -> bool:
@@ -170,8 +185,9 @@ def _brotli() -> Filter:
         fed = True
         if _BROTLI_BOUNDED:
             out = brotli_decoder.process(chunk, output_buffer_limit=MAX_DECODED + 1)
-        else:  # checked after each slice only: one crafted slice can inflate far past the bound
-            out, _ = _in_slices(brotli_decoder.process, chunk, MAX_DECODED + 1, lambda: False)  # past its end: brotli's error
+        else:  # checked after each slice only: 200 crafted bytes can inflate to 256 MiB
+            # (fed past the stream's end, brotli raises: trailing garbage is refused as it was)
+            out, _ = _in_slices(brotli_decoder.process, chunk, MAX_DECODED + 1, lambda: False)
         if len(out) > MAX_DECODED:
             raise TooLarge()
         return out
