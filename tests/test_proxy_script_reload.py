@@ -1,4 +1,4 @@
-"""End to end: mitmproxy reloads a `-s` script whose file changes (a `git pull`, an upgrade),
+"""End to end: mitmproxy reloads a `-s` script whose file changes (a checkout that touches it),
 here while requests are in flight. The instance the reload retires knew which values those
 requests carried; the new one answers their responses, and must still put their placeholders
 back before anything records the flow, and redact the values their responses echo.
