@@ -200,6 +200,17 @@ def test_compressed_bodies_are_decoded_substituted_and_reencoded(
     SECRETS.assert_logged_without_values(proxy, f"/compressed-{codec}")
 
 
+def test_a_gzip_body_of_several_members_is_resolved_in_full(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    """A server reads every member of a gzip body (gzip -c a b, or a client that compresses
+    as it streams): the proxy resolves them all, and sends them all."""
+    parts = [b'{"first": "<<vault:json.k>>", ', b'"second": "<<vault:json.k>>"}']
+    post(proxy, upstream.url + "/members", b"".join(gzip.compress(part) for part in parts),
+         {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    (received,) = upstream.wait_for(1)
+    decoded = encoding.decode(received.body, received.header("Content-Encoding") or "identity")
+    assert json.loads(decoded) == {"first": SECRETS.value("json.k"), "second": SECRETS.value("json.k")}
+
+
 # --- clients and protocols ------------------------------------------------------------------
 
 
