@@ -419,6 +419,29 @@ def test_an_upload_answered_early_is_audited_and_forgotten_once_its_client_hangs
     assert kept() is None
 
 
+def test_an_upload_whose_streamed_answer_was_cut_off_is_still_audited(
+    tctx: taddons.context, addon: VaultProxy, tmp_path: Path,
+) -> None:
+    """A streamed answer that stops decoding kills the flow, which ends it with no error hook
+    and no longer live (so neither the body's end nor the sweep audits it): the response hook
+    must, before it forgets the flow."""
+    audit = tmp_path / "audit.log"
+    tctx.configure(addon, stream_large_bodies="1k", vault_audit_log=str(audit))
+    flow = request_flow(x_key="<<vault:unit.k>>", transfer_encoding="chunked")
+    flow.request.timestamp_end = None  # its body still streaming
+    addon.substitution.requestheaders(flow)
+    flow.response = http.Response.make(200, b"", {"content-encoding": "gzip"})
+    flow.response.stream = True
+    addon.responseheaders(flow)
+    flow.response.stream(b"not gzip at all")  # the filter cuts it, and kills the flow
+    assert flow.error is not None and not flow.live
+    addon.response(flow)
+    addon.audit.close()
+    (line,) = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert line["keys"] == ["unit.k"] and line["outcome"] == RESOLVED
+    assert addon.flights.used(flow) is None
+
+
 def test_a_response_whose_check_fails_is_cut_off(
     tctx: taddons.context, addon: VaultProxy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:

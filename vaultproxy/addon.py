@@ -74,7 +74,8 @@ def cut_off(flow: http.HTTPFlow, what: str, error: Exception) -> None:
     the flow goes on, so the response would reach the client unchecked. It is cut off instead.
     Only the exception's type is logged: its message may quote the response."""
     logger.error(f"vaultproxy: {what} failed ({type(error).__name__}); cut it off rather than pass it on unchecked")
-    flow.kill()
+    if flow.killable:  # not when killed already (a stream cut short)
+        flow.kill()
 
 
 def live(flow: http.HTTPFlow, replays: weakref.WeakSet[http.HTTPFlow]) -> bool:
@@ -590,6 +591,8 @@ class VaultProxy:
         return bool(self.refused) and flow in self.refused
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.error is not None:  # killed while its answer streamed: no other hook will audit it
+            self.substitution.audit_stream(flow)
         used = self.flights.finish(flow)
         if used and (stale := self.retrier.candidates(flow, used)):
             return self._retry_then_clean(flow, used, stale)

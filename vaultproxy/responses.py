@@ -169,7 +169,8 @@ def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilte
             why = e if isinstance(e, codings.TooLarge) else f"it cannot be decoded past this point ({type(e).__name__})"
             logger.warning(f"vaultproxy: cut short a streamed response from {flow.request.host}: {why}, so the rest could not be checked")
             # Killed, mitmproxy cuts the client off at the body's end instead of ending it as a
-            # complete one (it checks after the response hook; raising here would hang the client).
+            # complete one (it checks after the response hook; raising here would hang the
+            # client). Not killable: killed already (a refused streamed upload).
             if flow.killable:
                 flow.kill()
         out = neutraliser.feed(data) if chunk else neutraliser.feed(data) + neutraliser.flush()  # b"": the end
