@@ -5,19 +5,27 @@ script whose deferred option it cannot parse, and ignores unknown names and bad 
 other start-up failures printed a traceback, then "proxy listening", then exited. Each case
 here ends with exit status 1 and one line that says what is wrong and what is valid: nothing
 else but mitmproxy's own "Loading script" line.
+
+And a proxy that starts serves no request before it is whole: mitmproxy listens before its
+addons have run their `running` hooks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import socket
+from base64 import b64encode
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from mitmproxy.version import VERSION
 
-from tests.support.net import wait_until
-from tests.support.proxy import STARTUP_TIMEOUT, MitmdumpProcess, OptionValue
+from tests.support.net import LOOPBACK, wait_until
+from tests.support.proxy import ADDON_SCRIPT, CLIENT_TIMEOUT, STARTUP_TIMEOUT, MitmdumpProcess, OptionValue, StartProxy
+from tests.support.upstream import RecordingUpstream
+from vaultcore.credential import CREDENTIAL_USER, ensure_credential
 from vaultcore.vault import Vault
 
 OPTIONS = "vault_home, vault_on_missing, vault_allow_plaintext, vault_redact_responses, vault_audit_log, vault_max_growth, vault_served_names"
@@ -92,3 +100,58 @@ def test_good_options_start(tmp_path: Path, home: Path) -> None:
     (proxy.confdir / "config.yaml").write_text("vault_redact_responses: false\n")
     with proxy:
         proxy.wait_for_output(f"vaultproxy: 1 keys from {home}")
+
+
+SLOW_START = """import asyncio
+import logging
+
+
+class SlowStart:
+    async def running(self):
+        await asyncio.sleep(2)
+        logging.warning("slow start: over")
+
+
+addons = [SlowStart()]
+"""
+
+
+def answer_head(sock: socket.socket) -> http.client.HTTPResponse:
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    return answer
+
+
+@pytest.mark.parametrize("client", ["the owner", "a client with the credential", "a tunnel with the credential"])
+def test_a_request_that_comes_while_the_proxy_starts_waits_until_it_has(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path, home: Path, client: str
+) -> None:
+    """mitmproxy listens, then runs its addons' `running` hooks one after another: here an
+    addon ahead of vaultproxy takes two seconds over its own. A request in that window went
+    on before vaultproxy had put its substitution at the end of the chain (the placeholder
+    went upstream unresolved), and before it had read the proxy credential (a client that
+    presented it was refused, on a CONNECT too). It now waits, and is served in full."""
+    slow = tmp_path / "slow_start.py"
+    slow.write_text(SLOW_START)
+    credential = ensure_credential(home) if client != "the owner" else None
+    # Listening on every interface: only the credential lets a client in, not its uid.
+    everywhere = ["--listen-host", "0.0.0.0"] if credential else []
+    proxy = mitmdump(addon=False, args=["-s", str(slow), "-s", str(ADDON_SCRIPT), *everywhere], options={"vault_home": str(home)})
+    authority = f"{LOOPBACK}:{upstream.port}"
+    authorization = f"Proxy-Authorization: Basic {b64encode(f'{CREDENTIAL_USER}:{credential}'.encode()).decode()}\r\n" if credential else ""
+    get = f"Host: {authority}\r\nX-Token: <<vault:start.k>>\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+        if client == "a tunnel with the credential":
+            first = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{authorization}\r\n"
+        else:
+            first = f"GET {upstream.url}/early HTTP/1.1\r\n{authorization}{get}"
+        sock.sendall(first.encode())
+        assert "slow start: over" not in proxy.output(), "the request came after the start, not during it"
+        answer = answer_head(sock)
+        if client == "a tunnel with the credential":
+            assert answer.status == 200
+            sock.sendall(f"GET /early HTTP/1.1\r\n{get}".encode())
+            answer = answer_head(sock)
+    assert answer.status == 200
+    (received,) = upstream.requests
+    assert received.header("x-token") == "sk_live_Zq9Start"

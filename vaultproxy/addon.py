@@ -170,7 +170,8 @@ class VaultProxy:
         self.unserved: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
         # Flows the proxy answered itself: their answers name placeholders on purpose.
         self.refused: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
-        self._running = False
+        self._running = False  # set once running() is over: see when_running
+        self._started = asyncio.Event()
 
     # --- options and state ---------------------------------------------------------------
 
@@ -232,12 +233,27 @@ class VaultProxy:
 
     def running(self) -> None:
         self.gate.running()
-        self._running = True
         ctx.master.addons.add(self.substitution)
         self._start_refresher()
         self._watch_files()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
         self._announcer = asyncio.get_running_loop().create_task(self._announce())
+        self._running = True
+        self._started.set()
+
+    def when_running(self, hook: Callable[[http.HTTPFlow], None], flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """mitmproxy listens before it runs the addons' `running` hooks, one after another: a
+        request that comes in between would go on before this one has read the proxy credential
+        and put Substitution at the end of the chain. Such a request waits (mitmproxy's dispatch
+        goes on through the chain as it is then, Substitution included)."""
+        if self._running:
+            hook(flow)
+            return None
+        return self._after_start(hook, flow)
+
+    async def _after_start(self, hook: Callable[[http.HTTPFlow], None], flow: http.HTTPFlow) -> None:
+        await self._started.wait()
+        hook(flow)
 
     def done(self) -> None:
         from vaultcore.proxyenv import runtime_info  # imported here: see _write_runtime_info
@@ -540,12 +556,15 @@ class VaultProxy:
     def client_connected(self, client: connection.Client) -> None:
         self.gate.client_connected(client)
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        self.gate.http_connect(flow)
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self.when_running(self.gate.http_connect, flow)
 
     # --- reverse mode: the name the client used ----------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self.when_running(self._requestheaders, flow)
+
+    def _requestheaders(self, flow: http.HTTPFlow) -> None:
         """A client the gate does not let in is answered (or cut off) here. A page whose name
         was rebound to this reverse proxy's address talks to it as to its own origin: only a
         client that names the proxy itself gets secrets. (A retry repeats a request that was
