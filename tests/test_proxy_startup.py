@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
+import shutil
 import socket
+import time
 from base64 import b64encode
 from collections.abc import Mapping
 from pathlib import Path
@@ -108,12 +111,29 @@ import logging
 
 class SlowStart:
     async def running(self):
-        await asyncio.sleep(2)
+        await asyncio.sleep({seconds})
         logging.warning("slow start: over")
 
 
 addons = [SlowStart()]
 """
+VALUE = "sk_live_Zq9Start"
+
+
+def slow_start(directory: Path, seconds: float) -> Path:
+    """An addon whose `running` takes `seconds`: loaded ahead of vaultproxy, it holds
+    vaultproxy's own `running` back while mitmproxy already listens."""
+    slow = directory / "slow_start.py"
+    slow.write_text(SLOW_START.format(seconds=seconds))
+    return slow
+
+
+def post(target: str, authority: str, extra_headers: str = "", body: bytes = b"") -> bytes:
+    """A POST with a placeholder in a header, and `body` (text) as its body."""
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: {authority}\r\n{extra_headers}X-Token: <<vault:start.k>>\r\n"
+        f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 def answer_head(sock: socket.socket) -> http.client.HTTPResponse:
@@ -122,7 +142,11 @@ def answer_head(sock: socket.socket) -> http.client.HTTPResponse:
     return answer
 
 
-@pytest.mark.parametrize("client", ["the owner", "a client with the credential", "a tunnel with the credential"])
+# Past stream_large_bodies: the header leaves with the head, resolved in requestheaders.
+STREAMED_BODY = b"token=<<vault:start.k>>&" + b"a" * 4096
+
+
+@pytest.mark.parametrize("client", ["the owner", "a streamed upload", "a client with the credential", "a tunnel with the credential"])
 def test_a_request_that_comes_while_the_proxy_starts_waits_until_it_has(
     mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path, home: Path, client: str
 ) -> None:
@@ -131,27 +155,63 @@ def test_a_request_that_comes_while_the_proxy_starts_waits_until_it_has(
     on before vaultproxy had put its substitution at the end of the chain (the placeholder
     went upstream unresolved), and before it had read the proxy credential (a client that
     presented it was refused, on a CONNECT too). It now waits, and is served in full."""
-    slow = tmp_path / "slow_start.py"
-    slow.write_text(SLOW_START)
-    credential = ensure_credential(home) if client != "the owner" else None
+    credential = ensure_credential(home) if "credential" in client else None
     # Listening on every interface: only the credential lets a client in, not its uid.
     everywhere = ["--listen-host", "0.0.0.0"] if credential else []
-    proxy = mitmdump(addon=False, args=["-s", str(slow), "-s", str(ADDON_SCRIPT), *everywhere], options={"vault_home": str(home)})
+    proxy = mitmdump(addon=False, args=["-s", str(slow_start(tmp_path, 2)), "-s", str(ADDON_SCRIPT), *everywhere],
+                     options={"vault_home": str(home), "stream_large_bodies": "1k"})
     authority = f"{LOOPBACK}:{upstream.port}"
     authorization = f"Proxy-Authorization: Basic {b64encode(f'{CREDENTIAL_USER}:{credential}'.encode()).decode()}\r\n" if credential else ""
-    get = f"Host: {authority}\r\nX-Token: <<vault:start.k>>\r\nConnection: close\r\n\r\n"
+    body = STREAMED_BODY if client == "a streamed upload" else b""
     with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
         if client == "a tunnel with the credential":
-            first = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{authorization}\r\n"
+            sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{authorization}\r\n".encode())
         else:
-            first = f"GET {upstream.url}/early HTTP/1.1\r\n{authorization}{get}"
-        sock.sendall(first.encode())
+            sock.sendall(post(f"{upstream.url}/early", authority, authorization, body))
         assert "slow start: over" not in proxy.output(), "the request came after the start, not during it"
         answer = answer_head(sock)
         if client == "a tunnel with the credential":
             assert answer.status == 200
-            sock.sendall(f"GET /early HTTP/1.1\r\n{get}".encode())
+            sock.sendall(post("/early", authority))
             answer = answer_head(sock)
     assert answer.status == 200
     (received,) = upstream.requests
-    assert received.header("x-token") == "sk_live_Zq9Start"
+    assert received.header("x-token") == VALUE
+    assert received.body == body.replace(b"<<vault:start.k>>", VALUE.encode())
+
+
+OTHER_SCRIPT = "addons = []\n"
+
+
+@pytest.mark.parametrize("reloaded", ["vaultproxy's script", "another script"])
+def test_a_request_held_for_the_start_is_dropped_when_a_script_reload_comes_first(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path, home: Path, reloaded: str
+) -> None:
+    """A script reload in that window either retires the instance that holds the request
+    before it ever ran, or has mitmproxy go on with the request through a copy of the addon
+    chain that was made before vaultproxy's substitution joined it (a streamed body's head
+    would leave unresolved). Either way the request is dropped, not held for ever nor sent
+    unresolved; the proxy serves the requests that come after."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    other, addon = scripts / "other.py", scripts / ADDON_SCRIPT.name
+    other.write_text(OTHER_SCRIPT)
+    shutil.copy(ADDON_SCRIPT, addon)
+    proxy = mitmdump(addon=False, args=["-s", str(slow_start(tmp_path, 4)), "-s", str(other), "-s", str(addon)],
+                     options={"vault_home": str(home), "stream_large_bodies": "1k"})
+    touched = addon if reloaded == "vaultproxy's script" else other
+    authority = f"{LOOPBACK}:{upstream.port}"
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(post(f"{upstream.url}/held", authority, body=STREAMED_BODY))
+        later = time.time() + 10
+        os.utime(touched, (later, later))  # mitmproxy looks every second
+        wait_until(lambda: proxy.output().count(f"Loading script {touched}") == 2, CLIENT_TIMEOUT, "the reload")
+        assert "slow start: over" not in proxy.output(), "the reload came after the start, not during it"
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(1) == b"", "the held request was answered"
+    assert not upstream.requests
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(post(f"{upstream.url}/after", authority, body=STREAMED_BODY))
+        assert answer_head(sock).status == 200
+    (received,) = upstream.requests
+    assert received.header("x-token") == VALUE

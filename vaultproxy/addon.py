@@ -170,7 +170,7 @@ class VaultProxy:
         self.unserved: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
         # Flows the proxy answered itself: their answers name placeholders on purpose.
         self.refused: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
-        self._running = False  # set once running() is over: see when_running
+        self._running = False  # see when_running
         self._started = asyncio.Event()
 
     # --- options and state ---------------------------------------------------------------
@@ -232,14 +232,16 @@ class VaultProxy:
             self.audit = AuditLog(None if setting == "off" else Path(setting).expanduser() if setting else self.vault.home / "audit.log")
 
     def running(self) -> None:
-        self.gate.running()
-        ctx.master.addons.add(self.substitution)
+        try:
+            self.gate.running()
+            ctx.master.addons.add(self.substitution)
+            self._running = True
+        finally:
+            self._started.set()  # the requests that came meanwhile go on (or are dropped: _after_start)
         self._start_refresher()
         self._watch_files()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
         self._announcer = asyncio.get_running_loop().create_task(self._announce())
-        self._running = True
-        self._started.set()
 
     def when_running(self, hook: Callable[[http.HTTPFlow], None], flow: http.HTTPFlow) -> Awaitable[None] | None:
         """mitmproxy listens before it runs the addons' `running` hooks, one after another: a
@@ -252,8 +254,16 @@ class VaultProxy:
         return self._after_start(hook, flow)
 
     async def _after_start(self, hook: Callable[[http.HTTPFlow], None], flow: http.HTTPFlow) -> None:
+        """A script reload meanwhile (mitmproxy removes the old script's addon by building a
+        new chain) means the dispatch goes on through a chain without Substitution, or that
+        this instance was retired before it ran: the request is dropped, never sent unresolved."""
+        chain = ctx.master.addons.chain
         await self._started.wait()
-        hook(flow)
+        if self._running and ctx.master.addons.chain is chain:
+            hook(flow)
+            return
+        logger.warning(f"vaultproxy: dropped a request to {flow.request.host} that came while the proxy started: a script was reloaded meanwhile")
+        flow.kill()
 
     def done(self) -> None:
         from vaultcore.proxyenv import runtime_info  # imported here: see _write_runtime_info
@@ -262,6 +272,7 @@ class VaultProxy:
         self.flights.restore_all()
         # A request this instance holds (for a reload, a token, AWS keys) goes on with it.
         _retired[ctx.master] = self
+        self._started.set()  # one that waits for a start that will not come is dropped
         self.audit.close()
         if self.refresher:
             self.refresher.stop()
