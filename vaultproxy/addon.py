@@ -31,6 +31,7 @@ from mitmproxy.flow import Error as FlowError
 from mitmproxy.master import Master
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy.layer import NextLayer
 
 from vaultcore.atomic import replace_file
 from vaultcore.filewatch import FileWatch
@@ -46,7 +47,7 @@ from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
 from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
-from vaultproxy import codings, guard, responses, rewrite, signing
+from vaultproxy import codings, guard, responses, rewrite, signing, tunnels
 from vaultproxy.audit import RESOLVED, AuditLog, follow_console
 from vaultproxy.clientgate import ClientGate
 from vaultproxy.flights import Flights, Original
@@ -696,6 +697,11 @@ class Substitution:
         # A streamed request's tokens that could not be minted ahead of its body: (code, message).
         # Not the exception: its traceback's frames would hold the flow, and the key with it.
         self.mints_failed: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, tuple[str, str]]] = weakref.WeakKeyDictionary()
+
+    def next_layer(self, nextlayer: NextLayer) -> None:
+        """Here, after mitmproxy's NextLayer addon has chosen: see vaultproxy/tunnels.py."""
+        if (decider := ctx.master.addons.get("nextlayer")) is not None:
+            tunnels.read_as_the_client_speaks(nextlayer, decider.next_layer)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not live(flow, self.proxy.retrier.replays):

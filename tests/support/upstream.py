@@ -269,6 +269,8 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         upstream = self.server.upstream
         conn: socket.socket = self.request
+        if upstream.greeting:
+            conn.sendall(upstream.greeting)
         if upstream.ssl_context is not None:
             conn = upstream.ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         # Closed here: after wrap_socket, the socket socketserver closes is a detached shell.
@@ -328,7 +330,8 @@ class RecordingUpstream:
     """A threaded HTTP/1.1 (optionally HTTPS) server on 127.0.0.1 that records every request.
 
     Answers 200 with a small JSON body unless a per-path `Reply` says otherwise;
-    `behaviour` sets how every other path is answered.
+    `behaviour` sets how every other path is answered. `greeting`: bytes sent the moment a
+    connection is accepted, before TLS and before the request (a server that speaks first).
     """
 
     def __init__(
@@ -336,8 +339,10 @@ class RecordingUpstream:
         tls: TLSMaterial | None = None,
         behaviour: Behaviour = "ok",
         routes: Mapping[str, Reply] | None = None,
+        greeting: bytes = b"",
     ) -> None:
         self.ssl_context = tls.server_context() if tls is not None else None
+        self.greeting = greeting
         self._default = Reply(behaviour=behaviour)
         self._routes: dict[str, Reply] = dict(routes or {})
         self._requests: _Recorder[RecordedRequest] = _Recorder()

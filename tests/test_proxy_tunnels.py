@@ -1,0 +1,110 @@
+"""End to end: a server that speaks first cannot make a tunnel go unchecked.
+
+mitmproxy decides what a CONNECT tunnel carries from the first bytes that come through it.
+When the server's come first, it passed the connection on as raw TCP, which no hook sees; and
+HTTP and TLS clients skip what such a server can send first (a TLS warning alert, an empty
+line). So a hostile server's answers reached the client unchecked, placeholders planted in them
+intact. Each test here is such a server, on loopback, and a real client through mitmdump.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.net import LOOPBACK
+from tests.support.proxy import CLIENT_TIMEOUT, StartProxy
+from tests.support.tls import TLSMaterial
+from tests.support.upstream import RecordingUpstream, Reply
+from vaultcore.vault import Vault
+
+PLANTED = "<<vault:tunnel.tok>>"
+# A TLS record clients skip before the handshake (a warning alert: user_canceled).
+TLS_WARNING_ALERT = b"\x15\x03\x01\x00\x02\x01\x5a"
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.6\r\n"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    Vault(home).set("tunnel.tok", "sk_live_Zq9Tunnel", hosts=[LOOPBACK])
+    return home
+
+
+def planting(upstream: RecordingUpstream) -> RecordingUpstream:
+    upstream.route("/", Reply(headers=(("Content-Type", "text/plain"), ("X-Planted", PLANTED)), body=f"follow {PLANTED}\n".encode()))
+    return upstream
+
+
+def tunnel(proxy_port: int, server_port: int) -> socket.socket:
+    """A CONNECT tunnel through the proxy to the server, its 200 read."""
+    sock = socket.create_connection((LOOPBACK, proxy_port), timeout=CLIENT_TIMEOUT)
+    sock.sendall(f"CONNECT {LOOPBACK}:{server_port} HTTP/1.1\r\nHost: {LOOPBACK}:{server_port}\r\n\r\n".encode())
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    assert answer.status == 200
+    return sock
+
+
+def test_a_tls_server_that_speaks_first_is_not_passed_through(
+    mitmdump: StartProxy, tls_material: TLSMaterial, home: Path, tmp_path: Path
+) -> None:
+    """OpenSSL clients skip a warning alert sent before the handshake; mitmproxy took it for a
+    server greeting and passed the whole TLS session through, unread. The client here trusts
+    the server's CA as well as the proxy's, as a client trusts a public site's certificate.
+    No TLS server speaks first: the tunnel is closed, at once, and the log says why."""
+    with planting(RecordingUpstream(tls=tls_material, greeting=TLS_WARNING_ALERT)) as server:
+        proxy = mitmdump(options={"vault_home": str(home)})
+        trusted = tmp_path / "trusted.pem"
+        trusted.write_bytes(proxy.ca_path.read_bytes() + tls_material.ca_cert.read_bytes())
+        with proxy.requests_session() as session, pytest.raises(requests.ConnectionError):
+            session.verify = str(trusted)
+            session.get(f"{server.url}/", timeout=CLIENT_TIMEOUT)
+    proxy.wait_for_output(f"vaultproxy: closed a tunnel to {LOOPBACK}: the server spoke before the client's TLS handshake")
+    assert not server.requests
+
+
+def test_a_plain_server_that_speaks_first_is_still_read_as_http(mitmdump: StartProxy, home: Path) -> None:
+    """HTTP clients skip empty lines before a status line: a server that sends one as soon as
+    the tunnel opens made mitmproxy pass the tunnel on as raw TCP."""
+    with planting(RecordingUpstream(greeting=b"\r\n")) as server:
+        proxy = mitmdump(options={"vault_home": str(home)})
+        with tunnel(proxy.port, server.port) as sock:
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {LOOPBACK}:{server.port}\r\nConnection: close\r\n\r\n".encode())
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert PLANTED.encode() not in received
+    assert received.startswith(b"HTTP/1.1 ")
+
+
+def test_a_tunnel_whose_client_speaks_another_protocol_stays_raw(mitmdump: StartProxy, home: Path) -> None:
+    """SSH through CONNECT: both sides send their banners at once. The tunnel is raw TCP, as
+    before, once the client's banner shows what it is; the server's is then passed on."""
+    with RecordingUpstream(greeting=SSH_BANNER) as server:
+        proxy = mitmdump(options={"vault_home": str(home)})
+        with tunnel(proxy.port, server.port) as sock:
+            sock.sendall(b"SSH-2.0-client\r\n")
+            assert sock.recv(len(SSH_BANNER)) == SSH_BANNER
+
+
+def test_a_server_first_protocol_listed_in_tcp_hosts_is_raw_at_once(mitmdump: StartProxy, home: Path) -> None:
+    """A protocol whose client waits for the server's greeting (SMTP, FTP) waits for the
+    client's first bytes too, unless its host is in mitmproxy's tcp_hosts: then the tunnel is
+    raw from the start, as the user asked."""
+    with RecordingUpstream(greeting=b"220 mail.example ESMTP\r\n") as server:
+        proxy = mitmdump(options={"vault_home": str(home), "tcp_hosts": [LOOPBACK.replace(".", r"\.")]})
+        with tunnel(proxy.port, server.port) as sock:
+            assert sock.recv(1024) == b"220 mail.example ESMTP\r\n"
+
+
+def test_a_reverse_tcp_proxy_passes_a_server_greeting_at_once(mitmdump: StartProxy, home: Path) -> None:
+    """A reverse proxy's layers follow its spec: `reverse:tcp://` is raw TCP from the start."""
+    with RecordingUpstream(greeting=b"220 mail.example ESMTP\r\n") as server:
+        proxy = mitmdump(options={"vault_home": str(home)}, args=["--mode", f"reverse:tcp://{LOOPBACK}:{server.port}"])
+        with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
+            assert sock.recv(1024) == b"220 mail.example ESMTP\r\n"
