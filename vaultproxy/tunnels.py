@@ -15,6 +15,9 @@ stays raw. A TLS client's is closed: no TLS server speaks first, and mitmproxy's
 take a server's bytes before its own handshake. A protocol whose client waits for the server's
 greeting (SMTP, FTP) waits too, unless its host is in mitmproxy's `tcp_hosts`: like the hosts
 mitmproxy ignores, those are left as the user asked.
+
+mitmproxy also turns any 101 answer but a WebSocket's into raw TCP, asked for or not: the
+addon refuses those (`upgrade_refused`), again unless the host is in `tcp_hosts`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import logging
 import re
 from collections.abc import Callable
 
-from mitmproxy import ctx
+from mitmproxy import ctx, http
 from mitmproxy.proxy import commands, events, layers, mode_specs
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layer import CommandGenerator, Layer, NextLayer
+
+from vaultproxy.refusal import ERROR_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ def read_as_the_client_speaks(nextlayer: NextLayer, decide: Callable[[_ClientFir
     chosen = nextlayer.layer
     if isinstance(chosen, (layers.ServerTLSLayer, layers.ClientTLSLayer)):
         nextlayer.layer = _Closed(nextlayer.context)
-    elif isinstance(chosen, layers.TCPLayer) and chosen.flow is not None and not listed_in_tcp_hosts(nextlayer.context):
+    elif isinstance(chosen, layers.TCPLayer) and chosen.flow is not None and not listed_in_tcp_hosts(*names_of(nextlayer.context)):
         if not nextlayer.data_client():
             nextlayer.layer = None
             return
@@ -66,10 +71,15 @@ def read_as_the_client_speaks(nextlayer: NextLayer, decide: Callable[[_ClientFir
         nextlayer.layer = client_first.layer
 
 
-def listed_in_tcp_hosts(context: Context) -> bool:
-    """Whether the destination matches `tcp_hosts`, as mitmproxy matches it (address or SNI)."""
-    names = [name for name in (context.server.address and context.server.address[0], context.client.sni) if name]
-    return any(re.search(pattern, name, re.IGNORECASE) for pattern in ctx.options.tcp_hosts for name in names)
+def names_of(context: Context) -> tuple[str | None, ...]:
+    """The names mitmproxy matches `tcp_hosts` against: the server's address, the client's SNI."""
+    return context.server.address[0] if context.server.address else None, context.client.sni
+
+
+def listed_in_tcp_hosts(*names: str | None) -> bool:
+    """Whether one of `names` matches `tcp_hosts`, the user's word that raw TCP to that host may
+    pass unchecked."""
+    return any(re.search(pattern, name, re.IGNORECASE) for pattern in ctx.options.tcp_hosts for name in names if name)
 
 
 class _Closed(Layer):
@@ -83,3 +93,19 @@ class _Closed(Layer):
                 "TLS handshake, as no TLS server does (a hostile one does, to pass its answers on unchecked)"
             )
             yield commands.CloseConnection(self.context.client)
+
+
+def upgrade_refused(flow: http.HTTPFlow) -> http.Response | None:
+    """The proxy's answer in place of a 101 that mitmproxy would follow with raw TCP (anything
+    but a WebSocket), unless the host is in `tcp_hosts`; None for any other response."""
+    response = flow.response
+    if response is None or response.status_code != 101 or flow.websocket is not None or listed_in_tcp_hosts(flow.request.host):
+        return None
+    protocol = response.headers.get("upgrade", "")
+    logger.warning(f"vaultproxy: refused an upgrade to {protocol or 'an unnamed protocol'} from {flow.request.host}: what follows it is raw TCP, which is not checked")
+    return http.Response.make(
+        502,
+        f"vaultproxy refused the server's switch to {protocol or 'another protocol'}: what follows a switch to anything but "
+        "a WebSocket cannot be checked for secrets or placeholders. List the host in mitmproxy's tcp_hosts to let it pass unchecked.\n".encode(),
+        {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", "Connection": "close", ERROR_HEADER: "upgrade_refused"},
+    )
