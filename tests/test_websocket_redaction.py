@@ -1,7 +1,8 @@
 """End to end: `vault_redact_responses` also covers WebSocket messages a server echoes.
 
 The echoing upstream receives the value (that is where it is allowed to go); the client,
-the dumper and the `-w` flow file see the placeholder in the echoed message instead.
+the dumper and the `-w` flow file see the placeholder in the echoed message instead. So in
+the reason a server closes the socket with, which mitmproxy relays with no hook.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import io
+from websockets.exceptions import ConnectionClosed
 
 from tests.support.net import LOOPBACK
 from tests.support.proxy import StartProxy
@@ -68,3 +70,23 @@ def test_a_value_rotated_while_a_socket_is_open_stays_redacted_in_both_versions(
         connection.send("again <<vault:ws.echo>>")
         assert connection.recv(timeout=30) == "token <<vault:ws.echo>> | again <<vault:ws.echo>>"
         assert upstream.wait_for(2) == [f"token {VALUE}", f"again {ROTATED}"]
+
+
+def test_a_close_reason_is_checked_as_a_message_is(mitmdump: StartProxy, vault_home: Path, tmp_path: Path) -> None:
+    """A page's script reads a close frame's reason (CloseEvent.reason): a server's echo of the
+    value there, and a placeholder it plants, reached the client and the flow file as sent."""
+    Vault(vault_home).set("ws.echo", VALUE, hosts=[LOOPBACK])
+    flows = tmp_path / "flows.mitm"
+    proxy = mitmdump(options={"vault_home": str(vault_home)}, args=["-w", str(flows)])
+    with WebSocketUpstream(closing=lambda message: f"bye {message!s} <<vault:planted>>") as upstream:
+        with proxy.websocket(upstream.url) as connection:
+            connection.send("<<vault:ws.echo>>")
+            with pytest.raises(ConnectionClosed) as closed:
+                connection.recv(timeout=30)
+        assert upstream.wait_for(1) == [VALUE]
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.reason == "bye <<vault:ws.echo>> <<blocked-vault:planted>>"
+    proxy.stop()
+    (flow,) = list(io.FlowReader(flows.open("rb")).stream())
+    assert flow.websocket.close_reason == "bye <<vault:ws.echo>> <<blocked-vault:planted>>"
+    assert VALUE.encode() not in flows.read_bytes()

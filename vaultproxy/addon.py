@@ -47,7 +47,7 @@ from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
 from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
-from vaultproxy import codings, guard, responses, rewrite, signing, tunnels
+from vaultproxy import codings, guard, responses, rewrite, signing, tunnels, wscontrol
 from vaultproxy.audit import RESOLVED, AuditLog, follow_console
 from vaultproxy.clientgate import ClientGate
 from vaultproxy.flights import Flights, Original
@@ -171,6 +171,8 @@ class VaultProxy:
         self.unserved: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
         # Flows the proxy answered itself: their answers name placeholders on purpose.
         self.refused: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+        # The open WebSocket of each client connection, for its control frames (wscontrol).
+        self.sockets: weakref.WeakKeyDictionary[connection.Client, http.HTTPFlow] = weakref.WeakKeyDictionary()
         self._running = False  # see when_running
         self._started = asyncio.Event()
 
@@ -239,6 +241,7 @@ class VaultProxy:
             self._running = True
         finally:
             self._started.set()  # the requests that came meanwhile go on (or are dropped: _after_start)
+        wscontrol.install(self.control_frame_cleaner)
         self._start_refresher()
         self._watch_files()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -274,6 +277,7 @@ class VaultProxy:
         # A request this instance holds (for a reload, a token, AWS keys) goes on with it.
         _retired[ctx.master] = self
         self._started.set()  # one that waits for a start that will not come is dropped
+        wscontrol.install(None)
         self.audit.close()
         if self.refresher:
             self.refresher.stop()
@@ -292,7 +296,7 @@ class VaultProxy:
     def _take_over(self, retired: VaultProxy) -> None:
         """What the instance a script reload retired knew of the flows in flight, and the
         option it set for itself (Host, in reverse mode: see _configure)."""
-        self.flights, self.unserved, self.refused = retired.flights, retired.unserved, retired.refused
+        self.flights, self.unserved, self.refused, self.sockets = retired.flights, retired.unserved, retired.refused, retired.sockets
         self.retrier.replays, self.retrier.overlays = retired.retrier.replays, retired.retrier.overlays
         self._rewrites_host = retired._rewrites_host
 
@@ -638,6 +642,7 @@ class VaultProxy:
         if flow.websocket is not None:
             # the handshake's values may come back in messages
             self.flights.add_websocket_keys(flow, used.keys if used else [], used.index if used else None)
+            self.sockets[flow.client_conn] = flow
             return
         response = flow.response
         if response is None or self._refused(flow):
@@ -676,18 +681,30 @@ class VaultProxy:
             logger.warning(f"vaultproxy: {flow.request.host}: {clean.decode('utf-8', 'replace')} (the client gets no answer: it would quote this)")
             flow.error = FlowError(FlowError.KILLED_MESSAGE)
 
+    def _websocket_redactor(self, flow: http.HTTPFlow | None) -> Redactor | None:
+        if flow is None or not self.settings.redact_responses:
+            return None
+        return responses.redactor_across(self.flights.websocket_keys(flow))
+
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         self.flights.restore_messages(flow)
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
         if not message.from_client:
             try:
-                redactor = responses.redactor_across(self.flights.websocket_keys(flow)) if self.settings.redact_responses else None
-                message.content = responses.cleaned(message.content, redactor)
+                message.content = responses.cleaned(message.content, self._websocket_redactor(flow))
             except Exception as e:
                 cut_off(flow, "checking a WebSocket message", e)
 
+    def control_frame_cleaner(self, client: connection.Client) -> Callable[[bytes], bytes]:
+        """How the control frames toward `client` are cleaned (wscontrol): as its socket's messages."""
+        redactor = self._websocket_redactor(self.sockets.get(client))
+        return lambda data: responses.cleaned(data, redactor)
+
     def websocket_end(self, flow: http.HTTPFlow) -> None:
+        assert flow.websocket is not None
+        if flow.websocket.close_reason and not flow.websocket.closed_by_client:  # as the client got it (wscontrol)
+            flow.websocket.close_reason = self.control_frame_cleaner(flow.client_conn)(flow.websocket.close_reason.encode()).decode("utf-8", "replace")
         self.flights.end_websocket(flow)
 
 

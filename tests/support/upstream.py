@@ -469,13 +469,18 @@ class WebSocketUpstream:
     `answer` replaces the echo (see Answer): an upstream that never sends a received value
     back keeps values out of mitmproxy's records of the conversation, which an echo would
     legitimately put there. `greeting`: a message sent to each client as it connects.
+    `closing`: given the first message, the reason to close the connection with at once.
     Runs the `websockets` asyncio server on its own event loop in a background thread.
     """
 
-    def __init__(self, tls: TLSMaterial | None = None, *, answer: Answer = echo, greeting: str | None = None) -> None:
+    def __init__(
+        self, tls: TLSMaterial | None = None, *, answer: Answer = echo, greeting: str | None = None,
+        closing: Callable[[WebSocketMessage], str] | None = None,
+    ) -> None:
         self._ssl_context = tls.server_context() if tls is not None else None
         self._answer = answer
         self._greeting = greeting
+        self._closing = closing
         self._messages: _Recorder[WebSocketMessage] = _Recorder()
         self._handshakes: _Recorder[WebSocketHandshake] = _Recorder()
         self._ready = threading.Event()
@@ -514,6 +519,10 @@ class WebSocketUpstream:
             if self._greeting is not None:
                 await connection.send(self._greeting)
             async for message in connection:
+                if self._closing is not None:
+                    self._messages.append(message)
+                    await connection.close(reason=self._closing(message))
+                    return
                 reply = self._answer(message, self._messages.append(message))
                 if reply is not None:
                     await connection.send(reply)
