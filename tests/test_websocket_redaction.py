@@ -72,9 +72,10 @@ def test_a_value_rotated_while_a_socket_is_open_stays_redacted_in_both_versions(
         assert upstream.wait_for(2) == [f"token {VALUE}", f"again {ROTATED}"]
 
 
-def test_a_close_reason_is_checked_as_a_message_is(mitmdump: StartProxy, vault_home: Path, tmp_path: Path) -> None:
+def test_a_close_reason_and_a_ping_are_checked_as_a_message_is(mitmdump: StartProxy, vault_home: Path, tmp_path: Path) -> None:
     """A page's script reads a close frame's reason (CloseEvent.reason): a server's echo of the
-    value there, and a placeholder it plants, reached the client and the flow file as sent."""
+    value there, and a placeholder it plants, reached the client and the flow file as sent. A
+    ping's payload was printed by mitmproxy's log as it came."""
     Vault(vault_home).set("ws.echo", VALUE, hosts=[LOOPBACK])
     flows = tmp_path / "flows.mitm"
     proxy = mitmdump(options={"vault_home": str(vault_home)}, args=["-w", str(flows)])
@@ -90,3 +91,6 @@ def test_a_close_reason_is_checked_as_a_message_is(mitmdump: StartProxy, vault_h
     (flow,) = list(io.FlowReader(flows.open("rb")).stream())
     assert flow.websocket.close_reason == "bye <<vault:ws.echo>> <<blocked-vault:planted>>"
     assert VALUE.encode() not in flows.read_bytes()
+    pinged = len(f"bye {VALUE} <<vault:planted>>")
+    assert f"Received WebSocket ping from server (payload: {pinged} bytes, not shown by vaultproxy)" in proxy.output()
+    assert VALUE not in proxy.output()

@@ -47,7 +47,7 @@ from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
 from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
-from vaultproxy import codings, guard, responses, rewrite, signing, tunnels, wscontrol
+from vaultproxy import codings, guard, responses, rewrite, serverbytes, signing, tunnels, wscontrol
 from vaultproxy.audit import RESOLVED, AuditLog, follow_console
 from vaultproxy.clientgate import ClientGate
 from vaultproxy.flights import Flights, Original
@@ -182,6 +182,7 @@ class VaultProxy:
         if (retired := _retired.pop(loader.master, None)) is not None:
             self._take_over(retired)
         declare_options(loader)
+        serverbytes.install()
         try:
             check_deferred(loader.master.options)
         except exceptions.OptionsError as e:

@@ -469,7 +469,7 @@ class WebSocketUpstream:
     `answer` replaces the echo (see Answer): an upstream that never sends a received value
     back keeps values out of mitmproxy's records of the conversation, which an echo would
     legitimately put there. `greeting`: a message sent to each client as it connects.
-    `closing`: given the first message, the reason to close the connection with at once.
+    `closing`: given the first message, a text to ping with, then close the connection with.
     Runs the `websockets` asyncio server on its own event loop in a background thread.
     """
 
@@ -521,7 +521,8 @@ class WebSocketUpstream:
             async for message in connection:
                 if self._closing is not None:
                     self._messages.append(message)
-                    await connection.close(reason=self._closing(message))
+                    await connection.ping((text := self._closing(message)).encode())
+                    await connection.close(reason=text)
                     return
                 reply = self._answer(message, self._messages.append(message))
                 if reply is not None:
