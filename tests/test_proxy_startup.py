@@ -203,6 +203,9 @@ def test_a_request_held_for_the_start_is_dropped_when_a_script_reload_comes_firs
     authority = f"{LOOPBACK}:{upstream.port}"
     with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
         sock.sendall(post(f"{upstream.url}/held", authority, body=STREAMED_BODY))
+        # The port may listen a moment before mitmproxy first looks at the scripts: a change
+        # made before that look would be the script as it loads, not a reload.
+        proxy.wait_for_output(f"vaultproxy: 1 keys from {home}")
         later = time.time() + 10
         os.utime(touched, (later, later))  # mitmproxy looks every second
         wait_until(lambda: proxy.output().count(f"Loading script {touched}") == 2, CLIENT_TIMEOUT, "the reload")
