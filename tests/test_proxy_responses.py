@@ -23,6 +23,7 @@ import zlib
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
+import brotli
 import pytest
 from mitmproxy import io
 from mitmproxy.net import encoding as mitmproxy_encoding
@@ -32,6 +33,7 @@ from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MitmdumpProcess, StartProxy
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.vault import Vault
+from vaultproxy import codings
 
 TOKEN = "sk_live_Zq9Rsp"
 VALUE = TOKEN + "Echo/+&<'\"é ok"  # characters every encoding below changes
@@ -327,6 +329,22 @@ def test_a_decompression_bomb_is_not_decoded_past_a_bound(
         assert status.startswith(b"HTTP/1.1 502") and b"response_too_large" in received, received[:500]
         wait_until(lambda: "withheld a response" in active.output(), CLIENT_TIMEOUT, "the log line")
     assert active.peak_memory() < MEMORY_BOUND, active.peak_memory()
+
+
+def test_br_is_asked_for_and_decoded_only_where_brotli_is_bounded(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    """Brotli 1.1, which mitmproxy 11 pins, cannot bound what one call decodes (1,681 bytes of
+    br yield 616 MiB at once): there the proxy asks servers for no br, and withholds a br body
+    a server sends anyway. mitmproxy 12's Brotli decodes within the bound."""
+    text = b"checked " * 100
+    upstream.route("/br", Reply(respond=lambda request: ([("Content-Encoding", "br")], brotli.compress(text)), headers=(("Content-Type", "text/plain"),)))
+    with proxy.requests_session() as session:
+        answer = session.get(f"{upstream.url}/br", headers={"Accept-Encoding": "gzip, br"}, timeout=CLIENT_TIMEOUT)
+    asked = upstream.requests[-1].header("accept-encoding")
+    if codings.BROTLI_BOUNDED:
+        assert (asked, answer.status_code, answer.content) == ("gzip, br", 200, text)
+    else:
+        assert (asked, answer.status_code, answer.headers.get("X-Vaultproxy-Error")) == ("gzip, br;q=0", 502, "undecodable_response")
+        assert "Brotli 1.1" in answer.text
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import brotli
 import pytest
 import requests
 from mitmproxy.net import encoding
@@ -24,6 +25,7 @@ from tests.support.proxy import EXAMPLE_HOSTS, MitmdumpProcess, StartProxy, curl
 from tests.support.secret_set import Entry, SecretSet, module_fixtures, proxy_options, running_proxy
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream
+from vaultproxy import codings
 
 TIMEOUT = 60
 SECRETS = SecretSet({
@@ -184,7 +186,8 @@ def test_text_body_values_are_raw(proxy: MitmdumpProcess, upstream: RecordingUps
     SECRETS.assert_logged_without_values(proxy, "/text")
 
 
-@pytest.mark.parametrize("codec", ["gzip", "deflate", "br", "zstd"])
+@pytest.mark.parametrize("codec", ["gzip", "deflate", pytest.param("br", marks=pytest.mark.skipif(
+    not codings.BROTLI_BOUNDED, reason="mitmproxy 11: br is not decoded (test_a_br_body_goes_as_it_came_where_brotli_cannot_be_bounded)")), "zstd"])
 def test_compressed_bodies_are_decoded_substituted_and_reencoded(
     proxy: MitmdumpProcess, upstream: RecordingUpstream, codec: str
 ) -> None:
@@ -198,6 +201,24 @@ def test_compressed_bodies_are_decoded_substituted_and_reencoded(
     assert decoded != received.body  # really compressed on the wire
     assert json.loads(decoded) == {"token": SECRETS.value("json.k"), "pad": "compressible " * 200}
     SECRETS.assert_logged_without_values(proxy, f"/compressed-{codec}")
+
+
+@pytest.mark.skipif(codings.BROTLI_BOUNDED, reason="mitmproxy 12's Brotli is bounded: br bodies are resolved")
+def test_a_br_body_is_not_decoded_where_brotli_cannot_be_bounded(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    """On mitmproxy 11 the proxy decodes no br (its Brotli cannot bound a bomb a page could
+    post), as for a coding it does not know: a br body goes as it came, unless it shows a
+    placeholder in the clear (short br is mostly literal), which is refused, not sent unresolved."""
+    hidden = b'{"token": "<<vault:json.k>>", "again": "<<vault:json.k>>"}'
+    compressed = brotli.compress(hidden, quality=11)
+    assert b"<<vault:" not in compressed
+    post(proxy, upstream.url + "/br-as-it-came", compressed, {"Content-Type": "application/json", "Content-Encoding": "br"})
+    (received,) = upstream.wait_for(1)
+    assert brotli.decompress(received.body) == hidden
+    with proxy.requests_session() as session:
+        shown = session.post(upstream.url + "/br-shown", data=brotli.compress(b'{"token": "<<vault:json.k>>"}'),
+                             headers={"Content-Type": "application/json", "Content-Encoding": "br"}, timeout=TIMEOUT)
+    assert (shown.status_code, shown.headers.get("X-Vaultproxy-Error")) == (400, "undecodable_body")
+    assert "Brotli 1.1" in shown.text and len(upstream.requests) == 1
 
 
 def test_a_gzip_body_of_several_members_is_resolved_in_full(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
@@ -362,7 +383,8 @@ def test_request_without_placeholders_is_byte_identical_to_plain_mitmdump(
             response = session.post(
                 server.url + "/identical/%253C%253Cvault%253Ax%253E%253E?a=1&b=%3C%3Cvault:x",
                 data=body,
-                headers={"Content-Type": "application/json", "Content-Encoding": "gzip",
+                # No br: on mitmproxy 11 the proxy asks servers for none (test_proxy_responses.py).
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip", "Accept-Encoding": "gzip, deflate",
                          "X-Lookalike": "<<vault:a <vault:b>", "x-lower-case": "kept"},
                 timeout=TIMEOUT,
             )

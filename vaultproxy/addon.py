@@ -585,8 +585,12 @@ class VaultProxy:
         """A client the gate does not let in is answered (or cut off) here. A page whose name
         was rebound to this reverse proxy's address talks to it as to its own origin: only a
         client that names the proxy itself gets secrets. (A retry repeats a request that was
-        served, its Host already the target's.)"""
+        served, its Host already the target's.) Where Brotli cannot be bounded (mitmproxy 11),
+        servers are asked for no br: the proxy would withhold it (vaultproxy/codings.py)."""
         self.gate.requestheaders(flow)
+        if not codings.BROTLI_BOUNDED and (accepted := flow.request.headers.get("accept-encoding")) is not None:
+            if (asked := codings.accepting_no_brotli(accepted)) != accepted:
+                flow.request.headers["accept-encoding"] = asked
         if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) or flow in self.retrier.replays:
             return
         claimed = flow.request.host_header or ""
