@@ -13,6 +13,7 @@ through mitmdump.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,12 +120,15 @@ def test_a_reverse_tcp_proxy_passes_a_server_greeting_at_once(mitmdump: StartPro
             assert sock.recv(1024) == b"220 mail.example ESMTP\r\n"
 
 
-def switching_to_tcp(request: RecordedRequest) -> bytes:
-    """A 101 to raw TCP, then bytes that plant a placeholder and echo the request's value."""
-    return (
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n"
-        + f"raw: {PLANTED} echo={request.header('authorization')}\n".encode()
-    )
+def switching_to(protocol: bytes) -> Callable[[RecordedRequest], bytes]:
+    """A 101 to `protocol`, then bytes that plant a placeholder and echo the request's value."""
+    def answer(request: RecordedRequest) -> bytes:
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + protocol + b"\r\nConnection: Upgrade\r\n\r\n"
+            + f"raw: {PLANTED} echo={request.header('authorization')}\n".encode()
+        )
+
+    return answer
 
 
 def upgrade(proxy_port: int, server: RecordingUpstream) -> bytes:
@@ -140,21 +144,27 @@ def upgrade(proxy_port: int, server: RecordingUpstream) -> bytes:
     return received
 
 
-def test_an_upgrade_to_another_protocol_than_websocket_is_refused(mitmdump: StartProxy, upstream: RecordingUpstream, home: Path) -> None:
+@pytest.mark.parametrize("protocol", [b"tcp", b"tcp\xff\x1b]0;pwned\x07"], ids=["tcp", "not UTF-8, with a terminal escape"])
+def test_an_upgrade_to_another_protocol_than_websocket_is_refused(
+    mitmdump: StartProxy, upstream: RecordingUpstream, home: Path, protocol: bytes
+) -> None:
     """What follows a 101 to raw TCP (Docker's `Upgrade: tcp`, SPDY) cannot be checked: the
-    client gets a 502 that says so, and none of the server's raw bytes."""
-    upstream.route("/attach", Reply(raw=switching_to_tcp))
+    client gets a 502 that says so, and none of the server's raw bytes. A protocol name that
+    is not UTF-8 made the refusal itself fail, and the 101 went through; one with a terminal
+    escape reached the operator's terminal."""
+    upstream.route("/attach", Reply(raw=switching_to(protocol)))
     proxy = mitmdump(options={"vault_home": str(home)})
     received = upgrade(proxy.port, upstream)
     assert received.startswith(b"HTTP/1.1 502 "), received
     assert b"X-Vaultproxy-Error: upgrade_refused" in received
     assert PLANTED.encode() not in received and b"sk_live_Zq9Tunnel" not in received
-    proxy.wait_for_output(f"vaultproxy: refused an upgrade to tcp from {LOOPBACK}")
+    proxy.wait_for_output(f"vaultproxy: refused an upgrade to {protocol.decode('utf-8', 'surrogateescape')!r} from {LOOPBACK}")
+    assert "\x1b" not in proxy.output()
 
 
 def test_an_upgrade_to_a_host_in_tcp_hosts_is_passed_on_raw(mitmdump: StartProxy, upstream: RecordingUpstream, home: Path) -> None:
     """tcp_hosts is the user's word that raw TCP to that host may pass unchecked."""
-    upstream.route("/attach", Reply(raw=switching_to_tcp))
+    upstream.route("/attach", Reply(raw=switching_to(b"tcp")))
     proxy = mitmdump(options={"vault_home": str(home), "tcp_hosts": [LOOPBACK.replace(".", r"\.")]})
     received = upgrade(proxy.port, upstream)
     assert received.startswith(b"HTTP/1.1 101 ") and b"raw: " in received

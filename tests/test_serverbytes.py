@@ -8,10 +8,12 @@ import pytest
 
 from vaultproxy import serverbytes
 
+SECRET = b"sk_live_" + b"Zq9Log"  # split: a traceback shows this file's source lines
+
 
 def filtered(message: str) -> str:
     record = logging.LogRecord(serverbytes.LOGGER, logging.INFO, __file__, 1, message, None, None)
-    assert serverbytes.LeaveOutServerBytes().filter(record)
+    assert serverbytes.LeaveOutPeerBytes().filter(record)
     return record.getMessage()
 
 
@@ -21,6 +23,11 @@ def filtered(message: str) -> str:
     ('Received WebSocket ping from server (payload: b"it\'s sk_live_Zq9Log")',
      "Received WebSocket ping from server (payload: 19 bytes, not shown by vaultproxy)"),
     ("Received WebSocket pong from server (payload: b'')", "Received WebSocket pong from server (payload: 0 bytes, not shown by vaultproxy)"),
+    # h2 quotes the header value it refused; int() the status it could not read.
+    ("127.0.0.1:8443: HTTP/2 protocol error: Received header value surrounded by whitespace b' Bearer sk_live_Zq9Log '",
+     "127.0.0.1:8443: HTTP/2 protocol error: 73 characters of details, not shown by vaultproxy"),
+    ("[::1]:8443: Invalid HTTP/2 response headers: invalid literal for int() with base 10: b'sk_live_Zq9Log'",
+     "[::1]:8443: Invalid HTTP/2 response headers: 57 characters of details, not shown by vaultproxy"),
 ])
 def test_a_servers_bytes_are_left_out(message: str, expected: str) -> None:
     assert filtered(message) == expected
@@ -33,3 +40,17 @@ def test_a_servers_bytes_are_left_out(message: str, expected: str) -> None:
 ])
 def test_other_lines_are_kept(message: str) -> None:
     assert filtered(message) == message
+
+
+def test_a_crash_traceback_quotes_no_bytes() -> None:
+    """A connection handler that crashed logs its exception, which may quote the event it
+    choked on, with a server's bytes in it."""
+    event = f"ResponseData(data=bytearray({b'echo ' + SECRET!r}), raw={b'it' + bytes([39]) + b's ' + SECRET!r})"
+    try:
+        raise AssertionError(f"Unexpected event: {event}")  # its source line, shown in the traceback, holds no value
+    except AssertionError as e:
+        record = logging.LogRecord(serverbytes.LOGGER, logging.ERROR, __file__, 1, f"connection handler has crashed: {e}", None, (type(e), e, e.__traceback__))
+    assert serverbytes.LeaveOutPeerBytes().filter(record)
+    logged = logging.Formatter().format(record)
+    assert SECRET.decode() not in logged and "Traceback (most recent call last)" in logged
+    assert "ResponseData(data=<not shown by vaultproxy>, raw=<not shown by vaultproxy>)" in logged

@@ -652,10 +652,10 @@ class VaultProxy:
         response = flow.response
         if response is None or self._refused(flow):
             return
-        if (refused := tunnels.upgrade_refused(flow)) is not None:
-            flow.response = refused
-            return
         try:
+            if (refused := tunnels.upgrade_refused(flow)) is not None:
+                flow.response = refused
+                return
             redactor = self._redactor_of(used)
             responses.clean_trailers(response, redactor)
             if not response.stream:

@@ -97,15 +97,15 @@ class _Closed(Layer):
 
 def upgrade_refused(flow: http.HTTPFlow) -> http.Response | None:
     """The proxy's answer in place of a 101 that mitmproxy would follow with raw TCP (anything
-    but a WebSocket), unless the host is in `tcp_hosts`; None for any other response."""
+    but a WebSocket), unless the host is in `tcp_hosts`; None for any other response. Nothing
+    of the server's goes into it, and the log quotes its protocol escaped (it is the server's)."""
     response = flow.response
     if response is None or response.status_code != 101 or flow.websocket is not None or listed_in_tcp_hosts(flow.request.host):
         return None
-    protocol = response.headers.get("upgrade", "")
-    logger.warning(f"vaultproxy: refused an upgrade to {protocol or 'an unnamed protocol'} from {flow.request.host}: what follows it is raw TCP, which is not checked")
+    logger.warning(f"vaultproxy: refused an upgrade to {response.headers.get('upgrade', '')!r} from {flow.request.host}: what follows it is raw TCP, which is not checked")
     return http.Response.make(
         502,
-        f"vaultproxy refused the server's switch to {protocol or 'another protocol'}: what follows a switch to anything but "
-        "a WebSocket cannot be checked for secrets or placeholders. List the host in mitmproxy's tcp_hosts to let it pass unchecked.\n".encode(),
+        b"vaultproxy refused the server's switch to another protocol than WebSocket: what follows it cannot be checked "
+        b"for secrets or placeholders. List the host in mitmproxy's tcp_hosts to let it pass unchecked.\n",
         {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff", "Connection": "close", ERROR_HEADER: "upgrade_refused"},
     )
