@@ -102,12 +102,19 @@ def test_a_tunnel_whose_client_speaks_another_protocol_stays_raw(mitmdump: Start
             assert sock.recv(len(SSH_BANNER)) == SSH_BANNER
 
 
-def test_a_server_first_protocol_listed_in_tcp_hosts_is_raw_at_once(mitmdump: StartProxy, home: Path) -> None:
+@pytest.mark.parametrize("listed", ["tcp_hosts", "ignore_hosts, shown", "not in allow_hosts, shown"])
+def test_a_server_first_protocol_the_user_passes_raw_is_raw_at_once(mitmdump: StartProxy, home: Path, listed: str) -> None:
     """A protocol whose client waits for the server's greeting (SMTP, FTP) waits for the
-    client's first bytes too, unless its host is in mitmproxy's tcp_hosts: then the tunnel is
-    raw from the start, as the user asked."""
+    client's first bytes too, unless the user passes its host on raw: in mitmproxy's tcp_hosts,
+    or ignored (ignore_hosts, allow_hosts), also when show_ignored_hosts keeps flows of those."""
+    host = LOOPBACK.replace(".", r"\.")
+    options: dict[str, object] = {
+        "tcp_hosts": {"tcp_hosts": [host]},
+        "ignore_hosts, shown": {"ignore_hosts": [host], "show_ignored_hosts": True},
+        "not in allow_hosts, shown": {"allow_hosts": ["allowed\\.example"], "show_ignored_hosts": True},
+    }[listed]
     with RecordingUpstream(greeting=b"220 mail.example ESMTP\r\n") as server:
-        proxy = mitmdump(options={"vault_home": str(home), "tcp_hosts": [LOOPBACK.replace(".", r"\.")]})
+        proxy = mitmdump(options={"vault_home": str(home), **options})
         with tunnel(proxy.port, server.port) as sock:
             assert sock.recv(1024) == b"220 mail.example ESMTP\r\n"
 

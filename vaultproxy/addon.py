@@ -726,7 +726,7 @@ class Substitution:
     def next_layer(self, nextlayer: NextLayer) -> None:
         """Here, after mitmproxy's NextLayer addon has chosen: see vaultproxy/tunnels.py."""
         if (decider := ctx.master.addons.get("nextlayer")) is not None:
-            tunnels.read_as_the_client_speaks(nextlayer, decider.next_layer)
+            tunnels.read_as_the_client_speaks(nextlayer, decider)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not live(flow, self.proxy.retrier.replays):

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 
 from mitmproxy import ctx, http
+from mitmproxy.addons.next_layer import NeedsMoreData
+from mitmproxy.addons.next_layer import NextLayer as LayerDecider  # the addon, not the layer
 from mitmproxy.proxy import commands, events, layers, mode_specs
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layer import CommandGenerator, Layer, NextLayer
@@ -52,23 +53,43 @@ class _ClientFirst:
         return b""
 
 
-def read_as_the_client_speaks(nextlayer: NextLayer, decide: Callable[[_ClientFirst], None]) -> None:
-    """After mitmproxy's NextLayer addon has chosen (`decide` is its `next_layer`), for a
-    connection whose server has spoken: a TLS layer is replaced by a closed connection; raw TCP,
-    chosen only because the server spoke first, is chosen again once the client has spoken, as
-    if it had spoken first (until then no layer: mitmproxy asks again on more data)."""
+def read_as_the_client_speaks(nextlayer: NextLayer, decider: LayerDecider) -> None:
+    """After mitmproxy's NextLayer addon (`decider`) has chosen, for a connection whose server
+    has spoken: a TLS layer is replaced by a closed connection; raw TCP, chosen only because
+    the server spoke first, is chosen again once the client has spoken, as if it had spoken
+    first (until then no layer: mitmproxy asks again on more data)."""
     if not nextlayer.data_server() or isinstance(nextlayer.context.client.proxy_mode, mode_specs.ReverseMode):
         return  # a reverse proxy's layers follow its spec
     chosen = nextlayer.layer
     if isinstance(chosen, (layers.ServerTLSLayer, layers.ClientTLSLayer)):
         nextlayer.layer = _Closed(nextlayer.context)
-    elif isinstance(chosen, layers.TCPLayer) and chosen.flow is not None and not listed_in_tcp_hosts(*names_of(nextlayer.context)):
+    elif isinstance(chosen, layers.TCPLayer) and chosen.flow is not None:
+        try:
+            if raw_by_choice(nextlayer, decider):
+                return
+        except NeedsMoreData:
+            nextlayer.layer = None  # as mitmproxy does until it can tell
+            return
         if not nextlayer.data_client():
             nextlayer.layer = None
             return
         client_first = _ClientFirst(nextlayer)
-        decide(client_first)
+        decider.next_layer(client_first)  # type: ignore[arg-type]
         nextlayer.layer = client_first.layer
+
+
+def raw_by_choice(nextlayer: NextLayer, decider: LayerDecider) -> bool:
+    """Whether the user passes this connection on raw: its host is in `tcp_hosts`, or in
+    `ignore_hosts` (or not in `allow_hosts`) while `show_ignored_hosts` makes mitmproxy keep a
+    flow for it (otherwise an ignored connection's layer has none, and is left alone anyway).
+    The ignored ones are told by mitmproxy's own test (a private method, the same in 11 and 12),
+    on what came so far. Raises NeedsMoreData when it cannot tell yet."""
+    context = nextlayer.context
+    if listed_in_tcp_hosts(*names_of(context)):
+        return True
+    if not (ctx.options.show_ignored_hosts and (ctx.options.ignore_hosts or ctx.options.allow_hosts)):
+        return False
+    return bool(decider._ignore_connection(context, nextlayer.data_client(), nextlayer.data_server()))
 
 
 def names_of(context: Context) -> tuple[str | None, ...]:
