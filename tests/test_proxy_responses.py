@@ -37,6 +37,7 @@ from vaultproxy import codings
 
 TOKEN = "sk_live_Zq9Rsp"
 VALUE = TOKEN + "Echo/+&<'\"é ok"  # characters every encoding below changes
+NAME_VALUE = TOKEN + "Name-0a1b"  # a value a header name can hold
 PLANTED = "%3C%3Cvault%3Arsp.tok%3E%3E"
 
 
@@ -66,6 +67,7 @@ def leaked(data: bytes) -> list[str]:
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("vault-home")
     Vault(home).set("rsp.tok", VALUE, hosts=[LOOPBACK, "api.example.com"])
+    Vault(home).set("rsp.name", NAME_VALUE, hosts=[LOOPBACK])
     return home
 
 
@@ -329,6 +331,19 @@ def test_a_decompression_bomb_is_not_decoded_past_a_bound(
         assert status.startswith(b"HTTP/1.1 502") and b"response_too_large" in received, received[:500]
         wait_until(lambda: "withheld a response" in active.output(), CLIENT_TIMEOUT, "the log line")
     assert active.peak_memory() < MEMORY_BOUND, active.peak_memory()
+
+
+def test_a_header_name_is_checked_too(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    """A server can echo a value as a header's name, or spell a placeholder in one (percent
+    signs are allowed in names): such a field is dropped, in the head and in the trailers."""
+    def names(request: RecordedRequest) -> tuple[list[tuple[str, str]], bytes]:
+        return [(f"X-{request.header('x-token')}", "1"), ("X-%3C%3Cvault%3Arsp.tok%3E%3E", "2"), ("X-Kept", "3")], b"ok"
+
+    upstream.route("/names", Reply(respond=names, headers=(("Content-Type", "text/plain"),)))
+    received = through(proxy, f"{upstream.url}/names", {"X-Token": "<<vault:rsp.name>>"})
+    head = received.split(b"\r\n\r\n", 1)[0]
+    assert NAME_VALUE.encode() not in received and b"%3Cvault" not in head and b"\r\nX-Kept: 3" in head
+    assert upstream.requests[-1].header("x-token") == NAME_VALUE
 
 
 def test_br_is_asked_for_and_decoded_only_where_brotli_is_bounded(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:

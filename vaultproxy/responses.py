@@ -60,11 +60,10 @@ def cleaned(data: bytes, redactor: Redactor | None) -> bytes:
 
 
 def clean_head(response: http.Response, redactor: Redactor | None) -> None:
-    """The status line's reason phrase and every header value. Every response comes here: one
+    """The status line's reason phrase and every header field. Every response comes here: one
     check over all of them is five times cheaper than one each (whatever occurs in one occurs
     in them joined)."""
-    joined = b"\n".join([value for _, value in response.headers.fields])
-    if not _may_change(joined + b"\n" + response.data.reason, redactor):
+    if not _may_change(_joined(response.headers) + b"\n" + response.data.reason, redactor):
         return
     response.data.reason = cleaned(response.data.reason, redactor)
     _clean_fields(response.headers, redactor)
@@ -72,8 +71,13 @@ def clean_head(response: http.Response, redactor: Redactor | None) -> None:
 
 def clean_trailers(response: http.Response, redactor: Redactor | None) -> None:
     """Trailers come after the body (and are sent after the `response` hook)."""
-    if response.trailers and _may_change(b"\n".join([value for _, value in response.trailers.fields]), redactor):
+    if response.trailers and _may_change(_joined(response.trailers), redactor):
         _clean_fields(response.trailers, redactor)
+
+
+def _joined(headers: http.Headers) -> bytes:
+    """Names and values, a line each: no placeholder or value spans two (neither holds a line break)."""
+    return b"\n".join([part for field in headers.fields for part in field])
 
 
 def _may_change(data: bytes, redactor: Redactor | None) -> bool:
@@ -81,8 +85,10 @@ def _may_change(data: bytes, redactor: Redactor | None) -> bool:
 
 
 def _clean_fields(headers: http.Headers, redactor: Redactor | None) -> None:
-    fields = tuple((name, cleaned(value, redactor)) for name, value in headers.fields)
-    if any(new is not old for (_, new), (_, old) in zip(fields, headers.fields)):
+    """Each value cleaned; a field whose name would change is dropped (a name is a token: it
+    cannot hold the placeholder that would stand for a value, nor a neutralised opener)."""
+    fields = tuple((name, cleaned(value, redactor)) for name, value in headers.fields if cleaned(name, redactor) is name)
+    if len(fields) != len(headers.fields) or any(new is not old for (_, new), (_, old) in zip(fields, headers.fields)):
         headers.fields = fields
 
 
