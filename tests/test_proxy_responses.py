@@ -335,14 +335,16 @@ def test_a_decompression_bomb_is_not_decoded_past_a_bound(
 
 def test_a_header_name_is_checked_too(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
     """A server can echo a value as a header's name, or spell a placeholder in one (percent
-    signs are allowed in names): such a field is dropped, in the head and in the trailers."""
+    signs are allowed in names): such a field is dropped. (Trailers go the same way; mitmproxy
+    reads them from HTTP/2 and 3 upstreams only.)"""
     def names(request: RecordedRequest) -> tuple[list[tuple[str, str]], bytes]:
         return [(f"X-{request.header('x-token')}", "1"), ("X-%3C%3Cvault%3Arsp.tok%3E%3E", "2"), ("X-Kept", "3")], b"ok"
 
     upstream.route("/names", Reply(respond=names, headers=(("Content-Type", "text/plain"),)))
     received = through(proxy, f"{upstream.url}/names", {"X-Token": "<<vault:rsp.name>>"})
     head = received.split(b"\r\n\r\n", 1)[0]
-    assert NAME_VALUE.encode() not in received and b"%3Cvault" not in head and b"\r\nX-Kept: 3" in head
+    assert NAME_VALUE.encode() not in received
+    assert [line for line in head.split(b"\r\n") if line.startswith(b"X-")] == [b"X-Kept: 3"]
     assert upstream.requests[-1].header("x-token") == NAME_VALUE
 
 

@@ -12,6 +12,7 @@ through mitmdump.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.support.proxy import CLIENT_TIMEOUT, StartProxy
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.vault import Vault
+from vaultproxy import tunnels
 
 PLANTED = "<<vault:tunnel.tok>>"
 # A TLS record clients skip before the handshake (a warning alert: user_canceled).
@@ -100,6 +102,16 @@ def test_a_tunnel_whose_client_speaks_another_protocol_stays_raw(mitmdump: Start
         with tunnel(proxy.port, server.port) as sock:
             sock.sendall(b"SSH-2.0-client\r\n")
             assert sock.recv(len(SSH_BANNER)) == SSH_BANNER
+
+
+def test_a_server_that_keeps_talking_to_a_silent_client_has_the_tunnel_closed(mitmdump: StartProxy, home: Path) -> None:
+    """While the decision waits for the client, what the server sends is held: past a bound,
+    the tunnel is closed rather than held for ever."""
+    with RecordingUpstream(greeting=b"x" * (tunnels.SERVER_FIRST_MAX + 1)) as server:
+        proxy = mitmdump(options={"vault_home": str(home)})
+        with tunnel(proxy.port, server.port) as sock, contextlib.suppress(ConnectionResetError):
+            assert sock.recv(1) == b""
+    proxy.wait_for_output(f"vaultproxy: closed a tunnel to {LOOPBACK}: the server sent more than 16 KiB before the client spoke")
 
 
 @pytest.mark.parametrize("listed", ["tcp_hosts", "ignore_hosts, shown", "not in allow_hosts, shown"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
@@ -53,4 +54,14 @@ def test_a_crash_traceback_quotes_no_bytes() -> None:
     assert serverbytes.LeaveOutPeerBytes().filter(record)
     logged = logging.Formatter().format(record)
     assert SECRET.decode() not in logged and "Traceback (most recent call last)" in logged
-    assert "ResponseData(data=<not shown by vaultproxy>, raw=<not shown by vaultproxy>)" in logged
+    assert logged.startswith("connection handler has crashed: <not shown by vaultproxy>\n")
+    assert logged.endswith("\nAssertionError: <not shown by vaultproxy>") and "test_a_crash_traceback_quotes_no_bytes" in logged
+
+
+def test_a_run_of_backslashes_does_not_stall_the_filter() -> None:
+    """A server's bytes end up in the text the filter reads: a regular expression that can
+    match them in many ways would take exponential time, on the event loop of every client."""
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (filtered("Unexpected data from server: b'" + "\\" * 64), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(5), "the filter is still matching 64 backslashes after 5 s"

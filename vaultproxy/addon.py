@@ -268,7 +268,8 @@ class VaultProxy:
             hook(flow)
             return
         logger.warning(f"vaultproxy: dropped a request to {flow.request.host} that came while the proxy started: a script was reloaded meanwhile")
-        flow.kill()
+        if flow.killable:
+            flow.kill()
 
     def done(self) -> None:
         from vaultcore.proxyenv import runtime_info  # imported here: see _write_runtime_info
@@ -708,7 +709,7 @@ class VaultProxy:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None
-        if flow.websocket.close_reason and not flow.websocket.closed_by_client:  # as the client got it (wscontrol)
+        if flow.websocket.close_reason and not flow.websocket.closed_by_client:  # cleaned as wscontrol cleans it for the client
             flow.websocket.close_reason = self.control_frame_cleaner(flow.client_conn)(flow.websocket.close_reason.encode()).decode("utf-8", "replace")
         self.flights.end_websocket(flow)
 

@@ -5,32 +5,41 @@ end of a response ("Unexpected data from server: b'...'"), a WebSocket ping's or
 payload, the details of an HTTP/2 protocol error (h2 quotes the header value it refused), and
 the traceback of a connection handler that crashed (which may quote the event it choked on).
 A server can echo a value there (the request's own, or a socket's), and the line goes to the
-terminal and any log handler. The filter here keeps each line and says how much it left out;
-it runs only on the records of mitmproxy's connection handler.
+terminal and any log handler. The filter here keeps each line and says what it left out; it
+runs only on the records of mitmproxy's connection handler.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import traceback
 
 LOGGER = "mitmproxy.proxy.server"  # where mitmproxy's layers log (proxy/server.py)
 NOT_SHOWN = "not shown by vaultproxy"
-_BYTES_LITERAL = r"b(?P<quote>['\"])(?:\\.|(?!(?P=quote)).)*(?P=quote)"
+_BYTES_LITERAL = r"b(?P<quote>['\"])(?:\\.|(?!(?P=quote)|\\).)*(?P=quote)"  # one way to match each character
 _QUOTING = re.compile(rf"(?s)(Unexpected data from server: |Received WebSocket p[io]ng from server \(payload: )({_BYTES_LITERAL})(\)?)\Z")
 _HTTP2_ERROR = re.compile(r"(?s)(\S+: (?:HTTP/2 protocol error|Invalid HTTP/2 (?:request|response) headers): )(.+)\Z")
-_ANY_BYTES_LITERAL = re.compile(rf"(?s)(?P<array>bytearray\()?(?<!\w){_BYTES_LITERAL}(?(array)\))")
 
 
 class LeaveOutPeerBytes(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and (shorter := left_out(record.msg)) is not None:
             record.msg, record.args = shorter, None
-        if record.exc_info:  # mitmproxy's formatter formats the exception itself: it goes in the message
-            traceback = logging.Formatter().formatException(record.exc_info)
-            record.msg, record.args = without_bytes(f"{record.getMessage()}\n{traceback}"), None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = without_exception_text(record.getMessage(), record.exc_info[1]), None
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def without_exception_text(message: str, error: BaseException) -> str:
+    """A crash's line and traceback without the exception's own text, which may quote what a
+    peer sent (bytes, or a string such as a close reason): its type and where it was raised stay.
+    In the message, not the record's exc_info: mitmproxy's formatter would format that itself."""
+    text = str(error)
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    shown = message.replace(text, f"<{NOT_SHOWN}>") if text else message
+    return f"{shown}\nTraceback (most recent call last):\n{frames}{type(error).__name__}: <{NOT_SHOWN}>"
 
 
 def left_out(message: str) -> str | None:
@@ -45,11 +54,6 @@ def left_out(message: str) -> str | None:
 def quoted_length(literal: str) -> int:
     """How many bytes a `repr(bytes)` literal stands for (each escape is one)."""
     return len(re.findall(r"\\x[0-9a-f]{2}|\\.|.", literal[2:-1], re.DOTALL))
-
-
-def without_bytes(text: str) -> str:
-    """Text (a traceback) with every bytes or bytearray literal in it left out."""
-    return _ANY_BYTES_LITERAL.sub(f"<{NOT_SHOWN}>", text)
 
 
 _FILTER = LeaveOutPeerBytes()

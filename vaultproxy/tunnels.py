@@ -14,7 +14,8 @@ that come before a request, and connects again), an SSH client's (whose banner g
 stays raw. A TLS client's is closed: no TLS server speaks first, and mitmproxy's TLS layer cannot
 take a server's bytes before its own handshake. A protocol whose client waits for the server's
 greeting (SMTP, FTP) waits too, unless its host is in mitmproxy's `tcp_hosts`: like the hosts
-mitmproxy ignores, those are left as the user asked.
+mitmproxy ignores, those are left as the user asked. A server that sends more than
+SERVER_FIRST_MAX before its client speaks has the connection closed.
 
 mitmproxy also turns any 101 answer but a WebSocket's into raw TCP, asked for or not: the
 addon refuses those (`upgrade_refused`), again unless the host is in `tcp_hosts`.
@@ -24,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 
 from mitmproxy import ctx, http
-from mitmproxy.addons.next_layer import NeedsMoreData
 from mitmproxy.addons.next_layer import NextLayer as LayerDecider  # the addon, not the layer
 from mitmproxy.proxy import commands, events, layers, mode_specs
 from mitmproxy.proxy.context import Context
@@ -35,6 +36,10 @@ from mitmproxy.proxy.layer import CommandGenerator, Layer, NextLayer
 from vaultproxy.refusal import ERROR_HEADER
 
 logger = logging.getLogger(__name__)
+
+TLS_LAYERS = (layers.ServerTLSLayer, layers.ClientTLSLayer)
+SERVER_FIRST_MAX = 16 << 10  # what a server may send before its client speaks (a greeting is a line)
+_waiting: weakref.WeakSet[NextLayer] = weakref.WeakSet()  # told in the log to wait, once each
 
 
 class _ClientFirst:
@@ -57,25 +62,51 @@ def read_as_the_client_speaks(nextlayer: NextLayer, decider: LayerDecider) -> No
     """After mitmproxy's NextLayer addon (`decider`) has chosen, for a connection whose server
     has spoken: a TLS layer is replaced by a closed connection; raw TCP, chosen only because
     the server spoke first, is chosen again once the client has spoken, as if it had spoken
-    first (until then no layer: mitmproxy asks again on more data)."""
-    if not nextlayer.data_server() or isinstance(nextlayer.context.client.proxy_mode, mode_specs.ReverseMode):
-        return  # a reverse proxy's layers follow its spec
+    first (until then no layer: mitmproxy asks again on more data). Any failure closes the
+    connection: the raw layer stands only where it was checked."""
     chosen = nextlayer.layer
-    if isinstance(chosen, (layers.ServerTLSLayer, layers.ClientTLSLayer)):
-        nextlayer.layer = _Closed(nextlayer.context)
-    elif isinstance(chosen, layers.TCPLayer) and chosen.flow is not None:
-        try:
-            if raw_by_choice(nextlayer, decider):
-                return
-        except NeedsMoreData:
-            nextlayer.layer = None  # as mitmproxy does until it can tell
-            return
-        if not nextlayer.data_client():
-            nextlayer.layer = None
-            return
-        client_first = _ClientFirst(nextlayer)
-        decider.next_layer(client_first)  # type: ignore[arg-type]
-        nextlayer.layer = client_first.layer
+    if (
+        not nextlayer.data_server()
+        or isinstance(nextlayer.context.client.proxy_mode, mode_specs.ReverseMode)  # its layers follow its spec
+        or not (isinstance(chosen, TLS_LAYERS) or isinstance(chosen, layers.TCPLayer) and chosen.flow is not None)
+    ):
+        return
+    try:
+        instead = _instead(nextlayer, decider)
+    except Exception as e:  # its message may quote what came: the type only
+        instead = _Closed(nextlayer.context, f"checking who spoke first failed ({type(e).__name__})")
+    if instead is not chosen:
+        _discard(nextlayer.context, chosen)
+        nextlayer.layer = instead
+
+
+def _instead(nextlayer: NextLayer, decider: LayerDecider) -> Layer | None:
+    chosen, context = nextlayer.layer, nextlayer.context
+    if isinstance(chosen, TLS_LAYERS):
+        return _Closed(context, "the server spoke before the client's TLS handshake, as no TLS server does")
+    if raw_by_choice(nextlayer, decider):
+        return chosen
+    if not nextlayer.data_client():
+        if len(nextlayer.data_server()) > SERVER_FIRST_MAX:
+            return _Closed(context, f"the server sent more than {SERVER_FIRST_MAX >> 10} KiB before the client spoke")
+        if nextlayer not in _waiting:
+            _waiting.add(nextlayer)
+            logger.info(
+                f"vaultproxy: a tunnel to {names_of(context)[0]} waits for its client's first bytes: its server spoke first "
+                "(a protocol whose client waits for the server's greeting needs its host in tcp_hosts)"
+            )
+        return None
+    client_first = _ClientFirst(nextlayer)
+    decider.next_layer(client_first)  # type: ignore[arg-type]
+    return client_first.layer
+
+
+def _discard(context: Context, layer: Layer | None) -> None:
+    """A layer made and not used leaves the connection's stack (each one adds itself to it)."""
+    while layer is not None:
+        if layer in context.layers:
+            context.layers.remove(layer)
+        layer = getattr(layer, "child_layer", None)
 
 
 def raw_by_choice(nextlayer: NextLayer, decider: LayerDecider) -> bool:
@@ -83,7 +114,7 @@ def raw_by_choice(nextlayer: NextLayer, decider: LayerDecider) -> bool:
     `ignore_hosts` (or not in `allow_hosts`) while `show_ignored_hosts` makes mitmproxy keep a
     flow for it (otherwise an ignored connection's layer has none, and is left alone anyway).
     The ignored ones are told by mitmproxy's own test (a private method, the same in 11 and 12),
-    on what came so far. Raises NeedsMoreData when it cannot tell yet."""
+    on the same data it was just told on."""
     context = nextlayer.context
     if listed_in_tcp_hosts(*names_of(context)):
         return True
@@ -104,15 +135,16 @@ def listed_in_tcp_hosts(*names: str | None) -> bool:
 
 
 class _Closed(Layer):
-    """A TLS client's tunnel whose server spoke first: closed, and said why."""
+    """A tunnel whose server spoke first that cannot be read as its client speaks: closed,
+    and the log says why."""
+
+    def __init__(self, context: Context, why: str) -> None:
+        super().__init__(context)
+        self.why = why
 
     def _handle_event(self, event: events.Event) -> CommandGenerator[None]:
         if isinstance(event, events.Start):
-            address = self.context.server.address
-            logger.warning(
-                f"vaultproxy: closed a tunnel to {address[0] if address else 'a server'}: the server spoke before the client's "
-                "TLS handshake, as no TLS server does (a hostile one does, to pass its answers on unchecked)"
-            )
+            logger.warning(f"vaultproxy: closed a tunnel to {names_of(self.context)[0] or 'a server'}: {self.why}")
             yield commands.CloseConnection(self.context.client)
 
 

@@ -18,6 +18,7 @@ from mitmproxy.proxy.layers import websocket
 
 CLOSE_REASON_MAX = 123  # bytes of UTF-8 a close frame's reason may hold (RFC 6455, 5.5)
 PAYLOAD_MAX = 125  # bytes a ping or pong may carry
+CONTROL = (wsproto.events.CloseConnection, wsproto.events.Ping, wsproto.events.Pong)
 
 Clean = Callable[[bytes], bytes]
 CleanFor = Callable[[connection.Client], Clean]
@@ -35,7 +36,7 @@ def install(clean_for: CleanFor | None) -> None:
 
 
 def _checked_send2(self: websocket.WebsocketConnection, event: wsproto.events.Event) -> object:
-    if _clean_for is not None and isinstance(self.conn, connection.Client):
+    if isinstance(event, CONTROL) and _clean_for is not None and isinstance(self.conn, connection.Client):
         event = cleaned(event, _clean_for(self.conn))
     return _send2(self, event)
 
