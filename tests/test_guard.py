@@ -89,3 +89,27 @@ def test_a_request_refused_anyway_causes_no_mint() -> None:
     with pytest.raises(SubstitutionError) as error:
         lookup_for(flow, Scopes(), index, Settings())("billing")
     assert error.value.code == "host_mismatch"
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "refused"),
+    [
+        ("https://api.example.com/v1", {}, None),
+        ("https://api.example.com/v1", {"Origin": "https://app.example"}, "origin_not_allowed"),  # no page, whatever origin
+        ("https://api.example.com/v1", {"Sec-Fetch-Site": "cross-site"}, "origin_not_allowed"),
+        ("http://api.example.com/v1", {}, "plaintext_not_allowed"),
+        ("http://127.0.0.1:8080/v1", {}, None),
+        ("https://api.example.com/v1", {"Host": "evil.example.com"}, "host_mismatch"),
+    ],
+)
+def test_credentials_that_are_not_the_vaults_pass_the_same_checks(url: str, headers: dict[str, str], refused: str | None) -> None:
+    """AWS keys from a profile have no rules of their own; their signing rule chose the host."""
+    flow = tflow.tflow()
+    flow.request = request(url, headers)
+    lookup = lookup_for(flow, Scopes(), SecretIndex(), Settings())
+    if refused is None:
+        lookup.check_unkeyed("aws-profile:dev")
+        return
+    with pytest.raises(SubstitutionError) as error:
+        lookup.check_unkeyed("aws-profile:dev")
+    assert error.value.code == refused

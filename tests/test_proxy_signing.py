@@ -284,3 +284,37 @@ def test_a_burst_waiting_for_a_profiles_keys_leaves_the_vault_reload_free(
     assert statuses == [200] * 12
     signed = [r for r in tls_upstream.requests if r.path == "/signed"]
     assert len(signed) == 12 and all("Credential=FAKE-SLOW-KEY-ID/" in r.header("Authorization") for r in signed)
+
+
+PROFILE_RULE = "rules:\n  - {name: dev, hosts: [signed.example.com], sigv4: {profile: dev, service: execute-api, region: eu-west-1}}\n"
+
+
+def test_keys_from_an_aws_profile_sign_only_what_vault_keys_would(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, upstream: RecordingUpstream, tmp_path: Path,
+) -> None:
+    """A profile's keys have no hosts or origins rule of their own, but their rule's hosts: the
+    request's own checks still hold. A page (with a simple POST that needs no preflight), plain
+    HTTP to a host that is not loopback, and a Host header that names another host got
+    requests signed with the user's AWS keys, session token and all; each is refused now."""
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text("[dev]\naws_access_key_id = FAKE-PROFILE-KEY-ID\naws_secret_access_key = FAKE-profile-secret\n"
+                           "aws_session_token = FAKE-profile-session-token\n")
+    (vault_home / "signing.yaml").write_text(PROFILE_RULE)
+    proxy = mitmdump(env={"VAULTPROXY_HOME": str(vault_home), "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+                          "AWS_CONFIG_FILE": str(tmp_path / "aws-config")}, hosts={"*.example.com": LOOPBACK})
+    session = proxy.requests_session()
+    signed_url = tls_upstream.url_for("signed.example.com")
+
+    page = session.post(f"{signed_url}/page", data=b"x=1", timeout=TIMEOUT,
+                        headers={"Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"})
+    plain = session.get(upstream.url_for("signed.example.com") + "/plain", timeout=TIMEOUT)
+    lying = session.get(f"{signed_url}/lying", headers={"Host": "evil.example.com"}, timeout=TIMEOUT)
+    refusals = [(r.status_code, r.headers.get("X-Vaultproxy-Error")) for r in (page, plain, lying)]
+    assert refusals == [(403, "origin_not_allowed"), (403, "plaintext_not_allowed"), (403, "host_mismatch")]
+    assert not upstream.requests and not tls_upstream.requests
+
+    control = session.get(f"{signed_url}/control", timeout=TIMEOUT)
+    assert control.status_code == 200
+    (received,) = tls_upstream.requests
+    assert "Credential=FAKE-PROFILE-KEY-ID/" in received.header("Authorization")
+    assert received.header("X-Amz-Security-Token") == "FAKE-profile-session-token"

@@ -79,6 +79,32 @@ def origin_allowed(secret: Secret, destination: Destination) -> bool:
     return destination.origin is None or origin_matches(destination.origin, secret.origins)
 
 
+def check_cleartext(key: str, destination: Destination, *, allow_plaintext: bool) -> None:
+    """Refuse `key` where a hop that is not loopback could read the request."""
+    exposed = [hop for hop in destination.cleartext_hops() if not is_loopback(hop)]
+    if exposed and not allow_plaintext:
+        raise SubstitutionError(
+            "plaintext_not_allowed", key,
+            f"refusing to send secret {key!r} where {', '.join(map(repr, exposed))} can read it "
+            "(plain HTTP, an upstream proxy, or an unverified certificate): "
+            "use https, or start the proxy with `--set vault_allow_plaintext=true`",
+        )
+
+
+def check_unkeyed(name: str, destination: Destination, *, allow_plaintext: bool) -> None:
+    """The policy for credentials that are not the vault's (AWS keys from a profile or the
+    default chain, `name` being where they come from): they have no hosts or origins rule of
+    their own, only their signing rule's hosts, so no web page may use them; the plaintext
+    rule holds as for any key."""
+    if destination.origin is not None:
+        raise SubstitutionError(
+            "origin_not_allowed", name,
+            f"a web page at {destination.origin!r} may not have requests signed with {name}: "
+            "only vault keys can be allowed for web origins (sign with vault keys, and add the origin to them)",
+        )
+    check_cleartext(name, destination, allow_plaintext=allow_plaintext)
+
+
 class SecretIndex:
     """Keys to secrets, in resolution order: provider keys first, then local secrets.
 
@@ -147,14 +173,7 @@ class SecretIndex:
                 "host_not_allowed", key,
                 f"secret {key!r} is not allowed for host {destination.host!r} (its hosts: {', '.join(secret.hosts)})",
             )
-        exposed = [hop for hop in destination.cleartext_hops() if not is_loopback(hop)]
-        if exposed and not allow_plaintext:
-            raise SubstitutionError(
-                "plaintext_not_allowed", key,
-                f"refusing to send secret {key!r} where {', '.join(map(repr, exposed))} can read it "
-                "(plain HTTP, an upstream proxy, or an unverified certificate): "
-                "use https, or start the proxy with `--set vault_allow_plaintext=true`",
-            )
+        check_cleartext(key, destination, allow_plaintext=allow_plaintext)
         if secret.usable_until is not None and time.time() >= secret.usable_until:
             raise SubstitutionError(MINT_NEEDED, key, f"{key!r} is a token that must be minted first ({secret.source})")
         return secret

@@ -15,6 +15,7 @@ navigations and no-cors loads, which carry no Origin) so that a web page cannot 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
 
-from vaultcore.index import MINT_NEEDED, Destination, SecretIndex
+from vaultcore.index import MINT_NEEDED, Destination, SecretIndex, check_unkeyed
 from vaultcore.placeholders import (
     Budget,
     Context,
@@ -186,6 +187,7 @@ class Scope:
 
     def __init__(self, index: SecretIndex, destination: Destination, settings: Settings) -> None:
         self._check = index.lookup_for(destination, keep_unknown=settings.keep_unknown, allow_plaintext=settings.allow_plaintext)
+        self.check_unkeyed = functools.partial(check_unkeyed, destination=destination, allow_plaintext=settings.allow_plaintext)
         self._values: dict[str, str | bytes | None] = {}
         # (text, context) -> (resolved text, its keys, how much it grew)
         self._texts: dict[tuple[bytes | str, Context], tuple[bytes | str, list[str], int]] = {}
@@ -293,6 +295,13 @@ class RequestLookup:
         if keys and not self._checked:
             self.check_request(keys[0])
         return new, keys
+
+    def check_unkeyed(self, name: str) -> None:
+        """For credentials that are not the vault's (named by where they come from), which no
+        lookup checks: their policy (vaultcore.index.check_unkeyed), then the request's own."""
+        self._scope.check_unkeyed(name)
+        if not self._checked:
+            self.check_request(name)
 
     def check_request(self, key: str) -> None:
         if self._unserved is not None:

@@ -17,8 +17,9 @@ import time
 
 from mitmproxy import http
 
-from vaultcore.placeholders import Lookup, SubstitutionError
-from vaultcore.signing import AwsCredentials, Hmac, RequestParts, Rule, SigningError, hmac_headers, sigv4_headers, vault_keys
+from vaultcore.placeholders import SubstitutionError
+from vaultcore.signing import AwsCredentials, Hmac, RequestParts, Rule, SigningError, SigV4, hmac_headers, sigv4_headers, vault_keys
+from vaultproxy.guard import RequestLookup
 from vaultproxy.rewrite import Rewrite
 
 MARKER = "X-Vaultproxy-Sign"
@@ -40,11 +41,13 @@ def rule_for(rules: tuple[Rule, ...], request: http.Request) -> Rule | None:
     return rule if marked == rule.name or (marked is None and signed_header(rule) not in request.headers) else None
 
 
-def signature(rule: Rule, request: http.Request, lookup: Lookup, aws: AwsCredentials, *, streamed: bool) -> Rewrite:
+def signature(rule: Rule, request: http.Request, lookup: RequestLookup, aws: AwsCredentials, *, streamed: bool) -> Rewrite:
     """The request's header fields with the rule's signature headers set (and the marker
     gone), as a Rewrite for the flight to undo; SubstitutionError when a key is refused or
     the request cannot be signed. `aws`: the keys of rules that take AWS's own credentials,
-    loaded (`AwsCredentials.ready`)."""
+    loaded (`AwsCredentials.ready`), which no key's lookup checks: `lookup.check_unkeyed` does."""
+    if isinstance(rule.method, SigV4) and rule.method.from_aws:
+        lookup.check_unkeyed(rule.method.credentials_name())
     values: dict[str, str | bytes] = {}
     for key in rule.keys():
         value = lookup(key)
