@@ -584,3 +584,55 @@ def test_a_rotated_refresh_token_that_could_not_be_stored_is_still_the_one_sent(
         minter.mint(source, stale).result(timeout=TIMEOUT)
     assert authorization.token_requests("refresh_token") == 2
     assert authorization.last_form()["refresh_token"] != first  # the rotated one, not the revoked one
+
+
+def rejects_the_first_then_echoes(seen: list[str], padding: int) -> Reply:
+    """An API that rejects the first request's token, then answers the retry with every
+    Authorization it was sent (the first token may still be good elsewhere: an API that
+    rejects it need not have revoked it), padded to `padding` bytes."""
+
+    def answer(request: Any) -> bytes:
+        seen.append(request.header("Authorization") or "")
+        if len(seen) == 1:
+            status, body = "401 Unauthorized", b'{"error": "invalid_token"}'
+        else:
+            status, body = "200 OK", json.dumps({"sent": seen, "padding": "x" * padding}).encode()
+        return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode() + body
+
+    return Reply(raw=answer)
+
+
+def test_a_retrys_answer_hides_the_rejected_token_too_and_arrives_whole(
+    vault_home: Path, authorization: AuthorizationServer, tls_upstream: RecordingUpstream, mitmdump: StartProxy,
+) -> None:
+    """The retry's answer was redacted for the retry's token only, so an API that echoed the
+    rejected one handed it to the client; and one past stream_large_bodies was streamed into
+    the replay, which kept nothing of it: the client got an empty 200."""
+    client_credentials(vault_home, authorization)
+    seen: list[str] = []
+    tls_upstream.route("/v1/echo", rejects_the_first_then_echoes(seen, padding=4096))
+    proxy = start(mitmdump, vault_home, stream_large_bodies=STREAM_ABOVE)
+    answer = proxy.requests_session().get(tls_upstream.url_for("api.example.com") + "/v1/echo",
+                                          headers={"Authorization": "Bearer <<vault:billing>>"}, timeout=TIMEOUT)
+    assert answer.status_code == 200 and authorization.token_requests() == 2
+    assert len(seen) == 2 and seen[0] != seen[1]
+    assert answer.json() == {"sent": ["Bearer <<vault:billing>>"] * 2, "padding": "x" * 4096}
+
+
+def test_a_websocket_handshake_the_api_rejects_is_not_sent_again(
+    vault_home: Path, authorization: AuthorizationServer, tls_upstream: RecordingUpstream, mitmdump: StartProxy,
+) -> None:
+    """mitmproxy knows a WebSocket only once its 101 came: a rejected handshake was sent again,
+    and the replay's 101 left the client's connection a raw relay. Its rejection goes to the
+    client, as docs/freshness.md says."""
+    client_credentials(vault_home, authorization)
+    seen: list[str] = []
+    tls_upstream.route("/v1/socket", rejects_the_first_then_echoes(seen, padding=0))
+    proxy = start(mitmdump, vault_home)
+    answer = proxy.requests_session().get(
+        tls_upstream.url_for("api.example.com") + "/v1/socket", timeout=TIMEOUT,
+        headers={"Authorization": "Bearer <<vault:billing>>", "Connection": "Upgrade", "Upgrade": "websocket",
+                 "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+    )
+    assert answer.status_code == 401 and len(seen) == 1 and authorization.token_requests() == 1

@@ -608,7 +608,7 @@ class VaultProxy:
         too (an upstream may answer before it ends)."""
         if used is None or not self.settings.redact_responses:
             return None
-        return responses.redactor_for(used.index, used.keys_so_far())
+        return responses.redactor_for(used.uses())
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.flights.restore(flow)
@@ -619,8 +619,8 @@ class VaultProxy:
         try:
             redactor = self._redactor_of(self.flights.used(flow))
             responses.clean_head(response, redactor)
-            if not response.stream and responses.streams_late(flow, self.settings.stream_large_bodies):
-                response.stream = True
+            if not response.stream and responses.streams_late(flow, self.settings.stream_large_bodies) and flow not in self.retrier.replays:
+                response.stream = True  # (a replay's answer is never streamed: retry.WholeAnswers)
             if response.stream is True:
                 response.stream = responses.stream_filter(flow, redactor)
         except Exception as e:

@@ -14,6 +14,7 @@ from mitmproxy import http, websocket
 
 from vaultcore.index import SecretIndex
 from vaultcore.placeholders import StreamSubstituter, SubstitutionError
+from vaultproxy.responses import Uses
 from vaultproxy.rewrite import Rewrite
 
 
@@ -34,12 +35,19 @@ class Original:
     stream: StreamSubstituter | None = None
     refusals: list[SubstitutionError] = field(default_factory=list)
     audited: bool = False
+    # What the request this one sends again used (a retry): an upstream may echo the rejected
+    # values into the retry's answer, and they may still be good.
+    earlier: Uses = ()
 
     def keys_so_far(self) -> list[str]:
         """The keys the request used: its head's, then those its streamed body used so far."""
         if self.stream is None:
             return self.keys
         return self.keys + [k for k in self.stream.keys_used if k not in self.keys]
+
+    def uses(self) -> Uses:
+        """The keys used so far under the index they resolved with, and those used earlier."""
+        return self.earlier if self.index is None else ((self.index, tuple(self.keys_so_far())), *self.earlier)
 
 
 def body_streaming(flow: http.HTTPFlow) -> bool:
@@ -95,6 +103,10 @@ class Flights:
         if rewrite.content is not None and original.raw_content is None:
             original.raw_content = request.raw_content
         original.keys.extend(k for k in rewrite.keys if k not in original.keys)
+
+    def replaying(self, flow: http.HTTPFlow, earlier: Original) -> None:
+        """`flow` sends again the request of `earlier`: its answer is redacted for both."""
+        self._original(flow).earlier = earlier.uses()
 
     def track_stream(self, flow: http.HTTPFlow, substituter: StreamSubstituter) -> None:
         self._original(flow).stream = substituter

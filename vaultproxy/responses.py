@@ -33,20 +33,24 @@ logger = logging.getLogger(__name__)
 StreamFilter = Callable[[bytes], list[bytes]]
 
 
-def redactor_for(index: SecretIndex | None, keys: Iterable[str]) -> Redactor | None:
-    """A redactor of the values `keys` had in `index` (the index the request was resolved
-    with: a value revoked since must still be hidden)."""
-    return _redactor(((index, tuple(keys)),)) if index is not None else None
+# Keys, each under the index it was resolved with (a value revoked or rotated since must still
+# be hidden): a request's, and those of the request a retry sends again.
+Uses = tuple[tuple[SecretIndex, tuple[str, ...]], ...]
+
+
+def redactor_for(uses: Uses) -> Redactor | None:
+    """A redactor of the values the keys of `uses` had in their index."""
+    return _redactor(uses) if uses else None
 
 
 def redactor_across(uses: Mapping[SecretIndex, Iterable[str]]) -> Redactor | None:
-    """`redactor_for` each index and its keys together: a WebSocket carries the values of
-    every index it was resolved with (a key rotated while it was open has two)."""
-    return _redactor(tuple((index, tuple(keys)) for index, keys in uses.items())) if uses else None
+    """`redactor_for` a WebSocket's keys: it carries the values of every index it was
+    resolved with (a key rotated while it was open has two)."""
+    return redactor_for(tuple((index, tuple(keys)) for index, keys in uses.items()))
 
 
 @functools.lru_cache(maxsize=256)
-def _redactor(uses: tuple[tuple[SecretIndex, tuple[str, ...]], ...]) -> Redactor | None:
+def _redactor(uses: Uses) -> Redactor | None:
     """Cached: the same few key sets come back on every request, and building one is most of
     the cost of redacting a small response. A reload makes a new index, so no stale entry hits."""
     values = [(f"<<vault:{key}>>".encode(), secret.value) for index, keys in uses for key in keys if (secret := index.get(key)) is not None]

@@ -18,8 +18,9 @@ An OAuth access token the proxy minted (vaultcore/oauth.py) is rejected the same
 its token source lists in `refresh_on` (401 by default) mints a new token, unless another
 request already did, and the request is sent once more with it.
 
-Only a request whose body the proxy holds can be sent again: streamed requests and
-responses, and WebSocket handshakes, pass their rejection on.
+Only a request whose body the proxy holds can be sent again: streamed requests, and
+WebSocket (and other upgrade) handshakes, pass their rejection on. A replay's answer is held
+whole (`WholeAnswers`) and redacted for the values of both requests.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import logging
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, http
 from mitmproxy.addons.clientplayback import ReplayHandler
+from mitmproxy.options import Options
 
 from vaultcore.index import LOCAL_SOURCE, SecretIndex
 from vaultcore.placeholders import SubstitutionError
@@ -92,6 +94,18 @@ def changed(keys: list[str], used: SecretIndex, current: SecretIndex) -> bool:
     return False
 
 
+class WholeAnswers:
+    """The proxy's options as a replay reads them, but that it streams no answer: mitmproxy's
+    replay keeps nothing of a streamed body, so the client would get the answer empty. (It
+    is held whole, as every answer is unless stream_large_bodies is set.)"""
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+
+    def __getattr__(self, name: str) -> Any:
+        return None if name == "stream_large_bodies" else getattr(self._options, name)
+
+
 class Retrier:
     def __init__(self, proxy: VaultProxy):
         self.proxy = proxy
@@ -105,7 +119,9 @@ class Retrier:
         """What to fetch or mint again before retrying `flow`; None when it is not retried."""
         if flow.response is None or flow.response.status_code not in REFRESH_STATUSES:
             return None  # almost every response: decided by one comparison
-        if used is None or used.index is None or flow in self.replays or flow.websocket is not None:
+        # A handshake (WebSocket or another upgrade): mitmproxy decides what follows it from the
+        # first answer, so a replay's 101 would leave the client with a raw relay.
+        if used is None or used.index is None or flow in self.replays or "upgrade" in flow.request.headers:
             return None
         if flow.request.stream or flow.response.stream or flow.request.raw_content is None:
             return None
@@ -143,8 +159,9 @@ class Retrier:
             self.overlays[replay] = overlay
             outcome = f"retried_after_{status}_with_pending"
         self.replays.add(replay)
+        proxy.flights.replaying(replay, used)
         proxy.audit.record(flow.request, flow.request.path, used.keys, outcome)
-        await ReplayHandler(replay, ctx.options).replay()
+        await ReplayHandler(replay, WholeAnswers(ctx.options)).replay()  # type: ignore[arg-type]
         if replay.response is None:
             logger.warning(f"vaultproxy: the retry of a request to {flow.request.host} failed: {replay.error}")
             return False
