@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
 from tests.support.env import child_env
@@ -32,6 +33,7 @@ from tests.support.net import LOOPBACK, free_port, listening_addresses, wait_unt
 from tests.support.proxy import CLIENT_TIMEOUT, STARTUP_TIMEOUT, MitmdumpProcess, StartProxy, curl
 from tests.support.secret_set import Entry, SecretSet, proxy_options
 from tests.support.tls import TLSMaterial
+from tests.support import wireguard
 from tests.support.upstream import RecordedRequest, RecordingUpstream
 from vaultcore.credential import CREDENTIAL_FILE, read_credential
 from vaultcore.proxyenv import proxy_url
@@ -216,6 +218,41 @@ def test_client_uid_finds_the_owner_of_a_real_connection(
             assert client_uid(client) == os.geteuid()
             client.peername = ("10.1.2.3", client.peername[1])
             assert client_uid(client) is None  # not on loopback: nobody to look up
+
+
+@pytest.mark.parametrize("mode", ["wireguard", "local", "tun"])
+def test_no_client_is_taken_for_the_owner_in_a_mode_whose_addresses_it_chooses(mode: str) -> None:
+    """In WireGuard, local and tun modes mitmproxy reads a connection's addresses from the
+    packets its peer sends: a peer that names the two ends of any live connection of the
+    owner's (/proc/net/tcp lists them for everyone) was let in as the owner, and had the
+    owner's secrets sent to a port it listened on."""
+    with socket.create_server((LOOPBACK, 0)) as server, socket.create_connection(server.getsockname()), server.accept()[0] as accepted:
+        client = tflow.tclient_conn()
+        client.peername, client.sockname = accepted.getpeername(), accepted.getsockname()
+        assert client_uid(client) == os.geteuid()  # the same addresses, from the kernel (regular mode)
+        client.proxy_mode = ProxyMode.parse(mode)
+        assert client_uid(client) is None
+
+
+def test_a_wireguard_peer_that_names_the_owners_connection_gets_no_secret(
+    tmp_path: Path, home: Path, upstream: RecordingUpstream,
+) -> None:
+    """End to end, with a WireGuard peer on loopback (any peer with the client key: a VM, a
+    phone, a local user who can read the confdir): its connection claims to come from the
+    owner's idle connection to the upstream. It got the owner's secret sent upstream."""
+    port = free_port()  # for UDP: a port free for TCP a moment ago is as likely free for UDP
+    proxy = MitmdumpProcess(tmp_path / "mitmdump", options=proxy_options(home, mode=["regular", f"wireguard@{LOOPBACK}:{port}"]))
+    with proxy, socket.create_connection((LOOPBACK, upstream.port)) as owners:
+        wait_until((proxy.confdir / "wireguard.conf").exists, STARTUP_TIMEOUT, "mitmproxy's WireGuard keys")
+        tunnel = wireguard.Tunnel.to_mitmproxy((LOOPBACK, port), proxy.confdir / "wireguard.conf")
+        try:
+            request = f"GET /tunnelled HTTP/1.1\r\nHost: {LOOPBACK}:{upstream.port}\r\n{PLACEHOLDER_HEADER}\r\nConnection: close\r\n\r\n"
+            answer = wireguard.tcp_exchange(tunnel, owners.getsockname(), owners.getpeername(), request.encode(), wait=5)
+        finally:
+            tunnel.close()
+        assert not answer.startswith(b"HTTP/1.1 200")
+        assert not upstream.requests
+        wait_until(lambda: "refused" in proxy.output(), STARTUP_TIMEOUT, "the gate's refusal")
 
 
 @as_another_user

@@ -9,7 +9,7 @@ password of Proxy-Authorization Basic: another local user the owner gave it to, 
 client, any client on another OS, and every client of a proxy that listens beyond loopback
 (there a connection of the owner's uid may be forwarded for someone else, by ssh -R or a
 container runtime). Modes without Proxy-Authorization (socks5, reverse...) only let the owner
-in. The model is mitmproxy's proxyauth: a verdict per connection, kept for the requests in a
+in; WireGuard, local and tun modes nobody, since their addresses are whatever a peer's packets say. The model is mitmproxy's proxyauth: a verdict per connection, kept for the requests in a
 CONNECT tunnel, and the header never goes upstream.
 """
 
@@ -47,6 +47,10 @@ UID_COLUMN = 7
 AUTH_HEADER = "Proxy-Authorization"
 # The modes whose clients talk to mitmproxy as to a proxy, and so can send Proxy-Authorization.
 PROXY_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode)
+# The modes whose connections the kernel accepted on the proxy's own socket, so that their
+# addresses are the kernel's. In WireGuard, local and tun modes mitmproxy reads them from the
+# packets a peer sends, which may name any connection of the owner's: nobody there is the owner.
+KERNEL_ACCEPTED_MODES = (*PROXY_MODES, mode_specs.Socks5Mode, mode_specs.ReverseMode, mode_specs.TransparentMode)
 IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
@@ -80,9 +84,10 @@ def socket_uid(table: str, local: Address, remote: Address, byteorder: Literal["
 def client_uid(client: connection.Client) -> int | None:
     """The uid of the local process at the other end of `client`: the owner of the socket
     whose local address is the client's peername and whose remote address is the proxy's
-    sockname. None for a client that is not on loopback TCP, on another OS, or no longer
-    connected: such a client needs the credential."""
-    if client.transport_protocol != "tcp" or not is_loopback(client.peername[0]):
+    sockname. None for a client that is not on loopback TCP, on another OS, no longer
+    connected, or in a mode whose addresses the kernel did not give: such a client needs the
+    credential."""
+    if client.transport_protocol != "tcp" or not is_loopback(client.peername[0]) or not isinstance(client.proxy_mode, KERNEL_ACCEPTED_MODES):
         return None
     try:
         return tcp_owner(client.peername, client.sockname)
