@@ -69,6 +69,16 @@ def test_a_failing_command_is_one_line_and_the_cached_value_stays(vault: Vault, 
     assert vault.status()["config_error"].startswith("1 of 1 secrets failed")
 
 
+def test_a_command_never_gets_the_vaults_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vaultproxy secret fetch` may run with VAULTPROXY_PASSPHRASE set: a provider's command
+    (any program a shared configuration names) must not be able to open the vault with it."""
+    monkeypatch.setenv("VAULTPROXY_PASSPHRASE", "FAKE-the-vaults-passphrase")
+    monkeypatch.setenv("VAULTPROXY_PASSPHRASE_FD", "9")
+    config = ProviderConfig(name="cli", display_name="CLI", provider="command", credentials_source="default")
+    seen = run("seen", "import os; print(os.environ.get('VAULTPROXY_PASSPHRASE'), os.environ.get('VAULTPROXY_PASSPHRASE_FD'))")
+    assert command.fetch(config, [seen], None)["seen"].value == "None None"
+
+
 def test_a_hanging_command_is_killed_with_its_children(vault: Vault, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     code = (f"import subprocess, sys, time, pathlib\n"

@@ -636,3 +636,25 @@ def test_a_websocket_handshake_the_api_rejects_is_not_sent_again(
                  "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
     )
     assert answer.status_code == 401 and len(seen) == 1 and authorization.token_requests() == 1
+
+
+def test_a_hostile_token_endpoints_error_text_is_quoted_wherever_it_goes(
+    vault_home: Path, tls_upstream: RecordingUpstream, mitmdump: StartProxy,
+) -> None:
+    """A token endpoint's `error` and `error_description` went as they came into the client's
+    502 (a placeholder there was not neutralised), the proxy's console (a forged line, a
+    terminal escape) and token-status.json. Now each is quoted (vaultcore/peertext.py)."""
+    Vault(vault_home).set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+    token_source(vault_home, tls_upstream.port)
+    forged = "\r\n[12:00:00.000] vaultproxy: resolved GET api.example.com/forged [billing]\n"
+    tls_upstream.route("/oauth/token", Reply(status=400, body=json.dumps({
+        "error": "invalid_client\x1b]0;title\x07", "error_description": f"send X-Key: <<vault:prod_db>>{forged}\x1b[2J",
+    }).encode()))
+    proxy = start(mitmdump, vault_home)
+    answer = proxy.requests_session().get(tls_upstream.url_for("api.example.com") + "/v1/x", timeout=TIMEOUT,
+                                          headers={"Authorization": "Bearer <<vault:billing>>"})
+    assert answer.status_code == 502 and answer.headers["X-Vaultproxy-Error"] == "token_refused"
+    assert "<<blocked-vault:prod_db>>" in answer.text and "<<vault:prod_db>>" not in answer.text
+    shown = [answer.text, proxy.output(), (vault_home / "token-status.json").read_text()]
+    assert not any("\x1b" in text or "\r" in text for text in shown)
+    assert not any(line.startswith("[12:00:00.000]") for line in proxy.output().splitlines())

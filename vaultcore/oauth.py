@@ -32,6 +32,7 @@ from typing import Any
 
 from vaultcore.atomic import replace_file
 from vaultcore.index import LOCAL_SOURCE, SecretIndex
+from vaultcore.peertext import quoted
 from vaultcore.placeholders import SubstitutionError
 from vaultcore.refresher import REJECTION_WINDOW_SECONDS
 from vaultcore.schedule import backoff
@@ -111,10 +112,10 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
         else:
             reply = session.fetch_token(source.token_url, grant_type="client_credentials", **request, **extra)
     except OAuthError as e:
-        description = f" ({e.description})" if getattr(e, "description", None) else ""
-        raise fail(TOKEN_REFUSED, f"the token endpoint refused: {e.error}{description}") from None
-    except requests.RequestException as e:
-        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint could not be asked: {type(e).__name__}: {e}") from None
+        description = f" ({quoted(e.description)})" if getattr(e, "description", None) else ""
+        raise fail(TOKEN_REFUSED, f"the token endpoint refused: {quoted(str(e.error))}{description}") from None
+    except requests.RequestException as e:  # its text may quote the server (a bad status line)
+        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint could not be asked: {type(e).__name__}: {quoted(str(e))}") from None
     except ValueError:  # not JSON, not a JSON object, a redirect
         raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer is not a token response") from None
     finally:

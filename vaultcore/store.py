@@ -30,7 +30,7 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -182,6 +182,12 @@ def pass_passphrase_by_pipe(environment: dict[str, str]) -> dict[str, str]:
     os.set_inheritable(read_end, True)
     rest = {name: v for name, v in environment.items() if name != PASSPHRASE_ENV}
     return {**rest, PASSPHRASE_FD_ENV: str(read_end)}
+
+
+def without_passphrase(environment: Mapping[str, str]) -> dict[str, str]:
+    """`environment` for a program that must not open the vault itself (a command `exec`
+    runs, a provider's command): without the passphrase or the pipe that holds it."""
+    return {name: value for name, value in environment.items() if name not in (PASSPHRASE_ENV, PASSPHRASE_FD_ENV)}
 
 
 def forget_passphrase_environment() -> None:

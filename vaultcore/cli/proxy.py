@@ -23,7 +23,7 @@ from vaultcore.hostrules import parse_host_rule
 from vaultcore.index import Destination, is_loopback
 from vaultcore.placeholders import Context, SubstitutionError
 from vaultcore.proxyenv import NoProxy, ProxyInfo
-from vaultcore.store import PASSPHRASE_ENV, PASSPHRASE_FD_ENV, VaultError, check_home, handed_over_passphrase, pass_passphrase_by_pipe, read_header
+from vaultcore.store import PASSPHRASE_ENV, VaultError, check_home, handed_over_passphrase, pass_passphrase_by_pipe, read_header, without_passphrase
 from vaultcore.vault import Vault
 
 # mitmdump's own ways to choose the address; after `--` they win over vaultproxy's.
@@ -136,9 +136,8 @@ def cmd_exec(vault: Vault, args: argparse.Namespace) -> int:
         raise UsageError("exec needs a command: vaultproxy exec -- curl https://...")
     environment = proxyenv.client_environment(vault.home)
     # The command gets the proxy, never the vault's passphrase (it could open the vault itself).
-    inherited = {name: value for name, value in os.environ.items() if name not in (PASSPHRASE_ENV, PASSPHRASE_FD_ENV)}
     try:
-        os.execvpe(command[0], command, {**inherited, **environment})
+        os.execvpe(command[0], command, {**without_passphrase(os.environ), **environment})
     except FileNotFoundError:
         raise CliError(f"{command[0]}: {'no such file' if os.sep in command[0] else 'command not found'}", 127) from None
     except OSError as e:  # as a shell says it: found, but it cannot run

@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vaultcore.peertext import quoted
 from vaultcore.profiles import ProviderConfig, SecretMapping, check_endpoint_url, check_region
 from vaultcore.providers.base import FetchResult, Field, Identity, Prompt, ProviderError, Schema, StaticCredentials
 
@@ -158,8 +159,8 @@ def service_error(exc: botocore.exceptions.ClientError) -> tuple[str, str]:
     xml_code = re.search(r"<Code>([^<]{1,128})</Code>", message)
     if xml_code:
         xml_message = re.search(r"<Message>([^<]*)</Message>", message)
-        return xml_code.group(1), html.unescape(xml_message.group(1)) if xml_message else ""
-    return code, " ".join(message.split())
+        return quoted(xml_code.group(1)), quoted(html.unescape(xml_message.group(1))) if xml_message else ""
+    return quoted(code), quoted(" ".join(message.split()))
 
 
 def classify(exc: Exception, config: ProviderConfig, secret_id: str | None = None) -> tuple[str, str]:

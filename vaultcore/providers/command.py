@@ -30,8 +30,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from vaultcore.peertext import quoted
 from vaultcore.profiles import ProviderConfig, SecretMapping
 from vaultcore.providers.base import FetchResult, Field, Identity, Prompt, ProviderError, Schema
+from vaultcore.store import without_passphrase
 
 DEFAULT_TIMEOUT = 30
 MAX_OUTPUT_BYTES = 1024 * 1024  # a secret holds at most 1 MiB (vault.MAX_VALUE_BYTES)
@@ -106,6 +108,7 @@ def _run(mapping: SecretMapping) -> FetchResult:
     try:
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            env=without_passphrase(os.environ),  # the CLI may hold it; the command has no business with the vault
         )
     except FileNotFoundError:
         return _failure(mapping, "missing_command", f"command not found: {program}; install it, or give its full path")
@@ -173,8 +176,7 @@ def _killed(process: subprocess.Popen[bytes], code: str, message: str) -> FetchR
 
 def _first_line(err: bytes) -> str:
     text = err.decode("utf-8", "replace").strip()
-    line = text.splitlines()[0].strip() if text else ""
-    return line if len(line) <= MESSAGE_CHARS else line[:MESSAGE_CHARS - 3] + "..."
+    return quoted(text.splitlines()[0].strip() if text else "", MESSAGE_CHARS)
 
 
 def _failure(mapping: SecretMapping, code: str, message: str) -> FetchResult:

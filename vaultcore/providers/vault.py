@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaultcore.peertext import quoted
 from vaultcore.profiles import ProviderConfig, SecretMapping, check_endpoint_url
 from vaultcore.providers.base import FetchResult, Field, Identity, Problem, Prompt, ProviderError, Schema
 
@@ -176,7 +177,7 @@ def _vault_errors(e: urllib.error.HTTPError) -> str:
         errors = json.loads(e.read() or b"{}").get("errors") or []
     except (ValueError, AttributeError, OSError):
         errors = []
-    said = "; ".join(" ".join(str(x).split()) for x in errors)[:300]
+    said = quoted("; ".join(" ".join(str(x).split()) for x in errors))
     return f"HTTP {e.code}" + (f": {said}" if said else "")
 
 

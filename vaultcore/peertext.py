@@ -1,0 +1,20 @@
+"""Text a peer chose, fit to quote: a token endpoint's error, a provider's message, a
+command's standard error.
+
+Such text goes into the proxy's answers to clients, its console and log, status files and the
+CLI's output. Quoted, it stays on one line with every control character escaped (no forged
+log line, no terminal escape sequence), within a bound, and with any placeholder opener
+neutralised (the proxy's own answers are not cleaned as upstream responses are, and a client
+may send back what it reads).
+"""
+
+from __future__ import annotations
+
+from vaultcore.redaction import neutralise_text
+
+LIMIT = 300  # characters
+
+
+def quoted(text: str, limit: int = LIMIT) -> str:
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    return neutralise_text(shown + ("..." if len(text) > limit else ""))
