@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.cli import run_cli
 from tests.support.openbao import ROOT_TOKEN, OpenBaoServer, bao_binary
+from tests.support.upstream import RecordingUpstream, Reply
 from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping, parse_config
 from vaultcore.providers.base import ProviderError
 from vaultcore.providers.vault import VaultCredentials
@@ -206,3 +207,24 @@ def test_cli(tmp_path: Path, bao: OpenBaoServer) -> None:
     assert moved.returncode == 0 and moved.stdout == b"key is now local: key\n"
     for output in (added, fetched, renewed, moved):
         assert STRIPE["api_key"].encode() not in output.stdout + output.stderr and reader.encode() not in output.stdout + output.stderr
+
+
+def test_the_token_goes_to_the_configured_server_only(vault_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server at the configured address that answers with a redirect (to another host, to
+    plain HTTP) had urllib send X-Vault-Token where it pointed; and HTTPS_PROXY, which may name
+    this very proxy or anyone's, had it sent through that. Neither happens: a redirect is an
+    error that says so, and no proxy is used. (A hostile stand-in, not OpenBao: OpenBao never
+    sends the token elsewhere.)"""
+    with RecordingUpstream() as elsewhere, RecordingUpstream() as server, RecordingUpstream() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        server.route("/v1/auth/token/lookup-self", Reply(status=307, body=b"", headers=(("Location", f"http://localhost:{elsewhere.port}/steal"),)))
+        config = ProviderConfig(name="team", display_name="Team", provider="vault", credentials_source="static", hosts=(HOST,),
+                                secrets=(SecretMapping("x", "app/x", options=(("field", "v"),)),), options=(("address", server.url),))
+        vault = Vault(vault_home)
+        vault.add_config(config, VaultCredentials(token="FAKE-vault-token-redirect-77aa"))
+        (refused,) = vault.fetch().values()
+        assert refused.error == f"{server.url} answered with a redirect (HTTP 307), which is not followed: set address to the server itself"
+        assert [r.header("X-Vault-Token") for r in server.requests] == ["FAKE-vault-token-redirect-77aa"]
+        assert not elsewhere.requests and not proxy.requests

@@ -129,6 +129,13 @@ class _Failure(Exception):
         self.code, self.status = code, status
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: followed, it would carry X-Vault-Token wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _request(config: ProviderConfig, method: str, path: str, token: str | None, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """One API call; the JSON answer, or _Failure with Vault's own error text (which names
     paths and reasons, never values)."""
@@ -140,10 +147,16 @@ def _request(config: ProviderConfig, method: str, path: str, token: str | None, 
         headers["X-Vault-Namespace"] = config.option("namespace")
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    # Straight to the server: no proxy from the environment (HTTPS_PROXY may name this very
+    # proxy, or anyone's), no redirect.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects(), urllib.request.HTTPSHandler(context=_tls(config)))
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT, context=_tls(config)) as answer:
+        with opener.open(request, timeout=TIMEOUT) as answer:
             raw = answer.read()
     except urllib.error.HTTPError as e:
+        if 300 <= e.code < 400:
+            raise _Failure("error", f"{config.option('address')} answered with a redirect (HTTP {e.code}), which is not followed: "
+                                    "set address to the server itself", e.code) from None
         raise _Failure("error", _vault_errors(e), e.code) from None
     except urllib.error.URLError as e:
         if isinstance(e.reason, ssl.SSLCertVerificationError):
@@ -244,6 +257,8 @@ def _login(config: ProviderConfig, credentials: VaultCredentials | None) -> _Lea
         if e.status in (400, 401, 403):
             raise ProviderError("invalid_credentials", f"credentials rejected ({e}): {_hint(config)}") from None
         raise ProviderError(e.code, str(e)) from None
+    except (KeyError, TypeError):  # an answer without "auth" or "data"
+        raise ProviderError("error", f"{config.option('address')} answered a login or token lookup without its data: is it a Vault server?") from None
     ttl = int(info.get("ttl") or 0)
     lease = _Lease(token, now + ttl / 2 if info.get("renewable") and ttl else None, now + ttl if ttl else None, info)
     with _leases_lock:
@@ -313,12 +328,12 @@ def fetch(
 def _read(config: ProviderConfig, token: str, path: str, version: int | None) -> tuple[dict[str, Any], str | None] | _Failure:
     """A KV secret's data and version (None for KV 1)."""
     mount = config.option("mount", DEFAULT_MOUNT).strip("/")
-    quoted = urllib.parse.quote(path.strip("/"))
+    escaped = urllib.parse.quote(path.strip("/"))
     try:
         if config.option("kv_version", DEFAULT_KV_VERSION) == 1:
-            return _request(config, "GET", f"{mount}/{quoted}", token).get("data") or {}, None
+            return _request(config, "GET", f"{mount}/{escaped}", token).get("data") or {}, None
         query = f"?version={version}" if version is not None else ""
-        answer = _request(config, "GET", f"{mount}/data/{quoted}{query}", token).get("data") or {}
+        answer = _request(config, "GET", f"{mount}/data/{escaped}{query}", token).get("data") or {}
     except _Failure as e:
         return e
     if answer.get("data") is None:  # a deleted or destroyed version
