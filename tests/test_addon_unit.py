@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import connection, exceptions, http
+from mitmproxy import flow as flow_module
 from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -379,6 +380,37 @@ def test_trailers_are_cleaned(tctx: taddons.context, addon: VaultProxy) -> None:
     response = http.Response.make(200, b"ok")
     response.trailers = http.Headers(x_echo=f"{VALUE} <<vault:unit.planted>>")
     assert answered(flow, response, addon).response.trailers["x-echo"] == "<<vault:unit.k>> <<blocked-vault:unit.planted>>"
+
+
+def failed(flow: http.HTTPFlow, message: str, addon: VaultProxy) -> http.HTTPFlow:
+    """`flow` after mitmproxy's error `message` passed the addon's error hook."""
+    flow.error = flow_module.Error(message)
+    addon.error(flow)
+    return flow
+
+
+def test_an_http2_error_quoting_another_streams_value_is_not_passed_on(tctx: taddons.context, addon: VaultProxy) -> None:
+    """mitmproxy closes an HTTP/2 upstream connection on a protocol error and gives every open
+    stream on it the same message, which may quote a value another stream carried (h2's
+    message for a refused header value, as mitmproxy 11 and 12 write it). A stream that used
+    no secret had that message recorded and shown as its 502."""
+    quiet = request_flow()
+    addon.substitution.request(quiet)
+    message = f"HTTP/2 protocol error: Received header value surrounded by whitespace {(' ' + VALUE).encode()!r}"
+    assert failed(quiet, message, addon).error.msg == flow_module.Error.KILLED_MESSAGE
+
+
+def test_a_goaways_debug_data_is_left_out_of_the_error(tctx: taddons.context, addon: VaultProxy) -> None:
+    """h2 shows the first 20 bytes of a GOAWAY's debug data in hex: a part of a value (which no
+    check could tell) went to the flow file and the client's 502."""
+    flow = request_flow(x_key="<<vault:unit.k>>")
+    addon.substitution.request(flow)
+    data = VALUE.encode()[:20].hex()
+    message = f"HTTP/2 connection closed: <ConnectionTerminated error_code:ErrorCodes.NO_ERROR, last_stream_id:0, additional_data:{data}>"
+    assert failed(flow, message, addon).error.msg == (
+        "HTTP/2 connection closed: <ConnectionTerminated error_code:ErrorCodes.NO_ERROR, last_stream_id:0, "
+        "additional_data:<not shown by vaultproxy>>"
+    )
 
 
 def test_an_answer_before_a_streamed_body_ends_redacts_what_the_body_used(tctx: taddons.context, addon: VaultProxy) -> None:

@@ -445,6 +445,26 @@ def test_an_error_that_quotes_the_request_reaches_neither_client_nor_records(
     assert "/not-http?t=<<vault:rsp.tok>>" in output and "the client gets no answer: it would quote this" in output
 
 
+def test_an_error_that_quotes_a_value_as_python_bytes_reaches_neither_client_nor_records(
+    mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path,
+) -> None:
+    """mitmproxy quotes what the server sent as Python's repr of bytes: a value's non-ASCII
+    letters become \\xNN there, a quote \\', spellings no redaction looks for. A line-based
+    service that complains about the header line it got ("-ERR unknown command 'X-Key: ...'")
+    had the value in the flow file, the log and the client's 502."""
+    upstream.route("/line-service", Reply(raw=lambda request: b"-ERR unknown command '" + next(
+        line for line in request.raw.split(b"\r\n") if line.lower().startswith(b"x-key")) + b"'\r\n\r\n"))
+    flows = tmp_path / "flows"
+    proxy = mitmdump(options={"vault_home": str(home)}, args=["-w", str(flows)])
+    received = through(proxy, f"{upstream.url}/line-service", {"X-Key": "<<vault:rsp.tok>>"})
+    assert VALUE.encode() in upstream.requests[-1].raw  # the value went, and came back quoted
+    assert clean(received) and b"line-service" not in received, received
+    proxy.stop()
+    output = proxy.output()
+    assert leaked(output.encode()) == [] and leaked(flows.read_bytes()) == []
+    assert "the client gets no answer: it would quote this" in output
+
+
 def test_a_recorded_request_does_not_tell_the_values_length(mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path) -> None:
     """A body placeholder changes Content-Length on the wire; the flow file keeps the length of
     the body it records (placeholders), not one that gives away the value's."""

@@ -65,3 +65,15 @@ def test_a_run_of_backslashes_does_not_stall_the_filter() -> None:
     worker = threading.Thread(target=lambda: (filtered("Unexpected data from server: b'" + "\\" * 64), done.set()), daemon=True)
     worker.start()
     assert done.wait(5), "the filter is still matching 64 backslashes after 5 s"
+
+
+def test_bytes_literals_are_cleaned_as_the_bytes_they_stand_for() -> None:
+    """repr escapes a value's non-ASCII bytes and its quotes: the check sees the bytes."""
+    value = "pw'\"é\\x"
+    message = f"Bad HTTP response line: {('-ERR ' + value).encode()!r} and {b'harmless'!r}"
+    shown = serverbytes.cleaned_literals(message, lambda data: data.replace(value.encode(), b"<<vault:k>>"))
+    assert shown == "Bad HTTP response line: b'-ERR <<vault:k>>' and b'harmless'"
+    untouched = serverbytes.cleaned_literals(message, lambda data: data)
+    assert untouched is message
+    cut_short = "Invalid header line: b'abc\\"  # no closing quote: left to the check of the text
+    assert serverbytes.cleaned_literals(cut_short, lambda data: b"changed") is cut_short

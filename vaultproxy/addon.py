@@ -36,6 +36,7 @@ from mitmproxy.proxy.layer import NextLayer
 from vaultcore.atomic import replace_file
 from vaultcore.filewatch import FileWatch
 from vaultcore.freshness import Signature
+from vaultcore.hostrules import host_matches
 from vaultcore.index import MINT_NEEDED, SecretIndex
 from vaultcore.oauth import TOKEN_UNAVAILABLE, Minter, MintError, credentials
 from vaultcore.placeholders import Budget, Lookup, StreamSubstituter, SubstitutionError, mentions_placeholder, resolve
@@ -682,10 +683,24 @@ class VaultProxy:
         then cuts the client's request off with no answer), and the cleaned message is logged."""
         if flow.error is None:
             return
-        message = flow.error.msg.encode("utf-8", "backslashreplace")
-        if (clean := responses.cleaned(message, self._redactor_of(used))) is not message:
-            logger.warning(f"vaultproxy: {flow.request.host}: {clean.decode('utf-8', 'replace')} (the client gets no answer: it would quote this)")
-            flow.error = FlowError(FlowError.KILLED_MESSAGE)
+        message = serverbytes.without_goaway_data(flow.error.msg)
+        redactor = self._error_redactor(flow, used)
+        literals_cleaned = serverbytes.cleaned_literals(message, lambda data: responses.cleaned(data, redactor))
+        text = literals_cleaned.encode("utf-8", "backslashreplace")
+        if (clean := responses.cleaned(text, redactor)) is text and literals_cleaned is message:
+            flow.error.msg = message
+            return
+        logger.warning(f"vaultproxy: {flow.request.host}: {clean.decode('utf-8', 'replace')} (the client gets no answer: it would quote this)")
+        flow.error = FlowError(FlowError.KILLED_MESSAGE)
+
+    def _error_redactor(self, flow: http.HTTPFlow, used: Original | None) -> Redactor | None:
+        """The values of `used`, and every value the proxy may send to the flow's host: an
+        HTTP/2 connection's error goes to every stream on it, quoting what any of them sent."""
+        if not self.settings.redact_responses:
+            return None
+        host, port = flow.request.host, flow.request.port
+        allowed = tuple(secret.key for secret in self.index.secrets() if host_matches(host, port, secret.hosts))
+        return responses.redactor_for(((self.index, allowed), *(used.uses() if used else ())))
 
     def _websocket_redactor(self, flow: http.HTTPFlow | None) -> Redactor | None:
         if flow is None or not self.settings.redact_responses:

@@ -11,13 +11,17 @@ runs only on the records of mitmproxy's connection handler.
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 import traceback
+from collections.abc import Callable
 
 LOGGER = "mitmproxy.proxy.server"  # where mitmproxy's layers log (proxy/server.py)
 NOT_SHOWN = "not shown by vaultproxy"
 _BYTES_LITERAL = r"b(?P<quote>['\"])(?:\\.|(?!(?P=quote)|\\).)*(?P=quote)"  # one way to match each character
+_LITERAL = re.compile(_BYTES_LITERAL)
+_GOAWAY_DATA = re.compile(r"additional_data:[0-9a-f]+")
 _QUOTING = re.compile(rf"(?s)(Unexpected data from server: |Received WebSocket p[io]ng from server \(payload: )({_BYTES_LITERAL})(\)?)\Z")
 _HTTP2_ERROR = re.compile(r"(?s)(\S+: (?:HTTP/2 protocol error|Invalid HTTP/2 (?:request|response) headers): )(.+)\Z")
 
@@ -49,6 +53,30 @@ def left_out(message: str) -> str | None:
     if error := _HTTP2_ERROR.match(message):
         return f"{error[1]}{len(error[2])} characters of details, {NOT_SHOWN}"
     return None
+
+
+def cleaned_literals(message: str, clean: Callable[[bytes], bytes]) -> str:
+    """`message` with each bytes literal in it cleaned as the bytes it stands for, by `clean`
+    (which returns its argument when nothing changed); `message` itself when none changed.
+    repr escapes a value's non-ASCII bytes and its quotes, spellings no check of the text
+    recognises. A literal cut short is left as it is: the check of the text still sees it."""
+
+    def cleaned(literal: re.Match[str]) -> str:
+        try:
+            data = ast.literal_eval(literal[0])
+        except (ValueError, SyntaxError):
+            return literal[0]
+        out = clean(data)
+        return literal[0] if out is data else repr(out)
+
+    result = _LITERAL.sub(cleaned, message)
+    return message if result == message else result
+
+
+def without_goaway_data(message: str) -> str:
+    """h2 shows the first 20 bytes of a GOAWAY's debug data in hex: part of a value, maybe,
+    which no check could tell. Left out."""
+    return _GOAWAY_DATA.sub(f"additional_data:<{NOT_SHOWN}>", message)
 
 
 def quoted_length(literal: str) -> int:
