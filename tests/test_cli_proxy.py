@@ -110,6 +110,15 @@ def test_a_second_proxy_for_the_home_keeps_its_record_when_the_first_stops(mitmd
     assert not (home / "proxy.json").exists()
 
 
+def test_the_record_names_the_http_proxy_whichever_mode_listens_first(mitmdump: StartProxy, home: Path) -> None:
+    """`env` and `exec` point clients at proxy.json's address as an HTTP proxy: with a SOCKS5
+    (or reverse) listener first, they pointed them at that one, whose clients' requests fail
+    (or all go to the reverse target)."""
+    proxy = mitmdump(options={"vault_home": str(home), "mode": [f"socks5@{LOOPBACK}:0", "regular"]})
+    wait_until(lambda: (home / "proxy.json").exists() and record(home)["pid"] == proxy.pid, TIMEOUT, "the record")
+    assert (record(home)["host"], record(home)["port"]) == (LOOPBACK, proxy.port)
+
+
 # --- start: refused before mitmdump runs ------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
 from vaultproxy import codings, guard, responses, rewrite, serverbytes, signing, tunnels, wscontrol
 from vaultproxy.audit import RESOLVED, AuditLog, follow_console
-from vaultproxy.clientgate import ClientGate
+from vaultproxy.clientgate import PROXY_MODES, ClientGate
 from vaultproxy.flights import Flights, Original
 from vaultproxy.options import check_choices, check_deferred, declare_options, growth_limit, stop_starting
 from vaultproxy.refusal import readable_by, refusal
@@ -332,7 +332,10 @@ class VaultProxy:
         host, port = ctx.options.listen_host or "127.0.0.1", ctx.options.listen_port
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver and proxyserver.listen_addrs():  # the real port, also for --listen-port 0
-            host, port = proxyserver.listen_addrs()[0][:2]
+            # Clients are pointed at it as an HTTP proxy: a regular (or upstream) mode's
+            # listener, before a SOCKS5 or reverse one that happens to come first.
+            http_proxies = [a for server in proxyserver.servers if isinstance(server.mode, PROXY_MODES) for a in server.listen_addrs]
+            host, port = (http_proxies or proxyserver.listen_addrs())[0][:2]
         options = {name: getattr(ctx.options, name) for name in ctx.options.keys() if name.startswith("vault_")}
         info = runtime_record(host, port, os.path.expanduser(ctx.options.confdir), options)
         try:
