@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import inspect
 import socket
+import ssl
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -236,6 +237,30 @@ def test_reverse_mode_serves_secrets_only_to_its_own_names(
         assert upstream.requests[-1].header("x-token") == TOKEN + "Reverse"
         # mitmproxy's reverse mode still sends the target's name upstream
         assert upstream.requests[-1].header("host") == f"{LOOPBACK}:{upstream.port}"
+
+
+def test_a_reverse_proxy_to_https_names_its_target_upstream(
+    mitmdump: StartProxy, tls_upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """vaultproxy keeps the client's Host to read it (see above), and mitmproxy then left the
+    upstream TLS server name to the client's own: a client that reached the proxy as
+    localhost got `sni_mismatch` for its secret, and requests without one went upstream named
+    as the client chose (a shared address could route them to another site). The upstream
+    connection names the target, as mitmproxy's reverse mode does."""
+    home = vault_with(tmp_path / "home", **{"rv.tok": (TOKEN + "ReverseTls", ["api.example.com"])})
+    target = f"api.example.com:{tls_upstream.port}"
+    proxy = mitmdump(options={"vault_home": str(home)}, hosts=EXAMPLE_HOSTS, args=["--mode", f"reverse:https://{target}"])
+    client = ssl.create_default_context(cafile=proxy.ca_path)
+    for name in ("localhost", None):  # by name, and by address (no server name at all)
+        with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as raw, \
+                client.wrap_socket(raw, server_hostname=name or LOOPBACK) as conn:
+            conn.sendall(f"GET /rv HTTP/1.1\r\nHost: {name or LOOPBACK}:{proxy.port}\r\nX-Token: <<vault:rv.tok>>\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            answer = http.client.HTTPResponse(conn)
+            answer.begin()
+            assert answer.status == 200, (name, answer.headers.get("X-Vaultproxy-Error"))
+        assert tls_upstream.requests[-1].header("x-token") == TOKEN + "ReverseTls"
+        assert tls_upstream.requests[-1].header("host") == target
 
 
 # --- 6. the plaintext rule on the hop the bytes travel ----------------------------------------------

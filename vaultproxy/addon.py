@@ -32,6 +32,7 @@ from mitmproxy.master import Master
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.layer import NextLayer
+from mitmproxy.tls import TlsData
 
 from vaultcore.atomic import replace_file
 from vaultcore.filewatch import FileWatch
@@ -582,6 +583,14 @@ class VaultProxy:
         return self.when_running(self.gate.http_connect, flow)
 
     # --- reverse mode: the name the client used ----------------------------------------------
+
+    def tls_start_server(self, tls: TlsData) -> None:
+        """A reverse proxy's upstream connection is named after its target, as mitmproxy names
+        it unless keep_host_header is on; this addon turns that on to read the client's Host,
+        and mitmproxy's TLS setup (next in the chain) would send the client's own name."""
+        mode, server = tls.context.client.proxy_mode, tls.conn
+        if self._rewrites_host and isinstance(mode, mode_specs.ReverseMode) and server.sni is None and server.address == mode.address:
+            server.sni = mode.address[0]
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         return self.when_running(self._requestheaders, flow)
