@@ -486,6 +486,8 @@ class TricklingTokenEndpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() (closing alone does not)
         self.server.close()
         self.thread.join(timeout=TIMEOUT)
 
