@@ -4,14 +4,20 @@ log line, drive the operator's terminal, or plant a placeholder in an answer a c
 
 from __future__ import annotations
 
+import json
 import sys
 
 import botocore.exceptions
 import pytest
 
+from tests.support.upstream import RecordingUpstream, Reply
+from vaultcore.oauth import MintError, request_token
 from vaultcore.peertext import LIMIT, quoted
 from vaultcore.profiles import ProviderConfig, SecretMapping
-from vaultcore.providers import aws, command
+from vaultcore.providers import aws, command, vault
+from vaultcore.providers.base import ProviderError
+from vaultcore.providers.vault import VaultCredentials
+from vaultcore.tokens import TokenSource
 
 FORGED = "refused\r\n[12:00:00.000] vaultproxy: resolved GET api.example.com/ [k]\x1b[2J\x1b]0;title\x07\u202e"
 
@@ -44,3 +50,26 @@ def test_a_commands_standard_error_is_quoted() -> None:
 @pytest.mark.parametrize("text", ["", "ok"])
 def test_text_with_nothing_to_quote_is_unchanged(text: str) -> None:
     assert quoted(text) == text
+
+
+@pytest.mark.parametrize("field", ["error", "error_description"])
+def test_a_credential_a_token_endpoint_echoes_is_out_before_its_words_are_cut(field: str) -> None:
+    """Cut first, a client secret across the cut stayed in part (the whole-value replace missed it)."""
+    secret = "FAKE-client-secret-0123456789abcdefghijKLMN"
+    with RecordingUpstream() as endpoint:
+        endpoint.route("/token", Reply(status=401, body=json.dumps({"error": "invalid_client", field: "x" * 400 + " bad secret " + secret}).encode()))
+        source = TokenSource("api", ("api.example.com",), f"{endpoint.url}/token", "cid", "api.secret")
+        with pytest.raises(MintError) as refused:
+            request_token(source, {"api.secret": secret})
+    assert secret[:8] not in refused.value.message and "[redacted]" in refused.value.message
+
+
+def test_a_vault_server_that_is_not_http_is_quoted() -> None:
+    """http.client's error for a bad status line quotes it; it escaped the provider whole."""
+    with RecordingUpstream() as server:
+        server.route("/v1/auth/token/lookup-self", Reply(raw=lambda request: b"XTTP/1.1 200 \x1b[2J <<vault:prod_db>>\r\n\r\n"))
+        config = ProviderConfig(name="team", display_name="Team", provider="vault", credentials_source="static",
+                                secrets=(SecretMapping("x", "app/x"),), options=(("address", server.url),))
+        with pytest.raises(ProviderError) as refused:
+            vault.fetch(config, config.secrets, VaultCredentials(token="FAKE-vault-token-0001"))
+        assert str(refused.value) == f"{server.url} answered something other than HTTP: XTTP/1.1 200 \\x1b[2J <<blocked-vault:prod_db>>\\r\\n"

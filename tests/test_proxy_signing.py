@@ -318,3 +318,22 @@ def test_keys_from_an_aws_profile_sign_only_what_vault_keys_would(
     (received,) = tls_upstream.requests
     assert "Credential=FAKE-PROFILE-KEY-ID/" in received.header("Authorization")
     assert received.header("X-Amz-Security-Token") == "FAKE-profile-session-token"
+
+
+def test_a_request_refused_anyway_loads_no_aws_keys(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, tmp_path: Path,
+) -> None:
+    """Loading a profile's keys runs its credential_process (or STS, or SSO): a page's request,
+    refused for its origin, ran it first."""
+    ran = tmp_path / "credential-process-ran"
+    process = tmp_path / "credentials.py"
+    process.write_text(f"import json, pathlib\npathlib.Path({str(ran)!r}).touch()\n"
+                       "print(json.dumps({'Version': 1, 'AccessKeyId': 'FAKE-PROCESS-KEY-ID', 'SecretAccessKey': 'FAKE-process-secret'}))\n")
+    config = tmp_path / "aws-config"
+    config.write_text(f"[profile dev]\ncredential_process = {sys.executable} {process}\n")
+    (vault_home / "signing.yaml").write_text(PROFILE_RULE)
+    proxy = mitmdump(env={"VAULTPROXY_HOME": str(vault_home), "AWS_CONFIG_FILE": str(config),
+                          "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials")}, hosts={"*.example.com": LOOPBACK})
+    page = proxy.requests_session().get(tls_upstream.url_for("signed.example.com") + "/page", timeout=TIMEOUT,
+                                        headers={"Origin": "https://evil.example"})
+    assert page.status_code == 403 and not ran.exists() and not tls_upstream.requests

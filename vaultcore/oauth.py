@@ -46,6 +46,7 @@ TIMEOUT_SECONDS = 10.0  # each connect and read (requests has no deadline for a 
 # The longest a token request may keep its waiters: a server that sends a byte now and then
 # never trips the per-read timeout. A later answer is still kept (and a rotation stored).
 MINT_DEADLINE_SECONDS = 30.0
+MESSAGE_LIMIT = 500  # characters of a failed mint's reason: the server's words, mostly
 # What the proxy answers when it cannot get a token: the token endpoint said no (502, its
 # answer is the problem), or could not be asked or made no sense (503, try again later).
 TOKEN_REFUSED = "token_refused"
@@ -112,10 +113,10 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
         else:
             reply = session.fetch_token(source.token_url, grant_type="client_credentials", **request, **extra)
     except OAuthError as e:
-        description = f" ({quoted(e.description)})" if getattr(e, "description", None) else ""
-        raise fail(TOKEN_REFUSED, f"the token endpoint refused: {quoted(str(e.error))}{description}") from None
+        description = f" ({e.description})" if getattr(e, "description", None) else ""
+        raise fail(TOKEN_REFUSED, f"the token endpoint refused: {e.error}{description}") from None
     except requests.RequestException as e:  # its text may quote the server (a bad status line)
-        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint could not be asked: {type(e).__name__}: {quoted(str(e))}") from None
+        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint could not be asked: {type(e).__name__}: {e}") from None
     except ValueError:  # not JSON, not a JSON object, a redirect
         raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer is not a token response") from None
     finally:
@@ -128,13 +129,14 @@ Fail = Callable[[str, str], MintError]
 
 def _failing(name: str, values: Mapping[str, str]) -> Fail:
     """A MintError maker for one source whose message never holds a credential, whatever
-    the server or a library put into it."""
+    the server or a library put into it, and is quoted (vaultcore.peertext) after the
+    credentials are out: cut first, a credential could be left in part."""
 
     def fail(code: str, message: str) -> MintError:
         for value in values.values():
             if len(value) >= 4:  # shorter ones are no secret, and would shred the message
                 message = message.replace(value, "[redacted]")
-        return MintError(name, code, f"token {name!r} cannot be minted: {message}")
+        return MintError(name, code, f"token {name!r} cannot be minted: {quoted(message, MESSAGE_LIMIT)}")
 
     return fail
 

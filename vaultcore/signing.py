@@ -52,6 +52,7 @@ from typing import Any
 import yaml
 
 from vaultcore.hostrules import host_matches
+from vaultcore.peertext import quoted
 from vaultcore.rulefiles import NodeReader, check_header, load_named, parse_named
 
 SIGNING_FILE = "signing.yaml"
@@ -273,7 +274,8 @@ class AwsCredentials:
                 if held is not None:
                     held.get_frozen_credentials()  # refreshes temporary ones here, not when signing
             except Exception as e:  # botocore's errors, STS's ClientError (AccessDenied...): never sign unsigned
-                raise SigningError(f"cannot load credentials from {where}: {type(e).__name__}: {e}") from None
+                # (a credential_process's standard error, an endpoint's words: quoted)
+                raise SigningError(f"cannot load credentials from {where}: {type(e).__name__}: {quoted(str(e))}") from None
             if held is None:
                 raise SigningError(f"no credentials found in {where}")
             self._held[rule] = held

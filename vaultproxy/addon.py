@@ -37,7 +37,6 @@ from mitmproxy.tls import TlsData
 from vaultcore.atomic import replace_file
 from vaultcore.filewatch import FileWatch
 from vaultcore.freshness import Signature
-from vaultcore.hostrules import host_matches
 from vaultcore.index import MINT_NEEDED, SecretIndex
 from vaultcore.oauth import TOKEN_UNAVAILABLE, Minter, MintError, credentials
 from vaultcore.placeholders import Budget, Lookup, StreamSubstituter, SubstitutionError, mentions_placeholder, resolve
@@ -692,27 +691,23 @@ class VaultProxy:
         line: b'...'"), which may echo the request, values and all, or hold a placeholder. The
         message goes to whatever records the flow and, as the body of a 502, to the client:
         one that had to be cleaned goes to neither. The flow is marked killed instead (mitmproxy
-        then cuts the client's request off with no answer), and the cleaned message is logged."""
+        then cuts the client's request off with no answer), and the cleaned message is logged.
+        So is an HTTP/2 connection's error that quotes the server: every stream on the
+        connection gets it, and what it quotes may be another stream's value."""
         if flow.error is None:
             return
-        message = serverbytes.without_goaway_data(flow.error.msg)
-        redactor = self._error_redactor(flow, used)
-        literals_cleaned = serverbytes.cleaned_literals(message, lambda data: responses.cleaned(data, redactor))
-        text = literals_cleaned.encode("utf-8", "backslashreplace")
-        if (clean := responses.cleaned(text, redactor)) is text and literals_cleaned is message:
-            flow.error.msg = message
-            return
-        logger.warning(f"vaultproxy: {flow.request.host}: {clean.decode('utf-8', 'replace')} (the client gets no answer: it would quote this)")
+        message = flow.error.msg
+        if serverbytes.shared_with_other_streams(message):
+            shown = serverbytes.without_details(message)
+        else:
+            redactor = self._redactor_of(used)
+            literals_cleaned = serverbytes.cleaned_literals(message, lambda data: responses.cleaned(data, redactor))
+            text = literals_cleaned.encode("utf-8", "backslashreplace")
+            if (clean := responses.cleaned(text, redactor)) is text and literals_cleaned is message:
+                return
+            shown = clean.decode("utf-8", "replace")
+        logger.warning(f"vaultproxy: {flow.request.host}: {shown} (the client gets no answer: it would quote this)")
         flow.error = FlowError(FlowError.KILLED_MESSAGE)
-
-    def _error_redactor(self, flow: http.HTTPFlow, used: Original | None) -> Redactor | None:
-        """The values of `used`, and every value the proxy may send to the flow's host: an
-        HTTP/2 connection's error goes to every stream on it, quoting what any of them sent."""
-        if not self.settings.redact_responses:
-            return None
-        host, port = flow.request.host, flow.request.port
-        allowed = tuple(secret.key for secret in self.index.secrets() if host_matches(host, port, secret.hosts))
-        return responses.redactor_for(((self.index, allowed), *(used.uses() if used else ())))
 
     def _websocket_redactor(self, flow: http.HTTPFlow | None) -> Redactor | None:
         if flow is None or not self.settings.redact_responses:
@@ -826,7 +821,11 @@ class Substitution:
         them (the same keys, should a reload replace the proxy's meanwhile)."""
         aws = self.proxy.aws_credentials
         try:
+            signing.check_aws_source(rule, self._lookup_for(flow))  # a request refused anyway loads nothing
             await self.proxy.load_aws_keys(aws, rule.method)
+        except SubstitutionError as e:
+            self._refuse(flow, e, self.proxy.flights.original_path(flow), streamed=streamed)
+            return
         except SigningError as e:
             self._refuse(flow, signing.cannot_sign(rule, e), self.proxy.flights.original_path(flow), streamed=streamed)
             return

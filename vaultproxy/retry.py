@@ -103,6 +103,8 @@ class WholeAnswers:
         self._options = options
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not an option (and `_options` itself, before it is set: copy.copy)
+            raise AttributeError(name)
         return None if name == "stream_large_bodies" else getattr(self._options, name)
 
 

@@ -15,15 +15,19 @@ import ast
 import logging
 import re
 import traceback
+import warnings
 from collections.abc import Callable
 
 LOGGER = "mitmproxy.proxy.server"  # where mitmproxy's layers log (proxy/server.py)
 NOT_SHOWN = "not shown by vaultproxy"
 _BYTES_LITERAL = r"b(?P<quote>['\"])(?:\\.|(?!(?P=quote)|\\).)*(?P=quote)"  # one way to match each character
 _LITERAL = re.compile(_BYTES_LITERAL)
-_GOAWAY_DATA = re.compile(r"additional_data:[0-9a-f]+")
 _QUOTING = re.compile(rf"(?s)(Unexpected data from server: |Received WebSocket p[io]ng from server \(payload: )({_BYTES_LITERAL})(\)?)\Z")
-_HTTP2_ERROR = re.compile(r"(?s)(\S+: (?:HTTP/2 protocol error|Invalid HTTP/2 (?:request|response) headers): )(.+)\Z")
+_HTTP2_KINDS = r"HTTP/2 protocol error|Invalid HTTP/2 (?:request|response) headers"
+# The errors mitmproxy gives every stream of an HTTP/2 connection it closes (proxy/layers/http/_http2.py).
+_CONNECTION_ERROR = re.compile(rf"(?s)((?:{_HTTP2_KINDS}|HTTP/2 connection closed): )(.+)\Z")
+_GOAWAY_DATA = re.compile(r"additional_data:[0-9a-f]+")
+_HTTP2_ERROR = re.compile(rf"(?s)(\S+: (?:{_HTTP2_KINDS}): )(.+)\Z")
 
 
 class LeaveOutPeerBytes(logging.Filter):
@@ -63,7 +67,8 @@ def cleaned_literals(message: str, clean: Callable[[bytes], bytes]) -> str:
 
     def cleaned(literal: re.Match[str]) -> str:
         try:
-            data = ast.literal_eval(literal[0])
+            with warnings.catch_warnings(action="ignore"):  # an unknown escape (b'\q') warns
+                data = ast.literal_eval(literal[0])
         except (ValueError, SyntaxError):
             return literal[0]
         out = clean(data)
@@ -73,10 +78,18 @@ def cleaned_literals(message: str, clean: Callable[[bytes], bytes]) -> str:
     return message if result == message else result
 
 
-def without_goaway_data(message: str) -> str:
-    """h2 shows the first 20 bytes of a GOAWAY's debug data in hex: part of a value, maybe,
-    which no check could tell. Left out."""
-    return _GOAWAY_DATA.sub(f"additional_data:<{NOT_SHOWN}>", message)
+def shared_with_other_streams(message: str) -> bool:
+    """Whether `message` is an HTTP/2 connection's error that quotes what the server sent:
+    mitmproxy gives it to every stream on the connection, so what it quotes may be another
+    stream's value, which no check of one stream's values finds (nor a part of one: h2 shows
+    the first 20 bytes of a GOAWAY's debug data, in hex)."""
+    return _CONNECTION_ERROR.match(message) is not None and (_LITERAL.search(message) is not None or _GOAWAY_DATA.search(message) is not None)
+
+
+def without_details(message: str) -> str:
+    """An HTTP/2 connection's error, with what follows its kind left out."""
+    error = _CONNECTION_ERROR.match(message)
+    return f"{error[1]}{len(error[2])} characters of details, {NOT_SHOWN}" if error else message
 
 
 def quoted_length(literal: str) -> int:

@@ -45,9 +45,8 @@ def signature(rule: Rule, request: http.Request, lookup: RequestLookup, aws: Aws
     """The request's header fields with the rule's signature headers set (and the marker
     gone), as a Rewrite for the flight to undo; SubstitutionError when a key is refused or
     the request cannot be signed. `aws`: the keys of rules that take AWS's own credentials,
-    loaded (`AwsCredentials.ready`), which no key's lookup checks: `lookup.check_unkeyed` does."""
-    if isinstance(rule.method, SigV4) and rule.method.from_aws:
-        lookup.check_unkeyed(rule.method.credentials_name())
+    loaded (`AwsCredentials.ready`)."""
+    check_aws_source(rule, lookup)
     values: dict[str, str | bytes] = {}
     for key in rule.keys():
         value = lookup(key)
@@ -71,6 +70,13 @@ def signature(rule: Rule, request: http.Request, lookup: RequestLookup, aws: Aws
     replaced = {name.lower().encode() for name in (*added, MARKER)}
     kept = tuple(field for field in request.headers.fields if field[0].lower() not in replaced)
     return Rewrite(fields=kept + tuple((name.encode(), value.encode()) for name, value in added.items()), keys=rule.keys())
+
+
+def check_aws_source(rule: Rule, lookup: RequestLookup) -> None:
+    """Keys from AWS's own configuration have no lookup that checks them: `check_unkeyed`
+    does, before they are used, and before they are loaded (a credential_process, STS, SSO)."""
+    if isinstance(rule.method, SigV4) and rule.method.from_aws:
+        lookup.check_unkeyed(rule.method.credentials_name())
 
 
 def cannot_sign(rule: Rule, error: SigningError) -> SubstitutionError:

@@ -182,15 +182,15 @@ def classify(exc: Exception, config: ProviderConfig, secret_id: str | None = Non
             return "throttled", f"throttled by AWS ({code}); try again later"
         return "error", f"{code}: {message}" if message else code
     if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
-        return "timeout", f"endpoint did not answer in time: {exc}"
+        return "timeout", f"endpoint did not answer in time: {quoted(str(exc))}"
     if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError)):
-        return "unreachable", f"endpoint unreachable: {exc}"
+        return "unreachable", f"endpoint unreachable: {quoted(str(exc))}"
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "missing_credentials", f"no AWS credentials found; {_credentials_hint(config)}"
     if isinstance(exc, (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError,
                         botocore.exceptions.UnauthorizedSSOTokenError)):
         return "expired_credentials", f"credentials expired ({type(exc).__name__}): {_credentials_hint(config)}"
-    return "error", f"{type(exc).__name__}: {exc}"
+    return "error", f"{type(exc).__name__}: {quoted(str(exc))}"  # a parser's error quotes the endpoint's body
 
 
 def test_connection(config: ProviderConfig, credentials: StaticCredentials | None) -> Identity:

@@ -19,6 +19,7 @@ read: each secret is one request, a few at a time.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -167,6 +168,8 @@ def _request(config: ProviderConfig, method: str, path: str, token: str | None, 
         raise _Failure("unreachable", f"{config.option('address')} unreachable: {e.reason}") from None
     except (TimeoutError, socket.timeout):
         raise _Failure("timeout", f"{config.option('address')} did not answer in time") from None
+    except http.client.HTTPException as e:  # not HTTP (a bad status line, which it quotes)
+        raise _Failure("error", f"{config.option('address')} answered something other than HTTP: {quoted(str(e))}") from None
     except OSError as e:
         raise _Failure("unreachable", f"{config.option('address')} unreachable: {e.strerror or type(e).__name__}") from None
     try:
@@ -288,9 +291,9 @@ def _renew(config: ProviderConfig, lease: _Lease) -> None:
 def test_connection(config: ProviderConfig, credentials: VaultCredentials | None) -> Identity:
     """Who the token is (lookup-self, which any valid token may call)."""
     info = _login(config, credentials).info
-    policies = ", ".join(info.get("policies") or []) or "none"
-    return Identity(account=config.option("namespace") or "root", arn=f"{info.get('display_name') or 'token'} (policies: {policies})",
-                    user_id=str(info.get("accessor") or ""), scope="namespace")
+    policies = ", ".join(map(str, info.get("policies") or [])) or "none"
+    return Identity(account=config.option("namespace") or "root", arn=quoted(f"{info.get('display_name') or 'token'} (policies: {policies})"),
+                    user_id=quoted(str(info.get("accessor") or "")), scope="namespace")
 
 
 # --- reading secrets --------------------------------------------------------------------------
