@@ -133,7 +133,7 @@ def _failing(name: str, values: Mapping[str, str]) -> Fail:
     credentials are out: cut first, a credential could be left in part."""
 
     def fail(code: str, message: str) -> MintError:
-        for value in values.values():
+        for value in sorted(values.values(), key=len, reverse=True):  # one that holds another first
             if len(value) >= 4:  # shorter ones are no secret, and would shred the message
                 message = message.replace(value, "[redacted]")
         return MintError(name, code, f"token {name!r} cannot be minted: {quoted(message, MESSAGE_LIMIT)}")

@@ -692,13 +692,14 @@ class VaultProxy:
         message goes to whatever records the flow and, as the body of a 502, to the client:
         one that had to be cleaned goes to neither. The flow is marked killed instead (mitmproxy
         then cuts the client's request off with no answer), and the cleaned message is logged.
-        So is an HTTP/2 connection's error that quotes the server: every stream on the
-        connection gets it, and what it quotes may be another stream's value."""
+        So is every HTTP/2 connection's error, logged without its details: every stream on the
+        connection gets it, and what it quotes may be another stream's value, in forms no check
+        finds (serverbytes.connection_error)."""
         if flow.error is None:
             return
         message = flow.error.msg
-        if serverbytes.shared_with_other_streams(message):
-            shown = serverbytes.without_details(message)
+        if (connection_error := serverbytes.connection_error(message)) is not None:
+            shown = serverbytes.details_left_out(connection_error)
         else:
             redactor = self._redactor_of(used)
             literals_cleaned = serverbytes.cleaned_literals(message, lambda data: responses.cleaned(data, redactor))

@@ -26,7 +26,7 @@ _QUOTING = re.compile(rf"(?s)(Unexpected data from server: |Received WebSocket p
 _HTTP2_KINDS = r"HTTP/2 protocol error|Invalid HTTP/2 (?:request|response) headers"
 # The errors mitmproxy gives every stream of an HTTP/2 connection it closes (proxy/layers/http/_http2.py).
 _CONNECTION_ERROR = re.compile(rf"(?s)((?:{_HTTP2_KINDS}|HTTP/2 connection closed): )(.+)\Z")
-_GOAWAY_DATA = re.compile(r"additional_data:[0-9a-f]+")
+_ERROR_CODE = re.compile(r"error_code:ErrorCodes\.[A-Z_]+")
 _HTTP2_ERROR = re.compile(rf"(?s)(\S+: (?:{_HTTP2_KINDS}): )(.+)\Z")
 
 
@@ -55,8 +55,15 @@ def left_out(message: str) -> str | None:
     if quoting := _QUOTING.match(message):
         return f"{quoting[1]}{quoted_length(quoting[2])} bytes, {NOT_SHOWN}{quoting[4]}"
     if error := _HTTP2_ERROR.match(message):
-        return f"{error[1]}{len(error[2])} characters of details, {NOT_SHOWN}"
+        return details_left_out(error)
     return None
+
+
+def details_left_out(error: re.Match[str]) -> str:
+    """An HTTP/2 error (`_HTTP2_ERROR`, `_CONNECTION_ERROR`) with its details left out, but a
+    GOAWAY's error code (a name h2 knows)."""
+    code = _ERROR_CODE.search(error[2])
+    return f"{error[1]}{len(error[2])} characters of details, {NOT_SHOWN}" + (f" ({code[0]})" if code else "")
 
 
 def cleaned_literals(message: str, clean: Callable[[bytes], bytes]) -> str:
@@ -78,18 +85,12 @@ def cleaned_literals(message: str, clean: Callable[[bytes], bytes]) -> str:
     return message if result == message else result
 
 
-def shared_with_other_streams(message: str) -> bool:
-    """Whether `message` is an HTTP/2 connection's error that quotes what the server sent:
-    mitmproxy gives it to every stream on the connection, so what it quotes may be another
-    stream's value, which no check of one stream's values finds (nor a part of one: h2 shows
-    the first 20 bytes of a GOAWAY's debug data, in hex)."""
-    return _CONNECTION_ERROR.match(message) is not None and (_LITERAL.search(message) is not None or _GOAWAY_DATA.search(message) is not None)
-
-
-def without_details(message: str) -> str:
-    """An HTTP/2 connection's error, with what follows its kind left out."""
-    error = _CONNECTION_ERROR.match(message)
-    return f"{error[1]}{len(error[2])} characters of details, {NOT_SHOWN}" if error else message
+def connection_error(message: str) -> re.Match[str] | None:
+    """`message` as an HTTP/2 connection's error, if it is one. mitmproxy gives such an error to
+    every stream on the connection, so what it quotes of the server may be another stream's
+    value, in forms no check of one stream's values finds: a repr cut at 200 characters, bare
+    digits, the hex of a GOAWAY's first 20 bytes of debug data."""
+    return _CONNECTION_ERROR.match(message)
 
 
 def quoted_length(literal: str) -> int:

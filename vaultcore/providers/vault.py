@@ -168,10 +168,10 @@ def _request(config: ProviderConfig, method: str, path: str, token: str | None, 
         raise _Failure("unreachable", f"{config.option('address')} unreachable: {e.reason}") from None
     except (TimeoutError, socket.timeout):
         raise _Failure("timeout", f"{config.option('address')} did not answer in time") from None
-    except http.client.HTTPException as e:  # not HTTP (a bad status line, which it quotes)
-        raise _Failure("error", f"{config.option('address')} answered something other than HTTP: {quoted(str(e))}") from None
     except OSError as e:
         raise _Failure("unreachable", f"{config.option('address')} unreachable: {e.strerror or type(e).__name__}") from None
+    except http.client.HTTPException as e:  # a bad status line (which it quotes), an answer cut short
+        raise _Failure("error", f"{config.option('address')} sent a broken HTTP answer: {quoted(str(e))}") from None
     try:
         return json.loads(raw) if raw else {}
     except ValueError:
