@@ -16,5 +16,7 @@ LIMIT = 300  # characters
 
 
 def quoted(text: str, limit: int = LIMIT) -> str:
+    """`text` on one line, control characters (and invisible ones: bidi controls) escaped as
+    Python would, cut to `limit` characters, placeholder openers neutralised."""
     shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
     return neutralise_text(shown + ("..." if len(text) > limit else ""))

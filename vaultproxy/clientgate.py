@@ -9,8 +9,9 @@ password of Proxy-Authorization Basic: another local user the owner gave it to, 
 client, any client on another OS, and every client of a proxy that listens beyond loopback
 (there a connection of the owner's uid may be forwarded for someone else, by ssh -R or a
 container runtime). Modes without Proxy-Authorization (socks5, reverse...) only let the owner
-in; WireGuard, local and tun modes nobody, since their addresses are whatever a peer's packets say. The model is mitmproxy's proxyauth: a verdict per connection, kept for the requests in a
-CONNECT tunnel, and the header never goes upstream.
+in; WireGuard, local and tun modes let nobody in, since their addresses are whatever a peer's
+packets say. The model is mitmproxy's proxyauth: a verdict per connection, kept for the
+requests in a CONNECT tunnel, and the header never goes upstream.
 """
 
 from __future__ import annotations
