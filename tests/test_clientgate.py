@@ -344,6 +344,22 @@ def test_the_gate_fails_closed_when_it_cannot_tell_who_connected(monkeypatch: py
     assert gate._meet(tflow.tclient_conn()) == clientgate.Peer(None, False)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_stranger_is_answered_407_or_cut_off_when_its_body_already_streams(streamed: bool) -> None:
+    """mitmproxy decides to stream a body past stream_large_bodies before the hooks run, and
+    cannot answer such a request (it crashed the connection handler on the 407): a stranger's
+    streamed upload is cut off instead."""
+    gate = clientgate.ClientGate()
+    flow = tflow.tflow()
+    gate.peers[flow.client_conn] = clientgate.Peer(None, False)
+    flow.request.stream = streamed
+    gate.requestheaders(flow)
+    if streamed:
+        assert flow.response is None and flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+    else:
+        assert flow.response is not None and flow.response.status_code == 407
+
+
 def lookup_fails_or_is_none(local: tuple[str, int], remote: tuple[str, int]) -> bool:
     try:
         return tcp_owner(local, remote) is None

@@ -158,10 +158,12 @@ def test_an_early_response_cannot_turn_a_streamed_body_into_a_request(
 
 
 SLOW_ANSWERS = """import asyncio
+import logging
 
 
 class SlowAnswers:
     async def response(self, flow):
+        logging.warning("slow answers: holding one")
         await asyncio.sleep(2)
 
 
@@ -186,7 +188,7 @@ def test_a_streamed_upload_answered_early_then_abandoned_is_still_audited(
     with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as sock:
         sock.sendall(streamed_upload(upstream, "/abandoned", "gone.tok", 100000) + b"a" * 4096)
         if ahead:
-            time.sleep(0.5)  # the answer has come, and is held by SlowAnswers
+            proxy.wait_for_output("slow answers: holding one")  # the answer has come (so the client was let in)
         else:
             assert read_response(sock).status == 401
     line = the_audit_line(home, "/abandoned")

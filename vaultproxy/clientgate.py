@@ -204,7 +204,8 @@ class ClientGate:
         if peer.admitted or self._has_credential(flow.request):
             return True
         self._log_refusal(client, peer)
-        if isinstance(client.proxy_mode, PROXY_MODES):
+        # (mitmproxy cannot answer a request whose body it already streams: cut off too)
+        if isinstance(client.proxy_mode, PROXY_MODES) and not flow.request.stream:
             flow.response = credential_required()
         else:
             flow.kill()
