@@ -243,7 +243,8 @@ def test_a_wireguard_peer_that_names_the_owners_connection_gets_no_secret(
     port = free_port()  # for UDP: a port free for TCP a moment ago is as likely free for UDP
     proxy = MitmdumpProcess(tmp_path / "mitmdump", options=proxy_options(home, mode=["regular", f"wireguard@{LOOPBACK}:{port}"]))
     with proxy, socket.create_connection((LOOPBACK, upstream.port)) as owners:
-        wait_until((proxy.confdir / "wireguard.conf").exists, STARTUP_TIMEOUT, "mitmproxy's WireGuard keys")
+        # Modes start one by one: the regular one listening says nothing of the WireGuard one.
+        proxy.wait_for_output("WireGuard server listening", STARTUP_TIMEOUT)
         tunnel = wireguard.Tunnel.to_mitmproxy((LOOPBACK, port), proxy.confdir / "wireguard.conf")
         try:
             request = f"GET /tunnelled HTTP/1.1\r\nHost: {LOOPBACK}:{upstream.port}\r\n{PLACEHOLDER_HEADER}\r\nConnection: close\r\n\r\n"
