@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,29 @@ def test_configuration_lifecycle(cli: Cli, moto: MotoServer, tmp_path: Path) -> 
     out = cli.ok("config", "import", str(shared))
     assert "imported configuration prod" in out and "vaultproxy config set-credentials prod" in out
     assert cli.ok("config", "export", "prod") == exported
+
+
+def test_a_profiles_credential_process_never_gets_the_vaults_passphrase(cli: Cli, moto: MotoServer, tmp_path: Path) -> None:
+    """A user who exported VAULTPROXY_PASSPHRASE adds a configuration with an AWS profile:
+    botocore runs the profile's credential_process (any program the AWS config names) with
+    the CLI's environment, and it could open the vault with the passphrase."""
+    seen = tmp_path / "seen.json"
+    process = tmp_path / "credentials.py"
+    process.write_text(
+        f"import json, os, pathlib\npathlib.Path({str(seen)!r}).write_text(json.dumps(sorted(os.environ)))\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': 'FAKECLIPROCESS000001', 'SecretAccessKey': 'FAKE-cli-process-key'}))\n")
+    aws_config = Path(cli.env["AWS_CONFIG_FILE"])
+    aws_config.parent.mkdir(parents=True)
+    aws_config.write_text(f"[profile team]\nregion = {REGION}\ncredential_process = {sys.executable} {process}\n")
+    passphrase = {"VAULTPROXY_PASSPHRASE": "FAKE-the-vaults-passphrase"}
+    result = run_cli(cli.home, "config", "add", "team", "--region", REGION, "--source", "profile", "--aws-profile", "team",
+                     "--endpoint-url", moto.endpoint_url, user_home=cli.user_home, env=passphrase, timeout=TIMEOUT)
+    assert result.returncode == 0 and f"connected as arn:aws:sts::{ACCOUNT_ID}:" in result.stdout.decode(), result.stderr
+    assert not {"VAULTPROXY_PASSPHRASE", "VAULTPROXY_PASSPHRASE_FD"} & set(json.loads(seen.read_text()))
+    # The passphrase still opened (and made) the vault: a passphrase vault, readable with it.
+    listed = run_cli(cli.home, "config", "list", user_home=cli.user_home, env=passphrase, timeout=TIMEOUT)
+    assert listed.returncode == 0 and "team" in listed.stdout.decode()
+    assert run_cli(cli.home, "config", "list", user_home=cli.user_home, timeout=TIMEOUT).returncode != 0
 
 
 def test_configuration_typed_at_a_terminal(cli: Cli, moto: MotoServer) -> None:

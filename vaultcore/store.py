@@ -97,7 +97,7 @@ class KeyFile:
         return None
 
     def key(self, header: dict[str, Any]) -> bytes:
-        if os.environ.get(PASSPHRASE_ENV) is not None:
+        if handed_over_passphrase() is not None:
             raise VaultError(
                 f"{PASSPHRASE_ENV} is set, but this vault is encrypted with the key file "
                 f"{self.path}, not a passphrase: unset {PASSPHRASE_ENV}"
@@ -192,7 +192,8 @@ def without_passphrase(environment: Mapping[str, str]) -> dict[str, str]:
 
 def forget_passphrase_environment() -> None:
     """Take the passphrase out of this process's environment, so that no process it starts
-    inherits it. The proxy calls this once it has opened the vault; the value stays in this
+    inherits it (a provider's command, a profile's credential_process, `exec`'s command). The
+    CLI calls this first thing, the proxy once it has opened the vault; the value stays in this
     process for later reloads (a vault written anew gets a new salt and needs it again)."""
     global _handed_over
     _handed_over = handed_over_passphrase()
@@ -303,7 +304,7 @@ def default_key_source(home: Path) -> KeySource:
     chosen = os.environ.get(KEY_SOURCE_ENV)
     if chosen:
         return key_source_named("keyfile" if chosen == "file" else chosen, home)
-    return Passphrase() if os.environ.get(PASSPHRASE_ENV) else KeyFile(home / KEY_FILE)
+    return Passphrase() if handed_over_passphrase() else KeyFile(home / KEY_FILE)
 
 
 # --- file format -----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, NoReturn, TypeVar
 from vaultcore.hostrules import reaches_any_host
 from vaultcore.profiles import Check, ConfigError
 from vaultcore.providers.base import ProviderError
-from vaultcore.store import VaultError
+from vaultcore.store import VaultError, forget_passphrase_environment
 from vaultcore.vault import Vault, default_home
 
 USER_ERRORS = (VaultError, ConfigError, ProviderError)
@@ -217,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     vault = Vault(Path(args.home).expanduser() if args.home else default_home())
     try:
+        forget_passphrase_environment()  # what this process starts (a credential_process) inherits os.environ
         code = args.handler(vault, args)
         sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not at exit
         return code
