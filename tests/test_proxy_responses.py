@@ -30,7 +30,7 @@ from mitmproxy.net import encoding as mitmproxy_encoding
 
 from tests.support.env import child_env
 from tests.support.net import LOOPBACK, wait_until
-from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MitmdumpProcess, StartProxy
+from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MitmdumpProcess, StartProxy, curl
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.vault import Vault
 from vaultproxy import codings
@@ -296,6 +296,30 @@ def test_bodies_in_codings_clients_decode_are_decoded_in_full_before_the_check(
         response = session.get(f"{upstream.url}/coded", headers={"X-Token": "<<vault:rsp.tok>>"}, timeout=CLIENT_TIMEOUT)
     assert response.status_code == 200 and b"blocked-vault:rsp.planted" in response.content
     assert clean(response.content), response.content
+    assert upstream.requests[-1].header("x-token") == VALUE.encode().decode("latin-1")  # the value went out
+
+
+TRANSFER_CODED = {
+    "gzip-chunked": ("gzip, chunked", lambda body: chunked(gzip.compress(body))),
+    "deflate-chunked": ("deflate, chunked", lambda body: chunked(zlib.compress(body))),
+    "gzip-until-close": ("gzip", gzip.compress),
+}
+
+
+@pytest.mark.parametrize("coding", list(TRANSFER_CODED))
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_a_transfer_coding_is_undone_before_the_check(
+    proxy: MitmdumpProcess, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, coding: str, streamed: bool,
+) -> None:
+    """mitmproxy takes only `chunked` off a body and leaves a transfer coding such as gzip on
+    it; curl undoes that unasked. A hostile server that answered `Transfer-Encoding: gzip,
+    chunked` had the value it echoed, and its planted placeholder, reach the client as they were."""
+    transfer_encoding, encode = TRANSFER_CODED[coding]
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: {transfer_encoding}\r\nConnection: close\r\n"
+    upstream.route("/te", Reply(raw=lambda request: head.encode() + b"\r\n" + encode(echo_and_plant(request))))
+    answer = curl(streaming_proxy if streamed else proxy, f"{upstream.url}/te", "--compressed", "--tr-encoding", "-H", "X-Token: <<vault:rsp.tok>>")
+    assert answer.returncode == 0 and b"blocked-vault:rsp.planted" in answer.stdout, answer.stderr
+    assert clean(answer.stdout), answer.stdout
     assert upstream.requests[-1].header("x-token") == VALUE.encode().decode("latin-1")  # the value went out
 
 

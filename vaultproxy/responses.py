@@ -99,6 +99,26 @@ def _clean_fields(headers: http.Headers, redactor: Redactor | None) -> None:
 ENCODING_NAME = b"content-encoding"
 
 
+def transfer_codings_as_content(response: http.Response) -> None:
+    """A transfer coding other than chunked (`Transfer-Encoding: gzip, chunked`, or `gzip` to
+    the connection's close) stays on the body mitmproxy hands over, and clients undo it
+    (curl, asked with --tr-encoding): checked as it came, a value the server echoed went
+    through compressed. It becomes the outermost Content-Encoding instead, which the checks
+    undo; the body keeps its framing (chunked, or to the connection's close)."""
+    transfer = response.headers.get("transfer-encoding")
+    if transfer is None:
+        return
+    parts = [part.strip() for part in transfer.split(",")]
+    applied = [part for part in parts if part.lower() not in ("", "chunked", "identity")]
+    if not applied:
+        return
+    response.headers["content-encoding"] = ", ".join([*response.headers.get_all("content-encoding"), *applied])
+    if "chunked" in (part.lower() for part in parts):
+        response.headers["transfer-encoding"] = "chunked"
+    else:
+        del response.headers["transfer-encoding"]
+
+
 def clean_body(response: http.Response, redactor: Redactor | None) -> None:
     """A whole body, checked as the client will read it. Raises codings.Undecodable for a
     compressed body that does not decode in full (cut short, garbage, a bomb), which so could
