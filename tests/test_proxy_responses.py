@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import codecs
 import gzip
 import html
 import io as io_module
@@ -323,6 +324,60 @@ def test_a_transfer_coding_is_undone_before_the_check(
     assert upstream.requests[-1].header("x-token") == VALUE.encode().decode("latin-1")  # the value went out
 
 
+# How a server may spell its text so that ASCII is not ASCII, and how its client reads it.
+CHARSET_BODIES = {
+    "utf-16": ("text/plain; charset=utf-16", lambda text: text.encode("utf-16"), "utf-16"),
+    "utf-16-bom-labelled-utf-8": ("text/html; charset=utf-8", lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"), "utf-16"),
+    "utf-32le": ("text/plain; charset=UTF-32LE", lambda text: text.encode("utf-32-le"), "utf-32-le"),
+    "utf-7": ("text/plain; charset=utf-7", lambda text: text.encode("utf-7"), "utf-7"),
+    "ebcdic": ("text/plain; charset=cp037", lambda text: text.encode("cp037"), "cp037"),
+    "json-utf-16-unlabelled": ("application/json", lambda text: json.dumps(text).encode("utf-16-le"), "utf-16-le"),
+}
+
+
+@pytest.mark.parametrize(("streamed", "charset"), [
+    *(pytest.param(False, charset, id=f"whole-{charset}") for charset in CHARSET_BODIES),
+    *(pytest.param(True, charset, id=f"streamed-{charset}") for charset in CHARSET_BODIES if not charset.startswith("json")),  # named only
+])
+def test_text_in_a_charset_that_is_not_ascii_is_checked_as_its_client_reads_it(
+    proxy: MitmdumpProcess, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, charset: str, streamed: bool,
+) -> None:
+    """The checks read bytes as ASCII: a server that answered in UTF-16 (by its charset, or a
+    byte order mark, which browsers obey before the charset), UTF-32, UTF-7 or EBCDIC, or
+    with JSON in UTF-16 that names no charset (requests' `.json()` guesses it), had its
+    client read the value it echoed and its planted placeholder. (A stream is read only in
+    the charset it names: a guess would cut off binary downloads that start with NULs.)"""
+    content_type, encode, read_as = CHARSET_BODIES[charset]
+    upstream.route("/text", Reply(respond=lambda request: ([], encode(echo_and_plant(request).decode())), headers=(("Content-Type", content_type),)))
+    with (streaming_proxy if streamed else proxy).requests_session() as session:
+        response = session.get(f"{upstream.url}/text", headers={"X-Token": "<<vault:rsp.tok>>"}, timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 200
+    text = response.content.decode(read_as)
+    if charset.startswith("json"):
+        text = json.loads(text)
+    assert "blocked-vault:rsp.planted" in text and clean(text.encode()), text
+    assert upstream.requests[-1].header("x-token") == VALUE.encode().decode("latin-1")  # the value went out
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_text_that_does_not_decode_in_the_charset_it_names_is_not_passed_on(
+    proxy: MitmdumpProcess, streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream, streamed: bool,
+) -> None:
+    """A browser reads UTF-16 with a broken unit as replacement characters and the rest as
+    text: what the check could not read must not reach it."""
+    upstream.route("/broken", Reply(respond=lambda request: ([], echo_and_plant(request).decode().encode("utf-16-le") + b"\x00\xd8" + b"x\x00" * 40),
+                                   headers=(("Content-Type", "text/plain; charset=utf-16le"),)))
+    active = streaming_proxy if streamed else proxy
+    received = through(active, f"{upstream.url}/broken", {"X-Token": "<<vault:rsp.tok>>"})
+    status = received.split(b"\r\n", 1)[0]
+    if streamed:
+        assert status.startswith(b"HTTP/1.1 200") and not received.endswith(b"0\r\n\r\n"), received
+        wait_until(lambda: "charset it names (utf-16-le)" in active.output(), CLIENT_TIMEOUT, "the log line")
+    else:
+        assert status.startswith(b"HTTP/1.1 502") and b"undecodable_response" in received, received
+    assert clean(received.decode("utf-16-le", "replace").encode()), received
+
+
 # 2 GiB of zeros in 2 MB (gzip) or 68 KB (zstd): members of 16 MiB each, which clients decode
 # one after the other. The proxy decodes at most 64 MiB in one step: with its copies of that,
 # and mitmdump's own 100 MB, it stays well under this (about 270 MB measured).
@@ -408,7 +463,7 @@ def test_a_body_that_does_not_decode_is_not_passed_on(
     status = received.split(b"\r\n", 1)[0]
     if streamed:
         assert status.startswith(b"HTTP/1.1 200") and not received.endswith(b"0\r\n\r\n"), received  # cut, not ended
-        wait_until(lambda: "cannot be decoded past this point" in active.output(), CLIENT_TIMEOUT, "the log line")
+        wait_until(lambda: "cut short a streamed response" in active.output(), CLIENT_TIMEOUT, "the log line")
     else:
         assert status.startswith(b"HTTP/1.1 502") and b"undecodable_response" in received, received
         wait_until(lambda: "withheld a response" in active.output(), CLIENT_TIMEOUT, "the log line")

@@ -25,7 +25,7 @@ from mitmproxy.net.http.http1 import expected_http_body_size
 
 from vaultcore.index import SecretIndex
 from vaultcore.redaction import Redactor, StreamNeutraliser, StreamRedactor, might_hold_placeholder, neutralise
-from vaultproxy import codings
+from vaultproxy import charsets, codings
 from vaultproxy.refusal import ERROR_HEADER
 
 logger = logging.getLogger(__name__)
@@ -132,16 +132,22 @@ def clean_body(response: http.Response, redactor: Redactor | None) -> None:
         content = codings.decode_whole(raw, response.headers["content-encoding"])
         if content is None:  # a coding the proxy does not know: `none`, a charset, `compress`
             del response.headers["content-encoding"]  # no client decodes it otherwise than checked
+    content_type = response.headers.get("content-type", "")
     if content is None:
-        if (new := cleaned(raw, redactor)) is not raw:
+        if (new := _cleaned_text(raw, content_type, redactor)) is not raw:
             response.content = new
         return
     # Also re-encoded when the compressed bytes show something in the clear (a gzip header's
     # name or comment field), which a client that does not decode would read.
-    if (new := cleaned(content, redactor)) is not content or _may_change(raw, redactor):
+    if (new := _cleaned_text(content, content_type, redactor)) is not content or _may_change(raw, redactor):
         # Re-encoded, Content-Length fixed; a coding mitmproxy cannot encode (x-gzip, stacked
         # codings) is dropped, and the client gets the body as it is.
         response.content = new
+
+
+def _cleaned_text(data: bytes, content_type: str, redactor: Redactor | None) -> bytes:
+    """`cleaned`, as UTF-8 and in each charset a client may read `data` in (`charsets`)."""
+    return charsets.cleaned_readings(cleaned(data, redactor), content_type, lambda text: cleaned(text, redactor))
 
 
 def withheld(why: codings.Undecodable) -> http.Response:
@@ -177,37 +183,64 @@ def _as_it_is(chunk: bytes) -> bytes:
     return chunk
 
 
+def _stream_check(redactor: Redactor | None) -> charsets.StreamCheck:
+    """A streamed body's neutraliser, then redactor, as one stage."""
+    neutraliser = StreamNeutraliser()
+    stream_redactor = StreamRedactor(redactor) if redactor is not None else None
+
+    def check(data: bytes, end: bool) -> bytes:
+        out = neutraliser.feed(data) + (neutraliser.flush() if end else b"")
+        if stream_redactor is not None:
+            out = stream_redactor.feed(out) + (stream_redactor.flush() if end else b"")
+        return out
+
+    return check
+
+
 def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilter:
     """The filter for a streamed response body, set up in `responseheaders`.
 
     The body's length may change, so it loses Content-Length (and is re-framed as chunked for
     an HTTP/1 client); a compressed body goes to the client decoded, and one in a coding the
-    proxy does not know goes as it is, checked as it is (without its Content-Encoding)."""
+    proxy does not know goes as it is, checked as it is (without its Content-Encoding). Its
+    first four bytes (with its Content-Type) tell which charsets it is read in, too."""
     response = flow.response
     assert response is not None
     decode = codings.decoder(response.headers.get("content-encoding", "")) or _as_it_is
-    neutraliser = StreamNeutraliser()
-    stream_redactor = StreamRedactor(redactor) if redactor is not None else None
-    undecodable = False
+    content_type = response.headers.get("content-type", "")
+    stages: list[charsets.StreamCheck] = []  # set once the body's first four bytes are in
+    head = b""
+    cut = False
 
     def filter_chunk(chunk: bytes) -> list[bytes]:
-        nonlocal undecodable
+        nonlocal stages, head, cut
+        end = not chunk  # b"": the end
+        if cut:
+            return []
         try:
-            data = b"" if undecodable else decode(chunk)
+            data = decode(chunk)
+            if not stages:
+                head += data
+                if len(head) < 4 and not end:
+                    return []
+                data, head = head, b""
+                readings = [charsets.StreamReading(codec, _stream_check(redactor)).feed
+                            for codec, required in charsets.readings(content_type, data[:4]) if required]
+                stages = [_stream_check(redactor), *readings]
+            for stage in stages:
+                data = stage(data, end)
         except Exception as e:  # what came before was checked and sent; nothing after it is
-            undecodable, data = True, b""
-            why = e if isinstance(e, codings.TooLarge) else f"it cannot be decoded past this point ({type(e).__name__})"
+            cut = True
+            why = e if isinstance(e, codings.Undecodable) else f"it cannot be decoded past this point ({type(e).__name__})"
             logger.warning(f"vaultproxy: cut short a streamed response from {flow.request.host}: {why}, so the rest could not be checked")
             # Killed, mitmproxy cuts the client off at the body's end instead of ending it as a
             # complete one (it checks after the response hook; raising here would hang the
             # client). Not killable: killed already (a refused streamed upload).
             if flow.killable:
                 flow.kill()
-        out = neutraliser.feed(data) if chunk else neutraliser.feed(data) + neutraliser.flush()  # b"": the end
-        if stream_redactor is not None:
-            out = stream_redactor.feed(out) if chunk else stream_redactor.feed(out) + stream_redactor.flush()
+            return []
         # Never an empty chunk: mitmproxy would frame it as "0\r\n\r\n", the end of a chunked body.
-        return [out] if out else []
+        return [data] if data else []
 
     response.headers.pop("content-length", None)
     response.headers.pop("content-encoding", None)
