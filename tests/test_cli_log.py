@@ -105,6 +105,16 @@ def test_the_log_the_proxy_was_told_to_write(home: Path, tmp_path: Path) -> None
     assert result.returncode == 1 and result.stderr == b"vaultproxy: error: the proxy runs with vault_audit_log=off: it logs nothing\n"
 
 
+def test_control_characters_are_shown_escaped(home: Path) -> None:
+    """A path is what a client sent: a terminal escape in it (a title, a cleared screen) or a
+    line break (a forged line) reaches the terminal escaped. --json is JSON-escaped already."""
+    hostile = entry(0, "api.example.com", ["ctl"], path="/a\x1b]0;OWNED\x07\x1b[2Jb\r\n2026-01-31  resolved  forged")
+    append(home / "audit.log", jsonl(hostile))
+    out = run_cli(home, "log", "--key", "ctl").stdout.decode()
+    assert out == f"{hostile['time']}  resolved  GET api.example.com/a\\x1b]0;OWNED\\x07\\x1b[2Jb\\r\\n2026-01-31  resolved  forged  ctl\n"
+    assert shown(home, "--key", "ctl") == [hostile]
+
+
 def test_no_log_yet(tmp_path: Path) -> None:
     result = run_cli(tmp_path / "new-home", "log")
     assert result.returncode == 0 and result.stdout == b""

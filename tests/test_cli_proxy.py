@@ -2,9 +2,10 @@
 runs), `stop`, `status`, `env`, `exec`, and how they fail.
 
 Clients only ever use the proxy that serves this vault home, as its proxy.json says and
-verified (pid alive, port answering), never a default address; a proxy only ever removes
-its own record. Failures are one line, never "unexpected", with a shell's exit codes where
-a shell would give them.
+verified (its pid a proxy of this user's, whose own socket listens at the address), never a
+default address; a proxy only ever removes its own record (test_proxy_record.py: a record
+that outlived its proxy). Failures are one line, never "unexpected", with a shell's exit
+codes where a shell would give them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import CLI, StartVaultproxy, cli_env, run_cli, run_on_terminal, stand_in_proxy
+from tests.support.cli import CLI, Listener, StartVaultproxy, cli_env, run_cli, run_on_terminal, stand_in_proxy
 from tests.support.net import LOOPBACK, free_port, wait_until
 from tests.support.proxy import StartProxy, audit_lines, curl
 from tests.support.tls import TLSMaterial
@@ -92,9 +93,10 @@ def test_a_record_of_a_proxy_that_exited_is_not_followed(home: Path, exited_pid:
 
 def test_a_proxy_whose_port_does_not_answer_is_not_used(home: Path, ca_confdir: Path) -> None:
     port = free_port()
-    (home / "proxy.json").write_text(json.dumps({"pid": os.getpid(), "host": LOOPBACK, "port": port, "confdir": str(ca_confdir)}))
-    says = one_line(run_cli(home, "env"), 1)
-    assert f"(pid {os.getpid()}) does not answer on {LOOPBACK}:{port}: restart it" in says
+    with Listener(addon=True) as stand_in:  # listening on a port of its own, not this one
+        (home / "proxy.json").write_text(json.dumps({"pid": stand_in.pid, "host": LOOPBACK, "port": port, "confdir": str(ca_confdir)}))
+        says = one_line(run_cli(home, "env"), 1)
+    assert f"(pid {stand_in.pid}) does not answer on {LOOPBACK}:{port}: restart it" in says
 
 
 def test_a_second_proxy_for_the_home_keeps_its_record_when_the_first_stops(mitmdump: StartProxy, home: Path) -> None:

@@ -38,9 +38,9 @@ from tests.support.upstream import RecordedRequest, RecordingUpstream
 from vaultcore.credential import CREDENTIAL_FILE, read_credential
 from vaultcore.proxyenv import proxy_url
 from vaultcore import sockdiag
-from vaultcore.sockdiag import tcp_owner
+from vaultcore.sockdiag import kernel_forms, socket_uid, tcp_owner
 from vaultproxy import clientgate
-from vaultproxy.clientgate import client_uid, kernel_forms, socket_uid
+from vaultproxy.clientgate import client_uid
 
 SECRETS = SecretSet({"gate.loc": Entry(leak_value()[0])})
 PLACEHOLDER_HEADER = "X-Token: <<vault:gate.loc>>"

@@ -7,13 +7,17 @@ host, path without query, keys, and for a refusal why; never a value.
 
 from __future__ import annotations
 
+import os
+import pwd
+import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from tests.support.net import LOOPBACK
-from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines
+from tests.support.proxy import CLIENT_TIMEOUT, MitmdumpProcess, StartProxy, audit_lines
 from tests.support.secret_set import Entry, SecretSet, module_fixtures, proxy_options
 from tests.support.upstream import RecordingUpstream
 
@@ -72,3 +76,47 @@ def test_the_console_line_stays_when_the_audit_log_is_off(mitmdump: StartProxy, 
     assert send(proxy, "GET", upstream.url + "/console/no-audit", headers={"X-Key": "<<vault:con.a>>"}).status_code == 200
     proxy.wait_for_output(f"vaultproxy: resolved GET {LOOPBACK}/console/no-audit [con.a]")
     assert audit_lines(home, "/console/no-audit", count=0) == []
+
+
+def test_control_characters_in_a_path_are_escaped(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    """The path is the client's: a terminal escape in it (a window title, a cleared screen) or a
+    line break (a forged line) reaches the proxy's terminal escaped. Sent as raw bytes: no
+    client library sends such a path."""
+    path = "/console/esc\x1b]0;OWNED\x07\x1b[2J"
+    request = f"GET {upstream.url}{path} HTTP/1.1\r\nHost: {LOOPBACK}:{upstream.port}\r\nX-Key: <<vault:con.a>>\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((LOOPBACK, proxy.port), timeout=CLIENT_TIMEOUT) as client:
+        client.sendall(request.encode())
+        assert client.recv(65536).startswith(b"HTTP/1.1 ")
+    line = f"vaultproxy: resolved GET {LOOPBACK}/console/esc\\x1b]0;OWNED\\x07\\x1b[2J [con.a]"
+    proxy.wait_for_output(line)
+    assert not [text for text in proxy.output().splitlines() if "vaultproxy: " in text and "\x1b" in text]
+
+
+@pytest.mark.parametrize("planted", [
+    "symlink",
+    pytest.param("another-users-file", marks=pytest.mark.skipif(os.geteuid() != 0, reason="chowns a file to nobody: needs root")),
+])
+def test_an_audit_log_planted_in_a_shared_directory_is_not_written(
+    mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path, planted: str,
+) -> None:
+    """vault_audit_log outside the vault home, in a directory anyone can write to (/tmp): a
+    link planted at that path would have the proxy append, with its rights, to whatever file
+    the link names; a file planted there would be read by whoever planted it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim, log = tmp_path / "victim", shared / "audit.log"
+    victim.write_text("precious\n")
+    if planted == "symlink":
+        log.symlink_to(victim)
+        why = "it is a symbolic link, which the proxy does not follow: set vault_audit_log to the file itself"
+    else:
+        log.touch()
+        owner = pwd.getpwnam("nobody").pw_uid
+        os.chown(log, owner, -1)
+        why = f"it belongs to uid {owner}, not to you (uid 0): set vault_audit_log to a file of your own"
+    proxy = mitmdump(options=proxy_options(home, vault_audit_log=str(log)))
+    assert send(proxy, "GET", upstream.url + "/console/planted", headers={"X-Key": "<<vault:con.a>>"}).status_code == 200
+    proxy.wait_for_output(f"vaultproxy: cannot write the audit log {log}: {why}")
+    assert victim.read_text() == "precious\n"  # nothing appended through the link
+    assert log.is_symlink() or log.read_text() == ""

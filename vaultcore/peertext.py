@@ -15,8 +15,12 @@ from vaultcore.redaction import neutralise_text
 LIMIT = 300  # characters
 
 
-def quoted(text: str, limit: int = LIMIT) -> str:
+def quoted(text: str, limit: int | None = LIMIT, *, neutralised: bool = True) -> str:
     """`text` on one line, control characters (and invisible ones: bidi controls) escaped as
-    Python would, cut to `limit` characters, placeholder openers neutralised."""
-    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
-    return neutralise_text(shown + ("..." if len(text) > limit else ""))
+    Python would, cut to `limit` characters (None: whole), placeholder openers neutralised.
+    `neutralised=False` keeps them: for text only ever shown to the user, never sent back,
+    such as the paths of their own requests (a placeholder there is what they sent)."""
+    cut = text if limit is None else text[:limit]
+    shown = cut if cut.isprintable() else "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
+    shown += "..." if len(cut) < len(text) else ""
+    return neutralise_text(shown) if neutralised else shown

@@ -5,8 +5,11 @@ credential, and makes them trust mitmproxy's CA.
 
 The running addon writes `proxy.json` into the vault home (its pid, address, mitmproxy
 confdir, start time and vault_* options) and removes it when it stops. The CLI only ever
-uses the proxy that record names, once verified (its pid runs and its port answers): never
-a default address, where another vault's proxy could be listening.
+uses the proxy that record names, once verified, never a default address, where another
+vault's proxy could be listening. Verified means more than a live pid and a port that
+answers: a proxy killed outright (kill -9, a crash, a reboot) leaves its record behind, and
+another local user can then hold its pid and listen on its port. The pid must be a process
+of this user running the addon, and the socket listening where clients connect its own.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from vaultcore.atomic import replace_file
 from vaultcore.credential import CREDENTIAL_USER, read_credential
+from vaultcore.sockdiag import TCP_TABLES, listening_inodes
 from vaultcore.store import VaultError, check_home
 
 ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addon" / "vaultproxy_addon.py"
@@ -33,6 +37,7 @@ RUNTIME_FILE = "proxy.json"
 DEFAULT_CONFDIR = Path("~/.mitmproxy")
 SYSTEM_CA_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 ALL_INTERFACES = ("0.0.0.0", "::", "")
+PROC = Path("/proc")
 ANSWER_TIMEOUT_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 15.0
 
@@ -114,10 +119,64 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         pass  # another user's process: it exists
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return True  # no /proc (macOS): the signal test is all there is
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@dataclass(frozen=True)
+class Process:
+    """What the CLI sees of a process, all of it read at one time."""
+
+    uid: int
+    command_line: str
+    sockets: frozenset[int] | None  # the inodes of its sockets; None where they cannot be seen (no /proc)
+
+
+def process(pid: int) -> Process | None:
+    """Process `pid`: its owner, command line and sockets, read through one handle on
+    /proc/PID, so that all of it is about one process (were the pid reused meanwhile, reads
+    through the handle fail). Sockets are read only of a process of this user: those of
+    another are not its to read. None when the process has gone. Without /proc (macOS), one
+    run of `ps` tells the owner and the whole command line (-ww: not cut to a terminal's
+    width), and no sockets."""
+    if not (PROC / "self").exists():
+        ps = subprocess.run(["ps", "-ww", "-o", "uid=", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
+        uid, _, command_line = ps.stdout.strip().partition(" ")
+        return Process(int(uid), command_line.strip(), None) if uid.isdigit() else None
+    try:
+        directory = os.open(PROC / str(pid), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        uid = os.fstat(directory).st_uid
+        command_line = _read_at(directory, "cmdline").replace(b"\0", b" ").decode(errors="replace")
+        return Process(uid, command_line, _socket_inodes(directory) if uid == os.geteuid() else frozenset())
+    except OSError:
+        return None
+    finally:
+        os.close(directory)
+
+
+def _read_at(directory: int, name: str) -> bytes:
+    with open(os.open(name, os.O_RDONLY, dir_fd=directory), "rb") as file:
+        return file.read()
+
+
+def _socket_inodes(directory: int) -> frozenset[int]:
+    """The sockets among the open files of the process whose /proc directory is `directory`."""
+    fds = os.open("fd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=directory)
+    try:
+        links = []
+        for name in os.listdir(fds):
+            try:
+                links.append(os.readlink(name, dir_fd=fds))
+            except OSError:
+                continue  # closed meanwhile
+    finally:
+        os.close(fds)
+    return frozenset(int(link[len("socket:["):-1]) for link in links if link.startswith("socket:["))
 
 
 def answers(host: str, port: int) -> bool:
@@ -128,6 +187,17 @@ def answers(host: str, port: int) -> bool:
     return True
 
 
+def _listeners(address: tuple[str, int]) -> set[int]:
+    """The sockets that may take a connection to `address`, from /proc/net/tcp and tcp6."""
+    tables = []
+    for path in TCP_TABLES:
+        try:
+            tables.append(Path(path).read_text())
+        except OSError:
+            continue  # no IPv6
+    return listening_inodes(tables, address)
+
+
 class NoProxy(VaultError):
     """No verified proxy serves the home; `info` is what proxy.json says, if anything."""
 
@@ -136,46 +206,63 @@ class NoProxy(VaultError):
         self.info = info
 
 
-def serving_proxy(home: Path) -> ProxyInfo:
-    """The proxy serving `home`, verified: its pid runs and its port answers. Otherwise
-    NoProxy, saying why and what to do."""
+def proxy_process(home: Path) -> tuple[ProxyInfo, Process]:
+    """What proxy.json says, and the process of its pid, once that is a vaultproxy proxy of
+    this user: alive, this user's, and running the addon (mitmdump's command line names it).
+    A stale record's pid may be anyone's process now; another user's would be sent clients
+    with the proxy credential, or `stop`'s signal. Otherwise NoProxy, saying why and what to do."""
     info = proxy_info(home)
     if info is None:
         raise NoProxy(f"no proxy serves {home}: start one with `vaultproxy start`")
-    if not process_alive(info.pid):
+    found = process(info.pid) if process_alive(info.pid) else None
+    if found is None:
         raise NoProxy(f"no proxy serves {home}: the one that did (pid {info.pid}) has exited; start one with `vaultproxy start`", info)
-    if not answers(info.client_host, info.port):
+    stale = f"no proxy serves {home}: pid {info.pid} from {home / RUNTIME_FILE}"
+    if found.uid != os.geteuid():
+        raise NoProxy(f"{stale} is another user's process (uid {found.uid}), not your proxy (the record is stale); "
+                      "start one with `vaultproxy start`", info)
+    if ADDON_SCRIPT.name not in found.command_line:
+        raise NoProxy(f"{stale} is no vaultproxy proxy any more (the record is stale); start one with `vaultproxy start`", info)
+    return info, found
+
+
+def serving_proxy(home: Path) -> ProxyInfo:
+    """The proxy serving `home`, verified (for `env`, `exec`, `status` and `start`): its pid is
+    a vaultproxy proxy of this user (proxy_process), and the sockets that may take a client's
+    connection to its address are all that process's own. Otherwise NoProxy, saying why and
+    what to do.
+
+    Without /proc (macOS) no socket can be tied to a process: a port that answers is taken
+    for the proxy's. Another user listening there is still refused unless the recorded pid
+    is, by chance, a process of this user that runs the addon."""
+    info, found = proxy_process(home)
+    address = (info.client_host, info.port)
+    if found.sockets is None:
+        listening, its_own = answers(*address), True
+    else:
+        try:
+            inodes = _listeners(address)
+        except ValueError:  # a host that is no IP address is in no table
+            inodes = set()
+        listening, its_own = bool(inodes), inodes <= found.sockets
+    if not listening:
         raise NoProxy(
             f"the proxy serving {home} (pid {info.pid}) does not answer on {info.address}: "
             "restart it with `vaultproxy stop` and `vaultproxy start`", info,
         )
+    if not its_own:
+        raise NoProxy(
+            f"no proxy serves {home}: what listens on {info.address} is not the proxy (pid {info.pid}) that "
+            f"{home / RUNTIME_FILE} names (the record is stale); restart the proxy with `vaultproxy stop` and `vaultproxy start`", info,
+        )
     return info
 
 
-def _command_line(pid: int) -> str:
-    if Path("/proc/self").exists():
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return ""
-    result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
-    return result.stdout
-
-
 def stop_proxy(home: Path) -> ProxyInfo:
-    """SIGTERM the proxy serving `home` and wait until it has exited. The pid must still be a
-    vaultproxy proxy (mitmdump with the addon): a pid from a stale record may now be anything."""
-    try:
-        info = serving_proxy(home)
-    except NoProxy as e:
-        if e.info is None or not process_alive(e.info.pid):
-            raise
-        info = e.info  # running, but not answering: stopped all the same
-    if ADDON_SCRIPT.name not in _command_line(info.pid):
-        raise VaultError(
-            f"pid {info.pid} from {home / RUNTIME_FILE} is no vaultproxy proxy any more (the record is stale): "
-            "nothing was stopped"
-        )
+    """SIGTERM the proxy serving `home` and wait until it has exited. What is signalled must be
+    a vaultproxy proxy of this user (proxy_process: the checks of serving_proxy but the port's);
+    one that does not answer on its port is stopped all the same, as its NoProxy says to."""
+    info, _ = proxy_process(home)
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     while process_alive(info.pid):

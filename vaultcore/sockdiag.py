@@ -3,7 +3,9 @@ as `ss` asks it): one exact lookup of the connection's addresses and ports.
 
 The other way, reading /proc/net/tcp and tcp6, walks every socket of the network namespace:
 4 ms per table on an idle 2-core machine and tens of ms under load, and the proxy's event
-loop, every other client's requests with it, waits for that on each new connection.
+loop, every other client's requests with it, waits for that on each new connection. It is
+read where netlink cannot be asked (socket_uid), and by the CLI, once per command, for the
+sockets that listen on an address (listening_inodes).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import itertools
 import os
 import socket
 import struct
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Literal
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -31,6 +36,15 @@ _MESSAGE_TAIL = struct.Struct("=IIIII")  # expires, receive queue, send queue, u
 _ERROR = struct.Struct("=i")
 
 _sequence = itertools.count(1)
+
+TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+# A row's state: only live connections count (a closed socket lingers as a TIME_WAIT row with
+# uid 0, whoever owned it), and listeners.
+ESTABLISHED = "01"
+LISTEN = "0A"
+UID_COLUMN = 7
+INODE_COLUMN = 9
+IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 def plain_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -131,3 +145,53 @@ def _ask(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
         diag.send(request(local, remote, sequence))
         reply = diag.recv(65536, socket.MSG_DONTWAIT)  # the kernel answers within send(): never wait on the loop
     return owner(reply, local[1], remote[1], sequence)
+
+
+# --- /proc/net/tcp and tcp6 -------------------------------------------------------------------
+
+
+def kernel_forms(address: tuple[str, int], byteorder: Literal["little", "big"] = sys.byteorder) -> set[str]:
+    """`address` as /proc/net/tcp{,6} print it: each 32-bit word of the IP as a native-endian
+    hex number, a colon, the port in hex. An IPv4 address is in tcp, or IPv4-mapped
+    (::ffff:127.0.0.1) in tcp6 for an IPv6 socket; a mapped one is the same IPv4 address."""
+    ip = plain_ip(address[0])
+    packed_forms = [ip.packed, IPV4_MAPPED_PREFIX + ip.packed] if ip.version == 4 else [ip.packed]
+    return {
+        "".join(f"{int.from_bytes(packed[i : i + 4], byteorder):08X}" for i in range(0, len(packed), 4))
+        + f":{address[1]:04X}"
+        for packed in packed_forms
+    }
+
+
+def _rows(table: str, state: str, local_forms: set[str]) -> Iterator[list[str]]:
+    """The fields of each row of `table` in `state` whose local address is one of `local_forms`."""
+    for row in table.splitlines():
+        fields = row.split()
+        if len(fields) > INODE_COLUMN and fields[3] == state and fields[1] in local_forms:
+            yield fields
+
+
+def socket_uid(table: str, local: tuple[str, int], remote: tuple[str, int], byteorder: Literal["little", "big"] = sys.byteorder) -> int | None:
+    """The uid that owns the live TCP socket from `local` to `remote`, found in `table` (the
+    text of /proc/net/tcp or tcp6); None when no row matches."""
+    remote_forms = kernel_forms(remote, byteorder)
+    for fields in _rows(table, ESTABLISHED, kernel_forms(local, byteorder)):
+        if fields[2] in remote_forms:
+            return int(fields[UID_COLUMN])
+    return None
+
+
+def listening_inodes(tables: Iterable[str], address: tuple[str, int], byteorder: Literal["little", "big"] = sys.byteorder) -> set[int]:
+    """The inodes of the sockets in `tables` (the texts of /proc/net/tcp and tcp6) that may
+    take a new connection to `address`, as the kernel picks a listener: those on that very
+    address (or its IPv4-mapped form) if any, else those on a wildcard (0.0.0.0, and :: which
+    takes IPv4 too unless it is IPV6_V6ONLY, which these tables do not say). Among them the
+    kernel prefers by what the tables do not show either (a bound device, the CPU): any of
+    them may get it."""
+    ip, port = plain_ip(address[0]), address[1]
+    wildcards = ["0.0.0.0", "::"] if ip.version == 4 else ["::"]
+    texts = list(tables)
+    for forms in (kernel_forms(address, byteorder), set().union(*(kernel_forms((w, port), byteorder) for w in wildcards))):
+        if inodes := {int(fields[INODE_COLUMN]) for table in texts for fields in _rows(table, LISTEN, forms)}:
+            return inodes
+    return set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import TextIO
 
 from mitmproxy import http
 
+from vaultcore.peertext import quoted
 from vaultcore.placeholders import SubstitutionError
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ class AuditLog:
         if self._file is not None and _identity(path) != self._identity:
             self._close_file()
         if self._file is None:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = _open_own(path)
             self._file = os.fdopen(fd, "a", encoding="utf-8")
             self._identity = _identity(fd)
         return self._file
@@ -108,6 +110,25 @@ class AuditLog:
             self._file = None
 
 
+def _open_own(path: Path) -> int:
+    """`path` opened to append (created 0600): never through a symbolic link, and only a file
+    of the proxy's user. vault_audit_log may name a file in a directory others can write to
+    (/tmp): a link planted there would have the proxy append, with its rights, to whatever
+    file it names, and a file planted there is its planter's to read. O_NONBLOCK: a FIFO
+    planted there fails to open instead of holding the proxy until someone reads it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(e.errno, "it is a symbolic link, which the proxy does not follow: set vault_audit_log to the file itself") from None
+        raise
+    owner = os.fstat(fd).st_uid
+    if owner != os.geteuid():
+        os.close(fd)
+        raise OSError(errno.EPERM, f"it belongs to uid {owner}, not to you (uid {os.geteuid()}): set vault_audit_log to a file of your own")
+    return fd
+
+
 def follow_console(verbosity: str) -> None:
     """Make no console line the console would drop (`termlog_verbosity`, `-q`): mitmproxy
     hands every log record to each addon as a legacy `add_log` event, about as costly as all of
@@ -116,9 +137,11 @@ def follow_console(verbosity: str) -> None:
 
 
 def console_line(method: str, host: str, path: str, keys: tuple[str, ...], outcome: str, reason: str) -> str:
-    """`vaultproxy: resolved GET api.example.com/v1/me [token]`, and for a refusal the reason."""
+    """`vaultproxy: resolved GET api.example.com/v1/me [token]`, and for a refusal the reason.
+    The path (and what the reason quotes) is the client's: control characters are escaped, or
+    a path could drive the terminal with escape sequences or forge a line."""
     summary = f"vaultproxy: {outcome} {method} {host}{path} [{', '.join(keys)}]"
-    return f"{summary}: {reason}" if reason else summary
+    return quoted(f"{summary}: {reason}" if reason else summary, None, neutralised=False)
 
 
 def timestamp() -> str:

@@ -19,12 +19,10 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import sys
 import weakref
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.addons.proxyauth import parse_http_basic_auth
@@ -34,17 +32,13 @@ from mitmproxy.utils.human import format_address
 
 from vaultcore.credential import CREDENTIAL_FILE, ensure_credential
 from vaultcore.index import is_loopback
-from vaultcore.sockdiag import plain_ip, tcp_owner
+from vaultcore.sockdiag import TCP_TABLES, socket_uid, tcp_owner
 from vaultcore.store import VaultError
 from vaultcore.vault import home_from_option
 from vaultproxy.rewrite import drop_header
 
 logger = logging.getLogger(__name__)
 
-TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
-# Only live connections: a closed socket lingers as a TIME_WAIT row with uid 0, whoever owned it.
-ESTABLISHED = "01"
-UID_COLUMN = 7
 AUTH_HEADER = "Proxy-Authorization"
 # The modes whose clients talk to mitmproxy as to a proxy, and so can send Proxy-Authorization.
 PROXY_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode)
@@ -52,34 +46,9 @@ PROXY_MODES = (mode_specs.RegularMode, mode_specs.UpstreamMode)
 # addresses are the kernel's. In WireGuard, local and tun modes mitmproxy reads them from the
 # packets a peer sends, which may name any connection of the owner's: nobody there is the owner.
 KERNEL_ACCEPTED_MODES = (*PROXY_MODES, mode_specs.Socks5Mode, mode_specs.ReverseMode, mode_specs.TransparentMode)
-IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 # --- who is at the other end of a loopback connection (Linux) -------------------------------
-
-
-def kernel_forms(address: Address, byteorder: Literal["little", "big"] = sys.byteorder) -> set[str]:
-    """`address` as /proc/net/tcp{,6} print it: each 32-bit word of the IP as a native-endian
-    hex number, a colon, the port in hex. An IPv4 address is in tcp, or IPv4-mapped
-    (::ffff:127.0.0.1) in tcp6 for an IPv6 socket; a mapped one is the same IPv4 address."""
-    ip = plain_ip(address[0])
-    packed_forms = [ip.packed, IPV4_MAPPED_PREFIX + ip.packed] if ip.version == 4 else [ip.packed]
-    return {
-        "".join(f"{int.from_bytes(packed[i : i + 4], byteorder):08X}" for i in range(0, len(packed), 4))
-        + f":{address[1]:04X}"
-        for packed in packed_forms
-    }
-
-
-def socket_uid(table: str, local: Address, remote: Address, byteorder: Literal["little", "big"] = sys.byteorder) -> int | None:
-    """The uid that owns the live TCP socket from `local` to `remote`, found in `table` (the
-    text of /proc/net/tcp or tcp6); None when no row matches."""
-    local_forms, remote_forms = kernel_forms(local, byteorder), kernel_forms(remote, byteorder)
-    for row in table.splitlines():
-        fields = row.split()
-        if len(fields) > UID_COLUMN and fields[3] == ESTABLISHED and fields[1] in local_forms and fields[2] in remote_forms:
-            return int(fields[UID_COLUMN])
-    return None
 
 
 def client_uid(client: connection.Client) -> int | None:

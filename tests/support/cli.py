@@ -5,8 +5,10 @@ its environment, values on stdin (never in argv), and a HOME of its own in the t
   watches it (its /proc entries) before collecting its output; run_on_terminal: one command
   on a pseudo-terminal, answering its prompts
 - VaultproxyStart: `vaultproxy start`, which execs mitmdump, handled like a MitmdumpProcess
-- stand_in_proxy: a proxy.json that names a live process and a port that answers, for the
-  commands that need a running proxy but not its work (env, exec)
+- Listener: a process that listens on a loopback port and keeps what each connection sends
+  it; with the addon in its command line, a stand-in for the proxy
+- stand_in_proxy: a proxy.json that names such a stand-in, for the commands that need a
+  running proxy but not its work (env, exec)
 - parse_exports: the `export NAME=value` lines `vaultproxy env` prints
 """
 
@@ -15,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 import pty
+import pwd
 import select
 import shlex
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +29,7 @@ from typing import Any
 
 from .env import child_env
 from .net import LOOPBACK
-from .proxy import MitmdumpProcess
+from .proxy import ADDON_SCRIPT, MitmdumpProcess
 
 CLI = (sys.executable, "-m", "vaultcore.cli")
 CONSOLE_SCRIPT = Path(sys.executable).with_name("vaultproxy")  # what `pip install` gives users
@@ -39,6 +41,25 @@ ON_TERMINAL = (
     "sys.argv[0] = 'vaultproxy'; runpy.run_module('vaultcore.cli', run_name='__main__', alter_sys=True)"
 )
 StartVaultproxy = Callable[..., "VaultproxyStart"]  # the `start_vaultproxy` fixture's factory
+# Listens on a loopback port, prints it, then for each connection what it sent (hex, one line;
+# up to the end of its headers, or what came within 5 s). Python 3.8 or newer: the system's
+# python3 runs it for another user, who cannot run this virtual environment's.
+LISTENER = """\
+import socket, sys
+server = socket.create_server((sys.argv[1], 0))
+print(server.getsockname()[1], flush=True)
+while True:
+    connection, _ = server.accept()
+    connection.settimeout(5)
+    data = b""
+    try:
+        while b"\\r\\n\\r\\n" not in data and (chunk := connection.recv(65536)):
+            data += chunk
+    except OSError:
+        pass
+    connection.close()
+    print(data.hex(), flush=True)
+"""
 
 
 def cli_env(vault_home: Path, user_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -125,19 +146,50 @@ def run_on_terminal(
     return status, text
 
 
+class Listener:
+    """LISTENER as a process of `user` (default: this process's), run by `python`. With `addon`
+    its command line names the addon script as mitmdump's does (`-s .../vaultproxy_addon.py`):
+    the CLI then takes it for a proxy, if it is a process of the CLI's user and its own socket
+    listens where proxy.json says. It serves nothing; `received` (once it has stopped) holds
+    what each connection sent it."""
+
+    def __init__(self, *, addon: bool, user: pwd.struct_passwd | None = None, python: str = sys.executable) -> None:
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "cwd": "/"} if user else {}
+        self.process = subprocess.Popen(
+            [python, "-c", LISTENER, LOOPBACK, *(["-s", str(ADDON_SCRIPT)] if addon else [])],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env={"PATH": os.environ["PATH"]}, **as_user,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"the listener did not start (exit status {self.process.returncode})")
+        self.port = int(line)
+        self.pid = self.process.pid
+        self.received: list[bytes] = []
+
+    def stop(self) -> None:
+        self.process.kill()
+        out, _ = self.process.communicate(timeout=CLI_TIMEOUT)
+        self.received = [bytes.fromhex(line) for line in out.decode().splitlines()]
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
 @contextmanager
 def stand_in_proxy(vault_home: Path, confdir: Path) -> Iterator[int]:
-    """proxy.json as a running proxy writes it, naming this (live) process and a loopback port
-    that accepts connections (nothing serves them) and `confdir` for mitmproxy's CA: enough for
-    `env` and `exec`, which only verify that the proxy is there. Yields the port."""
-    with socket.socket() as listener:
-        listener.bind((LOOPBACK, 0))
-        listener.listen()
-        port = listener.getsockname()[1]
+    """proxy.json as a running proxy writes it, naming a stand-in (a Listener with the addon
+    in its command line) and its port, and `confdir` for mitmproxy's CA: enough for `env` and
+    `exec`, which only verify that the proxy is there. Yields the port."""
+    with Listener(addon=True) as stand_in:
         vault_home.mkdir(mode=0o700, exist_ok=True)
-        record = {"pid": os.getpid(), "host": LOOPBACK, "port": port, "confdir": str(confdir)}
+        record = {"pid": stand_in.pid, "host": LOOPBACK, "port": stand_in.port, "confdir": str(confdir)}
         (vault_home / "proxy.json").write_text(json.dumps(record))
-        yield port
+        yield stand_in.port
 
 
 def parse_exports(output: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ from vaultcore.cli import CliError, UsageError, checked, command, note, print_js
 from vaultcore.credential import CREDENTIAL_FILE
 from vaultcore.hostrules import parse_host_rule
 from vaultcore.index import Destination, is_loopback
+from vaultcore.peertext import quoted
 from vaultcore.placeholders import Context, SubstitutionError
 from vaultcore.proxyenv import NoProxy, ProxyInfo
 from vaultcore.store import PASSPHRASE_ENV, VaultError, check_home, handed_over_passphrase, pass_passphrase_by_pipe, read_header, without_passphrase
@@ -239,8 +240,11 @@ def _audit_path(vault: Vault) -> Path:
 
 
 def _log_line(entry: dict[str, Any]) -> str:
+    """An entry for people. Its path is what a client sent: control characters are escaped, or
+    it could drive the terminal or forge a line."""
     keys = ", ".join(map(str, entry.get("keys") or [])) or "-"
-    return f"{entry.get('time')}  {entry.get('outcome')}  {entry.get('method')} {entry.get('host')}{entry.get('path')}  {keys}"
+    line = f"{entry.get('time')}  {entry.get('outcome')}  {entry.get('method')} {entry.get('host')}{entry.get('path')}  {keys}"
+    return quoted(line, None, neutralised=False)
 
 
 def cmd_resolve(vault: Vault, args: argparse.Namespace) -> int:
