@@ -631,7 +631,7 @@ class VaultProxy:
         try:
             redactor = self._redactor_of(self.flights.used(flow))
             responses.clean_head(response, redactor)
-            responses.transfer_codings_as_content(response)
+            responses.transfer_codings_as_content(flow)
             if not response.stream and responses.streams_late(flow, self.settings.stream_large_bodies) and flow not in self.retrier.replays:
                 response.stream = True  # (a replay's answer is never streamed: retry.WholeAnswers)
             if response.stream is True:

@@ -97,17 +97,21 @@ def _clean_fields(headers: http.Headers, redactor: Redactor | None) -> None:
 
 
 ENCODING_NAME = b"content-encoding"
+TRANSFER_ENCODING_NAME = b"transfer-encoding"
 
 
-def transfer_codings_as_content(response: http.Response) -> None:
+def transfer_codings_as_content(flow: http.HTTPFlow) -> None:
     """A transfer coding other than chunked (`Transfer-Encoding: gzip, chunked`, or `gzip` to
     the connection's close) stays on the body mitmproxy hands over, and clients undo it
     (curl, asked with --tr-encoding): checked as it came, a value the server echoed went
     through compressed. It becomes the outermost Content-Encoding instead, which the checks
-    undo; the body keeps its framing (chunked, or to the connection's close)."""
-    transfer = response.headers.get("transfer-encoding")
-    if transfer is None:
-        return
+    undo; the body keeps its framing (chunked, or to the connection's close). Not where no
+    body follows (HEAD, 304): a cache would take the Content-Encoding for its stored body's."""
+    response = flow.response
+    assert response is not None
+    if TRANSFER_ENCODING_NAME not in [name.lower() for name, _ in response.headers.fields] or _no_body(flow):
+        return  # (a look at the names costs a fifth of `Headers.get`)
+    transfer = response.headers["transfer-encoding"]
     parts = [part.strip() for part in transfer.split(",")]
     applied = [part for part in parts if part.lower() not in ("", "chunked", "identity")]
     if not applied:
@@ -128,26 +132,40 @@ def clean_body(response: http.Response, redactor: Redactor | None) -> None:
     if not raw:
         return
     content = None
-    if ENCODING_NAME in [name.lower() for name, _ in response.headers.fields]:
+    names = [name.lower() for name, _ in response.headers.fields]
+    if ENCODING_NAME in names:
         content = codings.decode_whole(raw, response.headers["content-encoding"])
         if content is None:  # a coding the proxy does not know: `none`, a charset, `compress`
             del response.headers["content-encoding"]  # no client decodes it otherwise than checked
-    content_type = response.headers.get("content-type", "")
+    content_types = _content_types(response.headers, names)
     if content is None:
-        if (new := _cleaned_text(raw, content_type, redactor)) is not raw:
+        if (new := _cleaned_text(raw, content_types, redactor)) is not raw:
             response.content = new
         return
     # Also re-encoded when the compressed bytes show something in the clear (a gzip header's
     # name or comment field), which a client that does not decode would read.
-    if (new := _cleaned_text(content, content_type, redactor)) is not content or _may_change(raw, redactor):
+    if (new := _cleaned_text(content, content_types, redactor)) is not content or _may_change(raw, redactor):
         # Re-encoded, Content-Length fixed; a coding mitmproxy cannot encode (x-gzip, stacked
         # codings) is dropped, and the client gets the body as it is.
         response.content = new
 
 
-def _cleaned_text(data: bytes, content_type: str, redactor: Redactor | None) -> bytes:
+CONTENT_TYPE_NAME = b"content-type"
+
+
+def _content_types(headers: http.Headers, names: list[bytes] | None = None) -> tuple[bytes, ...]:
+    """The Content-Type fields' values (`names`: the fields' names in lower case, if known)."""
+    names = [name.lower() for name, _ in headers.fields] if names is None else names
+    if CONTENT_TYPE_NAME not in names:
+        return ()
+    if names.count(CONTENT_TYPE_NAME) == 1:  # nearly always: a third of the loop below
+        return (headers.fields[names.index(CONTENT_TYPE_NAME)][1],)
+    return tuple(value for name, (_, value) in zip(names, headers.fields) if name == CONTENT_TYPE_NAME)
+
+
+def _cleaned_text(data: bytes, content_types: tuple[bytes, ...], redactor: Redactor | None) -> bytes:
     """`cleaned`, as UTF-8 and in each charset a client may read `data` in (`charsets`)."""
-    return charsets.cleaned_readings(cleaned(data, redactor), content_type, lambda text: cleaned(text, redactor))
+    return charsets.cleaned_readings(cleaned(data, redactor), content_types, lambda text: cleaned(text, redactor))
 
 
 def withheld(why: codings.Undecodable) -> http.Response:
@@ -163,6 +181,19 @@ def withheld(why: codings.Undecodable) -> http.Response:
 # --- streamed bodies --------------------------------------------------------------------------
 
 
+def _no_body(flow: http.HTTPFlow) -> bool:
+    return _body_size(flow) == 0
+
+
+def _body_size(flow: http.HTTPFlow) -> int | None:
+    """As mitmproxy reads the response body: its length, None for chunked, -1 to the
+    connection's close (or a malformed length: unknown)."""
+    try:
+        return expected_http_body_size(flow.request, flow.response)
+    except ValueError:
+        return -1
+
+
 def streams_late(flow: http.HTTPFlow, stream_large_bodies: str | None) -> bool:
     """Whether mitmproxy may start streaming this response only after `responseheaders`.
 
@@ -172,10 +203,7 @@ def streams_late(flow: http.HTTPFlow, stream_large_bodies: str | None) -> bool:
     filter from its start instead."""
     if not stream_large_bodies:
         return False
-    try:
-        size = expected_http_body_size(flow.request, flow.response)
-    except ValueError:  # a malformed length: unknown
-        return True
+    size = _body_size(flow)
     return size is None or size < 0
 
 
@@ -207,7 +235,7 @@ def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilte
     response = flow.response
     assert response is not None
     decode = codings.decoder(response.headers.get("content-encoding", "")) or _as_it_is
-    content_type = response.headers.get("content-type", "")
+    content_types = _content_types(response.headers)
     stages: list[charsets.StreamCheck] = []  # set once the body's first four bytes are in
     head = b""
     cut = False
@@ -225,7 +253,7 @@ def stream_filter(flow: http.HTTPFlow, redactor: Redactor | None) -> StreamFilte
                     return []
                 data, head = head, b""
                 readings = [charsets.StreamReading(codec, _stream_check(redactor)).feed
-                            for codec, required in charsets.readings(content_type, data[:4]) if required]
+                            for codec in charsets.readings(content_types, data[:4], streamed=True)]
                 stages = [_stream_check(redactor), *readings]
             for stage in stages:
                 data = stage(data, end)
