@@ -20,7 +20,7 @@ import re
 import socket
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -32,6 +32,8 @@ from tests.support.proxy import MitmdumpProcess
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream
 from vaultcore.placeholders import PERCENT_CONTEXTS, Context, Lookup, StreamSubstituter, SubstitutionError, substitute
+from vaultcore.signing import parse_rules
+from vaultcore.tokens import parse_sources
 from vaultcore.vault import Vault
 
 WAIT = 60.0
@@ -452,3 +454,20 @@ def test_stalled_clients_do_not_block_others(proxy: MitmdumpProcess, upstream: R
     assert_still_serving(proxy, upstream)  # ...and gives the proxy time to see the closes
     assert b"/stalled" not in upstream.all_bytes()
 
+
+
+# --- YAML files the proxy reads: the same reader as configurations ---------------------------------
+
+
+@pytest.mark.parametrize("parse", [parse_rules, parse_sources], ids=["signing.yaml", "tokens.yaml"])
+def test_rule_files_refuse_anchors_aliases_and_huge_files(parse: Callable[[str, str], tuple[object, ...]]) -> None:
+    """signing.yaml and tokens.yaml are parsed as configurations are: an alias bomb (a few
+    hundred bytes that a reader would walk as 10^9 nodes) is refused at its first anchor."""
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    with pytest.raises(ValueError, match=r"^rules\.yaml:1: anchors and aliases"):
+        parse(bomb, "rules.yaml")
+    with pytest.raises(ValueError, match=r"^rules\.yaml:2: anchors and aliases"):
+        parse("x: 1\ny: &r [*r]\n", "rules.yaml")
+    with pytest.raises(ValueError, match=r"^rules\.yaml: too large"):
+        parse("#" * (1024 * 1024 + 1), "rules.yaml")

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import yaml
 
 from tests.support.cli import cli_env, run_cli, run_on_terminal
 from tests.support.moto import ACCOUNT_ID, REGION, MotoServer, enforced_auth
+from tests.support.upstream import RecordingUpstream
 from vaultcore.profiles import SecretMapping
 from vaultcore.providers.aws import StaticCredentials
 from vaultcore.vault import Vault
@@ -379,7 +381,7 @@ def test_import_refuses_an_existing_name_without_replace_and_says_what_became_of
     out = cli.ok("config", "import", str(shared), "--replace")
     assert out == "replaced configuration prod: credentials come from AWS profile 'team'; the static keys kept in the vault stay unused\n"
     shared.write_text(f"name: fresh\nregion: {REGION}\nhosts: ['*']\nsecrets:\n  - alias: a\n    secret_id: a\n")
-    result = cli("config", "import", str(shared))
+    result = cli("config", "import", str(shared), "--allow-any-host")
     assert result.stdout == "imported configuration fresh: no AWS keys yet: set them with `vaultproxy config set-credentials fresh`\n"
     assert f"vaultproxy: warning: a may be sent to any host (a * hosts rule in {shared})" in result.stderr
 
@@ -435,3 +437,59 @@ def test_fetch_without_aliases_says_how(cli: Cli, moto: MotoServer, admin: Any) 
         says = cli.fails(2, "secret", verb)
         assert f"name the aliases to {verb} (`vaultproxy secret list` shows them), or all of them: vaultproxy secret {verb} --all" in says
         assert cli.ok("secret", verb, "--all") == "fetched 1 of 1\n"
+
+
+# --- kept keys go only where they were set for --------------------------------------------------------
+
+
+def test_kept_keys_never_follow_the_endpoint_or_the_region_elsewhere(cli: Cli, moto: MotoServer, admin: Any, tmp_path: Path) -> None:
+    admin.create_secret(Name="cli/token", SecretString=TOKEN)
+    add_prod(cli, moto)
+    cli.ok("secret", "add", "token", "--secret-id", "cli/token")
+    assert cli.ok("secret", "fetch", "--all") == "fetched 1 of 1\n"
+    original = tmp_path / "prod-original.yaml"
+    original.write_text(cli.ok("config", "export", "prod"))
+    shared = tmp_path / "prod.yaml"
+    with RecordingUpstream() as elsewhere:
+        shared.write_text(original.read_text().replace(moto.endpoint_url, elsewhere.url))
+        imported = cli.ok("config", "import", str(shared), "--replace")
+        fetched = cli("secret", "fetch", "--all")
+        leaked = KEY_ID.encode() in elsewhere.all_bytes()
+        assert not leaked, "the kept keys signed a request to the other endpoint"
+        assert not elsewhere.requests
+        changed = f"endpoint_url is now {elsewhere.url}, not {moto.endpoint_url}"
+    assert imported == (f"replaced configuration prod: AWS keys kept for prod were set for another destination ({changed}): "
+                        "they are not used until set again with `vaultproxy config set-credentials prod`\n")
+    assert fetched.returncode == 1 and changed in fetched.stderr
+
+    # Another region is another destination too, until the user says the keys belong there.
+    shared.write_text(original.read_text().replace(f"region: {REGION}", "region: eu-west-1"))
+    cli.ok("config", "import", str(shared), "--replace")
+    assert "(region is now eu-west-1, not us-east-1)" in cli.fails(1, "config", "test", "prod")
+    cli.ok("config", "set-credentials", "prod", input=f"{KEY_ID}\n{SECRET_KEY}\n")
+    assert "connected as" in cli.ok("config", "test", "prod")
+
+    # A record kept before records were bound: an import binds it to the configuration it replaces.
+    cli.vault().store.update(lambda state: state["configs"]["prod"].pop("destination", None))
+    imported = cli.ok("config", "import", str(original), "--replace")
+    assert "(region is now us-east-1, not eu-west-1)" in imported and "`vaultproxy config set-credentials prod`" in imported
+    assert "region is now us-east-1, not eu-west-1" in cli.fails(1, "secret", "fetch", "--all")
+
+
+def test_concurrent_secret_commands_lose_none_of_each_others_changes(cli: Cli, moto: MotoServer) -> None:
+    """Each `secret add` or `remove` reads the configuration file and writes it back: without
+    the vault's lock around that, of 12 parallel adds 2 mappings were left."""
+    add_prod(cli, moto)
+    aliases = [f"s{n}" for n in range(8)]
+
+    def aliases_now() -> set[str]:
+        return {m.alias for m in cli.vault().configs.load("prod").secrets}
+
+    with ThreadPoolExecutor(len(aliases)) as pool:
+        added = list(pool.map(lambda alias: cli("secret", "add", alias, "--secret-id", f"cli/{alias}"), aliases))
+    assert [r.returncode for r in added] == [0] * len(aliases)
+    assert aliases_now() == set(aliases)
+    with ThreadPoolExecutor(len(aliases)) as pool:
+        removed = list(pool.map(lambda alias: cli("secret", "remove", alias), aliases[::2]))
+    assert [r.returncode for r in removed] == [0] * len(removed)
+    assert aliases_now() == set(aliases[1::2])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import run_cli, run_on_terminal
-from vaultcore.cli import build_parser
+from vaultcore.cli import build_parser, print_table
 
 VALUE = "FAKE-input-value-5c1e77"
 OTHER = "FAKE-input-other-90ad12"
@@ -101,6 +101,22 @@ def test_edit_mistakes(home: Path, args: list[str], code: int, says: str) -> Non
     status, _, err = shown(run_cli(home, *args))
     assert status == code and says in err and err.count("\n") == 1
     assert local_rows(home)["k"]["hosts"] == ["a.example.com"]
+
+
+# --- tables: nothing reaches the terminal raw --------------------------------------------------
+
+
+def test_table_cells_escape_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    """A listing's cells come from files and the vault's state, written by anyone: a terminal
+    escape in one (or a carriage return, or a bidi override) could make its row say something else."""
+    print_table([{"name": "cli\x1b[8m", "command": ["op", "\r\x1b[2K  op read x"], "note": "\u202eevil\x9b2J\x7f"}],
+                ["name", "command", "note"], "none")
+    out = capsys.readouterr().out
+    assert out.splitlines()[1] == "cli\\x1b[8m  op,\\r\\x1b[2K  op read x  \\u202eevil\\x9b2J\\x7f"
+    assert all(line.isprintable() for line in out.splitlines()) and out.count("\n") == 2
+    print_table([{"name": "Café (EU)", "hosts": ["a.example.com", "*.b.example.com"], "n": 3, "none": None}],
+                ["name", "hosts", "n", "none"], "none")
+    assert capsys.readouterr().out.splitlines()[1] == "Café (EU)  a.example.com,*.b.example.com  3  -"
 
 
 # --- success lines -----------------------------------------------------------------------------

@@ -198,6 +198,72 @@ def test_yaml_tags_are_not_constructed() -> None:
         parse_config(text, SOURCE)
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        pytest.param(BASE + "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+                     + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)), 19,
+                     id="alias-bomb"),
+        pytest.param("name: production\nx: &r [*r]\n", 2, id="self-reference"),
+        pytest.param(replaced("secrets:", "base: &base {mode: json}\nsecrets:"), 9, id="anchor-alone"),
+        pytest.param(replaced("    mode: json", "    <<: *base"), 12, id="alias-alone"),
+    ],
+)
+def test_yaml_anchors_and_aliases_are_refused_at_their_line(text: str, line: int) -> None:
+    """A shared file gains nothing by them, and they are how 500 bytes become 10^9 nodes (each
+    alias walked where it is used) or a cycle."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, SOURCE)
+    assert str(caught.value).startswith(f"{SOURCE}:{line}: anchors and aliases")
+
+
+def test_a_file_over_a_mebibyte_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    padded = BASE + "#" * (1024 * 1024)
+    with pytest.raises(ConfigError, match=rf"^{SOURCE}: too large .*1 MiB"):
+        parse_config(padded, SOURCE)
+    shared = tmp_path / "huge.yaml"
+    shared.write_bytes(padded.encode() + b"\xc3\xa9" * (4 * 1024 * 1024))  # read no further than the limit
+    with pytest.raises(ConfigError, match=rf"^{shared}: too large"):
+        ConfigDirectory(tmp_path / "configs").import_file(shared)
+    assert parse_config(BASE + "#" * (1024 * 1024 - len(BASE) - 1) + "\n", SOURCE).name == "production"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "field"),
+    [
+        pytest.param("display_name: Production", 'display_name: "Production\\e[8m"', 2, "display_name", id="escape"),
+        pytest.param("    secret_id: prod/db", '    secret_id: "prod/db\\r\\e[2Kprod/x"', 11, "secrets[0].secret_id", id="cr"),
+        pytest.param("endpoint_url: null", 'endpoint_url: "https://127.0.0.1/\\e[8m"', 7, "endpoint_url", id="url-escape"),
+        pytest.param("endpoint_url: null", 'endpoint_url: "https://127.0.0.1/\\x9b2J"', 7, "endpoint_url", id="url-c1"),
+        pytest.param("    version_stage: AWSCURRENT", '    version_stage: "AWS\\x7f"', 18, "secrets[1].version_stage", id="del"),
+        pytest.param("display_name: Production", "display_name: |\n  two\n  lines", 2, "display_name", id="newline"),
+        pytest.param("display_name: Production", 'display_name: "tab\\there"', 2, "display_name", id="tab"),
+        pytest.param("display_name: Production", 'display_name: "nul\\0"', 2, "display_name", id="nul"),
+        pytest.param("  source: static", '  source: "static\\e"', 6, "credentials.source", id="choice"),
+    ],
+)
+def test_control_characters_are_refused_in_every_string(old: str, new: str, line: int, field: str) -> None:
+    """A listing shows these strings to a terminal, where an escape sequence could make a row
+    say something else than the file does."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(replaced(old, new), SOURCE)
+    message = str(caught.value)
+    assert message.startswith(f"{SOURCE}:{line}: {field}: must not hold control characters"), message
+    assert message.isprintable()
+
+
+def test_command_arguments_with_control_characters_are_refused() -> None:
+    text = "name: cli\nprovider: command\nsecrets:\n  - alias: gh\n    command: [op, \"\\r\\e[2K  op read op://x\"]\n"
+    with pytest.raises(ConfigError, match=rf"^{SOURCE}:5: secrets\[0\]\.command\[1\]: must not hold control characters"):
+        parse_config(text, SOURCE)
+
+
+def test_a_command_may_run_a_script_of_several_lines() -> None:
+    """`sh -c` with a block scalar: tabs and line feeds are an argv's own (listings escape them)."""
+    text = "name: cli\nprovider: command\nsecrets:\n  - alias: gh\n    command:\n      - sh\n      - -c\n      - |\n        set -e\n        \tpass show gh\n"
+    assert parse_config(text, SOURCE).secrets[0].option("command") == ("sh", "-c", "set -e\n\tpass show gh\n")
+
+
 def test_mapping_edits_are_by_alias() -> None:
     config = parse_config(BASE, SOURCE)
     assert config.mapping("nope") is None

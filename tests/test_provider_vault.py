@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from tests.support.cli import run_cli
+from tests.support.net import wait_until
 from tests.support.openbao import ROOT_TOKEN, OpenBaoServer, bao_binary
+from tests.support.proxy import StartProxy
 from tests.support.upstream import RecordingUpstream, Reply
 from vaultcore.profiles import ConfigError, ProviderConfig, SecretMapping, parse_config
 from vaultcore.providers.base import ProviderError
@@ -228,3 +230,75 @@ def test_the_token_goes_to_the_configured_server_only(vault_home: Path, monkeypa
         assert refused.error == f"{server.url} answered with a redirect (HTTP 307), which is not followed: set address to the server itself"
         assert [r.header("X-Vault-Token") for r in server.requests] == ["FAKE-vault-token-redirect-77aa"]
         assert not elsewhere.requests and not proxy.requests
+
+
+# --- a kept token goes only to the server it was set for ----------------------------------------
+
+
+def add_team_by_cli(home: Path, bao: OpenBaoServer, reader: str, *extra: str) -> None:
+    added = run_cli(home, "config", "add", "team", "--provider", "vault", "--address", bao.address,
+                    "--ca-cert", str(bao.ca_cert), "--hosts", HOST, *extra, stdin=f"{reader}\n".encode())
+    assert added.returncode == 0, added.stderr
+    assert run_cli(home, "secret", "add", "key", "--secret-id", "app/stripe", "--field", "api_key").returncode == 0
+    assert run_cli(home, "secret", "fetch", "--all").stdout == b"fetched 1 of 1\n"
+
+
+def teammates_copy(home: Path, bao: OpenBaoServer, tmp_path: Path, address: str) -> tuple[Path, Path]:
+    """A teammate's copy of the configuration that names another address, and the original."""
+    original = tmp_path / "team-original.yaml"
+    original.write_bytes(run_cli(home, "config", "export", "team", check=True).stdout)
+    shared = tmp_path / "team.yaml"
+    shared.write_text(original.read_text().replace(bao.address, address))
+    return shared, original
+
+
+def reached(listener: RecordingUpstream, secret: str) -> bool:
+    """Whether `secret` arrived at `listener` (asserted on as a bool: never shown)."""
+    return secret.encode() in listener.all_bytes()
+
+
+def test_import_replace_to_another_address_keeps_the_token_from_it(tmp_path: Path, bao: OpenBaoServer) -> None:
+    home = tmp_path / "home"
+    reader = token(bao)
+    add_team_by_cli(home, bao, reader)
+    with RecordingUpstream() as elsewhere:
+        shared, original = teammates_copy(home, bao, tmp_path, elsewhere.url)
+        imported = run_cli(home, "config", "import", str(shared), "--replace")
+        fetched = run_cli(home, "secret", "fetch", "--all")
+        tested = run_cli(home, "config", "test", "team")
+        leaked = reached(elsewhere, reader)
+        assert not leaked, "the kept token reached the other address"
+        assert not elsewhere.requests
+        assert imported.returncode == 0, imported.stderr
+        assert imported.stdout.decode() == (
+            f"replaced configuration team: Vault credentials kept for team were set for another destination (address is now "
+            f"{elsewhere.url}, not {bao.address}): they are not used until set again with `vaultproxy config set-credentials team`\n")
+        assert fetched.returncode == 1 and f"address is now {elsewhere.url}, not {bao.address}" in fetched.stderr.decode()
+        assert tested.returncode == 1 and b"`vaultproxy config set-credentials team`" in tested.stderr
+    back = run_cli(home, "config", "import", str(original), "--replace")  # the address they were set for: usable again
+    assert back.stdout == b"replaced configuration team: uses the static Vault credentials kept in the vault for team\n"
+    assert run_cli(home, "secret", "fetch", "--all").stdout == b"fetched 1 of 1\n"
+    shown = [reader.encode() in output.stdout + output.stderr for output in (imported, fetched, tested, back)]
+    assert not any(shown), "the token appeared in the CLI's output"
+
+
+def test_a_running_proxy_never_sends_the_kept_token_to_a_replaced_address(
+    tmp_path: Path, bao: OpenBaoServer, mitmdump: StartProxy,
+) -> None:
+    """The reviewer's F2: the proxy refreshes every second; a shared file that names another
+    address is imported over the configuration; the refresher must not log in there."""
+    home = tmp_path / "home"
+    reader = token(bao)
+    add_team_by_cli(home, bao, reader, "--refresh", "1s")
+    with RecordingUpstream() as elsewhere:
+        mitmdump(env={"VAULTPROXY_HOME": str(home)})
+        shared, _ = teammates_copy(home, bao, tmp_path, elsewhere.url)
+        assert run_cli(home, "config", "import", str(shared), "--replace").returncode == 0
+
+        def refresher_tried() -> bool:
+            return bool(elsewhere.requests) or "address is now" in (Vault(home).status()["config_error"] or "")
+
+        wait_until(refresher_tried, 30, "the proxy's refresher to fetch from the replaced configuration")
+        leaked = reached(elsewhere, reader)
+        assert not leaked, "the running proxy sent the kept token to the other address"
+        assert not elsewhere.requests

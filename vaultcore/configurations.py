@@ -4,18 +4,25 @@ the vault, behind `Vault`'s methods of the same names (vault.py is the facade).
 Configurations themselves (what to fetch, for which hosts) are shareable YAML files
 (profiles.py); what must stay secret lives in the encrypted state, per configuration:
 
-    "configs": {NAME: {"credentials": {...}, "error", "error_code", "last_fetched",
+    "configs": {NAME: {"credentials": {...}, "destination": {...}, "error", "error_code", "last_fetched",
                        "cache": {ALIAS: {"secret_id", "version_stage", "options", "value", "binary",
                                          "version_id", "fetched_at", "error", "error_code",
                                          "error_at", "failures"}}}}
 
+Credentials are kept with their destination (see `destination`): files are shared, imported
+over each other and edited by hand, and a file that names another server must not get them.
+A configuration file is read and written back under the vault's lock (`Store.locked`), so that
+concurrent commands lose none of each other's changes.
+
 Nothing here knows one provider from another: each is a module behind providers/base.py's
-interface, and its Schema says what this code needs to know (rotation, what a secret is).
+interface, and its Schema says what this code needs to know (rotation, what a secret is, where
+credentials go).
 """
 
 from __future__ import annotations
 
 import base64
+import shlex
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable
@@ -25,11 +32,13 @@ from typing import Any
 
 from vaultcore import placeholders, schedule
 from vaultcore.index import Secret, SecretIndex
-from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, SecretMapping, format_duration
+from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, SecretMapping, Vet, format_duration
 from vaultcore.providers.base import FetchResult, Identity, ProviderError, provider_for, schema_for
 from vaultcore.store import State, Store, VaultError
 
-CONFIG_WIDE_ERRORS = frozenset({"invalid_credentials", "expired_credentials", "missing_credentials", "unreachable", "timeout"})
+CONFIG_WIDE_ERRORS = frozenset({
+    "invalid_credentials", "expired_credentials", "missing_credentials", "destination_changed", "unreachable", "timeout",
+})
 
 
 def now() -> str:
@@ -48,13 +57,51 @@ def unpack_value(entry: dict[str, Any]) -> str | bytes:
     return base64.b64decode(entry["value"]) if entry.get("binary") else entry["value"]
 
 
+def as_stored(value: Any) -> Any:
+    """A field's value as the vault's JSON gives it back (an argv tuple is a list there)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def fetched_from(config: ProviderConfig, mapping: SecretMapping) -> dict[str, Any]:
     """What a mapping is fetched from, as its cache entry records it: the secret id, the
     version stage and the provider's per-secret settings that name another secret (a Vault
     field or version, a command), not those that only change how (a timeout)."""
     identity = {f.name for f in schema_for(config.provider).of("secret") if f.identity}
-    options = {key: list(value) if isinstance(value, tuple) else value for key, value in mapping.options if key in identity}
+    options = {key: as_stored(value) for key, value in mapping.options if key in identity}
     return {"secret_id": mapping.secret_id, "version_stage": mapping.version_stage, "options": options or None}
+
+
+def destination(config: ProviderConfig) -> dict[str, Any]:
+    """Where a configuration's kept credentials go: its provider, and the fields its provider
+    declares as deciding where they are sent or whom they log in to (Field.destination: a
+    Vault address, an AWS endpoint...). Kept beside the credentials when they are set; at
+    each use the configuration must still name the same (see `moved`)."""
+    fields = [f.name for f in schema_for(config.provider).fields if f.destination]
+    # a field named like an attribute (region, endpoint_url) is one, the others are options
+    return {"provider": config.provider, **{name: as_stored(getattr(config, name, None) or config.option(name)) for name in fields}}
+
+
+def moved(config: ProviderConfig, bound: dict[str, Any]) -> str | None:
+    """Why credentials kept for `bound` (a `destination`) may not go where `config` sends
+    them, naming what changed and the fix; None when they may. An empty `bound`: nothing says
+    where they belong (see `Configurations.import_file`)."""
+    current = destination(config)
+    if bound == current:
+        return None
+    kept = f"{schema_for(config.provider).credentials} kept for {config.name}"
+    fix = f"they are not used until set again with `vaultproxy config set-credentials {config.name}`"
+    if not bound:
+        return f"{kept} are left from before its file was imported, with nothing to say where they may go: {fix}"
+    changes = "; ".join(
+        f"{key} is now {_shown(current.get(key))}, not {_shown(bound.get(key))}"
+        for key in dict.fromkeys([*current, *bound]) if current.get(key) != bound.get(key)
+    )
+    return f"{kept} were set for another destination ({changes}): {fix}"
+
+
+def keep(config_state: dict[str, Any], config: ProviderConfig, credentials: Any) -> None:
+    """Keep `credentials` (the provider's object) for `config`, bound to its destination."""
+    config_state.update(credentials=credentials.to_dict(), destination=destination(config))
 
 
 def cached(config: ProviderConfig, mapping: SecretMapping, cache: dict[str, Any]) -> dict[str, Any]:
@@ -136,28 +183,50 @@ class Configurations:
     def add(self, config: ProviderConfig, credentials: Any = None) -> None:
         """Save a new configuration (and its credentials); the first one becomes active.
         An existing one is refused: saving over it would drop its secret mappings."""
-        if config.name in self.files.names():
-            raise VaultError(
-                f"configuration {config.name} already exists: change its credentials with `vaultproxy config set-credentials "
-                f"{config.name}`, edit {self.files.file(config.name)}, or `vaultproxy config remove {config.name}` first"
-            )
-        self.files.save(config)
-        self._adopt(config.name, credentials, fresh=True)
+        with self.store.locked():
+            if config.name in self.files.names():
+                raise VaultError(
+                    f"configuration {config.name} already exists: change its credentials with `vaultproxy config set-credentials "
+                    f"{config.name}`, edit {self.files.file(config.name)}, or `vaultproxy config remove {config.name}` first"
+                )
+            self.files.save(config)
+            self._adopt(config, credentials, fresh=True)
 
-    def import_file(self, path: Path, *, replace: bool = False) -> ProviderConfig:
+    def import_file(self, path: Path, *, replace: bool = False, vet: Vet | None = None) -> ProviderConfig:
         """Add a shared YAML file; credentials are set separately (`config set-credentials`).
-        With `replace`, one of the same name gets the new file and keeps its credentials, and
-        the fetched values of the secrets whose source is unchanged (see `cached`)."""
-        config = self.files.import_file(path, replace=replace)
-        self._adopt(config.name, None)
+        With `replace`, one of the same name gets the new file and keeps its credentials (they
+        are used only while it names the destination they were set for, see `moved`), and the
+        fetched values of the secrets whose source is unchanged (see `cached`).
+
+        Credentials kept before they were bound have no destination: the one of the file
+        replaced is noted first, so the new file's is compared with it; with no file to
+        replace (deleted by hand), or a broken one, nothing says where they belong, and they
+        are not used until set again. `vet` may refuse the file (see ConfigDirectory.import_file)."""
+        with self.store.locked():
+            # the name is the file's own, known once it is read: note each unbound one's
+            unbound = {name: self._destination_on_file(name) for name in _unbound(self.store.read())}
+            config = self.files.import_file(path, replace=replace, vet=vet)
+            self._adopt(config, None, bound_to=unbound.get(config.name))
         return config
 
-    def _adopt(self, name: str, credentials: Any, *, fresh: bool = False) -> None:
+    def _destination_on_file(self, name: str) -> dict[str, Any]:
+        """The destination of configuration `name` as its file says, {} without a valid file."""
+        try:
+            return destination(self.files.load(name))
+        except ConfigError:
+            return {}
+
+    def _adopt(self, config: ProviderConfig, credentials: Any, *, fresh: bool = False,
+               bound_to: dict[str, Any] | None = None) -> None:
+        name = config.name
+
         def change(state: State) -> None:
             if fresh:  # what a removed configuration of the same name left is not this one's
                 state.setdefault("configs", {}).pop(name, None)
             if credentials is not None:
-                state_of(state, name)["credentials"] = credentials.to_dict()
+                keep(state_of(state, name), config, credentials)
+            if bound_to is not None:
+                _bind(state_of(state, name), bound_to)
             if not state.get("active_config"):
                 state["active_config"] = name
 
@@ -170,19 +239,20 @@ class Configurations:
     def remove(self, name: str) -> None:
         """Delete a configuration with its credentials and cache. One whose file no longer
         validates, or was deleted by hand while the vault still knows it, can be removed too."""
-        has_file = name in self.files.names()
-        state = self.store.read()
-        if not (has_file or name in state.get("configs", {}) or state.get("active_config") == name):
-            raise ConfigError(f"no configuration named {name}; `vaultproxy config list` shows them")
 
         def change(state: State) -> None:
             state.get("configs", {}).pop(name, None)
             if state.get("active_config") == name:
                 state["active_config"] = None
 
-        self.store.update(change)
-        if has_file:
-            self.files.remove(name)
+        with self.store.locked():
+            has_file = name in self.files.names()
+            state = self.store.read()
+            if not (has_file or name in state.get("configs", {}) or state.get("active_config") == name):
+                raise ConfigError(f"no configuration named {name}; `vaultproxy config list` shows them")
+            self.store.update(change)
+            if has_file:
+                self.files.remove(name)
 
     # --- credentials -------------------------------------------------------------------------
 
@@ -199,22 +269,33 @@ class Configurations:
         return config
 
     def set_credentials(self, name: str, credentials: Any) -> None:
-        """Keep `credentials` (the provider's credentials object) for configuration `name`."""
-        self.credentials_target(name)
-        self.store.update(lambda state: state_of(state, name).update(credentials=credentials.to_dict()))
+        """Keep `credentials` (the provider's credentials object) for configuration `name`,
+        bound to where its file sends them now."""
+        with self.store.locked():
+            config = self.credentials_target(name)
+            self.store.update(lambda state: keep(state_of(state, name), config, credentials))
 
     def credentials(self, name: str, state: State | None = None) -> Any:
         """The credentials kept for `name` (the provider's object), None when none are."""
         state = self.store.read() if state is None else state
-        raw = state.get("configs", {}).get(name, {}).get("credentials")
-        return self._credentials(self.files.load(name), raw) if raw else None
+        config_state = state.get("configs", {}).get(name, {})
+        return self._credentials(self.files.load(name), config_state) if config_state.get("credentials") else None
 
-    def _credentials(self, config: ProviderConfig, raw: dict[str, Any] | None) -> Any:
-        """Unused when the configuration takes them from elsewhere; kept ones that do not fit
-        its provider (its file was changed to another provider) are a clear error."""
+    def _credentials(self, config: ProviderConfig, config_state: dict[str, Any]) -> Any:
+        """Unused when the configuration takes them from elsewhere. Kept ones set for another
+        destination (see `moved`), or that do not fit its provider (its file was changed to
+        another provider), are a clear error and never reach the provider.
+
+        Credentials kept before they were bound have no destination: they are taken as bound
+        to the configuration as it is now, and bound to it at their first use (`_stored`) or
+        by an import over it (`import_file`)."""
         provider = provider_for(config)
+        raw = config_state.get("credentials")
         if not raw or not provider.credential_prompts(config):
             return None
+        problem = moved(config, config_state.get("destination", destination(config)))
+        if problem:
+            raise ProviderError("destination_changed", problem)
         try:
             return provider.credentials_from_dict(raw)
         except ValueError as e:
@@ -223,8 +304,14 @@ class Configurations:
             ) from None
 
     def _stored(self, config: ProviderConfig) -> Any:
-        raw = self.store.read().get("configs", {}).get(config.name, {}).get("credentials")
-        return self._credentials(config, raw)
+        """The credentials to hand the provider for `config`; ones kept before they were bound
+        are bound here, to where they are first used."""
+        config_state = self.store.read().get("configs", {}).get(config.name, {})
+        credentials = self._credentials(config, config_state)
+        if credentials is not None and "destination" not in config_state:
+            where = destination(config)
+            self.store.update(lambda state: _bind(state.get("configs", {}).get(config.name, {}), where))
+        return credentials
 
     def test(self, name: str | None = None) -> Identity:
         """Who the configuration's credentials are. A failure is kept like a fetch's (until a
@@ -247,17 +334,19 @@ class Configurations:
     # --- secrets ----------------------------------------------------------------------------
 
     def add_secret(self, mapping: SecretMapping, config_name: str | None = None) -> ProviderConfig:
-        config = self.config(config_name).with_secret(mapping)
-        self.files.save(config)
+        with self.store.locked():
+            config = self.config(config_name).with_secret(mapping)
+            self.files.save(config)
         return config
 
     def remove_secret(self, alias: str, config_name: str | None = None) -> ProviderConfig:
         """Drop `alias` and its fetched value; returns the configuration it was removed from."""
-        config = self.config(config_name)
-        if config.mapping(alias) is None:
-            raise VaultError(f"configuration {config.name!r} has no secret {alias!r}")
-        self.files.save(config.without_secret(alias))
-        self.store.update(lambda state: state_of(state, config.name).get("cache", {}).pop(alias, None))
+        with self.store.locked():
+            config = self.config(config_name)
+            if config.mapping(alias) is None:
+                raise VaultError(f"configuration {config.name!r} has no secret {alias!r}")
+            self.files.save(config.without_secret(alias))
+            self.store.update(lambda state: state_of(state, config.name).get("cache", {}).pop(alias, None))
         return config
 
     def fetch(
@@ -339,7 +428,10 @@ class Configurations:
     def move_to_local(self, alias: str, config_name: str | None = None) -> list[str]:
         """Turn a fetched provider secret into local secrets (JSON secrets keep their dot
         keys) and drop it from the configuration. Returns the local keys written."""
-        config = self.config(config_name)
+        with self.store.locked():
+            return self._move_to_local(self.config(config_name), alias)
+
+    def _move_to_local(self, config: ProviderConfig, alias: str) -> list[str]:
         mapping = config.mapping(alias)
         if mapping is None:
             raise VaultError(f"configuration {config.name!r} has no secret {alias!r}")
@@ -403,7 +495,7 @@ def status_rows(config: ProviderConfig, state: State, index: SecretIndex) -> lis
 def describe(mapping: SecretMapping) -> str:
     """What a listing shows a mapping is fetched from: its secret id, else its command."""
     command = mapping.option("command")
-    return mapping.secret_id or (" ".join(command) if command else "")
+    return mapping.secret_id or (shlex.join(command) if command else "")
 
 
 def refresh_fields(config: ProviderConfig, mapping: SecretMapping, entry: dict[str, Any]) -> dict[str, Any]:
@@ -416,6 +508,22 @@ def refresh_fields(config: ProviderConfig, mapping: SecretMapping, entry: dict[s
         "refresh_due": datetime.fromtimestamp(due, timezone.utc).isoformat(timespec="seconds") if due else ("now" if ttl else None),
         "failures": int(entry.get("failures") or 0),
     }
+
+
+def _unbound(state: State) -> list[str]:
+    """The configurations whose kept credentials have no destination (kept before they were bound)."""
+    return [name for name, entry in state.get("configs", {}).items() if entry.get("credentials") and "destination" not in entry]
+
+
+def _bind(config_state: dict[str, Any], where: dict[str, Any]) -> None:
+    """Bind credentials kept before they were bound to `where`, unless they are bound by now."""
+    if config_state.get("credentials") and "destination" not in config_state:
+        config_state["destination"] = where
+
+
+def _shown(value: Any) -> str:
+    """A destination field's value in a message (URLs, regions, paths: never secrets)."""
+    return "unset" if value is None else str(value)
 
 
 def _static_hint(config: ProviderConfig) -> str:

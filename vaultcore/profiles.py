@@ -41,7 +41,12 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Loose on purpose (Secrets Manager-compatible endpoints use their own region names): it only
 # has to catch "US East 1"-style typos.
 REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-URL_RE = re.compile(r"https?://\S+")
+URL_RE = re.compile(r"https?://[^\s\x00-\x1f\x7f-\x9f]+")
+# C0, DEL and C1: a terminal acts on them (a carriage return, an escape sequence), so a listing
+# that showed one raw could say something else than the file does.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_BUT_LAYOUT_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tabs and line feeds kept: a script's
+MAX_FILE_BYTES = 1024 * 1024  # a configuration or rule file names secrets and hosts; it holds no values
 # Keys that mean someone pasted credentials or a value into a shareable file.
 CREDENTIAL_KEYS = frozenset(
     {"access_key_id", "secret_access_key", "aws_secret_access_key", "session_token", "value", "password",
@@ -153,6 +158,15 @@ check_region = _matching(REGION_RE, "must be an AWS region like us-east-1")
 check_endpoint_url = _matching(URL_RE, "must be an http:// or https:// URL")
 
 
+def check_text(value: str, *, layout: bool = False) -> str:
+    """Any string of a configuration: without control characters (see CONTROL_RE); with
+    `layout`, tabs and line feeds are allowed (an argv: `sh -c` takes a script of many lines,
+    which listings show escaped)."""
+    if (CONTROL_BUT_LAYOUT_RE if layout else CONTROL_RE).search(value):
+        raise ValueError(f"must not hold control characters such as line breaks or terminal escapes (got {_shown(value)})")
+    return value
+
+
 def check_alias(value: str) -> str:
     if not KEY_RE.fullmatch(value) or "." in value:
         raise ValueError(f"must be 1-256 of A-Z a-z 0-9 _ - / with no '.' (dots name JSON fields) (got {_shown(value)})")
@@ -256,10 +270,11 @@ class _Reader:
             self.nodes[path] = value_node
         return entries
 
-    def string(self, node: yaml.Node, field: str, check: Check | None = None) -> str:
+    def string(self, node: yaml.Node, field: str, check: Check | None = None, *, layout: bool = False) -> str:
         if not (isinstance(node, yaml.ScalarNode) and node.tag == _STR) or not node.value:
             raise self.error(node, field, f"must be a non-empty string (got {_kind(node)})")
         try:
+            check_text(node.value, layout=layout)
             return check(node.value) if check else node.value
         except ValueError as e:
             raise self.error(node, field, str(e)) from None
@@ -275,10 +290,10 @@ class _Reader:
             raise self.error(node, field, f"must be one of {', '.join(choices)} (got {_shown(value)})")
         return value
 
-    def strings(self, node: yaml.Node, field: str, check: Check | None) -> tuple[str, ...]:
+    def strings(self, node: yaml.Node, field: str, check: Check | None, *, layout: bool = False) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, field, f"must be a list, e.g. [\"api.example.com\"] (got {_kind(node)})")
-        return tuple(self.string(item, f"{field}[{i}]", check) for i, item in enumerate(node.value))
+        return tuple(self.string(item, f"{field}[{i}]", check, layout=layout) for i, item in enumerate(node.value))
 
     def refuse_credentials(self, node: yaml.Node, field: str, name: str) -> None:
         """Refuse a file that holds anything that looks like a credential or a value, wherever
@@ -365,7 +380,7 @@ class _Reader:
         if f.kind == "choice":
             return self.choice(node, field, f.choices)
         if f.kind == "strings":
-            values = self.strings(node, field, f.check)
+            values = self.strings(node, field, f.check, layout=True)  # an argv
             if not values:
                 raise self.error(node, field, "must be a non-empty list")
             return values
@@ -469,6 +484,7 @@ def parse_field(f: Field, text: str) -> Any:
     """A provider field's value given as text (a command-line flag), by the file's rules:
     ValueError says what is wrong. An argv (kind strings) is split like a shell would, but
     never run by one."""
+    check_text(text, layout=f.kind == "strings")
     if f.kind == "strings":
         try:
             words = tuple(shlex.split(text))
@@ -543,19 +559,43 @@ def _name_hint(root: yaml.Node, expected_name: str | None) -> str:
     return expected_name or "NAME"
 
 
-def parse_config(text: str, source: str, expected_name: str | None = None) -> ProviderConfig:
-    """Validate one configuration file's text. `source` names the file in error messages;
-    `expected_name` (the file name without .yaml), when given, must equal `name:`."""
+def read_yaml(path: Path) -> str:
+    """A configuration or rule file's text, read no further than a byte past MAX_FILE_BYTES:
+    enough for `compose_yaml` to refuse it, however large it is. Raises what reading raises."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    # cut short, its last character may be cut in two; it is refused for its size anyway
+    return data.decode("utf-8", "strict" if len(data) <= MAX_FILE_BYTES else "replace")
+
+
+def compose_yaml(text: str, source: str, error: type[ValueError]) -> yaml.Node | None:
+    """The node tree of a configuration or rule file (None when it is empty), or `error`
+    naming the file and the line. compose, not safe_load: each node keeps its line.
+
+    Anchors and aliases are refused, found in a first pass over the events: a shared file
+    gains nothing by them, and they make a few hundred bytes into a graph that a reader walks
+    as 10^9 nodes, or into a cycle."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise error(f"{source}: too large (at most {MAX_FILE_BYTES // 1024 // 1024} MiB): is it the right file?")
     try:
-        # compose, not safe_load: the node tree keeps each value's line for error messages.
-        root = yaml.compose(text, Loader=YAML_LOADER)
+        for event in yaml.parse(text, Loader=YAML_LOADER):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise error(f"{source}:{event.start_mark.line + 1}: anchors and aliases (&name, *name) are not "
+                            "allowed: write the value out where it is used")
+        return yaml.compose(text, Loader=YAML_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         # problem/context only: str(exc) would quote the offending line of the file.
-        raise ConfigError(f"{source}:{line}: invalid YAML: {exc.problem or exc.context}") from None
+        raise error(f"{source}:{line}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}:1: invalid YAML: {type(exc).__name__}") from None
+        raise error(f"{source}:1: invalid YAML: {type(exc).__name__}") from None
+
+
+def parse_config(text: str, source: str, expected_name: str | None = None) -> ProviderConfig:
+    """Validate one configuration file's text. `source` names the file in error messages;
+    `expected_name` (the file name without .yaml), when given, must equal `name:`."""
+    root = compose_yaml(text, source, ConfigError)
     if root is None:
         raise ConfigError(f"{source}:1: empty file; expected a mapping with at least name and region")
     return _Reader(source).config(root, expected_name)
@@ -618,6 +658,10 @@ def _dumped(owner: ProviderConfig | SecretMapping, fields: tuple[Field, ...]) ->
     return out
 
 
+# Sees a configuration about to be imported and the one it replaces; raises to refuse it.
+Vet = Callable[["ProviderConfig", "ProviderConfig | None"], None]
+
+
 class ConfigDirectory:
     """$VAULTPROXY_HOME/configs: one NAME.yaml per configuration."""
 
@@ -647,7 +691,7 @@ class ConfigDirectory:
         if kept is not None and seen is not None and kept[0] == seen:
             return kept[1]
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_yaml(path)
         except FileNotFoundError:
             raise ConfigError(f"no configuration named {name}; `vaultproxy config list` shows them") from None
         config = parse_config(text, str(path), expected_name=name)
@@ -676,19 +720,35 @@ class ConfigDirectory:
             raise ConfigError(f"no configuration named {name}; `vaultproxy config list` shows them") from None
         fsync_dir(self.path)
 
-    def import_file(self, path: Path, *, replace: bool = False) -> ProviderConfig:
+    def import_file(self, path: Path, *, replace: bool = False, vet: Vet | None = None) -> ProviderConfig:
         """Validate a configuration file from anywhere (its name comes from `name:`) and save it
         under that name. A configuration of the same name is refused unless `replace`: its
-        endpoint and secret list would be lost without a word."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
-        config = parse_config(text, str(path))
-        if not replace and config.name in self.names():
+        endpoint and secret list would be lost without a word. `vet` sees what is about to be
+        saved, and the configuration it replaces (None: none, or one whose file does not
+        load), and may refuse it: the file is read once, so what was vetted is what is saved."""
+        config = read_config(path)
+        exists = config.name in self.names()
+        if exists and not replace:
             raise ConfigError(
                 f"configuration {config.name} already exists: `vaultproxy config import {path} --replace` replaces its "
                 f"file (its keys in the vault stay), or `vaultproxy config export {config.name}` first to keep a copy"
             )
+        if vet is not None:
+            vet(config, self._loadable(config.name) if exists else None)
         self.save(config)
         return config
+
+    def _loadable(self, name: str) -> ProviderConfig | None:
+        try:
+            return self.load(name)
+        except ConfigError:
+            return None
+
+
+def read_config(path: Path) -> ProviderConfig:
+    """Validate a configuration file from anywhere (a shared one: its name comes from `name:`)."""
+    try:
+        text = read_yaml(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    return parse_config(text, str(path))

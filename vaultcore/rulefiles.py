@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 import yaml
 
 from vaultcore.placeholders import KEY_RE
-from vaultcore.profiles import YAML_LOADER, check_host
+from vaultcore.profiles import check_host, compose_yaml, read_yaml
 
 
 class Named(Protocol):
@@ -100,7 +100,7 @@ def load_named(
     """The entries of the list under `top` in the file at `path` (none when it does not
     exist), each read by `read_item`; two entries may not share a name."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_yaml(path)
     except FileNotFoundError:
         return ()
     except (OSError, UnicodeDecodeError) as e:
@@ -111,11 +111,7 @@ def load_named(
 def parse_named(
     text: str, source: str, top: str, read_item: Callable[[NodeReader, yaml.Node, str], N], error: type[ValueError],
 ) -> tuple[N, ...]:
-    try:
-        root = yaml.compose(text, Loader=YAML_LOADER)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise error(f"{source}:{mark.line + 1 if mark else 1}: invalid YAML: {e.problem or e.context}") from None
+    root = compose_yaml(text, source, error)  # as a configuration's: no aliases, at most 1 MiB
     if root is None:
         return ()
     reader = NodeReader(source, error)

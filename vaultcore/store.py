@@ -12,6 +12,8 @@ the error tell "wrong key or passphrase" from "file damaged".
 Every write goes through `Store.update`: an exclusive lock, a fresh read, the change, and an
 atomic replace (temp file, fsync, rename, fsync of the directory), keeping the previous good
 file as `vault.enc.bak`. A crash or kill at any point leaves `vault.enc` old or new, never torn.
+A change that spans more than vault.enc (a configuration file, see configurations.py) holds
+the same lock around all of it (`Store.locked`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import select
 import stat
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -410,6 +413,7 @@ class Store:
         self.path = home / VAULT_FILE
         self.backup_path = home / (VAULT_FILE + ".bak")
         self._key_source = key_source
+        self._holder = threading.local()  # how deep this thread is in `locked`
 
     # reading
 
@@ -450,8 +454,7 @@ class Store:
 
     def update(self, change: Callable[[State], T]) -> T:
         """Apply `change` to the current state under the lock and write the result."""
-        ensure_home(self.home)
-        with self._locked():
+        with self.locked():
             for stale in [*temp_files(self.path), *self.home.glob(f".{KEY_FILE}.tmp-*")]:
                 stale.unlink(missing_ok=True)  # left by a writer that died mid-write
             data = self._read_bytes()
@@ -489,7 +492,21 @@ class Store:
     # the lock
 
     @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The vault's lock, for a read-modify-write of more than the state (a configuration
+        file and the state beside it). Reentrant in the thread that holds it, so `update` runs
+        inside; other threads, like other processes, wait for it (a flock is per open file)."""
+        depth = getattr(self._holder, "depth", 0)
+        with contextlib.nullcontext() if depth else self._locked():
+            self._holder.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._holder.depth = depth
+
+    @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        ensure_home(self.home)
         try:
             fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:

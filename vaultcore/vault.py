@@ -28,7 +28,7 @@ from vaultcore.configurations import (
 from vaultcore.freshness import Signature
 from vaultcore.index import LOCAL_SOURCE, Destination, Secret, SecretIndex
 from vaultcore.placeholders import KEY_RE, Context
-from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, SecretMapping
+from vaultcore.profiles import ConfigDirectory, ConfigError, ProviderConfig, SecretMapping, Vet
 from vaultcore.providers.base import FetchResult, Identity
 from vaultcore.signing import SIGNING_FILE, Rule, SigningError, load_rules
 from vaultcore.store import State, Store, VaultError
@@ -266,8 +266,8 @@ class Vault:
     def add_config(self, config: ProviderConfig, credentials: Any = None) -> None:
         self.configurations.add(config, credentials)
 
-    def import_config(self, path: Path, *, replace: bool = False) -> ProviderConfig:
-        return self.configurations.import_file(path, replace=replace)
+    def import_config(self, path: Path, *, replace: bool = False, vet: Vet | None = None) -> ProviderConfig:
+        return self.configurations.import_file(path, replace=replace, vet=vet)
 
     def use_config(self, name: str) -> None:
         self.configurations.use(name)

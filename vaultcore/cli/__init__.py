@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from vaultcore.hostrules import reaches_any_host
+from vaultcore.peertext import quoted
 from vaultcore.profiles import Check, ConfigError
 from vaultcore.providers.base import ProviderError
 from vaultcore.store import VaultError, forget_passphrase_environment
@@ -81,11 +82,13 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: s
 
 
 def _cell(value: Any) -> str:
+    """A table cell, control characters escaped: cells show what files and the vault's state
+    hold, whoever wrote them, and a terminal acts on an escape sequence or a carriage return."""
     if value is None:
         return "-"
     if isinstance(value, (list, tuple)):
-        return ",".join(value) or "-"
-    return str(value)
+        value = ",".join(value) or "-"
+    return quoted(str(value), None, neutralised=False)
 
 
 # --- checking what the flags say -------------------------------------------------------------

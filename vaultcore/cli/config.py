@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from vaultcore.cli import (
 )
 from vaultcore.configurations import config_error
 from vaultcore.hostrules import normalise_host_rule, reaches_any_host
+from vaultcore.peertext import quoted
 from vaultcore.profiles import (
-    PROVIDERS, SOURCES, ConfigError, ProviderConfig, check_name, dump_config, parse_duration, parse_field, parse_refresh_on,
-    settings,
+    PROVIDERS, SOURCES, ConfigError, ProviderConfig, check_name, check_text, dump_config, parse_duration, parse_field,
+    parse_refresh_on, settings,
 )
 from vaultcore.providers.base import Field, ProviderError, provider_for, schema_for
 from vaultcore.store import VaultError
@@ -95,10 +97,10 @@ def cmd_add(vault: Vault, args: argparse.Namespace) -> int:
     credential_options = field_values(args, args.provider, "credentials", dict)["options"]
     config = ProviderConfig(
         name=checked("NAME", args.name, check_name),
-        display_name=args.display_name or args.name,
+        display_name=checked("--display-name", args.display_name, check_text) if args.display_name else args.name,
         provider=args.provider,
         credentials_source=source,
-        aws_profile=args.aws_profile,
+        aws_profile=checked("--aws-profile", args.aws_profile, check_text) if args.aws_profile else None,
         hosts=rules("--hosts", args.hosts, normalise_host_rule, args.allow_any_host) or (),
         refresh=checked("--refresh", args.refresh, parse_duration) if args.refresh else 0,
         refresh_on=checked("--refresh-on", args.refresh_on, parse_refresh_on) if args.refresh_on else (),
@@ -185,15 +187,92 @@ def cmd_remove(vault: Vault, args: argparse.Namespace) -> int:
 
 
 def cmd_import(vault: Vault, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    replaced: list[ProviderConfig | None] = []
+
+    def vet(incoming: ProviderConfig, current: ProviderConfig | None) -> None:
+        _refuse_unintended(path, incoming, current, args)
+        replaced.append(current)
+
     replacing = set(vault.configs.names())
-    config = vault.import_config(Path(args.file), replace=args.replace)
+    config = vault.import_config(path, replace=args.replace, vet=vet)
+    current = replaced[0]
     verb = "replaced" if config.name in replacing else "imported"
     print(f"{verb} configuration {config.name}: {_credentials_said(vault, config, verb == 'replaced')}")
     everywhere = [m.alias for m in config.secrets if any(map(reaches_any_host, config.hosts_for(m)))]
     if everywhere:
         warn(f"{', '.join(everywhere)} may be sent to any host (a * hosts rule in {args.file})")
     _warn_about(config)
+    _list_commands(config)
+    if current is not None:
+        _warn_widened(current, config)
     return 0
+
+
+# --- config import: what a shared file may only do on purpose ------------------------------------
+
+
+def _refuse_unintended(path: Path, incoming: ProviderConfig, current: ProviderConfig | None, args: argparse.Namespace) -> None:
+    """Refuse what the user must ask for by name, as on the command line: commands that this
+    machine would run (new or changed ones: those of the configuration replaced were allowed
+    already) without --allow-commands, a * rule without --allow-any-host. Each is shown in
+    full, as the file says it."""
+    known = set(_commands(current).values()) if current else set()
+    new = {alias: argv for alias, argv in _commands(incoming).items() if argv not in known}
+    if new and not args.allow_commands:
+        raise UsageError(
+            f"{path} runs commands as you, with access to your files and the vault (at `secret fetch`, and at each "
+            f"refresh while a proxy runs): {'; '.join(f'{alias}: {_shown_command(argv)}' for alias, argv in new.items())}; "
+            "if you trust them, add --allow-commands"
+        )
+    anywhere = [f"{who} ({field}: {', '.join(rules)})" for who, field, rules in _rules(incoming) if any(map(reaches_any_host, rules))]
+    if anywhere and not args.allow_any_host:
+        raise UsageError(f"{path}: * rules let secrets go anywhere: {'; '.join(anywhere)}; "
+                         "add --allow-any-host if that is what you mean")
+
+
+def _commands(config: ProviderConfig) -> dict[str, tuple[str, ...]]:
+    """The commands a configuration runs, by alias: its mappings' `command` (a command
+    provider's; no other provider's file names a program: an AWS profile's credential_process
+    is in the user's own AWS config, not in the file)."""
+    return {m.alias: m.option("command") for m in config.secrets if m.option("command")}
+
+
+def _shown_command(argv: tuple[str, ...]) -> str:
+    """An argv as a shell would take it, whole, control characters escaped."""
+    return quoted(shlex.join(argv), None, neutralised=False)
+
+
+def _rules(config: ProviderConfig) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Every hosts and origins rule list of a configuration, with whose it is."""
+    return [("the configuration", "hosts", config.hosts)] + [
+        (m.alias, field, rules) for m in config.secrets
+        for field, rules in (("hosts", m.hosts or ()), ("origins", m.origins))
+    ]
+
+
+def _list_commands(config: ProviderConfig) -> None:
+    """Every command the imported configuration runs, whole: what --allow-commands allowed."""
+    commands = _commands(config)
+    if commands:
+        print("commands it runs, as you, at `secret fetch` and at each refresh while a proxy runs:")
+        for alias, argv in commands.items():
+            print(f"  {alias}: {_shown_command(argv)}")
+
+
+def _warn_widened(current: ProviderConfig, config: ProviderConfig) -> None:
+    """Per secret, the hosts and pages the new file adds to those of the one it replaced: a
+    value already fetched goes there from now on, without a new fetch to notice."""
+    for m in config.secrets:
+        old = current.mapping(m.alias)
+        if old is None:
+            continue
+        for field, before, after, where in (("hosts", current.hosts_for(old), config.hosts_for(m), "sent to"),
+                                            ("origins", old.origins, m.origins, "used by pages of")):
+            added = [rule for rule in after if rule not in before]
+            if added:
+                warn(f"{m.alias} may now also be {where} {', '.join(added)} "
+                     f"({field}: {', '.join(before) or 'none'} -> {', '.join(after)})")
 
 
 def _credentials_said(vault: Vault, config: ProviderConfig, replaced: bool) -> str:
@@ -205,6 +284,10 @@ def _credentials_said(vault: Vault, config: ProviderConfig, replaced: bool) -> s
     kept = "kept" if replaced else "found"
     if provider.credential_prompts(config):
         if stored:
+            try:
+                vault.credentials(config.name)  # refused when set for another destination: says what changed, and the fix
+            except ProviderError as e:
+                return str(e)
             return f"uses the static {noun} {kept} in the vault for {config.name}"
         return f"no {noun} yet: set them with `vaultproxy config set-credentials {config.name}`"
     unused = f"; the static keys {kept} in the vault stay unused" if stored else ""
@@ -272,9 +355,16 @@ def register(commands: Any) -> None:
     p = command(config, "import", cmd_import, "add a shared YAML configuration (credentials are set separately)", [
         "vaultproxy config import configs/example-production.yaml",
         "vaultproxy config import production.yaml --replace",
+        "vaultproxy config import configs/example-command.yaml --allow-commands   # after reading its commands",
     ])
     p.add_argument("file", help="the YAML file, e.g. one that `vaultproxy config export` wrote")
     p.add_argument("--replace", action="store_true",
-                   help="replace a configuration of the same name (its keys stay in the vault)")
+                   help="replace a configuration of the same name (its keys stay in the vault); says which hosts "
+                        "each secret gains")
+    p.add_argument("--allow-commands", action="store_true",
+                   help="allow a file whose secrets are commands (provider command): they run as you, at `secret "
+                        "fetch` and at each refresh; only for a file you trust (with --replace: needed for new or "
+                        "changed commands only)")
+    p.add_argument("--allow-any-host", action="store_true", help=ANY_HOST_HELP)
     named(command(config, "export", cmd_export, "print a configuration as shareable YAML (never credentials)",
                   ["vaultproxy config export production > production.yaml"]), "the configuration to print")

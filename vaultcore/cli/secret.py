@@ -14,7 +14,7 @@ from vaultcore.cli import (
 from vaultcore.hostrules import normalise_host_rule, normalise_origin_rule
 from vaultcore.cli.config import add_field_flags, field_values
 from vaultcore.configurations import abbreviated
-from vaultcore.profiles import MODES, ProviderConfig, SecretMapping, check_alias, parse_duration, parse_refresh_on
+from vaultcore.profiles import MODES, ProviderConfig, SecretMapping, check_alias, check_text, parse_duration, parse_refresh_on
 from vaultcore.providers.base import schema_for
 from vaultcore.vault import Vault
 
@@ -38,7 +38,7 @@ def progress_printer() -> Callable[[int, int], None] | None:
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
-    return value
+    return check_text(value)
 
 
 def cmd_add(vault: Vault, args: argparse.Namespace) -> int:

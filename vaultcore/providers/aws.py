@@ -28,9 +28,11 @@ if TYPE_CHECKING:
     import botocore.config
     import botocore.exceptions
 
-REGION = Field("region", "its AWS region, e.g. us-east-1", check=check_region, required=True)
+# Both decide where the keys' signatures go (the region names AWS's endpoint and is signed into
+# each request): destination fields, for Parameter Store too.
+REGION = Field("region", "its AWS region, e.g. us-east-1", check=check_region, required=True, destination=True)
 ENDPOINT_URL = Field("endpoint_url", "an AWS-compatible endpoint instead of AWS's, e.g. http://127.0.0.1:4566",
-                     check=check_endpoint_url)
+                     check=check_endpoint_url, destination=True)
 SOURCES = ("static", "profile", "default")
 SCHEMA = Schema(
     fields=(

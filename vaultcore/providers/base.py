@@ -46,6 +46,9 @@ class Field:
     minimum: int = 1
     required: bool = False
     identity: bool = True  # per secret: a change means another secret (its cached value is dropped)
+    # top or credentials: it decides where kept credentials are sent or whom they log in to;
+    # a change keeps them from use until they are set again (see configurations.destination)
+    destination: bool = False
 
 
 @dataclass(frozen=True)

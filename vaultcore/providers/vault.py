@@ -59,13 +59,16 @@ def _validate(config: ProviderConfig) -> Problem | None:
 
 SCHEMA = Schema(
     fields=(
-        Field("address", "the server's URL, e.g. https://vault.example.com:8200", check=check_endpoint_url, required=True),
-        Field("namespace", "a namespace (Vault Enterprise, OpenBao), e.g. team-a"),
+        # Where a token goes (address; ca_cert: which server is taken for it), whom it logs in to
+        # (namespace) and how (method) are destination fields; the KV mount only picks secrets there.
+        Field("address", "the server's URL, e.g. https://vault.example.com:8200", check=check_endpoint_url, required=True,
+              destination=True),
+        Field("namespace", "a namespace (Vault Enterprise, OpenBao), e.g. team-a", destination=True),
         Field("mount", f"where the KV secrets engine is mounted, e.g. kv (default {DEFAULT_MOUNT})"),
         Field("kv_version", f"the KV engine's version, e.g. 1 (default {DEFAULT_KV_VERSION})", kind="integer", choices=("1", "2")),
-        Field("ca_cert", "a PEM file of the CA that signed the server's certificate, e.g. ~/vault-ca.pem"),
+        Field("ca_cert", "a PEM file of the CA that signed the server's certificate, e.g. ~/vault-ca.pem", destination=True),
         Field("method", "how to log in: token (the default) or approle", where="credentials", kind="choice",
-              choices=("token", "approle")),
+              choices=("token", "approle"), destination=True),
         Field("field", "one field of the secret as the value, e.g. api_key (default: the whole secret, as JSON)",
               where="secret"),
         Field("version", "a KV 2 version to fetch instead of the latest, e.g. 3", where="secret", kind="integer"),
