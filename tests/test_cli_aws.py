@@ -378,7 +378,8 @@ def test_import_refuses_an_existing_name_without_replace_and_says_what_became_of
     assert "connected as" in cli.ok("config", "test", "prod")  # the keys stayed
 
     shared.write_text(f"name: prod\nregion: {REGION}\ncredentials: {{source: profile, profile: team}}\n")
-    out = cli.ok("config", "import", str(shared), "--replace")
+    assert "--allow-new-destination" in cli.fails(2, "config", "import", str(shared), "--replace")  # another source, endpoint
+    out = cli.ok("config", "import", str(shared), "--replace", "--allow-new-destination")
     assert out == "replaced configuration prod: credentials come from AWS profile 'team'; the static keys kept in the vault stay unused\n"
     shared.write_text(f"name: fresh\nregion: {REGION}\nhosts: ['*']\nsecrets:\n  - alias: a\n    secret_id: a\n")
     result = cli("config", "import", str(shared), "--allow-any-host")
@@ -452,7 +453,7 @@ def test_kept_keys_never_follow_the_endpoint_or_the_region_elsewhere(cli: Cli, m
     shared = tmp_path / "prod.yaml"
     with RecordingUpstream() as elsewhere:
         shared.write_text(original.read_text().replace(moto.endpoint_url, elsewhere.url))
-        imported = cli.ok("config", "import", str(shared), "--replace")
+        imported = cli.ok("config", "import", str(shared), "--replace", "--allow-new-destination")
         fetched = cli("secret", "fetch", "--all")
         leaked = KEY_ID.encode() in elsewhere.all_bytes()
         assert not leaked, "the kept keys signed a request to the other endpoint"
@@ -464,14 +465,14 @@ def test_kept_keys_never_follow_the_endpoint_or_the_region_elsewhere(cli: Cli, m
 
     # Another region is another destination too, until the user says the keys belong there.
     shared.write_text(original.read_text().replace(f"region: {REGION}", "region: eu-west-1"))
-    cli.ok("config", "import", str(shared), "--replace")
+    cli.ok("config", "import", str(shared), "--replace", "--allow-new-destination")
     assert "(region is now eu-west-1, not us-east-1)" in cli.fails(1, "config", "test", "prod")
     cli.ok("config", "set-credentials", "prod", input=f"{KEY_ID}\n{SECRET_KEY}\n")
     assert "connected as" in cli.ok("config", "test", "prod")
 
     # A record kept before records were bound: an import binds it to the configuration it replaces.
     cli.vault().store.update(lambda state: state["configs"]["prod"].pop("destination", None))
-    imported = cli.ok("config", "import", str(original), "--replace")
+    imported = cli.ok("config", "import", str(original), "--replace", "--allow-new-destination")
     assert "(region is now us-east-1, not eu-west-1)" in imported and "`vaultproxy config set-credentials prod`" in imported
     assert "region is now us-east-1, not eu-west-1" in cli.fails(1, "secret", "fetch", "--all")
 

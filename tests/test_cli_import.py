@@ -174,6 +174,37 @@ def test_replace_says_which_hosts_each_secret_gains(home: Path, tmp_path: Path, 
     assert "own may now" not in err  # its own hosts rule did not change
 
 
+def test_replace_names_the_hosts_of_a_new_secret(home: Path, tmp_path: Path, argv: list[str]) -> None:
+    """A new alias in a replacing file is as much a widening as a new host for an old one."""
+    assert vp(home, "config", "add", "cli", "--provider", "command", "--hosts", "api.github.com")[0] == 0
+    assert vp(home, "secret", "add", "gh", "--command", shlex.join(argv))[0] == 0
+    shared = tmp_path / "cli.yaml"
+    exported = vp(home, "config", "export", "cli")[1]
+    shared.write_text(exported + f"  - alias: session\n    command: {json.dumps(argv)}\n    hosts: [collector.example]\n")
+    code, _, err = vp(home, "config", "import", str(shared), "--replace")
+    assert code == 0 and "session is a new secret, sent to collector.example" in err, err
+
+
+@pytest.mark.parametrize("source", ["static", "default"])
+def test_replace_that_sends_the_credentials_elsewhere_needs_allow_new_destination(home: Path, tmp_path: Path, source: str) -> None:
+    """A teammate's file with another Vault address: a token kept in the vault stays behind
+    (destination_changed), but one from the environment (VAULT_TOKEN, ~/.vault-token) would
+    follow the file at once, and so would an AWS profile's keys to another endpoint."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"name: team\nprovider: vault\naddress: https://vault.example.com:8200\ncredentials: {{source: {source}}}\n"
+                    f"hosts: [{HOST}]\nsecrets:\n  - {{alias: db, secret_id: app/db}}\n")
+    assert vp(home, "config", "import", str(mine))[0] == 0
+    theirs = tmp_path / "theirs.yaml"
+    theirs.write_text(mine.read_text().replace("https://vault.example.com:8200", "http://127.0.0.1:1").replace("source: static", "source: default"))
+    code, _, err = vp(home, "config", "import", str(theirs), "--replace")
+    assert code == 2 and "sends team's credentials elsewhere (" in err, err
+    assert "address is now http://127.0.0.1:1, not https://vault.example.com:8200" in err
+    assert "--allow-new-destination" in err
+    assert Vault(home).configs.load("team").option("address") == "https://vault.example.com:8200"  # nothing imported
+    assert vp(home, "config", "import", str(theirs), "--replace", "--allow-new-destination")[0] == 0
+    assert Vault(home).configs.load("team").option("address") == "http://127.0.0.1:1"
+
+
 # --- what a terminal would show -------------------------------------------------------------------------
 
 

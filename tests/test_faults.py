@@ -335,9 +335,13 @@ class AwsSetup:
         return Vault(self.home).configs.load("prod")
 
     def point_at(self, endpoint_url: str) -> None:
-        """Change the configuration's endpoint (as editing its YAML would), and wait for the proxy to see it."""
+        """Change the configuration's endpoint (as editing its YAML would) and set its keys for
+        it (as `config set-credentials` must then: kept keys never follow an endpoint by
+        themselves), and wait for the proxy to see it."""
         before = count_in_output(self.proxy, RELOADED)
-        Vault(self.home).configs.save(dataclasses.replace(self.config(), endpoint_url=endpoint_url))
+        vault = Vault(self.home)
+        vault.configs.save(dataclasses.replace(self.config(), endpoint_url=endpoint_url))
+        vault.set_credentials("prod", KEYS)
         wait_for_count(self.proxy, RELOADED, before)
 
     def cache(self) -> dict[str, Any]:

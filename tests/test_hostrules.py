@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from vaultcore.hostrules import HostRule, host_matches, normalise_host_rule, origin_matches, parse_host_rule
+from vaultcore.hostrules import HostRule, host_matches, normalise_host_rule, origin_matches, parse_host_rule, reaches_any_host
 from vaultcore.index import Destination, Secret, SecretIndex, is_loopback
 from vaultcore.placeholders import SubstitutionError
 
@@ -430,3 +430,13 @@ def test_host_matches_never_raises(host: str, port: int | None, patterns: list[s
 def test_loopback_for_the_plaintext_rule(host: str, loopback: bool) -> None:
     """An IPv4-mapped loopback address is loopback on every Python (3.11 says otherwise)."""
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(("rule", "wide"), [
+    ("*", True), ("*:443", True), ("https://*", True),
+    ("*.*", True), ("*.*:443", True), ("https://*.*", True), ("*.*.*.*", True),  # every name with a dot, every IPv4
+    ("0.0.0.0/0", True), ("0.0.0.0/1", True), ("::/0", True), ("[::/0]:443", True),
+    ("*.example.com", False), ("api.example.com", False), ("10.0.0.0/8", False), ("127.0.0.*", False), ("[::1]:443", False),
+])
+def test_rules_that_reach_nearly_every_host_need_a_flag(rule: str, wide: bool) -> None:
+    assert reaches_any_host(rule) is wide

@@ -263,7 +263,7 @@ def test_import_replace_to_another_address_keeps_the_token_from_it(tmp_path: Pat
     add_team_by_cli(home, bao, reader)
     with RecordingUpstream() as elsewhere:
         shared, original = teammates_copy(home, bao, tmp_path, elsewhere.url)
-        imported = run_cli(home, "config", "import", str(shared), "--replace")
+        imported = run_cli(home, "config", "import", str(shared), "--replace", "--allow-new-destination")
         fetched = run_cli(home, "secret", "fetch", "--all")
         tested = run_cli(home, "config", "test", "team")
         leaked = reached(elsewhere, reader)
@@ -275,7 +275,7 @@ def test_import_replace_to_another_address_keeps_the_token_from_it(tmp_path: Pat
             f"{elsewhere.url}, not {bao.address}): they are not used until set again with `vaultproxy config set-credentials team`\n")
         assert fetched.returncode == 1 and f"address is now {elsewhere.url}, not {bao.address}" in fetched.stderr.decode()
         assert tested.returncode == 1 and b"`vaultproxy config set-credentials team`" in tested.stderr
-    back = run_cli(home, "config", "import", str(original), "--replace")  # the address they were set for: usable again
+    back = run_cli(home, "config", "import", str(original), "--replace", "--allow-new-destination")  # the address they were set for: usable again
     assert back.stdout == b"replaced configuration team: uses the static Vault credentials kept in the vault for team\n"
     assert run_cli(home, "secret", "fetch", "--all").stdout == b"fetched 1 of 1\n"
     shown = [reader.encode() in output.stdout + output.stderr for output in (imported, fetched, tested, back)]
@@ -293,7 +293,7 @@ def test_a_running_proxy_never_sends_the_kept_token_to_a_replaced_address(
     with RecordingUpstream() as elsewhere:
         mitmdump(env={"VAULTPROXY_HOME": str(home)})
         shared, _ = teammates_copy(home, bao, tmp_path, elsewhere.url)
-        assert run_cli(home, "config", "import", str(shared), "--replace").returncode == 0
+        assert run_cli(home, "config", "import", str(shared), "--replace", "--allow-new-destination").returncode == 0
 
         def refresher_tried() -> bool:
             return bool(elsewhere.requests) or "address is now" in (Vault(home).status()["config_error"] or "")
@@ -302,3 +302,15 @@ def test_a_running_proxy_never_sends_the_kept_token_to_a_replaced_address(
         leaked = reached(elsewhere, reader)
         assert not leaked, "the running proxy sent the kept token to the other address"
         assert not elsewhere.requests
+
+
+@pytest.mark.parametrize(("field", "text"), [
+    ("mount", "mount: auth/token\nkv_version: 1\nsecrets:\n  - {alias: session, secret_id: lookup-self, field: id}"),
+    ("mount", "mount: sys\nsecrets:\n  - {alias: s, secret_id: x}"),
+    ("secret_id", "secrets:\n  - {alias: session, secret_id: ../../auth/token/lookup-self}"),
+])
+def test_a_path_outside_a_kv_engine_is_refused(field: str, text: str) -> None:
+    """Read with the user's token, auth/token/lookup-self answers with the token itself: a
+    shared file could have made it a secret, sent to the file's hosts."""
+    with pytest.raises(ConfigError, match=rf"{field}: must (be a KV secrets engine's path|not hold \. or \.\. segments)"):
+        parse_config(f"name: team\nprovider: vault\naddress: https://vault.example.com\nhosts: [127.0.0.1]\n{text}\n", "team.yaml")

@@ -78,7 +78,8 @@ def destination(config: ProviderConfig) -> dict[str, Any]:
     each use the configuration must still name the same (see `moved`)."""
     fields = [f.name for f in schema_for(config.provider).fields if f.destination]
     # a field named like an attribute (region, endpoint_url) is one, the others are options
-    return {"provider": config.provider, **{name: as_stored(getattr(config, name, None) or config.option(name)) for name in fields}}
+    return {"provider": config.provider, "source": config.credentials_source,
+            **{name: as_stored(getattr(config, name, None) or config.option(name)) for name in fields}}
 
 
 def moved(config: ProviderConfig, bound: dict[str, Any]) -> str | None:
@@ -92,11 +93,15 @@ def moved(config: ProviderConfig, bound: dict[str, Any]) -> str | None:
     fix = f"they are not used until set again with `vaultproxy config set-credentials {config.name}`"
     if not bound:
         return f"{kept} are left from before its file was imported, with nothing to say where they may go: {fix}"
-    changes = "; ".join(
-        f"{key} is now {_shown(current.get(key))}, not {_shown(bound.get(key))}"
-        for key in dict.fromkeys([*current, *bound]) if current.get(key) != bound.get(key)
+    return f"{kept} were set for another destination ({destination_changes(bound, current)}): {fix}"
+
+
+def destination_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What differs between two `destination`s, e.g. `address is now https://b, not https://a`."""
+    return "; ".join(
+        f"{key} is now {_shown(after.get(key))}, not {_shown(before.get(key))}"
+        for key in dict.fromkeys([*after, *before]) if after.get(key) != before.get(key)
     )
-    return f"{kept} were set for another destination ({changes}): {fix}"
 
 
 def keep(config_state: dict[str, Any], config: ProviderConfig, credentials: Any) -> None:

@@ -328,8 +328,22 @@ def normalise_origin_rule(text: str) -> str:
     return parse_origin_rule(text)
 
 
+WIDEST_NETWORK = 8  # prefix length: 10.0.0.0/8 is a private network; wider is most of the internet
+
+
 def reaches_any_host(rule: str) -> bool:
-    """Whether a canonical hosts rule (`*`, `*:443`) or origins rule (`https://*`) lets every
-    host through: such a rule is only ever set on purpose."""
+    """Whether a canonical hosts rule or origins rule lets every host, or nearly every host,
+    through: `*`, `*.*` (every name with a dot), `*.*.*.*`, and networks wider than a /8
+    (`0.0.0.0/0`, `0.0.0.0/1` and `128.0.0.0/1` together, `::/0`), each with or without a
+    port (`https://*.*` for origins). Such a rule is only ever set on purpose."""
     host = rule.partition("://")[2] or rule
-    return host == "*" or host.startswith("*:")
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]  # a port
+    if all(label == "*" for label in host.split(".")):
+        return True
+    try:
+        return ipaddress.ip_network(host, strict=False).prefixlen < WIDEST_NETWORK
+    except ValueError:
+        return False

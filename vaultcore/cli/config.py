@@ -17,7 +17,7 @@ from typing import Any
 from vaultcore.cli import (
     ANY_HOST_HELP, UsageError, add_refresh_flags, checked, command, print_json, print_table, rules, subcommands, warn,
 )
-from vaultcore.configurations import config_error
+from vaultcore.configurations import config_error, destination, destination_changes
 from vaultcore.hostrules import normalise_host_rule, reaches_any_host
 from vaultcore.peertext import quoted
 from vaultcore.profiles import (
@@ -215,7 +215,10 @@ def cmd_import(vault: Vault, args: argparse.Namespace) -> int:
 def _refuse_unintended(path: Path, incoming: ProviderConfig, current: ProviderConfig | None, args: argparse.Namespace) -> None:
     """Refuse what the user must ask for by name, as on the command line: commands that this
     machine would run (new or changed ones: those of the configuration replaced were allowed
-    already) without --allow-commands, a * rule without --allow-any-host. Each is shown in
+    already) without --allow-commands, another destination for the credentials of the one it
+    replaces (its address, endpoint, region or credentials source: ambient credentials, a
+    VAULT_TOKEN or an AWS profile's, would follow it at once) without --allow-new-destination,
+    a * rule without --allow-any-host. Each is shown in
     full, as the file says it."""
     known = set(_commands(current).values()) if current else set()
     new = {alias: argv for alias, argv in _commands(incoming).items() if argv not in known}
@@ -224,6 +227,12 @@ def _refuse_unintended(path: Path, incoming: ProviderConfig, current: ProviderCo
             f"{path} runs commands as you, with access to your files and the vault (at `secret fetch`, and at each "
             f"refresh while a proxy runs): {'; '.join(f'{alias}: {_shown_command(argv)}' for alias, argv in new.items())}; "
             "if you trust them, add --allow-commands"
+        )
+    if current is not None and (moved := destination_changes(destination(current), destination(incoming))) and not args.allow_new_destination:
+        raise UsageError(
+            f"{path} sends {incoming.name}'s credentials elsewhere ({moved}): those your environment or AWS profile "
+            "gives would go there at once; if you trust it, add --allow-new-destination (credentials kept in the "
+            f"vault then need `vaultproxy config set-credentials {incoming.name}`)"
         )
     anywhere = [f"{who} ({field}: {', '.join(rules)})" for who, field, rules in _rules(incoming) if any(map(reaches_any_host, rules))]
     if anywhere and not args.allow_any_host:
@@ -266,6 +275,8 @@ def _warn_widened(current: ProviderConfig, config: ProviderConfig) -> None:
     for m in config.secrets:
         old = current.mapping(m.alias)
         if old is None:
+            warn(f"{m.alias} is a new secret, sent to {', '.join(config.hosts_for(m)) or 'no host'}"
+                 + (f" (and used by pages of {', '.join(m.origins)})" if m.origins else ""))
             continue
         for field, before, after, where in (("hosts", current.hosts_for(old), config.hosts_for(m), "sent to"),
                                             ("origins", old.origins, m.origins, "used by pages of")):
@@ -365,6 +376,9 @@ def register(commands: Any) -> None:
                    help="allow a file whose secrets are commands (provider command): they run as you, at `secret "
                         "fetch` and at each refresh; only for a file you trust (with --replace: needed for new or "
                         "changed commands only)")
+    p.add_argument("--allow-new-destination", action="store_true",
+                   help="with --replace: allow a file that sends the configuration's credentials elsewhere (another "
+                        "address, endpoint, region or credentials source)")
     p.add_argument("--allow-any-host", action="store_true", help=ANY_HOST_HELP)
     named(command(config, "export", cmd_export, "print a configuration as shareable YAML (never credentials)",
                   ["vaultproxy config export production > production.yaml"]), "the configuration to print")

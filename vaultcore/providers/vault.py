@@ -47,7 +47,29 @@ TOKEN_FILE = ".vault-token"
 EXPIRY_MARGIN = 1.0  # seconds: a token this close to its end is not used for another request
 
 
+# Paths that are no KV engine's: read with the user's token, they answer with the token itself
+# (auth/token/lookup-self), its policies or the server's configuration, which a secret would
+# then carry to its hosts.
+NOT_KV = ("auth", "sys", "identity")
+
+
+def check_kv_path(path: str) -> str:
+    """A KV mount or secret path: no `.` or `..` segment (the server would resolve it to
+    another path), and not under auth/, sys/ or identity/."""
+    segments = path.strip("/").split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise ValueError(f"must not hold . or .. segments (got {path!r})")
+    if segments[0] in NOT_KV:
+        raise ValueError(f"must be a KV secrets engine's path, not under {segments[0]}/ (got {path!r})")
+    return path
+
+
 def _validate(config: ProviderConfig) -> Problem | None:
+    for i, m in enumerate(config.secrets):
+        try:
+            check_kv_path(f"{config.option('mount', DEFAULT_MOUNT)}/{m.secret_id}")
+        except ValueError as e:
+            return Problem(f"secrets[{i}].secret_id", str(e))
     if config.option("method", "token") == "approle" and config.credentials_source != "static":
         return Problem("credentials.source", "AppRole's role_id and secret_id are kept in the vault: use source: static")
     if config.option("kv_version", DEFAULT_KV_VERSION) == 1:
@@ -64,7 +86,7 @@ SCHEMA = Schema(
         Field("address", "the server's URL, e.g. https://vault.example.com:8200", check=check_endpoint_url, required=True,
               destination=True),
         Field("namespace", "a namespace (Vault Enterprise, OpenBao), e.g. team-a", destination=True),
-        Field("mount", f"where the KV secrets engine is mounted, e.g. kv (default {DEFAULT_MOUNT})"),
+        Field("mount", f"where the KV secrets engine is mounted, e.g. kv (default {DEFAULT_MOUNT})", check=check_kv_path),
         Field("kv_version", f"the KV engine's version, e.g. 1 (default {DEFAULT_KV_VERSION})", kind="integer", choices=("1", "2")),
         Field("ca_cert", "a PEM file of the CA that signed the server's certificate, e.g. ~/vault-ca.pem", destination=True),
         Field("method", "how to log in: token (the default) or approle", where="credentials", kind="choice",
