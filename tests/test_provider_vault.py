@@ -149,13 +149,13 @@ def test_approle_and_token_renewal(vault_home: Path, bao: OpenBaoServer) -> None
     vault.set_credentials("team", VaultCredentials(role_id=role_id, secret_id="FAKE-bao-wrong-secret-id"))
     assert vault.fetch()["key"].error_code == "invalid_credentials"
 
-    # A renewable token of 2 s is renewed past half its life, and still works after it would have ended.
+    # A renewable token of 6 s is renewed past half its life, and still works after it would have ended.
     vault.remove_config("team")
-    vault.add_config(bao_config(bao, mapping), VaultCredentials(token=token(bao, ttl="2s", renewable=True)))
+    vault.add_config(bao_config(bao, mapping), VaultCredentials(token=token(bao, ttl="6s", renewable=True)))
     assert vault.fetch()["key"].error is None
-    time.sleep(1.2)
+    time.sleep(3.5)
     assert vault.fetch()["key"].error is None  # renews
-    time.sleep(1.2)
+    time.sleep(3.5)
     assert vault.fetch()["key"].error is None, "the token ended: it was not renewed"
 
 

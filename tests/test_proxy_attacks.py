@@ -28,7 +28,7 @@ from mitmproxy.net import encoding as mitmproxy_encoding
 
 from tests.support.env import child_env
 from tests.support.net import LOOPBACK, free_port, wait_for_port, wait_until
-from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MITMDUMP, ADDON_SCRIPT, MitmdumpProcess, StartProxy, audit_lines
+from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MITMDUMP, STARTUP_TIMEOUT, ADDON_SCRIPT, MitmdumpProcess, StartProxy, audit_lines
 from tests.support.tls import TLSMaterial, issue_server_material
 from tests.support.upstream import RecordingUpstream, Reply
 from vaultcore.vault import Vault
@@ -383,8 +383,8 @@ def test_mitmweb_in_front_of_vaultproxy_only_ever_holds_placeholders(
     with (tmp_path / "mitmweb.log").open("wb") as log:
         mitmweb = subprocess.Popen(command, stdout=log, stderr=log, env=child_env(), stdin=subprocess.DEVNULL)
         try:
-            wait_for_port(listen)
-            wait_for_port(web)
+            wait_for_port(listen, STARTUP_TIMEOUT)  # a fresh confdir: mitmweb makes its own CA first
+            wait_for_port(web, STARTUP_TIMEOUT)
             response = curl_through(listen, f"{upstream.url}/web?t=<<vault:web.tok>>", "-H", "X-Token: <<vault:web.tok>>")
             assert response.returncode == 0, response.stderr
             assert upstream.requests[-1].header("x-token") == TOKEN + "Web"
