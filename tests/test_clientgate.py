@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 import re
 import socket
 import stat
@@ -35,6 +34,7 @@ from tests.support.secret_set import Entry, SecretSet, proxy_options
 from tests.support.tls import TLSMaterial
 from tests.support import wireguard
 from tests.support.upstream import RecordedRequest, RecordingUpstream
+from tests.support.users import NOBODY, another_user
 from vaultcore.credential import CREDENTIAL_FILE, read_credential
 from vaultcore.proxyenv import proxy_url
 from vaultcore import sockdiag
@@ -45,13 +45,7 @@ from vaultproxy.clientgate import client_uid
 SECRETS = SecretSet({"gate.loc": Entry(leak_value()[0])})
 PLACEHOLDER_HEADER = "X-Token: <<vault:gate.loc>>"
 
-try:
-    NOBODY: pwd.struct_passwd | None = pwd.getpwnam("nobody")
-except KeyError:
-    NOBODY = None
-as_another_user = pytest.mark.skipif(
-    os.geteuid() != 0 or NOBODY is None, reason="runs curl as the user nobody, which needs root and that user"
-)
+as_another_user = another_user("runs curl as the user nobody, which needs root and that user")
 
 
 def curl_as_nobody(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pytest
 from tests.support.cli import Listener, run_cli
 from tests.support.net import LOOPBACK, free_port
 from tests.support.tls import TLSMaterial
+from tests.support.users import NOBODY, another_user
 from vaultcore import proxyenv
 from vaultcore.credential import ensure_credential
 from vaultcore.proxyenv import NoProxy, serving_proxy
@@ -38,13 +38,9 @@ from vaultcore.vault import Vault
 VALUE = "FAKE-record-value-5d02c7"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
-try:
-    NOBODY: pwd.struct_passwd | None = pwd.getpwnam("nobody")
-except KeyError:
-    NOBODY = None
-as_another_user = pytest.mark.skipif(
-    os.geteuid() != 0 or NOBODY is None or not os.access(SYSTEM_PYTHON, os.X_OK),
-    reason=f"listens as the user nobody with {SYSTEM_PYTHON}, which needs root, that user and that python",
+as_another_user = another_user(
+    f"listens as the user nobody with {SYSTEM_PYTHON}, which needs root, that user and that python",
+    os.access(SYSTEM_PYTHON, os.X_OK),
 )
 
 
