@@ -382,6 +382,17 @@ def test_text_in_a_charset_that_is_not_ascii_is_checked_as_its_client_reads_it(
     assert upstream.requests[-1].header("x-token") == VALUE.encode().decode("latin-1")  # the value went out
 
 
+def test_a_charset_is_read_after_an_unknown_coding_was_dropped(proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
+    """The Content-Encoding field before the Content-Type, in a coding the proxy drops."""
+    head = "HTTP/1.1 200 OK\r\nContent-Encoding: compress\r\nContent-Type: text/plain; charset=utf-16le\r\nConnection: close\r\n"
+    upstream.route("/both", Reply(raw=lambda request: head.encode() + b"\r\n" + (LEAD + echo_and_plant(request).decode()).encode("utf-16-le")))
+    with proxy.requests_session() as session:
+        response = session.get(f"{upstream.url}/both", headers={"X-Token": "<<vault:rsp.tok>>"}, timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 200 and "Content-Encoding" not in response.headers
+    text = response.content.decode("utf-16-le")
+    assert "blocked-vault:rsp.planted" in text and clean(text.encode()), text
+
+
 BROKEN_UTF16 = b"\x00\xd8"  # a lone surrogate: browsers read U+FFFD, and the rest as text
 
 

@@ -133,11 +133,11 @@ def clean_body(response: http.Response, redactor: Redactor | None) -> None:
         return
     content = None
     names = [name.lower() for name, _ in response.headers.fields]
+    content_types = _content_types(response.headers, names)  # (before a field is dropped below)
     if ENCODING_NAME in names:
         content = codings.decode_whole(raw, response.headers["content-encoding"])
         if content is None:  # a coding the proxy does not know: `none`, a charset, `compress`
             del response.headers["content-encoding"]  # no client decodes it otherwise than checked
-    content_types = _content_types(response.headers, names)
     if content is None:
         if (new := _cleaned_text(raw, content_types, redactor)) is not raw:
             response.content = new
