@@ -216,10 +216,8 @@ class Configurations:
 
     def _destination_on_file(self, name: str) -> dict[str, Any]:
         """The destination of configuration `name` as its file says, {} without a valid file."""
-        try:
-            return destination(self.files.load(name))
-        except ConfigError:
-            return {}
+        config = self.files.load_valid(name)
+        return destination(config) if config is not None else {}
 
     def _adopt(self, config: ProviderConfig, credentials: Any, *, fresh: bool = False,
                bound_to: dict[str, Any] | None = None) -> None:

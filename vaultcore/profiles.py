@@ -734,11 +734,12 @@ class ConfigDirectory:
                 f"file (its keys in the vault stay), or `vaultproxy config export {config.name}` first to keep a copy"
             )
         if vet is not None:
-            vet(config, self._loadable(config.name) if exists else None)
+            vet(config, self.load_valid(config.name) if exists else None)
         self.save(config)
         return config
 
-    def _loadable(self, name: str) -> ProviderConfig | None:
+    def load_valid(self, name: str) -> ProviderConfig | None:
+        """Configuration `name`; None when its file is missing or does not validate."""
         try:
             return self.load(name)
         except ConfigError:

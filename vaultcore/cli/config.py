@@ -218,8 +218,8 @@ def _refuse_unintended(path: Path, incoming: ProviderConfig, current: ProviderCo
     already) without --allow-commands, another destination for the credentials of the one it
     replaces (its address, endpoint, region or credentials source: ambient credentials, a
     VAULT_TOKEN or an AWS profile's, would follow it at once) without --allow-new-destination,
-    a * rule without --allow-any-host. Each is shown in
-    full, as the file says it."""
+    a rule that reaches nearly every host without --allow-any-host. Each is shown in full, as
+    the file says it."""
     known = set(_commands(current).values()) if current else set()
     new = {alias: argv for alias, argv in _commands(incoming).items() if argv not in known}
     if new and not args.allow_commands:
