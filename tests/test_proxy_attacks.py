@@ -291,6 +291,45 @@ def test_an_upstream_proxy_hop_counts_for_the_plaintext_rule(
         proxy.stop()
 
 
+def test_a_name_under_localhost_reaches_localhost_whatever_a_resolver_says(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """The plaintext rule lets a secret go over plain HTTP to `app.localhost` and `localhost.`
+    as loopback names, but a resolver may ask DNS for them (glibc with `hosts: files dns`
+    does): a hostile DNS server, played here by the test resolver, would get the secret.
+    The proxy connects to `localhost` for them, and reuses that connection as for any name."""
+    home = vault_with(tmp_path / "home", **{"lh.tok": (TOKEN + "Localhost", ["*.localhost", "localhost"])})
+    hostile_answer = {"*.localhost": "127.0.0.2", "*.localhost.": "127.0.0.2", "localhost.": "127.0.0.2"}
+    with RecordingUpstream(address=("127.0.0.2", upstream.port)) as elsewhere:
+        proxy = mitmdump(options={"vault_home": str(home)}, hosts=hostile_answer)
+        names = ("app.localhost", "localhost.", "Api.Localhost.")
+        for name in names:
+            with proxy.requests_session() as session:
+                for _ in range(2):  # one client connection: the second request reuses the upstream one
+                    response = session.get(f"http://{name}:{upstream.port}/lh", headers={"X-Token": "<<vault:lh.tok>>"}, timeout=CLIENT_TIMEOUT)
+                    assert response.status_code == 200, response.headers.get("X-Vaultproxy-Error")
+        assert elsewhere.connections_accepted == 0, "the hostile resolver's answer was connected to"
+    received = upstream.requests
+    assert [r.header("x-token") for r in received] == [TOKEN + "Localhost"] * 2 * len(names)
+    assert [r.header("host") for r in received] == [f"{name.lower()}:{upstream.port}" for name in names for _ in range(2)]
+    assert upstream.connections_accepted == len(names)
+
+
+def test_an_upstream_proxy_resolves_a_name_under_localhost_itself(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """Through an upstream proxy, the next proxy resolves `app.localhost`, and the proxy cannot
+    pin it: plain HTTP to it is cleartext to an unknown host. `localhost` itself stays loopback."""
+    home = vault_with(tmp_path / "home", **{"lh.tok": (TOKEN + "Chained", ["*.localhost", "localhost"])})
+    proxy = mitmdump(options={"vault_home": str(home)}, args=["--mode", f"upstream:http://{LOOPBACK}:{upstream.port}"])
+    with proxy.requests_session() as session:
+        refused = session.get("http://app.localhost:9/lh", headers={"X-Token": "<<vault:lh.tok>>"}, timeout=CLIENT_TIMEOUT)
+        allowed = session.get("http://localhost:9/lh", headers={"X-Token": "<<vault:lh.tok>>"}, timeout=CLIENT_TIMEOUT)
+    assert refused.status_code == 403 and refused.headers["X-Vaultproxy-Error"] == "plaintext_not_allowed"
+    assert allowed.status_code == 200 and upstream.requests[-1].header("x-token") == TOKEN + "Chained"
+    assert upstream.all_bytes().count(TOKEN.encode()) == 1
+
+
 # --- 14. keep mode does not tell a page which keys exist ---------------------------------------------
 
 

@@ -258,6 +258,7 @@ class Scopes:
         if scope is None:
             destination = Destination(
                 request.host, request.scheme, head.origin, port=request.port, via=via, verified=settings.verify_upstream,
+                pinned=True,
             )
             scope = self._scopes[where] = Scope(index, destination, settings)
         return scope

@@ -316,7 +316,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def __init__(self, upstream: RecordingUpstream) -> None:
         self.upstream = upstream
-        super().__init__((LOOPBACK, 0), _Handler)
+        super().__init__(upstream.address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Peers dropping connections (and stop() closing them) is normal here; anything
@@ -327,7 +327,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
 
 class RecordingUpstream:
-    """A threaded HTTP/1.1 (optionally HTTPS) server on 127.0.0.1 that records every request.
+    """A threaded HTTP/1.1 (optionally HTTPS) server on 127.0.0.1 (or `address`) that records every request.
 
     Answers 200 with a small JSON body unless a per-path `Reply` says otherwise;
     `behaviour` sets how every other path is answered. `greeting`: bytes sent the moment a
@@ -340,8 +340,11 @@ class RecordingUpstream:
         behaviour: Behaviour = "ok",
         routes: Mapping[str, Reply] | None = None,
         greeting: bytes = b"",
+        address: tuple[str, int] = (LOOPBACK, 0),
     ) -> None:
         self.ssl_context = tls.server_context() if tls is not None else None
+        self.address = address  # another loopback address (127.0.0.2), or a given port: one a hostile resolver names
+        self.connections_accepted = 0
         self.greeting = greeting
         self._default = Reply(behaviour=behaviour)
         self._routes: dict[str, Reply] = dict(routes or {})
@@ -413,6 +416,7 @@ class RecordingUpstream:
         """Keep `conn` known while it is served, so stop() can unblock its handler."""
         with self._connections_lock:
             self._connections.add(conn)
+            self.connections_accepted += 1
         try:
             yield
         finally:
