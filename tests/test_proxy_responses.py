@@ -31,8 +31,10 @@ from mitmproxy.net import encoding as mitmproxy_encoding
 from mitmproxy.test import tflow, tutils
 
 from tests.support.env import child_env
+from tests.support.h2upstream import Http2Upstream
 from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import CLIENT_TIMEOUT, EXAMPLE_HOSTS, MitmdumpProcess, StartProxy, curl
+from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.vault import Vault
 from vaultproxy import codings, responses
@@ -260,6 +262,25 @@ def test_a_body_that_outgrows_stream_large_bodies_unannounced_is_still_cleaned(
         response = session.get(f"{upstream.url}/late", headers={"X-Token": "<<vault:rsp.tok>>"}, timeout=CLIENT_TIMEOUT)
     assert response.status_code == 200 and b"blocked-vault:rsp.planted" in response.content
     assert clean(response.content), response.content
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_body_an_http2_server_sends_where_none_belongs_is_still_cleaned(
+    mitmdump: StartProxy, home: Path, tls_material: TLSMaterial, status: int,
+) -> None:
+    """HTTP/1 framing allows no body after 204 or 304, but an HTTP/2 server can still send
+    DATA frames there (h2 holds it to a Content-Length only when there is one). mitmproxy
+    buffers them and, past stream_large_bodies, sends them on with no hook in between."""
+    proxy = mitmdump(options={"vault_home": str(home), "stream_large_bodies": "1k"}, hosts=EXAMPLE_HOSTS)
+
+    def answer(headers: dict[bytes, bytes], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return status, [(b"content-type", b"text/plain")], (b"echo " + headers[b"x-token"] + b" and " + PLANT + b"\n") * 100
+
+    with Http2Upstream(tls_material, answer) as upstream, proxy.httpx_client(http2=True) as client:
+        response = client.get(f"https://api.example.com:{upstream.port}/none", headers={"X-Token": "<<vault:rsp.tok>>"})
+    assert response.http_version == "HTTP/2" and response.status_code == status
+    neutralised = b"blocked-vault:rsp.planted" in response.content
+    assert neutralised and clean(response.content), leaked(response.content)
 
 
 def test_a_binary_download_still_has_its_placeholders_neutralised(streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
