@@ -30,6 +30,7 @@ from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordingUpstream, Reply, WebSocketUpstream
 from vaultcore import oauth
 from vaultcore.oauth import Minter, MintError
+from vaultcore.redaction import value_forms
 from vaultcore.store import VaultError
 from vaultcore.tokens import TokenSource, load_sources
 from vaultcore.vault import Vault
@@ -661,3 +662,46 @@ def test_a_hostile_token_endpoints_error_text_is_quoted_wherever_it_goes(
     shown = [answer.text, proxy.output(), (vault_home / "token-status.json").read_text()]
     assert not any("\x1b" in text or "\r" in text for text in shown)
     assert not any(line.startswith("[12:00:00.000]") for line in proxy.output().splitlines())
+
+
+@pytest.mark.parametrize("auth_method", ["client_secret_basic", "client_secret_post"])
+def test_a_token_endpoint_whose_error_quotes_the_request_shows_no_credential(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy, auth_method: str,
+) -> None:
+    """A token endpoint whose error quotes the request it refused hands back what was sent:
+    the refresh token percent-encoded (the form body), the client secret percent-encoded (the
+    form, client_secret_post) or in base64 with the client id (the Basic header). The mint's
+    error was cleaned of the raw values only, and it goes to the client's 502, the proxy's log
+    and token-status.json. The checks name what leaked where, never the value."""
+    secret, refresh = "FAKE-cs/e2e+7a1==", "FAKE-rt/Zx9+Qw==e2e-never-issued"  # `/`, `+`, `=` are percent-encoded
+    authorization.quote_requests_in_errors = True
+    authorization.add_client(CLIENT_ID, secret, auth_method=auth_method)
+    vault = Vault(vault_home)
+    vault.set("billing.client_secret", secret, hosts=["auth.example.com"])
+    vault.set("billing.refresh_token", refresh, hosts=["auth.example.com"])
+    token_source(vault_home, authorization.port, grant="refresh_token", refresh_token="billing.refresh_token", auth_method=auth_method)
+    proxy = start(mitmdump, vault_home)
+
+    refused = call(proxy.requests_session(), api)
+    assert refused.status_code == 502 and refused.headers["X-Vaultproxy-Error"] == "token_refused"
+    assert authorization.token_requests() == 1 and api.requests == 0
+    shown = {
+        "the client's 502": refused.text, "the proxy's output": proxy.output(), "the audit log": audit_text(vault_home),
+        "token-status.json": (vault_home / "token-status.json").read_text(),
+    }
+    forms = {
+        "client secret": value_forms(secret), "refresh token": value_forms(refresh),
+        "Basic credential": value_forms(f"{CLIENT_ID}:{secret}"),
+    }
+    leaks = [(where, what) for where, text in shown.items() for what, each in forms.items() if any(form in text.encode() for form in each)]
+    assert leaks == []
+    # The server's words stay, its error code and its quote of the request, with what was cut named
+    # (booleans: a failure prints no text that could hold a value).
+    client_auth = "Authorization: Basic [redacted Basic credential of billing.client_secret]" if auth_method == "client_secret_basic" else "client_secret=[redacted billing.client_secret]"
+    kept = [
+        "the token endpoint refused: invalid_grant (could not accept request body 'grant_type=refresh_token&" in refused.text,
+        "refresh_token=[redacted billing.refresh_token]" in refused.text, client_auth in refused.text,
+    ]
+    assert kept == [True, True, True]
+    named = "invalid_grant" in token_status(vault_home)["error"]
+    assert named

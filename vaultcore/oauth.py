@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from vaultcore.atomic import replace_file
 from vaultcore.index import LOCAL_SOURCE, SecretIndex
 from vaultcore.peertext import quoted
 from vaultcore.placeholders import SubstitutionError
+from vaultcore.redaction import Redactor
 from vaultcore.refresher import REJECTION_WINDOW_SECONDS
 from vaultcore.schedule import backoff
 from vaultcore.store import VaultError
@@ -106,7 +108,7 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
     request: dict[str, Any] = {"timeout": TIMEOUT_SECONDS, "verify": verify, "allow_redirects": False}
     started = time.time()
     given = values[source.refresh_token] if source.refresh_token else None
-    fail = _failing(source.name, values)
+    fail = _failing(source, values)
     try:
         if source.grant == "refresh_token":
             reply = session.refresh_token(source.token_url, refresh_token=given, **request, **extra)
@@ -127,18 +129,41 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
 Fail = Callable[[str, str], MintError]
 
 
-def _failing(name: str, values: Mapping[str, str]) -> Fail:
-    """A MintError maker for one source whose message never holds a credential, whatever
-    the server or a library put into it, and is quoted (vaultcore.peertext) after the
-    credentials are out: cut first, a credential could be left in part."""
+def _failing(source: TokenSource, values: Mapping[str, str]) -> Fail:
+    """A MintError maker for one source whose message (the client's refusal, the log,
+    token-status.json) is `cleaned`, whatever the server or a library put into it."""
 
     def fail(code: str, message: str) -> MintError:
-        for value in sorted(values.values(), key=len, reverse=True):  # one that holds another first
-            if len(value) >= 4:  # shorter ones are no secret, and would shred the message
-                message = message.replace(value, "[redacted]")
-        return MintError(name, code, f"token {name!r} cannot be minted: {quoted(message, MESSAGE_LIMIT)}")
+        return MintError(source.name, code, f"token {source.name!r} cannot be minted: {cleaned(source, values, message)}")
 
     return fail
+
+
+def cleaned(source: TokenSource, values: Mapping[str, str], text: str) -> str:
+    """`text`, a token endpoint's words (or a library's, which may quote them), fit to show
+    wherever a failed mint goes: every credential the token request sent (`_sent`) cut out, in
+    every form a server may echo it in (vaultcore.redaction), as `[redacted KEY]`; then quoted
+    (vaultcore.peertext). A server that quotes the request it refuses hands back the refresh
+    token percent-encoded, as the form body had it, and the client secret in the Basic
+    header's base64: cutting the raw values only left those. Quoted after the credentials are
+    out: cut first, a credential could be left in part."""
+    # surrogatepass: a JSON error may hold a lone surrogate (quoted escapes it).
+    redacted = Redactor(_sent(source, values)).redact(text.encode("utf-8", "surrogatepass"))
+    return quoted(redacted.decode("utf-8", "surrogatepass"), MESSAGE_LIMIT)
+
+
+def _sent(source: TokenSource, values: Mapping[str, str]) -> list[tuple[bytes, str]]:
+    """(what to show, what went on the wire) for a Redactor, which knows the forms of each:
+    every credential value but those under 4 characters (no secret, and they would shred the
+    message), and the Basic credential, base64 of `client_id:client_secret`, which is no form
+    of the secret. authlib sends that as it is, but 1.3.0 and 1.3.1 (pyproject allows them)
+    quoted both first, as RFC 6749 §2.3.1 says."""
+    sent = [(f"[redacted {key}]".encode(), value) for key, value in values.items() if len(value) >= 4]
+    secret = values.get(source.client_secret)
+    if secret:
+        shown = f"[redacted Basic credential of {source.client_secret}]".encode()
+        sent += [(shown, f"{encode(source.client_id)}:{encode(secret)}") for encode in (str, quote, quote_plus)]
+    return sent
 
 
 def _token(reply: Mapping[str, Any], started: float, fail: Fail) -> Token:
@@ -282,7 +307,7 @@ class Minter:
         try:
             self.vault.set(source.refresh_token, rotated)
         except (VaultError, OSError) as e:
-            raise _failing(source.name, {**values, "rotated": rotated})(
+            raise _failing(source, {**values, f"new {source.refresh_token}": rotated})(
                 TOKEN_UNAVAILABLE,
                 f"the server rotated the refresh token, and storing the new one failed ({e}): it is kept in this proxy's "
                 "memory only, and the next mint uses it",

@@ -7,7 +7,9 @@ authentication, grant and scope checks and the error responses are authlib's own
 storage is ours, in memory, so a test can look at it: how many token requests came (failed
 ones too), which client authentication method each used, the last form, whether a token is
 still good. Refresh tokens rotate (the old refresh token and the access tokens of its grant
-are revoked) unless told not to; expiry is real time.
+are revoked) unless told not to; expiry is real time. `quote_requests_in_errors` makes its
+error answers quote the request they refuse, as some servers do: a hostile or careless
+token endpoint that hands the credentials sent back in its error text.
 
 `ResourceServer` is an API behind authlib's `ResourceProtector`: 200 for a current bearer
 token of that authorization server, 401 with `WWW-Authenticate: Bearer error="invalid_token"`
@@ -289,10 +291,14 @@ class AuthorizationServer(_Serving):
     applies to tokens issued afterwards.
     """
 
-    def __init__(self, tls: TLSMaterial | None = None, *, token_lifetime: int = 3600, rotate_refresh_tokens: bool = True) -> None:
+    def __init__(
+        self, tls: TLSMaterial | None = None, *, token_lifetime: int = 3600, rotate_refresh_tokens: bool = True,
+        quote_requests_in_errors: bool = False,
+    ) -> None:
         self._tls = tls
         self.token_lifetime = token_lifetime
         self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.quote_requests_in_errors = quote_requests_in_errors
         self._lock = threading.Lock()
         self._endpoint = threading.Lock()  # one token request at a time: a refresh token is used once
         self._clients: dict[str, _Client] = {}
@@ -317,9 +323,11 @@ class AuthorizationServer(_Serving):
 
         @app.post(TOKEN_PATH)
         def token() -> Response:
+            sent = request.get_data(cache=True).decode()  # the form as it came, before authlib parses it
             self._record()
             with self._endpoint:
-                return server.create_token_response()
+                answer = server.create_token_response()
+            return self._quoting(answer, sent) if self.quote_requests_in_errors else answer
 
         app.wsgi_app = _loopback_host(app.wsgi_app)  # type: ignore[method-assign]
         self._serve(app)
@@ -340,6 +348,16 @@ class AuthorizationServer(_Serving):
             self._requests[request.form.get("grant_type", "")] += 1
             self._methods.append(method)
             self._last_form = {key: value for key, value in request.form.items() if key != "client_secret"}
+
+    def _quoting(self, answer: Response, sent: str) -> Response:
+        """An error answer whose error_description quotes the refused request: its form body
+        as sent (percent-encoded) and its Authorization header (a Basic credential in base64)."""
+        if answer.status_code < 400:
+            return answer
+        error = answer.get_json()
+        error["error_description"] = f"could not accept request body {sent!r}; Authorization: {request.headers.get('Authorization', '')}"
+        answer.set_data(json.dumps(error))
+        return answer
 
     def _save_token(self, token: dict[str, Any], oauth_request: Any) -> None:
         """authlib's save_token for grants without a refresh token (client_credentials)."""
