@@ -9,7 +9,8 @@ The secret is rotated with put_secret_value while the proxy runs and requests fl
   a burst of 200 concurrent rejected requests makes exactly one fetch, and a credential
   that is simply wrong gets its 401 without another fetch;
 - an outage of the provider keeps the cached value in use, and the refresher backs off;
-- a JSON secret's keys change together; the CLI and the refresher keep each other's writes.
+- a JSON secret's keys change together; the CLI and the refresher keep each other's writes;
+- a retry takes the route of the request it replays, whatever listener that came in on.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,10 +29,10 @@ import pytest
 from tests.support.env import child_env
 from tests.support.gatekeepers import Gatekeeper, ProviderTap
 from tests.support.moto import REGION, MotoServer
-from tests.support.net import LOOPBACK, wait_until
+from tests.support.net import LOOPBACK, free_port, is_listening, wait_until
 from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines, audit_text
 from tests.support.tls import TLSMaterial
-from tests.support.upstream import RecordingUpstream
+from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
 from vaultcore.profiles import ProviderConfig, SecretMapping
 from vaultcore.providers.base import StaticCredentials
 from vaultcore.vault import Vault
@@ -55,10 +56,11 @@ def gatekeeper(tls_material: TLSMaterial) -> Iterator[Gatekeeper]:
         yield server
 
 
-def provider_vault(home: Path, tap: ProviderTap, *mappings: SecretMapping, refresh: int = 0, refresh_on: tuple[int, ...] = ()) -> Vault:
+def provider_vault(home: Path, tap: ProviderTap, *mappings: SecretMapping, refresh: int = 0, refresh_on: tuple[int, ...] = (),
+                   hosts: tuple[str, ...] = (HOST,)) -> Vault:
     vault = Vault(home)
     config = ProviderConfig(name="prod", display_name="Prod", region=REGION, endpoint_url=tap.endpoint_url,
-                            hosts=(HOST,), secrets=mappings, refresh=refresh, refresh_on=refresh_on)
+                            hosts=hosts, secrets=mappings, refresh=refresh, refresh_on=refresh_on)
     vault.add_config(config, KEYS)
     assert all(r.error is None for r in vault.fetch().values())
     return vault
@@ -300,3 +302,86 @@ def test_auto_refresh_serves_other_providers_too(
     source.write_text(TOKENS[4])
     wait_until(lambda: sent() == TOKENS[4], 15, "the command provider's new value to be in use")
     assert_no_value_in(proxy, vault_home, TOKENS[3], TOKENS[4])
+
+
+def gate(accepted: Container[str]) -> Reply:
+    """A plain-HTTP stand-in for an API that takes only the tokens in `accepted` (401 otherwise)."""
+
+    def answer(request: RecordedRequest) -> bytes:
+        ok = (request.header("Authorization") or "").removeprefix("Bearer ") in accepted
+        status, body = ("200 OK", b'{"ok": true}') if ok else ("401 Unauthorized", b'{"error": "invalid token"}')
+        head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        return head.encode() + body
+
+    return Reply(raw=answer)
+
+
+def shown(requests: list[RecordedRequest]) -> list[int | None]:
+    """Which of TOKENS each request carried, by index (an assertion shows no token)."""
+    sent = [(r.header("Authorization") or "").removeprefix("Bearer ") for r in requests]
+    return [TOKENS.index(token) if token in TOKENS else None for token in sent]
+
+
+def test_a_retry_takes_the_route_of_the_request_it_replays(
+    vault_home: Path, moto: MotoServer, tap: ProviderTap, mitmdump: StartProxy
+) -> None:
+    """The retry after a 401 goes out the way the rejected request did, which is what the
+    plaintext rule judged: from the listener that request came in on, not along the route of
+    the proxy's first `--mode` (where mitmproxy's own replay would send it).
+
+    The first mode forwards to a next proxy the plaintext rule does not count as loopback
+    (proxy.example.com, which the test resolver inside mitmdump connects to on 127.0.0.1). A
+    plain-HTTP request to a loopback API that came in on the regular listener is retried
+    directly; one that came in on a listener chained to a loopback next proxy is retried
+    through that one; the first mode's next proxy never sees either."""
+    client = moto.client()
+    client.create_secret(Name="svc/token", SecretString=TOKENS[0])
+    client.create_secret(Name="svc/other", SecretString=TOKENS[2])
+    provider_vault(vault_home, tap, SecretMapping("token", "svc/token"), SecretMapping("other", "svc/other"),
+                   refresh_on=(401,), hosts=(LOOPBACK,))
+    # Each secret rotated at the provider; the API (and the loopback next proxy, which answers
+    # for it) takes only the new values.
+    client.put_secret_value(SecretId="svc/token", SecretString=TOKENS[1])
+    client.put_secret_value(SecretId="svc/other", SecretString=TOKENS[3])
+    accepted = {TOKENS[1], TOKENS[3]}
+    with (
+        RecordingUpstream(routes={"/v1/items": gate(accepted)}) as api,
+        RecordingUpstream() as far_proxy,
+        RecordingUpstream(routes={"/v1/items": gate(accepted)}) as near_proxy,
+    ):
+        regular_port, near_port = free_port(), free_port()
+        proxy = mitmdump(env={"VAULTPROXY_HOME": str(vault_home)}, hosts={"proxy.example.com": LOOPBACK}, args=[
+            "--mode", f"upstream:http://proxy.example.com:{far_proxy.port}",  # the first mode: mitmdump's own port
+            "--mode", f"regular@{regular_port}",
+            "--mode", f"upstream:http://{LOOPBACK}:{near_proxy.port}@{near_port}",
+        ])
+        wait_until(lambda: is_listening(proxy.pid, regular_port) and is_listening(proxy.pid, near_port), TIMEOUT, "every listener")
+
+        def through(port: int, key: str) -> tuple[int, str | None]:
+            with proxy.requests_session() as session:
+                session.proxies = {"http": f"http://{LOOPBACK}:{port}"}
+                answer = session.get(f"http://{LOOPBACK}:{api.port}/v1/items", headers={"Authorization": f"Bearer <<vault:{key}>>"},
+                                     timeout=TIMEOUT)
+            return answer.status_code, answer.headers.get("X-Vaultproxy-Error")
+
+        # The premise: a request that would cross the first mode's next proxy in clear text is refused.
+        assert through(proxy.port, "token") == (403, "plaintext_not_allowed")
+
+        def far_proxy_saw_nothing() -> bool:
+            return far_proxy.connections_accepted == 0 and not any(token.encode() in far_proxy.all_bytes() for token in TOKENS)
+
+        # The regular listener: the API rejects the old value, and the new one goes to it directly.
+        assert through(regular_port, "token") == (200, None)
+        assert far_proxy_saw_nothing()
+        assert shown(api.requests) == [0, 1]
+        assert [r.target for r in api.requests] == ["/v1/items"] * 2
+
+        # The listener chained to the loopback next proxy: rejected there, retried there.
+        assert through(near_port, "other") == (200, None)
+        assert shown(near_proxy.requests) == [2, 3]
+        assert [r.target for r in near_proxy.requests] == [f"http://{LOOPBACK}:{api.port}/v1/items"] * 2
+        assert len(api.requests) == 2
+        assert far_proxy_saw_nothing()
+    retried = [e["keys"] for e in audit_lines(vault_home, count=0) if e["outcome"] == "retried_after_401"]
+    assert retried == [["token"], ["other"]]
+    assert_no_value_in(proxy, vault_home, *TOKENS[:4], KEYS.secret_access_key)

@@ -267,6 +267,10 @@ class Scopes:
         request = flow.request
         mode = flow.client_conn.proxy_mode
         via = mode.address[0] if isinstance(mode, UpstreamMode) else None
+        if flow.is_replay == "request" and (hop := flow.server_conn.via) is not None:
+            # A replay connects through the proxy its flow names (mitmproxy's replay sets it from
+            # the mode it routes by), whatever listener the request first came in on.
+            via = hop[1][0]
         where = (request.host, request.scheme, request.port, head.origin, via)
         scope = self._scopes.get(where)
         if scope is None:

@@ -20,7 +20,9 @@ request already did, and the request is sent once more with it.
 
 Only a request whose body the proxy holds can be sent again: streamed requests, and
 WebSocket (and other upgrade) handshakes, pass their rejection on. A replay's answer is held
-whole (`WholeAnswers`) and redacted for the values of both requests.
+whole (`WholeAnswers`) and redacted for the values of both requests, and it takes the route
+the rejected request took (the mode of the listener it came in on, `route_of`), whatever
+mode is listed first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http
 from mitmproxy.addons.clientplayback import ReplayHandler
 from mitmproxy.options import Options
+from mitmproxy.proxy.mode_specs import ProxyMode, UpstreamMode
 
 from vaultcore.index import LOCAL_SOURCE, SecretIndex
 from vaultcore.placeholders import SubstitutionError
@@ -94,17 +97,34 @@ def changed(keys: list[str], used: SecretIndex, current: SecretIndex) -> bool:
     return False
 
 
-class WholeAnswers:
-    """The proxy's options as a replay reads them, but that it streams no answer: mitmproxy's
-    replay keeps nothing of a streamed body, so the client would get the answer empty. (It
-    is held whole, as every answer is unless stream_large_bodies is set.)"""
+def route_of(mode: ProxyMode) -> list[str]:
+    """`--mode` as a replay of a request that came in on a listener of `mode` is to read it.
 
-    def __init__(self, options: Options) -> None:
+    mitmproxy's replay (ReplayHandler) routes by the first mode only: through its upstream
+    proxy when that mode is `upstream:`, else straight to the request's host and port. With
+    several listeners, a request from one that is not the first would be sent again along
+    another route than the one it took, and than the one the plaintext rule judged (guard.py
+    reads the listener's mode). Spelled from the parsed mode, as `upstream:` in lower case,
+    which mitmproxy's replay compares literally."""
+    return [f"upstream:{mode.data}"] if isinstance(mode, UpstreamMode) else [mode.full_spec]
+
+
+class WholeAnswers:
+    """The proxy's options as a replay of `flow` reads them, but that it streams no answer:
+    mitmproxy's replay keeps nothing of a streamed body, so the client would get the answer
+    empty. (It is held whole, as every answer is unless stream_large_bodies is set.) And with
+    `mode` the mode of the listener `flow` came in on (`route_of`), so that the replay takes
+    the route the request took."""
+
+    def __init__(self, options: Options, flow: http.HTTPFlow) -> None:
         self._options = options
+        self._mode = route_of(flow.client_conn.proxy_mode)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # not an option (and `_options` itself, before it is set: copy.copy)
             raise AttributeError(name)
+        if name == "mode":
+            return list(self._mode)
         return None if name == "stream_large_bodies" else getattr(self._options, name)
 
 
@@ -163,7 +183,7 @@ class Retrier:
         self.replays.add(replay)
         proxy.flights.replaying(replay, used)
         proxy.audit.record(flow.request, flow.request.path, used.keys, outcome)
-        await ReplayHandler(replay, WholeAnswers(ctx.options)).replay()  # type: ignore[arg-type]
+        await ReplayHandler(replay, WholeAnswers(ctx.options, replay)).replay()  # type: ignore[arg-type]
         if replay.response is None:
             logger.warning(f"vaultproxy: the retry of a request to {flow.request.host} failed: {replay.error}")
             return False
