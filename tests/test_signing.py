@@ -54,11 +54,21 @@ def test_rules_parse() -> None:
     ("rules:\n  - name: a\n    hosts: [x.example.com]\n    sigv4: {access_key_id: a}\n", 4, "rules[0].sigv4.secret_access_key: missing"),
     ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, algorithm: md5}\n", 4, "rules[0].hmac.algorithm: must be one of"),
     ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, secret: s}\n", 4, "rules[0].hmac.secret: unknown field"),
+    ("rules:\n  - name: a\n    hosts: ['*', x.example.com]\n    hmac: {key: k, header: X}\n", 3,
+     "rules[0].hosts[0]: * matches nearly every host; add `allow_any_host: true` to this entry"),
+    ("rules:\n  - name: \"a\\e[2K\"\n    hosts: [x.example.com]\n    hmac: {key: k, header: X}\n", 2,
+     "rules[0].name: must not hold control characters"),
 ])
 def test_bad_rules_name_file_line_and_field(text: str, line: int, problem: str) -> None:
     with pytest.raises(SigningError) as error:
         parse_rules(text, "signing.yaml")
     assert str(error.value).startswith(f"signing.yaml:{line}: {problem}")
+
+
+def test_a_rule_for_any_host_says_so_and_a_message_may_span_lines() -> None:
+    (rule,) = parse_rules("rules:\n  - name: a\n    hosts: ['*']\n    allow_any_host: true\n"
+                          "    hmac: {key: k, header: X, message: \"{method}\\n{path}\"}\n", "signing.yaml")
+    assert rule.hosts == ("*",) and isinstance(rule.method, Hmac) and rule.method.message == "{method}\n{path}"
 
 
 def test_stripe_style_signature_verifies_as_stripe_does() -> None:

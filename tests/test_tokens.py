@@ -70,6 +70,21 @@ def test_defaults_are_client_credentials_with_basic_auth_and_401() -> None:
          "tokens[0].refresh_on[0]: must be one of 401, 403"),
         ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, secret: x}", 2, "unknown field"),
         ("  - name: t\n    hosts: [a.test]]", 3, "invalid YAML"),
+        # a shared file cannot quietly send a token anywhere, or to any page
+        ("  - name: t\n    hosts: ['*']\n    token_url: 'https://x/t'\n    client_id: c\n    client_secret: s", 3,
+         "tokens[0].hosts[0]: * matches nearly every host; add `allow_any_host: true`"),
+        ("  - {name: t, hosts: ['*.*.*.*'], token_url: 'https://x/t', client_id: c, client_secret: s}", 2, "matches nearly every host"),
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, origins: ['HTTPS://*']}", 2,
+         "tokens[0].origins[0]: https://* matches nearly every web page"),
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, origins: ['localhost:3000']}", 2,
+         "tokens[0].origins[0]: invalid origin"),
+        ("  - {name: t, hosts: ['*'], token_url: 'https://x/t', client_id: c, client_secret: s, allow_any_host: 'yes'}", 2,
+         "tokens[0].allow_any_host: must be true or false"),
+        # nor drive the terminal of whoever lists it (`vaultproxy status`)
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: \"c\\e]0;owned\\a\", client_secret: s}", 2,
+         "tokens[0].client_id: must not hold control characters"),
+        ("  - {name: t, hosts: [a.test], token_url: \"https://x/t\\r\", client_id: c, client_secret: s}", 2,
+         "tokens[0].token_url: must not hold control characters"),
     ],
 )
 def test_a_broken_source_names_the_file_line_and_field(entry: str, line: int, says: str) -> None:
@@ -77,6 +92,13 @@ def test_a_broken_source_names_the_file_line_and_field(entry: str, line: int, sa
         parse_sources(f"tokens:\n{entry}\n", "/home/me/tokens.yaml")
     assert str(error.value).startswith(f"/home/me/tokens.yaml:{line}:"), str(error.value)
     assert says in str(error.value)
+
+
+def test_a_source_for_any_host_or_page_says_so() -> None:
+    (source,) = parse_sources(
+        "tokens:\n  - {name: t, hosts: ['*'], origins: ['https://*'], token_url: 'https://x/t', client_id: c, "
+        "client_secret: s, allow_any_host: true}\n", "tokens.yaml")
+    assert source.hosts == ("*",) and source.origins == ("https://*",)
 
 
 def test_two_sources_may_not_share_a_name() -> None:

@@ -15,8 +15,13 @@ from typing import Any, Protocol, TypeVar
 
 import yaml
 
+from vaultcore.hostrules import normalise_host_rule, parse_origin_rule, reaches_any_host
 from vaultcore.placeholders import KEY_RE
-from vaultcore.profiles import check_host, compose_yaml, read_yaml
+from vaultcore.profiles import check_host, check_origin, check_text, compose_yaml, read_yaml
+
+# The entry field that lets a rule reach nearly every host (`*`), as --allow-any-host does on
+# the command line: a file is shared, and such a rule is only ever written on purpose.
+ANY_HOST = "allow_any_host"
 
 
 class Named(Protocol):
@@ -52,15 +57,23 @@ class NodeReader:
                 raise self.error(node, f"{field}.{name}" if field else name, "missing (required)")
         return entries
 
-    def string(self, node: yaml.Node, field: str, check: Callable[[str], Any] | None = None) -> str:
+    def string(self, node: yaml.Node, field: str, check: Callable[[str], Any] | None = None, *, layout: bool = False) -> str:
+        """A non-empty string without control characters (`layout`: tabs and line feeds
+        allowed), which `check` accepts: listings print these files' strings."""
         if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str" or not node.value:
             raise self.error(node, field, "must be a non-empty string")
-        if check is not None:
-            try:
+        try:
+            check_text(node.value, layout=layout)
+            if check is not None:
                 check(node.value)
-            except ValueError as e:
-                raise self.error(node, field, str(e)) from None
+        except ValueError as e:
+            raise self.error(node, field, str(e)) from None
         return node.value
+
+    def flag(self, node: yaml.Node, field: str) -> bool:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
+            raise self.error(node, field, "must be true or false")
+        return bool(yaml.constructor.SafeConstructor.bool_values[node.value.lower()])
 
     def choice(self, node: yaml.Node, field: str, choices: Any) -> str:
         value = self.string(node, field)
@@ -77,11 +90,29 @@ class NodeReader:
             raise self.error(node, field, f"must be a list, e.g. {example}")
         return tuple(self.string(item, f"{field}[{i}]", check) for i, item in enumerate(node.value))
 
-    def hosts(self, node: yaml.Node, field: str) -> tuple[str, ...]:
+    def hosts(self, node: yaml.Node, field: str, *, any_host: bool = False) -> tuple[str, ...]:
+        """A hosts list; one that reaches nearly every host only with `any_host` (ANY_HOST)."""
         hosts = self.strings(node, field, check_host, example='["api.example.com"]')
         if not hosts:
             raise self.error(node, field, 'must name at least one host, e.g. ["api.example.com"]')
+        if not any_host:
+            self._refuse_any_host(node, field, [normalise_host_rule(host) for host in hosts], "host")
         return hosts
+
+    def origins(self, node: yaml.Node, field: str, *, any_host: bool = False) -> tuple[str, ...]:
+        """An origins list (web pages), held to the hosts' rule for `*`."""
+        origins = self.strings(node, field, check_origin, example='["https://app.example.com"]')
+        if not any_host:
+            self._refuse_any_host(node, field, [parse_origin_rule(origin) for origin in origins], "web page")
+        return origins
+
+    def _refuse_any_host(self, node: yaml.SequenceNode, field: str, canonical: list[str], what: str) -> None:
+        for i, (item, rule) in enumerate(zip(node.value, canonical)):
+            if reaches_any_host(rule):
+                raise self.error(
+                    item, f"{field}[{i}]",
+                    f"{rule} matches nearly every {what}; add `{ANY_HOST}: true` to this entry if that is what you mean",
+                )
 
 
 def check_key(value: str) -> None:

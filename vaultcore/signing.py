@@ -53,7 +53,7 @@ import yaml
 
 from vaultcore.hostrules import host_matches
 from vaultcore.peertext import quoted
-from vaultcore.rulefiles import NodeReader, check_header, load_named, parse_named
+from vaultcore.rulefiles import ANY_HOST, NodeReader, check_header, load_named, parse_named
 
 SIGNING_FILE = "signing.yaml"
 ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -137,10 +137,11 @@ def parse_rules(text: str, source: str) -> tuple[Rule, ...]:
 
 
 def read_rule(reader: NodeReader, node: yaml.Node, field: str) -> Rule:
-    entries = reader.mapping(node, field, ("name", "hosts", "sigv4", "hmac"), required=("name", "hosts"))
+    entries = reader.mapping(node, field, ("name", "hosts", "sigv4", "hmac", ANY_HOST), required=("name", "hosts"))
     if ("sigv4" in entries) == ("hmac" in entries):
         raise reader.error(node, field, "needs one of sigv4 or hmac")
-    hosts = reader.hosts(entries["hosts"], f"{field}.hosts")
+    any_host = reader.flag(entries[ANY_HOST], f"{field}.{ANY_HOST}") if ANY_HOST in entries else False
+    hosts = reader.hosts(entries["hosts"], f"{field}.hosts", any_host=any_host)
     method = read_sigv4(reader, entries["sigv4"], f"{field}.sigv4") if "sigv4" in entries else read_hmac(reader, entries["hmac"], f"{field}.hmac")
     return Rule(reader.string(entries["name"], f"{field}.name"), hosts, method)
 
@@ -166,7 +167,7 @@ def read_hmac(reader: NodeReader, node: yaml.Node, field: str) -> Hmac:
     return Hmac(
         reader.key(e["key"], f"{field}.key"), reader.string(e["header"], f"{field}.header", check_header),
         reader.string(e["value"], f"{field}.value", _check_template) if "value" in e else "{signature}",
-        reader.string(e["message"], f"{field}.message", _check_template) if "message" in e else "{body}",
+        reader.string(e["message"], f"{field}.message", _check_template, layout=True) if "message" in e else "{body}",
         reader.choice(e["algorithm"], f"{field}.algorithm", ALGORITHMS) if "algorithm" in e else "sha256",
         reader.choice(e["encoding"], f"{field}.encoding", ENCODINGS) if "encoding" in e else "hex",
         reader.string(e["timestamp_header"], f"{field}.timestamp_header", check_header) if "timestamp_header" in e else None,

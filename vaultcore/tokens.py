@@ -32,7 +32,7 @@ import yaml
 
 from vaultcore.index import Destination, Secret
 from vaultcore.profiles import REFRESH_STATUSES
-from vaultcore.rulefiles import NodeReader, load_named, parse_named
+from vaultcore.rulefiles import ANY_HOST, NodeReader, load_named, parse_named
 
 TOKENS_FILE = "tokens.yaml"
 GRANTS = ("client_credentials", "refresh_token")
@@ -128,7 +128,7 @@ def parse_sources(text: str, source: str) -> tuple[TokenSource, ...]:
 def read_source(reader: NodeReader, node: yaml.Node, field: str) -> TokenSource:
     fields = (
         "name", "hosts", "origins", "token_url", "grant", "client_id", "client_secret", "refresh_token",
-        "auth_method", "scope", "audience", "refresh_on",
+        "auth_method", "scope", "audience", "refresh_on", ANY_HOST,
     )
     e = reader.mapping(node, field, fields, required=("name", "hosts", "token_url", "client_id", "client_secret"))
     name = reader.key(e["name"], f"{field}.name")
@@ -138,16 +138,17 @@ def read_source(reader: NodeReader, node: yaml.Node, field: str) -> TokenSource:
     if grant == "refresh_token" and "refresh_token" not in e:
         raise reader.error(node, f"{field}.refresh_token", "missing: the refresh_token grant needs the vault key of the refresh token")
     optional = {name: reader.string(e[name], f"{field}.{name}") for name in ("scope", "audience") if name in e}
+    any_host = reader.flag(e[ANY_HOST], f"{field}.{ANY_HOST}") if ANY_HOST in e else False
     return TokenSource(
         name=name,
-        hosts=reader.hosts(e["hosts"], f"{field}.hosts"),
+        hosts=reader.hosts(e["hosts"], f"{field}.hosts", any_host=any_host),
         token_url=reader.string(e["token_url"], f"{field}.token_url", check_token_url),
         client_id=reader.string(e["client_id"], f"{field}.client_id"),
         client_secret=reader.key(e["client_secret"], f"{field}.client_secret"),
         refresh_token=reader.key(e["refresh_token"], f"{field}.refresh_token") if "refresh_token" in e else None,
         grant=grant,
         auth_method=reader.choice(e["auth_method"], f"{field}.auth_method", AUTH_METHODS) if "auth_method" in e else "client_secret_basic",
-        origins=reader.strings(e["origins"], f"{field}.origins", example='["https://app.example.com"]') if "origins" in e else (),
+        origins=reader.origins(e["origins"], f"{field}.origins", any_host=any_host) if "origins" in e else (),
         refresh_on=read_statuses(reader, e["refresh_on"], f"{field}.refresh_on") if "refresh_on" in e else (401,),
         **optional,
     )
