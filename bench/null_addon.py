@@ -10,6 +10,18 @@ from mitmproxy import ctx
 
 
 class Last:
+    def next_layer(self, nextlayer):
+        pass
+
+    def server_connect(self, data):
+        pass
+
+    def server_connected(self, data):
+        pass
+
+    def server_connect_error(self, data):
+        pass
+
     def requestheaders(self, flow):
         pass
 
@@ -31,6 +43,9 @@ class First:
         pass
 
     def http_connect(self, flow):
+        pass
+
+    def tls_start_server(self, tls):
         pass
 
     def requestheaders(self, flow):
