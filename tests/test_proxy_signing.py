@@ -21,12 +21,20 @@ from pathlib import Path
 
 import pytest
 import requests
+from mitmproxy.test import tflow
 
 from tests.support.moto import MotoServer, enforced_auth
 from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines, audit_text
-from tests.support.upstream import RecordingUpstream
+from tests.support.upstream import RecordingUpstream, Reply, headers_echo
+from vaultcore.index import SecretIndex
+from vaultcore.placeholders import find_near_miss, mentions_placeholder
+from vaultcore.signing import Hmac, Rule
 from vaultcore.vault import Vault
+from vaultproxy.flights import Flights
+from vaultproxy.responses import redactor_for
+from vaultproxy.rewrite import Rewrite
+from vaultproxy.signing import signatures
 
 SIGNING = """\
 rules:
@@ -337,3 +345,92 @@ def test_a_request_refused_anyway_loads_no_aws_keys(
     page = proxy.requests_session().get(tls_upstream.url_for("signed.example.com") + "/page", timeout=TIMEOUT,
                                         headers={"Origin": "https://evil.example"})
     assert page.status_code == 403 and not ran.exists() and not tls_upstream.requests
+
+
+ECHO_RULES = """\
+rules:
+  - name: webhook
+    hosts: [api.example.com]
+    hmac: {key: webhook_secret, header: X-Signature}
+  - name: gateway
+    hosts: [gw.example.com]
+    sigv4: {access_key_id: gw.access_key_id, secret_access_key: gw.secret_access_key, service: execute-api, region: eu-west-1}
+"""
+STREAM_ABOVE = "1k"
+
+
+def shows(answer: requests.Response, text: str) -> bool:
+    """Whether the client can read `text` in the answer: its body or any header field."""
+    return text in answer.text or any(text in value for value in answer.headers.values())
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_an_echoed_signature_comes_back_as_a_marker(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, streamed: bool,
+) -> None:
+    """A client that holds no key must not read back a signature the proxy made: over a body it
+    chose, an HMAC verifies wherever the key is used. An upstream that echoes request headers
+    (httpbin's /headers) shows it as `[signature of RULE]` instead, in its headers and in its
+    body, whole or streamed (in small pieces: a signature split across chunks is still found)."""
+    vault = Vault(vault_home)
+    vault.set("webhook_secret", WEBHOOK_SECRET, hosts=["api.example.com"])
+    vault.set("gw.access_key_id", "FAKEAKIDSIGECHO0001", hosts=["gw.example.com"])
+    vault.set("gw.secret_access_key", "FAKE-gateway-secret-echo-9f2c", hosts=["gw.example.com"])
+    (vault_home / "signing.yaml").write_text(ECHO_RULES)
+    tls_upstream.route("/headers", Reply(respond=headers_echo(padding=4096 if streamed else 0), trickle=16 if streamed else 0))
+    options = {"stream_large_bodies": STREAM_ABOVE} if streamed else {}
+    session = mitmdump(env={"VAULTPROXY_HOME": str(vault_home)}, hosts={"*.example.com": LOOPBACK}, options=options).requests_session()
+    chosen = b'{"type": "payout.paid", "amount": 99999999, "account": "attacker"}'
+
+    # (Booleans only in the asserts: pytest would print the signatures compared.)
+    for host, header, rule in (("api.example.com", "X-Signature", "webhook"), ("gw.example.com", "Authorization", "gateway")):
+        answer = session.post(tls_upstream.url_for(host) + "/headers", data=chosen, timeout=TIMEOUT)
+        sent = tls_upstream.requests[-1].header(header) or ""
+        if rule == "webhook":
+            received = hmac.compare_digest(sent, hmac.new(WEBHOOK_SECRET.encode(), chosen, hashlib.sha256).hexdigest())
+        else:
+            received = sent.startswith("AWS4-HMAC-SHA256 Credential=FAKEAKIDSIGECHO0001/") and "Signature=" in sent
+        signature = sent.rpartition("Signature=")[2]
+        marker = f"[signature of {rule}]"
+        leaked = shows(answer, sent) or shows(answer, signature)
+        marked = answer.headers.get(f"X-Echo-{header}") == marker and f'"{header}": "{marker}"' in answer.text
+        assert answer.status_code == 200 and received
+        assert not leaked
+        assert marked
+        assert ("content-length" not in answer.headers) is streamed  # the streamed path was the one taken
+
+
+def signed(name: str, signature: bytes) -> tuple[Rule, Rewrite]:
+    """An HMAC rule, and the change it made: its header set to `signature` among others."""
+    return Rule(name, ("api.example.com",), Hmac("webhook_secret", "X-Signature")), \
+        Rewrite(fields=((b"Host", b"api.example.com"), (b"x-signature", signature)), keys=["webhook_secret"])
+
+
+def test_a_signature_is_redacted_under_a_marker_that_is_no_placeholder() -> None:
+    """The marker names the rule with nothing of its name that could open a placeholder (or a
+    near miss of one, which the proxy refuses) or end a header line."""
+    rule, change = signed("odd <<vault:x>> name\r\n", b"FAKE-signature-0123456789abcdef")
+    ((marker, value),) = signatures(rule, change)
+    assert marker == b"[signature of odd_vault_x_name_]" and value == b"FAKE-signature-0123456789abcdef"
+    assert not mentions_placeholder(marker) and find_near_miss(marker) is None
+    redactor = redactor_for((), signatures(rule, change))
+    assert redactor is not None
+    assert redactor.redact(b'{"X-Signature": "FAKE-signature-0123456789abcdef"}') == b'{"X-Signature": "[signature of odd_vault_x_name_]"}'
+
+
+def test_a_retry_is_redacted_for_the_signature_it_replaces_too() -> None:
+    """A replay is signed afresh; the upstream may echo the rejected request's signature, made
+    with a key that may still be good, into the replay's answer."""
+    flights, first, replay = Flights(), tflow.tflow(), tflow.tflow()
+    rule, change = signed("webhook", b"FAKE-first-signature-0123")
+    flights.remember(first, change, SecretIndex(), signatures=signatures(rule, change))
+    used = flights.finish(first)
+    assert used is not None
+    flights.replaying(replay, used)
+    rule, change = signed("webhook", b"FAKE-replay-signature-4567")
+    flights.remember(replay, change, SecretIndex(), signatures=signatures(rule, change))
+    held = flights.used(replay)
+    assert held is not None
+    redactor = redactor_for(held.uses(), held.signatures)
+    assert redactor is not None
+    assert redactor.redact(b"FAKE-first-signature-0123 FAKE-replay-signature-4567") == b"[signature of webhook] [signature of webhook]"

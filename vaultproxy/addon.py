@@ -618,10 +618,10 @@ class VaultProxy:
 
     def _redactor_of(self, used: Original | None) -> Redactor | None:
         """The redactor of the values a request used so far: those of a body still streaming
-        too (an upstream may answer before it ends)."""
+        too (an upstream may answer before it ends); and of the signatures the proxy added."""
         if used is None or not self.settings.redact_responses:
             return None
-        return responses.redactor_for(used.uses())
+        return responses.redactor_for(used.uses(), used.signatures)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.flights.restore(flow)
@@ -924,7 +924,7 @@ class Substitution:
         except SubstitutionError as e:
             self._refuse(flow, e, path, streamed=streamed)
             return
-        proxy.flights.remember(flow, change, proxy.index_for(flow))
+        proxy.flights.remember(flow, change, proxy.index_for(flow), signatures=signing.signatures(rule, change))
         proxy.audit.record(request, path, rule.names(), f"signed:{rule.name}")
         change.apply(request)
 

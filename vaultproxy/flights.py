@@ -14,7 +14,7 @@ from mitmproxy import http, websocket
 
 from vaultcore.index import SecretIndex
 from vaultcore.placeholders import StreamSubstituter, SubstitutionError
-from vaultproxy.responses import Uses
+from vaultproxy.responses import Signatures, Uses
 from vaultproxy.rewrite import Rewrite
 
 
@@ -38,6 +38,8 @@ class Original:
     # What the request this one sends again used (a retry): an upstream may echo the rejected
     # values into the retry's answer, and they may still be good.
     earlier: Uses = ()
+    # The signatures the proxy added (and a retried request's), to redact from the answer.
+    signatures: Signatures = ()
 
     def keys_so_far(self) -> list[str]:
         """The keys the request used: its head's, then those its streamed body used so far."""
@@ -77,8 +79,11 @@ class Flights:
             original = self._requests[flow.id] = Original(flow)
         return original
 
-    def remember(self, flow: http.HTTPFlow, rewrite: Rewrite, index: SecretIndex, *, streamed_body: bool = False) -> None:
-        """Keep the parts `rewrite` (or, for a streamed body, the re-framing) will change."""
+    def remember(
+        self, flow: http.HTTPFlow, rewrite: Rewrite, index: SecretIndex, *, streamed_body: bool = False, signatures: Signatures = (),
+    ) -> None:
+        """Keep the parts `rewrite` (or, for a streamed body, the re-framing) will change, and
+        the `signatures` it adds."""
         request = flow.request
         original = self._requests.get(flow.id)
         if original is None:  # the common case: one change per request, kept in one step
@@ -90,6 +95,7 @@ class Flights:
                 raw_content=request.raw_content if rewrite.content is not None else None,
                 keys=list(rewrite.keys),
                 index=index,
+                signatures=signatures,
             )
             return
         original.index = index
@@ -103,10 +109,13 @@ class Flights:
         if rewrite.content is not None and original.raw_content is None:
             original.raw_content = request.raw_content
         original.keys.extend(k for k in rewrite.keys if k not in original.keys)
+        original.signatures += signatures
 
     def replaying(self, flow: http.HTTPFlow, earlier: Original) -> None:
-        """`flow` sends again the request of `earlier`: its answer is redacted for both."""
-        self._original(flow).earlier = earlier.uses()
+        """`flow` sends again the request of `earlier`: its answer is redacted for both (the
+        values, and the signature `earlier` went with; `flow` is signed afresh)."""
+        replay = self._original(flow)
+        replay.earlier, replay.signatures = earlier.uses(), earlier.signatures
 
     def track_stream(self, flow: http.HTTPFlow, substituter: StreamSubstituter) -> None:
         self._original(flow).stream = substituter

@@ -36,10 +36,17 @@ StreamFilter = Callable[[bytes], list[bytes]]
 # Keys, each under the index it was resolved with (a value revoked or rotated since must still
 # be hidden): a request's, and those of the request a retry sends again.
 Uses = tuple[tuple[SecretIndex, tuple[str, ...]], ...]
+# Signatures the proxy added to a request, each under the marker a response shows in its place
+# (`signing.signatures`): a new one for every request, made with a key the client does not hold.
+Signatures = tuple[tuple[bytes, bytes], ...]
 
 
-def redactor_for(uses: Uses) -> Redactor | None:
-    """A redactor of the values the keys of `uses` had in their index."""
+def redactor_for(uses: Uses, signatures: Signatures = ()) -> Redactor | None:
+    """A redactor of the values the keys of `uses` had in their index, and of `signatures`.
+    Those of a signed request are new every time: its redactor is built for it alone, and
+    the cache is for the key sets that do come back."""
+    if signatures:
+        return Redactor([*_values(uses), *signatures])
     return _redactor(uses) if uses else None
 
 
@@ -53,8 +60,13 @@ def redactor_across(uses: Mapping[SecretIndex, Iterable[str]]) -> Redactor | Non
 def _redactor(uses: Uses) -> Redactor | None:
     """Cached: the same few key sets come back on every request, and building one is most of
     the cost of redacting a small response. A reload makes a new index, so no stale entry hits."""
-    values = [(f"<<vault:{key}>>".encode(), secret.value) for index, keys in uses for key in keys if (secret := index.get(key)) is not None]
+    values = _values(uses)
     return Redactor(values) if values else None
+
+
+def _values(uses: Uses) -> list[tuple[bytes, str | bytes]]:
+    """Each value of `uses` under its placeholder."""
+    return [(f"<<vault:{key}>>".encode(), secret.value) for index, keys in uses for key in keys if (secret := index.get(key)) is not None]
 
 
 def cleaned(data: bytes, redactor: Redactor | None) -> bytes:

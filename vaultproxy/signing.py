@@ -4,7 +4,8 @@ A signature covers the request exactly as it leaves, so it is the last change: `
 (last in the chain) signs after resolving placeholders. The keys a rule signs with go through
 the same lookup as placeholders (their hosts and origins rules, the plaintext rule, the Host
 and SNI checks), and the headers it adds are taken out again, like values, before anything
-records the request.
+records the request. The signature is also redacted from the request's response, as values
+are (`signatures`): a client that holds no key must not read back what it was signed with.
 
 A rule signs a request for its hosts unless the client has signed it itself (the request
 already has the header the rule sets); `X-Vaultproxy-Sign: RULE` makes it sign anyway (for
@@ -13,6 +14,7 @@ SDKs that always sign, with dummy keys). That header never goes upstream.
 
 from __future__ import annotations
 
+import re
 import time
 
 from mitmproxy import http
@@ -20,6 +22,7 @@ from mitmproxy import http
 from vaultcore.placeholders import SubstitutionError
 from vaultcore.signing import AwsCredentials, Hmac, RequestParts, Rule, SigningError, SigV4, hmac_headers, sigv4_headers, vault_keys
 from vaultproxy.guard import RequestLookup
+from vaultproxy.responses import Signatures
 from vaultproxy.rewrite import Rewrite
 
 MARKER = "X-Vaultproxy-Sign"
@@ -27,6 +30,25 @@ MARKER = "X-Vaultproxy-Sign"
 
 def signed_header(rule: Rule) -> str:
     return rule.method.header if isinstance(rule.method, Hmac) else "Authorization"
+
+
+# What a rule's name keeps in the marker: nothing that could open a placeholder, a near miss of
+# one, or end a header line.
+_UNMARKED = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def signatures(rule: Rule, change: Rewrite) -> Signatures:
+    """The signature `change` (from `signature`) carries, under the marker a response shows in
+    its place: an upstream that echoes request headers (httpbin's /headers, debug pages) would
+    otherwise hand the client a signature it could not make, over a body it chose, that
+    verifies wherever the key is used. Only the header the rule sets: what else a rule adds (a
+    timestamp, X-Amz-Date, the body's hash) the client knows or can compute, and redacting it
+    would rewrite unrelated dates in responses; a session token from the vault is redacted as
+    its value. The marker names the rule and looks like no placeholder, so a client that
+    sends it back is not refused for it."""
+    wanted = signed_header(rule).lower().encode()
+    marker = f"[signature of {_UNMARKED.sub('_', rule.name)}]".encode()
+    return tuple((marker, value) for name, value in change.fields or () if name.lower() == wanted)
 
 
 def rule_for(rules: tuple[Rule, ...], request: http.Request) -> Rule | None:

@@ -118,6 +118,19 @@ class Reply:
     raw: Callable[[RecordedRequest], bytes] | None = None
 
 
+def headers_echo(padding: int = 0) -> Callable[[RecordedRequest], tuple[list[tuple[str, str]], bytes]]:
+    """A `Reply.respond` that reflects the request's header fields, as httpbin's /headers and
+    debug pages do: each as a response header `X-Echo-NAME`, and all as a JSON body (after
+    `padding` spaces, for a body large enough to be streamed)."""
+
+    def respond(request: RecordedRequest) -> tuple[list[tuple[str, str]], bytes]:
+        fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers]
+        body = b" " * padding + json.dumps(dict(fields)).encode()
+        return [(f"X-Echo-{name}", value) for name, value in fields], body
+
+    return respond
+
+
 class _Recorder(Generic[T]):
     """A thread-safe list that tests can wait on."""
 
