@@ -51,6 +51,16 @@ def test_host_header_must_agree_with_the_destination() -> None:
     assert caught.value.code == "host_mismatch"
 
 
+def test_an_international_name_agrees_in_punycode() -> None:
+    """mitmproxy holds the destination in Unicode; curl and browsers send Host in punycode."""
+    made = request("https://xn--bcher-kva.example/v1", headers={"Host": "xn--bcher-kva.example"})
+    assert made.host == "bücher.example"
+    agree(made)
+    with pytest.raises(SubstitutionError) as caught:
+        agree(request("https://xn--bcher-kva.example/v1", headers={"Host": "xn--bchen-kva.example"}))
+    assert caught.value.code == "host_mismatch"
+
+
 def test_http2_host_header_is_checked_beside_the_authority() -> None:
     # an HTTP/1 upstream routes on Host even when the client spoke HTTP/2
     agree(request(http2=True))

@@ -88,7 +88,7 @@ def _invalid(text: str, reason: str) -> RuleError:
     return RuleError(f"invalid host rule {text!r}: {reason}; {_EXPECTED}", reason)
 
 
-def _ascii(host: str) -> str | None:
+def resolver_name(host: str) -> str | None:
     """`host` as the resolver sees it: lowercase, without brackets or one trailing dot, and
     IDNA-encoded as Python's socket module does (which also turns Unicode dots into dots).
     None if IDNA cannot encode it (an empty or over-long label, a forbidden character)."""
@@ -102,7 +102,7 @@ def _ascii(host: str) -> str | None:
 
 
 def _target(host: str) -> _Target:
-    name = _ascii(host)
+    name = resolver_name(host)
     if not name:
         return None
     try:
@@ -185,7 +185,7 @@ def parse_host_rule(text: str) -> HostRule:
     if "://" in text:
         raise _invalid(text, "a URL; write only its host, e.g. api.example.com")
     host, port = _split_port(text)
-    name = _ascii(host)
+    name = resolver_name(host)
     if name is None:
         raise _invalid(text, "an empty or over-long label, or not a valid international name")
     if not name:

@@ -24,6 +24,7 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
 
+from vaultcore.hostrules import resolver_name
 from vaultcore.index import MINT_NEEDED, Destination, SecretIndex, check_unkeyed
 from vaultcore.placeholders import (
     Budget,
@@ -51,7 +52,13 @@ class Settings:
 
 
 def same_host(a: str, b: str) -> bool:
-    return a.strip("[]").rstrip(".").lower() == b.strip("[]").rstrip(".").lower()
+    """Whether `a` and `b` name one host: as spelled, or as the resolver sees them (an
+    international name: mitmproxy holds the destination in Unicode, where clients send the
+    Host header and the TLS server name in punycode)."""
+    if a.strip("[]").rstrip(".").lower() == b.strip("[]").rstrip(".").lower():
+        return True
+    resolved = resolver_name(a)
+    return resolved is not None and resolved == resolver_name(b)
 
 
 # The header fields the guard reads, lower-cased.
