@@ -464,6 +464,10 @@ def test_cleartext_hops_are_named_as_connected_to(destination: Destination, hops
     ("*.*", True), ("*.*:443", True), ("https://*.*", True), ("*.*.*.*", True),  # every name with a dot, every IPv4
     ("0.0.0.0/0", True), ("0.0.0.0/1", True), ("::/0", True), ("[::/0]:443", True),
     ("*.example.com", False), ("api.example.com", False), ("10.0.0.0/8", False), ("127.0.0.*", False), ("[::1]:443", False),
+    # the same reach in other spellings: a glob in the top-level label, IPv4 inside IPv6
+    ("*.**", True), ("**", True), ("*.**:443", True), ("https://*.**", True), ("api.*", True), ("*.c*", True),
+    ("*.0.0.1", True), ("10.*.*.*", False), ("::ffff:0.0.0.0/96", True), ("[64:ff9b::/97]:443", True),
+    ("::ffff:10.0.0.0/104", False), ("2001:db8::/32", False),
 ])
 def test_rules_that_reach_nearly_every_host_need_a_flag(rule: str, wide: bool) -> None:
     assert reaches_any_host(rule) is wide

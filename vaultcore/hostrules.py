@@ -329,21 +329,34 @@ def normalise_origin_rule(text: str) -> str:
 
 
 WIDEST_NETWORK = 8  # prefix length: 10.0.0.0/8 is a private network; wider is most of the internet
+# IPv6 blocks that hold every IPv4 address (IPv4-mapped, NAT64): their rules are IPv4's.
+_IPV4_INSIDE = (ipaddress.ip_network("::ffff:0:0/96"), ipaddress.ip_network("64:ff9b::/96"))
 
 
 def reaches_any_host(rule: str) -> bool:
     """Whether a canonical hosts rule or origins rule lets every host, or nearly every host,
-    through: `*`, `*.*` (every name with a dot), `*.*.*.*`, and networks wider than a /8
-    (`0.0.0.0/0`, `0.0.0.0/1` and `128.0.0.0/1` together, `::/0`), each with or without a
-    port (`https://*.*` for origins). Such a rule is only ever set on purpose."""
+    through, each with or without a port (`https://*.*` for origins). Such a rule is only
+    ever set on purpose. Decided by what a rule matches, not how it is spelled:
+
+    - a glob in the last label of a name (`*`, `*.*`, `*.**`, `api.*`): any top-level name,
+      so anyone who registers one gets matched;
+    - an IPv4 glob whose first octet is one (`*.*.*.*`, `*.0.0.1`);
+    - a network wider than a /8 (`0.0.0.0/0`, `0.0.0.0/1` and `128.0.0.0/1` together,
+      `::/0`), IPv4 inside IPv6 counted as IPv4 (`::ffff:0.0.0.0/96`)."""
     host = rule.partition("://")[2] or rule
     if host.startswith("["):
         host = host[1:].partition("]")[0]
     elif host.count(":") == 1:
         host = host.partition(":")[0]  # a port
-    if all(label == "*" for label in host.split(".")):
+    labels = host.split(".")
+    if len(labels) == 4 and all(label == "*" or label.isdigit() for label in labels):
+        return labels[0] == "*"  # an IPv4 glob: 10.*.*.* is a /8
+    if "*" in labels[-1]:
         return True
     try:
-        return ipaddress.ip_network(host, strict=False).prefixlen < WIDEST_NETWORK
+        network = ipaddress.ip_network(host, strict=False)
     except ValueError:
         return False
+    if isinstance(network, ipaddress.IPv6Network) and any(network.overlaps(block) for block in _IPV4_INSIDE):
+        return network.prefixlen - 96 < WIDEST_NETWORK
+    return network.prefixlen < WIDEST_NETWORK

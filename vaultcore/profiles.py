@@ -44,6 +44,7 @@ REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 URL_RE = re.compile(r"https?://[^\s\x00-\x1f\x7f-\x9f]+")
 # C0, DEL and C1: a terminal acts on them (a carriage return, an escape sequence), so a listing
 # that showed one raw could say something else than the file does.
+FIELD_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 CONTROL_BUT_LAYOUT_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tabs and line feeds kept: a script's
 MAX_FILE_BYTES = 1024 * 1024  # a configuration or rule file names secrets and hosts; it holds no values
@@ -261,7 +262,7 @@ class _Reader:
         entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            path = f"{field}.{key}" if field else str(key)
+            path = field_path(field, key)
             if key not in allowed:
                 raise self.error(key_node, path, f"unknown field; valid fields: {', '.join(allowed)}")
             if key in entries:
@@ -301,7 +302,7 @@ class _Reader:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else ""
-                path = f"{field}.{key}" if field else str(key)
+                path = field_path(field, key)
                 if str(key).lower() in CREDENTIAL_KEYS:
                     raise self.error(
                         key_node, path,
@@ -548,6 +549,16 @@ def _kind(node: yaml.Node) -> str:
 
 def _shown(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:77] + "...")
+
+
+def field_path(field: str, key: object) -> str:
+    """Where a mapping's `key` sits (`secrets[0].mode`), for an error message. A key that is
+    no plain name is shown quoted and escaped: a file may hold anything there (a terminal
+    escape would reach `vaultproxy status` and the proxy's log)."""
+    name = str(key)
+    if not FIELD_NAME_RE.fullmatch(name):
+        name = _shown(name)
+    return f"{field}.{name}" if field else name
 
 
 def _name_hint(root: yaml.Node, expected_name: str | None) -> str:

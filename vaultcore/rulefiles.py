@@ -17,7 +17,7 @@ import yaml
 
 from vaultcore.hostrules import normalise_host_rule, parse_origin_rule, reaches_any_host
 from vaultcore.placeholders import KEY_RE
-from vaultcore.profiles import check_host, check_origin, check_text, compose_yaml, read_yaml
+from vaultcore.profiles import check_host, check_origin, check_text, compose_yaml, field_path, read_yaml
 
 # The entry field that lets a rule reach nearly every host (`*`), as --allow-any-host does on
 # the command line: a file is shared, and such a rule is only ever written on purpose.
@@ -48,9 +48,11 @@ class NodeReader:
         entries: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            path = f"{field}.{key}" if field else key
+            path = field_path(field, key)
             if key not in allowed:
                 raise self.error(key_node, path, f"unknown field; valid fields: {', '.join(allowed)}")
+            if key in entries:  # else the second would quietly win, below the first a reader checks
+                raise self.error(key_node, path, "appears twice")
             entries[key] = value_node
         for name in required:
             if name not in entries:
