@@ -13,15 +13,6 @@ class Last:
     def next_layer(self, nextlayer):
         pass
 
-    def server_connect(self, data):
-        pass
-
-    def server_connected(self, data):
-        pass
-
-    def server_connect_error(self, data):
-        pass
-
     def requestheaders(self, flow):
         pass
 

@@ -70,8 +70,8 @@ def test_http2_host_header_is_checked_beside_the_authority() -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "refused"), [
-    ("GET", "/v1?x=1", False), ("OPTIONS", "*", False), ("GET", "/a//b", False),
-    ("GET", "https://evil.test/x", True), ("GET", "//evil.test/x", True), ("GET", "*", True), ("GET", "evil.test/x", True),
+    ("GET", "/v1?x=1", False), ("OPTIONS", "*", False), ("GET", "/a//b", False), ("GET", "//bucket-key/x", False),
+    ("GET", "https://evil.test/x", True), ("GET", "HTTP://evil.test/x", True), ("GET", "*", True), ("GET", "evil.test/x", True),
 ])
 def test_the_request_target_must_be_a_path(method: str, path: str, refused: bool) -> None:
     """An HTTP/2 :path is taken as sent: an absolute URL there would outrank Host upstream."""

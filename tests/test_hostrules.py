@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vaultcore.hostrules import HostRule, host_matches, normalise_host_rule, origin_matches, parse_host_rule, reaches_any_host
-from vaultcore.index import Destination, Secret, SecretIndex, is_loopback, pinned_to_localhost
+from vaultcore.index import Destination, Secret, SecretIndex, is_loopback
 from vaultcore.placeholders import SubstitutionError
 
 FAST = settings(max_examples=200, deadline=None)
@@ -426,37 +426,12 @@ def test_host_matches_never_raises(host: str, port: int | None, patterns: list[s
     ("host", "loopback"),
     [("localhost", True), ("LocalHost", True), ("127.0.0.5", True), ("::1", True), ("[::1]", True),
      ("::ffff:127.0.0.1", True), ("::ffff:10.0.0.1", False), ("10.0.0.1", False), ("example.com", False),
-     # names a resolver may ask DNS about: loopback only where the proxy pins them (below)
+     # names a resolver may ask DNS about (glibc with `hosts: files dns` does)
      ("a.localhost", False), ("localhost.", False), ("localhost.evil.test", False)],
 )
 def test_loopback_for_the_plaintext_rule(host: str, loopback: bool) -> None:
     """An IPv4-mapped loopback address is loopback on every Python (3.11 says otherwise)."""
     assert is_loopback(host) is loopback
-
-
-@pytest.mark.parametrize(
-    ("host", "pinned"),
-    [("app.localhost", True), ("A.B.LOCALHOST.", True), ("localhost.", True), ("localhost", False),
-     ("LOCALHOST", False), ("localhost.evil.test", False), ("evil-localhost", False), ("127.0.0.1", False)],
-)
-def test_names_under_localhost_are_pinned(host: str, pinned: bool) -> None:
-    assert pinned_to_localhost(host) is pinned
-
-
-@pytest.mark.parametrize(
-    ("destination", "hops"),
-    [
-        (Destination("app.localhost", "http", pinned=True), ["localhost"]),
-        (Destination("app.localhost", "http"), ["app.localhost"]),  # not the proxy's connection (a token endpoint's)
-        (Destination("app.localhost", "http", via="proxy.localhost", pinned=True), ["app.localhost", "localhost"]),
-        (Destination("app.localhost", "https", verified=False, pinned=True), ["localhost"]),
-        (Destination("app.localhost", "https", verified=False, via="127.0.0.1", pinned=True), ["app.localhost"]),
-        (Destination("app.localhost", "https", pinned=True), []),
-    ],
-)
-def test_cleartext_hops_are_named_as_connected_to(destination: Destination, hops: list[str]) -> None:
-    """Through an upstream proxy, the destination's name is the next proxy's to resolve."""
-    assert destination.cleartext_hops() == hops
 
 
 @pytest.mark.parametrize(("rule", "wide"), [

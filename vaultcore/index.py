@@ -52,34 +52,21 @@ class Destination:
     via: str | None = None  # an upstream proxy the request travels through
     verified: bool = True  # whether an HTTPS upstream's certificate is verified
     port: int | None = None  # None: unknown, then only hosts rules without a port match
-    pinned: bool = False  # whether the connection to a name `pinned_to_localhost` goes to localhost (the proxy's do)
 
     def cleartext_hops(self) -> list[str]:
         """Hosts that could read the request on its way: the destination over plain HTTP or
-        unverified TLS, and an upstream proxy carrying plain HTTP (it reads the request whole).
-        A hop is named as connected to: through an upstream proxy, the destination's name is
-        the next proxy's to resolve."""
-        destination = self.host if self.via else self._reached(self.host)
+        unverified TLS, and an upstream proxy carrying plain HTTP (it reads the request whole)."""
         if self.scheme == "https":
-            return [] if self.verified else [destination]
-        return [destination] + ([self._reached(self.via)] if self.via else [])
-
-    def _reached(self, host: str) -> str:
-        return LOCALHOST if self.pinned and pinned_to_localhost(host) else host
-
-
-def pinned_to_localhost(host: str) -> bool:
-    """Whether `host` is a name RFC 6761 keeps for loopback (`app.localhost`, `localhost.`)
-    that a resolver may still ask DNS about (glibc with `hosts: files dns` does): the proxy
-    connects to `localhost` for it, which every system answers from /etc/hosts."""
-    host = host.lower()
-    return host != LOCALHOST and (host.rstrip(".") == LOCALHOST or host.rstrip(".").endswith("." + LOCALHOST))
+            return [] if self.verified else [self.host]
+        return [self.host] + ([self.via] if self.via else [])
 
 
 @functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
-    """Whether connecting to `host` reaches this machine whatever DNS says: a loopback
-    address, or `localhost` (see `pinned_to_localhost` for the names under it)."""
+    """Whether connecting to `host` reaches this machine, whatever a DNS server says: a
+    loopback address, or `localhost`, which every system answers from /etc/hosts. Names under
+    it (`app.localhost`, `localhost.`) are not: a resolver may ask DNS about them (glibc with
+    `hosts: files dns` does), and a hostile DNS server would get what was sent in clear."""
     host = host.strip("[]").lower()
     if host == LOCALHOST:
         return True

@@ -187,7 +187,7 @@ class Vault:
     def resolve(self, text: str, host: str, context: Context = Context.RAW, *, origin: str | None = None, scheme: str = "https") -> str:
         """Substitute `text` as the proxy would for a request to `host` (library use): a
         refused key, or text that is almost a placeholder, raises SubstitutionError."""
-        lookup = self.index().lookup_for(Destination(host, scheme, origin, pinned=True))
+        lookup = self.index().lookup_for(Destination(host, scheme, origin))
         return placeholders.resolve(text, context, lookup)[0]
 
     # --- local secrets ---------------------------------------------------------------

@@ -30,7 +30,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.flow import Error as FlowError
 from mitmproxy.master import Master
 from mitmproxy.net.http import url
-from mitmproxy.proxy import mode_specs, server_hooks
+from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.tls import TlsData
 
@@ -52,7 +52,6 @@ from vaultproxy import codings, guard, responses, rewrite, serverbytes, signing,
 from vaultproxy.audit import RESOLVED, AuditLog, follow_console
 from vaultproxy.clientgate import PROXY_MODES, ClientGate
 from vaultproxy.flights import Flights, Original
-from vaultproxy.localhost import LocalhostPins
 from vaultproxy.options import check_choices, check_deferred, declare_options, growth_limit, stop_starting
 from vaultproxy.refusal import readable_by, refusal
 from vaultproxy.retry import Retrier, Stale
@@ -748,22 +747,11 @@ class Substitution:
         # A streamed request's tokens that could not be minted ahead of its body: (code, message).
         # Not the exception: its traceback's frames would hold the flow, and the key with it.
         self.mints_failed: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, tuple[str, str]]] = weakref.WeakKeyDictionary()
-        self.localhost_pins = LocalhostPins()
 
     def next_layer(self, nextlayer: NextLayer) -> None:
         """Here, after mitmproxy's NextLayer addon has chosen: see vaultproxy/tunnels.py."""
         if (decider := ctx.master.addons.get("nextlayer")) is not None:
             tunnels.read_as_the_client_speaks(nextlayer, decider)
-
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Here, after every other addon's: see vaultproxy/localhost.py."""
-        self.localhost_pins.pin(data.server)
-
-    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self.localhost_pins.unpin(data.server)
-
-    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self.localhost_pins.unpin(data.server)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not live(flow, self.proxy.retrier.replays):

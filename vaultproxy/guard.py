@@ -126,13 +126,14 @@ def check_target_is_a_path(request: http.Request) -> None:
     """The request target names no host of its own. An HTTP/2 client's `:path` is taken as
     sent, and an HTTP/1 upstream gets it in its request line, where an absolute URL
     (`https://evil.test/x`) outranks Host (RFC 9112 3.2.2): a shared front (a CDN, virtual
-    hosts) would route on it. `//evil.test/x` is such a URL to a server's URL join."""
+    hosts) would route on it. (`//x/y` is a path, RFC 9112's origin-form: an S3 key may start
+    with a slash.)"""
     path = request.data.path
-    if not (path.startswith(b"/") and not path.startswith(b"//")) and not (path == b"*" and request.method == "OPTIONS"):
+    if not path.startswith(b"/") and not (path == b"*" and request.method == "OPTIONS"):
         raise SubstitutionError(
             "host_mismatch", "",
-            "the request target is not a path (an absolute URL or //host); secrets are only sent in requests whose "
-            "target is a path, which cannot name another host",
+            "the request target is not a path (an absolute URL); secrets are only sent in requests whose target is "
+            "a path, which cannot name another host",
         )
 
 
@@ -272,18 +273,19 @@ class Scopes:
         if self._of is None or self._of[0] is not index or self._of[1] is not settings or len(self._scopes) >= self.MAX:
             self._of, self._scopes = (index, settings), {}
         request = flow.request
-        mode = flow.client_conn.proxy_mode
-        via = mode.address[0] if isinstance(mode, UpstreamMode) else None
-        if flow.is_replay == "request" and (hop := flow.server_conn.via) is not None:
-            # A replay connects through the proxy its flow names (mitmproxy's replay sets it from
-            # the mode it routes by), whatever listener the request first came in on.
-            via = hop[1][0]
+        # The proxy the request goes through: the one its connection names (set by upstream
+        # mode, by mitmproxy's replay from the mode it routes by, or by another addon), else its
+        # listener's.
+        if (hop := flow.server_conn.via) is not None:
+            via: str | None = hop[1][0]
+        else:
+            mode = flow.client_conn.proxy_mode
+            via = mode.address[0] if isinstance(mode, UpstreamMode) else None
         where = (request.host, request.scheme, request.port, head.origin, via)
         scope = self._scopes.get(where)
         if scope is None:
             destination = Destination(
                 request.host, request.scheme, head.origin, port=request.port, via=via, verified=settings.verify_upstream,
-                pinned=True,
             )
             scope = self._scopes[where] = Scope(index, destination, settings)
         return scope

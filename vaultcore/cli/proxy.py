@@ -250,7 +250,7 @@ def _log_line(entry: dict[str, Any]) -> str:
 def cmd_resolve(vault: Vault, args: argparse.Namespace) -> int:
     """Dry run: which keys would resolve for this host, with every value masked."""
     index = vault.index()
-    destination = Destination(args.host, args.scheme, args.origin, pinned=True)  # as the proxy connects
+    destination = Destination(args.host, args.scheme, args.origin)
     context = Context(args.context)
     results = []
     if (miss := placeholders.find_near_miss(args.text, context)) is not None:  # the proxy refuses the request
