@@ -9,11 +9,16 @@ body had it (percent-encoded) and the client secret inside the Basic header (bas
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
+from types import SimpleNamespace
+from typing import Any
 from urllib.parse import quote, quote_plus, urlencode
 
-from vaultcore.oauth import TOKEN_REFUSED, _failing, cleaned
+import pytest
+
+from vaultcore.oauth import TOKEN_REFUSED, TOKEN_UNAVAILABLE, MintError, _failing, cleaned, request_token
 from vaultcore.redaction import value_forms
 from vaultcore.tokens import TokenSource
 
@@ -96,3 +101,133 @@ def test_a_mint_error_carries_the_error_code_and_the_cleaned_description() -> No
     assert error.code == TOKEN_REFUSED and leaked(str(error)) == []
     expected = str(error) == "token 'billing' cannot be minted: the token endpoint refused: invalid_grant ([redacted billing.refresh] is unknown)"
     assert expected
+
+
+# --- a Basic credential with a non-ASCII character: authlib encodes it as latin-1 -------------
+
+def latin1_basic(client_id: str, secret: str) -> str:
+    return base64.b64encode(f"{client_id}:{secret}".encode("latin-1")).decode()
+
+
+def authlib_basic(client_id: str, secret: str) -> str:
+    """The Basic credential authlib's client puts in the header, whatever encoding it uses."""
+    from authlib.oauth2.auth import encode_client_secret_basic
+
+    client = SimpleNamespace(client_id=client_id, client_secret=secret)
+    _, headers, _ = encode_client_secret_basic(client, "POST", "https://auth.billing.test/oauth/token", {}, "")
+    return headers["Authorization"].split()[1]
+
+
+@pytest.mark.parametrize(("client_id", "secret"), [
+    (CLIENT_ID, "FAKE-cs-Passwörd§42"), ("clïent-é", "FAKE-cs-ascii-1234"), ("clïent", "FAKE-cs/é+7a1=="),
+], ids=["non-ASCII secret", "non-ASCII client id", "both"])
+def test_a_non_ascii_basic_credential_is_cut_as_authlib_sends_it(client_id: str, secret: str) -> None:
+    source = dataclasses.replace(SOURCE, client_id=client_id)
+    values = {"billing.secret": secret, "billing.refresh": REFRESH}
+    for name, form in {"latin-1 Basic credential": latin1_basic(client_id, secret), "authlib's Basic credential": authlib_basic(client_id, secret)}.items():
+        shown = cleaned(source, values, f"could not accept the request; Authorization: Basic {form}")
+        kept = [form in shown, "Authorization: Basic [redacted Basic credential of billing.secret]" in shown]
+        assert kept == [False, True], name
+
+
+# --- a credential quoted in part, or re-encoded: the server's words are not shown -------------
+
+# Every 8 characters hold one that a form body percent-encodes: its encoded forms hold no
+# 8-character run of it as it is.
+SHREDDED = "FAKE-rt/Zx9+Qw==unit/long+lived/0123+4567"
+HIDDEN = "(the token endpoint's answer quotes a credential: not shown)"
+WORDS = "MARKER-server-words"  # the server's own wording around the quote
+
+
+def refusal(monkeypatch: pytest.MonkeyPatch, error: str, description: str, refresh: str = SHREDDED, secret: str = CLIENT_SECRET) -> str:
+    """What request_token makes of a token endpoint answering `error` and `description` to a
+    refresh token request (authlib's OAuthError, as its client raises it: no I/O)."""
+    from authlib.integrations.requests_client import OAuth2Session, OAuthError
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise OAuthError(error=error, description=description)
+
+    monkeypatch.setattr(OAuth2Session, "refresh_token", refuse)
+    with pytest.raises(MintError) as caught:
+        request_token(SOURCE, {"billing.secret": secret, "billing.refresh": refresh})
+    assert caught.value.code == TOKEN_REFUSED
+    return str(caught.value)
+
+
+def quoted_in_part() -> dict[str, str]:
+    body = urlencode({"grant_type": "refresh_token", "refresh_token": SHREDDED})
+    cut = body.index("refresh_token=") + len("refresh_token=") + 24  # the first 24 characters of its percent-encoded form
+    return {
+        "form body cut short": f"could not parse the body {body[:cut]!r}...",
+        "split across lines": "token:\n" + "\n".join(SHREDDED[i:i + 6] for i in range(0, len(SHREDDED), 6)),
+        "split across lines, percent-encoded": "\r\n ".join(quote(SHREDDED, safe="")[i:i + 7] for i in range(0, len(SHREDDED) * 2, 7)),
+        "percent-encoded twice": "body=" + quote(body, safe=""),
+        "percent-encoded three times": quote(quote(quote(SHREDDED, safe=""), safe=""), safe=""),
+        "every character \\u-escaped": "".join(f"\\u{ord(c):04x}" for c in SHREDDED),
+        "every character \\u-escaped, upper-case hex, cut short": "".join(f"\\u{ord(c):04X}" for c in SHREDDED[:12]),
+        "hex": SHREDDED.encode().hex(),
+        "hex, upper case, cut short": SHREDDED.encode().hex().upper()[:20],
+        "start of the Basic credential": "Authorization: Basic " + basic(CLIENT_ID, CLIENT_SECRET)[:-6],
+        "the client secret split across lines": "\n".join(CLIENT_SECRET[i:i + 5] for i in range(0, len(CLIENT_SECRET), 5)),
+    }
+
+
+@pytest.mark.parametrize("name", list(quoted_in_part()))
+def test_a_description_quoting_a_credential_in_part_is_not_shown_but_its_error_code_is(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    form = quoted_in_part()[name]
+    shown = refusal(monkeypatch, "invalid_grant", f"{WORDS}: {form}")
+    expected = [
+        shown == f"token 'billing' cannot be minted: the token endpoint refused: invalid_grant {HIDDEN}",
+        WORDS in shown, form in shown,
+    ]
+    assert expected == [True, False, False]  # booleans: a failure prints nothing that could hold a value
+
+
+def test_an_error_code_quoting_a_credential_is_not_shown_either(monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = refusal(monkeypatch, f"invalid_grant:{SHREDDED.encode().hex()}", WORDS)
+    expected = [
+        shown == f"token 'billing' cannot be minted: {HIDDEN}",
+        WORDS in shown, "invalid_grant" in shown, SHREDDED.encode().hex()[:8] in shown,
+    ]
+    assert expected == [True, False, False, False]
+
+
+def test_an_ordinary_description_is_shown_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    description = "The refresh token is invalid, expired or revoked (request 7f3a9c2e-1b4d-4c1a, see https://auth.billing.test/docs%2Ferrors)"
+    shown = refusal(monkeypatch, "invalid_grant", description)
+    assert shown == f"token 'billing' cannot be minted: the token endpoint refused: invalid_grant ({description})"
+
+
+def test_a_description_quoting_whole_forms_shows_them_cut_and_keeps_its_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = urlencode({"grant_type": "refresh_token", "refresh_token": SHREDDED})
+    shown = refusal(monkeypatch, "invalid_grant", f"{WORDS}: {body}; Authorization: Basic {basic(CLIENT_ID, CLIENT_SECRET)}")
+    expected = shown == (
+        f"token 'billing' cannot be minted: the token endpoint refused: invalid_grant ({WORDS}: grant_type=refresh_token&"
+        "refresh_token=[redacted billing.refresh]; Authorization: Basic [redacted Basic credential of billing.secret])"
+    )
+    assert expected
+
+
+def test_a_short_credential_is_looked_for_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    split = refusal(monkeypatch, "invalid_client", f"{WORDS}: s3c\nr!t", secret="s3cr!t")
+    apart = refusal(monkeypatch, "invalid_client", f"{WORDS}: s3c and r!t", secret="s3cr!t")
+    assert [split.endswith(HIDDEN), WORDS in apart] == [True, True]
+
+
+def test_an_unreachable_endpoint_whose_error_quotes_a_credential_keeps_the_proxys_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+    from authlib.integrations.requests_client import OAuth2Session
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise requests.ConnectionError(f"('Connection aborted.', BadStatusLine('{WORDS} {SHREDDED.encode().hex()}'))")
+
+    monkeypatch.setattr(OAuth2Session, "refresh_token", broken)
+    with pytest.raises(MintError) as caught:
+        request_token(SOURCE, {"billing.secret": CLIENT_SECRET, "billing.refresh": SHREDDED})
+    shown = str(caught.value)
+    expected = [
+        caught.value.code == TOKEN_UNAVAILABLE,
+        shown.startswith("token 'billing' cannot be minted: the token endpoint could not be asked: ConnectionError"),
+        shown.endswith(HIDDEN), WORDS in shown,
+    ]
+    assert expected == [True, True, True, False]

@@ -17,19 +17,23 @@ rejects every token cannot make the proxy hammer the token endpoint. Each source
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
 import json
 import logging
 import math
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, quote_plus
+from types import SimpleNamespace
+from typing import Any, Protocol
+from urllib.parse import quote, quote_plus, unquote
 
 from vaultcore.atomic import replace_file
 from vaultcore.index import LOCAL_SOURCE, SecretIndex
@@ -54,6 +58,11 @@ MESSAGE_LIMIT = 500  # characters of a failed mint's reason: the server's words,
 TOKEN_REFUSED = "token_refused"
 TOKEN_UNAVAILABLE = "token_unavailable"
 BACKOFF_TTL = 60.0  # backoff from 5 s, doubling (schedule.backoff)
+# In place of a token endpoint's words that still show part of a credential once every whole
+# form of it is cut (`cleaned`).
+NOT_SHOWN = "(the token endpoint's answer quotes a credential: not shown)"
+WINDOW = 8  # characters of a credential (or all of a shorter one) that, seen, hide the words
+MIN_CREDENTIAL = 4  # shorter values are no secret, and would shred every message
 
 
 def credentials(source: TokenSource, index: SecretIndex, *, allow_plaintext: bool, verified: bool) -> dict[str, str]:
@@ -114,11 +123,10 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
             reply = session.refresh_token(source.token_url, refresh_token=given, **request, **extra)
         else:
             reply = session.fetch_token(source.token_url, grant_type="client_credentials", **request, **extra)
-    except OAuthError as e:
-        description = f" ({e.description})" if getattr(e, "description", None) else ""
-        raise fail(TOKEN_REFUSED, f"the token endpoint refused: {e.error}{description}") from None
+    except OAuthError as e:  # the error code goes with the proxy's words, the description is `told`
+        raise fail(TOKEN_REFUSED, f"the token endpoint refused: {e.error}", getattr(e, "description", None) or None) from None
     except requests.RequestException as e:  # its text may quote the server (a bad status line)
-        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint could not be asked: {type(e).__name__}: {e}") from None
+        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint could not be asked: {type(e).__name__}", str(e) or None) from None
     except ValueError:  # not JSON, not a JSON object, a redirect
         raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer is not a token response") from None
     finally:
@@ -126,44 +134,155 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
     return _token(reply, started, fail), _rotated(reply, given)
 
 
-Fail = Callable[[str, str], MintError]
+class Fail(Protocol):
+    def __call__(self, code: str, message: str, told: str | None = None) -> MintError: ...
 
 
 def _failing(source: TokenSource, values: Mapping[str, str]) -> Fail:
     """A MintError maker for one source whose message (the client's refusal, the log,
-    token-status.json) is `cleaned`, whatever the server or a library put into it."""
+    token-status.json) is `cleaned`, whatever the server or a library put into it: `message`,
+    the proxy's words (with the server's error code), then ` (told)`, what the server (or a
+    library quoting it) said, when there is that."""
 
-    def fail(code: str, message: str) -> MintError:
-        return MintError(source.name, code, f"token {source.name!r} cannot be minted: {cleaned(source, values, message)}")
+    def fail(code: str, message: str, told: str | None = None) -> MintError:
+        return MintError(source.name, code, f"token {source.name!r} cannot be minted: {cleaned(source, values, message, told)}")
 
     return fail
 
 
-def cleaned(source: TokenSource, values: Mapping[str, str], text: str) -> str:
-    """`text`, a token endpoint's words (or a library's, which may quote them), fit to show
-    wherever a failed mint goes: every credential the token request sent (`_sent`) cut out, in
-    every form a server may echo it in (vaultcore.redaction), as `[redacted KEY]`; then quoted
-    (vaultcore.peertext). A server that quotes the request it refuses hands back the refresh
-    token percent-encoded, as the form body had it, and the client secret in the Basic
-    header's base64: cutting the raw values only left those. Quoted after the credentials are
-    out: cut first, a credential could be left in part."""
-    # surrogatepass: a JSON error may hold a lone surrogate (quoted escapes it).
-    redacted = Redactor(_sent(source, values)).redact(text.encode("utf-8", "surrogatepass"))
-    return quoted(redacted.decode("utf-8", "surrogatepass"), MESSAGE_LIMIT)
+def cleaned(source: TokenSource, values: Mapping[str, str], text: str, told: str | None = None) -> str:
+    """`text` and then ` (told)`, a token endpoint's words (or a library's, which may quote
+    them), fit to show wherever a failed mint goes: every credential the token request sent
+    (`_sent`) cut out, in every form a server may echo it in (vaultcore.redaction), as
+    `[redacted KEY]`; then quoted (vaultcore.peertext). A server that quotes the request it
+    refuses hands back the refresh token percent-encoded, as the form body had it, and the
+    client secret in the Basic header's base64: cutting the raw values only left those. Quoted
+    after the credentials are out: cut first, a credential could be left in part.
+
+    Fail safe: a server may also quote a credential in part (a body cut short), split across
+    lines or encoded in a way no form covers (percent-encoded twice, `\\u`-escaped, hex). When
+    what would be shown still shows any WINDOW characters of one (`_shows`), `told` is not
+    shown at all: NOT_SHOWN stands in its place; and nothing of `text` either when that shows
+    one (its error code is the server's too; without `told`, all of it may be)."""
+    sent = _sent(source, values)
+    redactor, pieces = Redactor(sent), _pieces(sent)
+
+    def fit(words: str) -> str | None:
+        # surrogatepass: a JSON error may hold a lone surrogate (quoted escapes it).
+        redacted = redactor.redact(words.encode("utf-8", "surrogatepass")).decode("utf-8", "surrogatepass")
+        shown = quoted(redacted, MESSAGE_LIMIT)
+        return None if _shows(pieces, redacted[:MESSAGE_LIMIT], shown) else shown
+
+    if told is not None and (whole := fit(f"{text} ({told})")) is not None:
+        return whole
+    if (own := fit(text)) is not None:
+        return own if told is None else f"{own} {NOT_SHOWN}"
+    return NOT_SHOWN
 
 
-def _sent(source: TokenSource, values: Mapping[str, str]) -> list[tuple[bytes, str]]:
+def _sent(source: TokenSource, values: Mapping[str, str]) -> list[tuple[bytes, str | bytes]]:
     """(what to show, what went on the wire) for a Redactor, which knows the forms of each:
-    every credential value but those under 4 characters (no secret, and they would shred the
-    message), and the Basic credential, base64 of `client_id:client_secret`, which is no form
-    of the secret. authlib sends that as it is, but 1.3.0 and 1.3.1 (pyproject allows them)
-    quoted both first, as RFC 6749 §2.3.1 says."""
-    sent = [(f"[redacted {key}]".encode(), value) for key, value in values.items() if len(value) >= 4]
+    every credential value but those under MIN_CREDENTIAL characters, and the Basic
+    credential, `client_id:client_secret` in base64, which is no form of the secret: the
+    bytes authlib sends (latin-1, by its own `encode_client_secret_basic`; a Redactor given
+    the text would look for the base64 of its UTF-8, which differs for any non-ASCII
+    character), the UTF-8 text, and both quoted first, as RFC 6749 §2.3.1 says and authlib
+    1.3.0 and 1.3.1 (pyproject allows them) did."""
+    sent: list[tuple[bytes, str | bytes]] = [
+        (f"[redacted {key}]".encode(), value) for key, value in values.items() if len(value) >= MIN_CREDENTIAL
+    ]
     secret = values.get(source.client_secret)
     if secret:
         shown = f"[redacted Basic credential of {source.client_secret}]".encode()
+        wire = _authlib_basic(source.client_id, secret)
+        sent += [(shown, wire)] if wire is not None else []
         sent += [(shown, f"{encode(source.client_id)}:{encode(secret)}") for encode in (str, quote, quote_plus)]
     return sent
+
+
+def _authlib_basic(client_id: str, secret: str) -> bytes | None:
+    """What authlib's client base64-encodes into its Basic header for these; None when it
+    cannot encode them (a character beyond latin-1: it sends no request then)."""
+    from authlib.oauth2.auth import encode_client_secret_basic
+
+    try:
+        _, headers, _ = encode_client_secret_basic(SimpleNamespace(client_id=client_id, client_secret=secret), "POST", "", {}, "")
+        return base64.b64decode(headers["Authorization"].split(None, 1)[1])
+    except (ValueError, KeyError, IndexError):  # UnicodeEncodeError; or a header of another shape
+        return None
+
+
+@dataclass(frozen=True)
+class _Pieces:
+    """What `_shows` looks for: WINDOW-character runs of each credential (all of one that
+    is shorter), as sent and as a reader sees it; and of the lower-case hex of its bytes."""
+
+    text: frozenset[str]
+    hex: frozenset[str]
+
+
+def _windows(value: str) -> set[str]:
+    if len(value) < MIN_CREDENTIAL:
+        return set()
+    return {value} if len(value) <= WINDOW else {value[i:i + WINDOW] for i in range(len(value) - WINDOW + 1)}
+
+
+def _pieces(sent: Iterable[tuple[bytes, str | bytes]]) -> _Pieces:
+    """From `_sent`: each credential value, squeezed as `_readings` squeezes text and with
+    `+` for a space (a form body); and for each Basic credential the base64 the header held."""
+    text: set[str] = set()
+    hexes: set[str] = set()
+    for shown, value in sent:
+        if shown.startswith(b"[redacted Basic credential of "):
+            raw = value.encode("utf-8") if isinstance(value, str) else value
+            for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+                text |= _windows(encoded.decode("ascii"))
+            hexes |= _windows(raw.hex())
+            continue
+        assert isinstance(value, str)
+        for form in (value, _squeezed(value), value.replace(" ", "+")):
+            text |= _windows(form)
+        for encoding in ("utf-8", "latin-1"):
+            try:
+                hexes |= _windows(value.encode(encoding, "surrogatepass").hex())
+            except UnicodeError:
+                pass
+    return _Pieces(frozenset(text), frozenset(hexes))
+
+
+# A JSON or Python escape: \uXXXX, \xXX, or a character after a backslash.
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|(.))", re.DOTALL)
+_SHORT_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+
+
+def _unescaped(text: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m[1] or m[2], 16)) if m[1] or m[2] else _SHORT_ESCAPES.get(m[3], m[3]), text)
+
+
+def _squeezed(text: str) -> str:
+    """`text` without whitespace, line breaks or invisible characters: a credential split
+    across lines reads whole."""
+    return "".join(c for c in text if c.isprintable() and not c.isspace())
+
+
+def _readings(text: str) -> set[str]:
+    """`text`, and what it reads as once squeezed (before and after), percent-decoded, JSON
+    (`\\uXXXX`) and HTML unescaped, in any order, up to three steps."""
+    layer = {text, _squeezed(text)}
+    seen = set(layer)
+    for _ in range(3):
+        layer = {decode(reading) for reading in layer for decode in (unquote, _unescaped, html.unescape)} - seen
+        seen |= layer
+    return seen | {_squeezed(reading) for reading in seen}
+
+
+def _shows(pieces: _Pieces, text: str, *shown: str) -> bool:
+    """Whether `text` (or as it reads, `_readings`), or any of `shown` as it is, holds a
+    piece of a credential."""
+    readings = _readings(text) | set(shown)
+    return any(piece in reading for reading in readings for piece in pieces.text) or any(
+        piece in reading.lower() for reading in readings for piece in pieces.hex
+    )
 
 
 def _token(reply: Mapping[str, Any], started: float, fail: Fail) -> Token:
