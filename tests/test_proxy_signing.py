@@ -6,10 +6,13 @@ hold no key at all, and servers that verify the signature themselves.
   AWS names (the proxy's resolver sends them to moto on loopback); the keys are vault keys.
   A wrong key gets the service's own signature error; a host outside the rule is never signed.
 - HMAC: an upstream whose recorded request the test verifies as Stripe does.
+- Echoes: a signature the proxy made comes back to the client as `[signature of RULE]`, whole,
+  alone, re-encoded, or in a signed WebSocket handshake's messages and close frame.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -22,17 +25,19 @@ from pathlib import Path
 import pytest
 import requests
 from mitmproxy.test import tflow
+from websockets.exceptions import ConnectionClosed
 
 from tests.support.moto import MotoServer, enforced_auth
 from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines, audit_text
-from tests.support.upstream import RecordingUpstream, Reply, headers_echo
+from tests.support.tls import TLSMaterial
+from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply, WebSocketUpstream, headers_echo
 from vaultcore.index import SecretIndex
 from vaultcore.placeholders import find_near_miss, mentions_placeholder
 from vaultcore.signing import Hmac, Rule
 from vaultcore.vault import Vault
 from vaultproxy.flights import Flights
-from vaultproxy.responses import redactor_for
+from vaultproxy.responses import redactor_across, redactor_for
 from vaultproxy.rewrite import Rewrite
 from vaultproxy.signing import signatures
 
@@ -400,6 +405,110 @@ def test_an_echoed_signature_comes_back_as_a_marker(
         assert ("content-length" not in answer.headers) is streamed  # the streamed path was the one taken
 
 
+BARE_RULES = """\
+rules:
+  - name: webhook
+    hosts: [api.example.com]
+    hmac: {key: webhook_secret, header: Stripe-Signature, value: "t={timestamp},v1={signature}", message: "{timestamp}.{body}"}
+  - name: gateway
+    hosts: [gw.example.com]
+    sigv4: {access_key_id: gw.access_key_id, secret_access_key: gw.secret_access_key, service: execute-api, region: eu-west-1}
+"""
+
+
+def stripe_fields(value: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in value.split(",")) if "," in value else {}
+
+
+def verifies(value: str, body: bytes) -> bool:
+    """Whether a Stripe-Signature value signs `body` with the test's webhook secret."""
+    fields = stripe_fields(value)
+    expected = hmac.new(WEBHOOK_SECRET.encode(), f"{fields.get('t')}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(fields.get("v1", ""), expected)
+
+
+def bare_signature_echo(request: RecordedRequest) -> tuple[list[tuple[str, str]], bytes]:
+    """A `Reply.respond` for a server that parses the signature header and reflects only the
+    signature in it (Stripe's v1, SigV4's Signature), as hex and as base64 of its bytes, in a
+    header and in its body: a verifier's error page ("signature ... does not match")."""
+    stripe, authorization = request.header("Stripe-Signature"), request.header("Authorization")
+    bare = stripe_fields(stripe).get("v1", "") if stripe else (authorization or "").rpartition("Signature=")[2]
+    as_base64 = base64.b64encode(bytes.fromhex(bare)).decode()
+    return [("X-Seen-Signature", bare)], json.dumps({"seen": bare, "seen_base64": as_base64}).encode()
+
+
+def test_a_signature_echoed_alone_or_re_encoded_comes_back_as_a_marker(
+    vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream,
+) -> None:
+    """Redacting the whole header value is not enough: a server that parses it and echoes only
+    the signature (Stripe's v1 hex, SigV4's Signature), or its bytes in base64, handed the
+    client a signature over a body it chose all the same."""
+    vault = Vault(vault_home)
+    vault.set("webhook_secret", WEBHOOK_SECRET, hosts=["api.example.com"])
+    vault.set("gw.access_key_id", "FAKEAKIDSIGBARE0001", hosts=["gw.example.com"])
+    vault.set("gw.secret_access_key", "FAKE-gateway-secret-bare-3e7a", hosts=["gw.example.com"])
+    (vault_home / "signing.yaml").write_text(BARE_RULES)
+    tls_upstream.route("/verify", Reply(respond=bare_signature_echo))
+    session = start(mitmdump, vault_home).requests_session()
+    chosen = b'{"type": "payout.paid", "amount": 99999999, "account": "attacker"}'
+
+    # (Booleans only in the asserts: pytest would print the signatures compared.)
+    for host, rule in (("api.example.com", "webhook"), ("gw.example.com", "gateway")):
+        answer = session.post(tls_upstream.url_for(host) + "/verify", data=chosen, timeout=TIMEOUT)
+        received = tls_upstream.requests[-1]
+        if rule == "webhook":
+            signed_here = verifies(received.header("Stripe-Signature") or "", chosen)
+            bare = stripe_fields(received.header("Stripe-Signature") or "").get("v1", "")
+        else:
+            authorization = received.header("Authorization") or ""
+            signed_here = authorization.startswith("AWS4-HMAC-SHA256 Credential=FAKEAKIDSIGBARE0001/")
+            bare = authorization.rpartition("Signature=")[2]
+        as_base64 = base64.b64encode(bytes.fromhex(bare)).decode() if bare else ""
+        marker = f"[signature of {rule}]"
+        leaked = shows(answer, bare) or shows(answer, as_base64)
+        marked = answer.headers.get("X-Seen-Signature") == marker and answer.json() == {"seen": marker, "seen_base64": marker}
+        assert answer.status_code == 200 and signed_here and len(bare) == 64
+        assert not leaked
+        assert marked
+
+
+def test_a_signed_websocket_handshakes_signature_is_redacted_from_the_socket(
+    vault_home: Path, tls_material: TLSMaterial, mitmdump: StartProxy,
+) -> None:
+    """A WebSocket's handshake is signed like any request, and its answer is the whole socket:
+    an upstream that reflects the handshake in a message, or closes with its signature as the
+    reason (a control frame mitmproxy relays with no hook: vaultproxy/wscontrol.py), handed the
+    client a valid signature (of the empty body the handshake has)."""
+    Vault(vault_home).set("webhook_secret", WEBHOOK_SECRET, hosts=["api.example.com"])
+    (vault_home / "signing.yaml").write_text(SIGNING)
+    proxy = start(mitmdump, vault_home)
+    marker = "[signature of webhook]"
+
+    with WebSocketUpstream(tls_material, echo_handshake=True) as upstream:
+        with proxy.websocket(f"wss://api.example.com:{upstream.port}/socket") as socket:
+            socket.send("what did you get?")
+            echoed = socket.recv(timeout=TIMEOUT)
+        sent = upstream.handshakes[-1].header("Stripe-Signature") or ""
+    # (Booleans only in the asserts: pytest would print the signatures compared.)
+    signed_here = verifies(sent, b"")
+    leaked = sent in str(echoed) or stripe_fields(sent).get("v1", "-") in str(echoed)
+    marked = json.loads(echoed).get("Stripe-Signature") == marker
+    assert signed_here
+    assert not leaked
+    assert marked
+
+    closing = WebSocketUpstream(tls_material, closing=lambda message: closing.handshakes[-1].header("Stripe-Signature") or "")
+    with closing, proxy.websocket(f"wss://api.example.com:{closing.port}/socket") as socket:
+        socket.send("bye?")
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=TIMEOUT)
+    reason = closed.value.rcvd.reason if closed.value.rcvd is not None else None
+    signed_here = verifies(closing.handshakes[-1].header("Stripe-Signature") or "", b"")
+    closed_with_marker = reason == marker
+    assert signed_here
+    assert closed_with_marker
+
+
 def signed(name: str, signature: bytes) -> tuple[Rule, Rewrite]:
     """An HMAC rule, and the change it made: its header set to `signature` among others."""
     return Rule(name, ("api.example.com",), Hmac("webhook_secret", "X-Signature")), \
@@ -434,3 +543,35 @@ def test_a_retry_is_redacted_for_the_signature_it_replaces_too() -> None:
     redactor = redactor_for(held.uses(), held.signatures)
     assert redactor is not None
     assert redactor.redact(b"FAKE-first-signature-0123 FAKE-replay-signature-4567") == b"[signature of webhook] [signature of webhook]"
+
+
+def test_a_signature_is_redacted_alone_and_in_the_other_encoding_too() -> None:
+    """A server that parses the header may echo only the signature in it, or its bytes the
+    other way (hex, base64): each is redacted under the same marker, the whole value as one."""
+    rule = Rule("webhook", ("api.example.com",), Hmac("webhook_secret", "Stripe-Signature", "t={timestamp},v1={signature}"))
+    digest = hashlib.sha256(b"FAKE-digest").digest()
+    value = b"t=1700000000,v1=" + digest.hex().encode()
+    found = signatures(rule, Rewrite(fields=((b"Stripe-Signature", value),), keys=["webhook_secret"]))
+    # (Booleans only in the asserts: pytest would print the signatures compared.)
+    paired = found == tuple((b"[signature of webhook]", form) for form in (value, digest.hex().encode(), base64.b64encode(digest)))
+    redactor = redactor_for((), found)
+    echoed = b'{"header": "%s", "v1": "%s", "as_base64": "%s"}' % (value, digest.hex().encode(), base64.b64encode(digest))
+    redacted = redactor is not None and redactor.redact(echoed) == \
+        b'{"header": "[signature of webhook]", "v1": "[signature of webhook]", "as_base64": "[signature of webhook]"}'
+    assert paired
+    assert redacted
+
+
+def test_a_websockets_signatures_are_kept_while_it_is_open() -> None:
+    """The socket is its handshake's answer: the signatures are kept for its messages and
+    control frames, under the socket's flow, and forgotten with its keys when it ends."""
+    flights, socket, other = Flights(), tflow.twebsocketflow(), tflow.twebsocketflow()
+    rule, change = signed("webhook", b"FAKE-handshake-signature-89ab")
+    flights.add_websocket_signatures(socket, signatures(rule, change))
+    held = redactor_across(flights.websocket_keys(socket), flights.websocket_signatures(socket))
+    redacted = held is not None and held.redact(b"got FAKE-handshake-signature-89ab") == b"got [signature of webhook]"
+    assert redacted
+    assert flights.websocket_signatures(other) == ()
+    flights.end_websocket(socket)
+    assert flights.websocket_signatures(socket) == ()
+

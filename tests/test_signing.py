@@ -1,18 +1,21 @@
 """Signing rules without I/O: the signing.yaml schema (every error names file, line and
-field), HMAC signatures as Stripe, Slack and GitHub verify them, the AWS scope a host name
-gives, and keys from an AWS profile's files. SigV4 itself is verified end to end by moto (tests/test_proxy_signing.py)."""
+field), HMAC signatures as Stripe, Slack and GitHub verify them, the signature alone in the
+header a rule sets, the AWS scope a host name gives, and keys from an AWS profile's files.
+SigV4 itself is verified end to end by moto (tests/test_proxy_signing.py)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from vaultcore.signing import (
-    AwsCredentials, Hmac, RequestParts, SigningError, SigV4, aws_scope, hmac_headers, parse_rules, sigv4_headers, vault_keys,
+    AwsCredentials, Hmac, RequestParts, SigningError, SigV4, aws_scope, bare_signature, hmac_headers, parse_rules, sigv4_headers,
+    vault_keys,
 )
 
 RULES = """\
@@ -168,3 +171,46 @@ def test_profile_keys_load_from_aws_files(tmp_path: Path, monkeypatch: pytest.Mo
     assert "FAKE-profile-secret" not in repr(aws.keys(rule))
     with pytest.raises(SigningError, match="AWS profile 'missing'"):
         aws.load(SigV4(profile="missing"))
+
+
+def hex_of(digest: bytes) -> str:
+    return digest.hex()
+
+
+def base64_of(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+@pytest.mark.parametrize(("rule", "message", "encode"), [
+    (Hmac("k", "X-Signature"), BODY, hex_of),
+    (Hmac("k", "Stripe-Signature", "t={timestamp},v1={signature}", "{timestamp}.{body}"), b"1700000002." + BODY, hex_of),
+    (Hmac("k", "X-Slack-Signature", "v0={signature}", "v0:{timestamp}:{body}"), b"v0:1700000002:" + BODY, hex_of),
+    (Hmac("k", "X-Sig", "{{{method}}} sig={signature};{path}", algorithm="sha512", encoding="base64"), BODY, base64_of),
+    (Hmac("k", "X-Sig", "{timestamp}{signature}{timestamp}", algorithm="sha1"), BODY, hex_of),
+], ids=["default", "stripe", "slack", "base64", "fields-around"])
+def test_the_bare_signature_is_found_in_the_header_an_hmac_rule_sets(rule: Hmac, message: bytes, encode: Callable[[bytes], str]) -> None:
+    """A server may parse the header and echo only the signature (Stripe's v1, Slack's v0):
+    the proxy redacts it alone too, so it must find it where the rule's value template put it.
+    (Booleans only in the asserts: pytest would print the signatures compared.)"""
+    header = hmac_headers(rule, SECRET, request(), 1_700_000_002)[rule.header]
+    found = bare_signature(rule, header)
+    assert found is not None and hmac.compare_digest(found, encode(hmac.new(SECRET, message, rule.algorithm).digest()))
+
+
+def test_the_bare_signature_of_sigv4_is_the_authorizations_signature_part() -> None:
+    rule = SigV4("a", "s", session_token="t", service="execute-api", region="eu-west-1")
+    keys = vault_keys(rule, {"a": "FAKEEXAMPLE", "s": "FAKE-sigv4-secret", "t": "FAKE-session-token"})
+    parts = RequestParts("GET", "https://api.example.com/items", "api.example.com", "/items", {}, b"")
+    authorization = sigv4_headers(rule, keys, parts)["Authorization"]
+    found = bare_signature(rule, authorization)
+    assert found is not None and len(found) == 64 and authorization.endswith(f", Signature={found}")
+
+
+@pytest.mark.parametrize(("rule", "value"), [
+    (Hmac("k", "Stripe-Signature", "t={timestamp},v1={signature}"), "t=1,v1=client"),
+    (Hmac("k", "Stripe-Signature", "t={timestamp},v1={signature}"), "v1=" + "ab" * 32),
+    (Hmac("k", "X-Signature"), "ab" * 31),
+    (SigV4("a", "s"), "Bearer FAKE-token"),
+])
+def test_a_value_not_in_the_rules_form_has_no_bare_signature(rule: Hmac | SigV4, value: str) -> None:
+    assert bare_signature(rule, value) is None

@@ -39,6 +39,7 @@ X-Slack-Request-Timestamp; GitHub: header X-Hub-Signature-256, value "sha256={si
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -311,3 +312,48 @@ def sigv4_headers(rule: SigV4, keys: Keys, request: RequestParts) -> dict[str, s
     (S3SigV4Auth if s3 else SigV4Auth)(credentials, service, region).add_auth(aws_request)
     added = {"Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256"}
     return {name: value for name, value in aws_request.headers.items() if name in added or name.lower() in {a.lower() for a in added}}
+
+
+# --- the signature alone ------------------------------------------------------------------------
+
+# In SigV4's Authorization: "AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=<hex>".
+_SIGV4_SIGNATURE = re.compile(r"(?:^|[\s,])Signature=(?P<signature>[0-9a-f]{64})(?=$|[\s,])")
+
+
+def bare_signature(rule: SigV4 | Hmac, value: str) -> str | None:
+    """The signature alone in `value`, the value of the header `rule` sets (`hmac_headers`,
+    `sigv4_headers`): a server may parse that header and echo only the signature (Stripe's
+    v1, SigV4's Signature), which verifies as well as the whole value does. None when `value`
+    is not of the rule's form."""
+    if isinstance(rule, SigV4):
+        found = _SIGV4_SIGNATURE.search(value)
+    else:
+        pattern = _value_pattern(rule)
+        found = pattern.fullmatch(value) if pattern is not None else None
+    return found["signature"] if found else None
+
+
+@functools.lru_cache(maxsize=64)
+def _value_pattern(rule: Hmac) -> re.Pattern[str] | None:
+    """`rule`'s value template as a pattern (None if it holds no signature): its literal text
+    as it is, {signature} a group of exactly what the algorithm and encoding make (so a field
+    beside it, a timestamp's digits, cannot take part of it), any other field as little text
+    as the rest allows (and the same text where the template names it again). Cached: a rule
+    signs request after request."""
+    size = ALGORITHMS[rule.algorithm]().digest_size
+    if rule.encoding == "hex":
+        signature = f"[0-9a-f]{{{2 * size}}}"
+    else:  # four characters for every three bytes begun, the last of them padding
+        padding = -size % 3
+        signature = f"[A-Za-z0-9+/]{{{4 * -(-size // 3) - padding}}}={{{padding}}}"
+    groups = {"signature": "signature"}  # field name -> group name (a field may be no identifier: "{0}")
+    seen: set[str] = set()
+    parts: list[str] = []
+    for literal, name, _, _ in string.Formatter().parse(rule.value):
+        parts.append(re.escape(literal))
+        if name is None:
+            continue
+        group = groups.setdefault(name, f"field{len(groups)}")
+        parts.append(f"(?P={group})" if name in seen else f"(?P<{group}>{signature if name == 'signature' else '.*?'})")
+        seen.add(name)
+    return re.compile("".join(parts), re.DOTALL) if "signature" in seen else None

@@ -659,8 +659,10 @@ class VaultProxy:
 
     def _clean(self, flow: http.HTTPFlow, used: Original | None) -> None:
         if flow.websocket is not None:
-            # the handshake's values may come back in messages
-            self.flights.add_websocket_keys(flow, used.keys if used else [], used.index if used else None)
+            # the handshake's values and signature may come back in messages
+            if used is not None:
+                self.flights.add_websocket_keys(flow, used.keys, used.index)
+                self.flights.add_websocket_signatures(flow, used.signatures)
             self.sockets[flow.client_conn] = flow
             return
         response = flow.response
@@ -714,7 +716,7 @@ class VaultProxy:
     def _websocket_redactor(self, flow: http.HTTPFlow | None) -> Redactor | None:
         if flow is None or not self.settings.redact_responses:
             return None
-        return responses.redactor_across(self.flights.websocket_keys(flow))
+        return responses.redactor_across(self.flights.websocket_keys(flow), self.flights.websocket_signatures(flow))
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         self.flights.restore_messages(flow)

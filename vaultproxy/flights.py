@@ -2,8 +2,9 @@
 
 Values must reach the wire but nothing that records or shows a flow (save, HAR export, the
 dumper, the flow views): once a request has gone upstream its original parts, which hold
-placeholders, are put back. Only originals, key names and the index their values came from
-are kept here (to redact echoes of them), never in `flow.metadata` (which is serialised).
+placeholders, are put back. Only originals, key names and the index their values came from,
+and the signatures the proxy added, are kept here (to redact echoes of them), never in
+`flow.metadata` (which is serialised).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Flights:
         self._answered_midway: dict[str, Original] = {}  # see `abandoned`
         self._messages: dict[str, list[tuple[websocket.WebSocketMessage, bytes]]] = {}
         self._websocket_keys: dict[str, dict[SecretIndex, set[str]]] = {}
+        self._websocket_signatures: dict[str, Signatures] = {}
 
     def __len__(self) -> int:
         return len(self._requests) + len(self._messages)
@@ -220,9 +222,20 @@ class Flights:
         each index they resolved with (a reload while it is open adds one)."""
         return self._websocket_keys.get(flow.id, {})
 
+    def add_websocket_signatures(self, flow: http.HTTPFlow, signatures: Signatures) -> None:
+        """The signatures the proxy added to a WebSocket's handshake (and to the handshake a
+        retry replaced): the socket is the handshake's answer, and its server may echo them in
+        any message or control frame while it is open."""
+        if signatures:
+            self._websocket_signatures[flow.id] = self._websocket_signatures.get(flow.id, ()) + signatures
+
+    def websocket_signatures(self, flow: http.HTTPFlow) -> Signatures:
+        return self._websocket_signatures.get(flow.id, ())
+
     def end_websocket(self, flow: http.HTTPFlow) -> None:
         self._restore_messages(flow.id)
         self._websocket_keys.pop(flow.id, None)
+        self._websocket_signatures.pop(flow.id, None)
 
     def restore_messages(self, flow: http.HTTPFlow) -> None:
         """Messages are sent right after the hook that substituted them; the next hook of the

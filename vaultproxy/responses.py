@@ -50,10 +50,10 @@ def redactor_for(uses: Uses, signatures: Signatures = ()) -> Redactor | None:
     return _redactor(uses) if uses else None
 
 
-def redactor_across(uses: Mapping[SecretIndex, Iterable[str]]) -> Redactor | None:
+def redactor_across(uses: Mapping[SecretIndex, Iterable[str]], signatures: Signatures = ()) -> Redactor | None:
     """`redactor_for` a WebSocket's keys: it carries the values of every index it was
-    resolved with (a key rotated while it was open has two)."""
-    return redactor_for(tuple((index, tuple(keys)) for index, keys in uses.items()))
+    resolved with (a key rotated while it was open has two); and of its handshake's signatures."""
+    return redactor_for(tuple((index, tuple(keys)) for index, keys in uses.items()), signatures)
 
 
 @functools.lru_cache(maxsize=256)

@@ -5,7 +5,8 @@ A signature covers the request exactly as it leaves, so it is the last change: `
 the same lookup as placeholders (their hosts and origins rules, the plaintext rule, the Host
 and SNI checks), and the headers it adds are taken out again, like values, before anything
 records the request. The signature is also redacted from the request's response, as values
-are (`signatures`): a client that holds no key must not read back what it was signed with.
+are (`signatures`; a signed WebSocket handshake's, from the socket's messages and control
+frames): a client that holds no key must not read back what it was signed with.
 
 A rule signs a request for its hosts unless the client has signed it itself (the request
 already has the header the rule sets); `X-Vaultproxy-Sign: RULE` makes it sign anyway (for
@@ -14,13 +15,16 @@ SDKs that always sign, with dummy keys). That header never goes upstream.
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 
 from mitmproxy import http
 
 from vaultcore.placeholders import SubstitutionError
-from vaultcore.signing import AwsCredentials, Hmac, RequestParts, Rule, SigningError, SigV4, hmac_headers, sigv4_headers, vault_keys
+from vaultcore.signing import (
+    AwsCredentials, Hmac, RequestParts, Rule, SigningError, SigV4, bare_signature, hmac_headers, sigv4_headers, vault_keys,
+)
 from vaultproxy.guard import RequestLookup
 from vaultproxy.responses import Signatures
 from vaultproxy.rewrite import Rewrite
@@ -41,14 +45,27 @@ def signatures(rule: Rule, change: Rewrite) -> Signatures:
     """The signature `change` (from `signature`) carries, under the marker a response shows in
     its place: an upstream that echoes request headers (httpbin's /headers, debug pages) would
     otherwise hand the client a signature it could not make, over a body it chose, that
-    verifies wherever the key is used. Only the header the rule sets: what else a rule adds (a
-    timestamp, X-Amz-Date, the body's hash) the client knows or can compute, and redacting it
-    would rewrite unrelated dates in responses; a session token from the vault is redacted as
-    its value. The marker names the rule and looks like no placeholder, so a client that
-    sends it back is not refused for it."""
+    verifies wherever the key is used. Only the header the rule sets (`signature_forms`): what
+    else a rule adds (a timestamp, X-Amz-Date, the body's hash) the client knows or can
+    compute, and redacting it would rewrite unrelated dates in responses; a session token from
+    the vault is redacted as its value. The marker names the rule and looks like no
+    placeholder, so a client that sends it back is not refused for it."""
     wanted = signed_header(rule).lower().encode()
     marker = f"[signature of {_UNMARKED.sub('_', rule.name)}]".encode()
-    return tuple((marker, value) for name, value in change.fields or () if name.lower() == wanted)
+    return tuple((marker, form) for name, value in change.fields or () if name.lower() == wanted for form in signature_forms(rule, value))
+
+
+def signature_forms(rule: Rule, value: bytes) -> tuple[bytes, ...]:
+    """The value of the header `rule` set, and the signature alone in it, in hex and in base64
+    of its bytes: a server that parses the header (a verifier's error page, a debug view) may
+    echo only the signature (Stripe's v1, SigV4's Signature), or decode it and show it the
+    other way, and either verifies as the whole value does."""
+    bare = bare_signature(rule.method, value.decode("latin-1"))
+    if bare is None:  # not of the rule's form (a value template without {signature})
+        return (value,)
+    hex_encoded = isinstance(rule.method, SigV4) or rule.method.encoding == "hex"
+    digest = bytes.fromhex(bare) if hex_encoded else base64.b64decode(bare)
+    return tuple(dict.fromkeys((value, bare.encode(), digest.hex().encode(), base64.b64encode(digest))))
 
 
 def rule_for(rules: tuple[Rule, ...], request: http.Request) -> Rule | None:

@@ -487,15 +487,18 @@ class WebSocketUpstream:
     back keeps values out of mitmproxy's records of the conversation, which an echo would
     legitimately put there. `greeting`: a message sent to each client as it connects.
     `closing`: given the first message, a text to ping with, then close the connection with.
+    `echo_handshake`: each message is answered with the handshake's header fields as a JSON
+    object instead (as a debug endpoint reflects what it received, as `headers_echo` does).
     Runs the `websockets` asyncio server on its own event loop in a background thread.
     """
 
     def __init__(
         self, tls: TLSMaterial | None = None, *, answer: Answer = echo, greeting: str | None = None,
-        closing: Callable[[WebSocketMessage], str] | None = None,
+        closing: Callable[[WebSocketMessage], str] | None = None, echo_handshake: bool = False,
     ) -> None:
         self._ssl_context = tls.server_context() if tls is not None else None
         self._answer = answer
+        self._echo_handshake = echo_handshake
         self._greeting = greeting
         self._closing = closing
         self._messages: _Recorder[WebSocketMessage] = _Recorder()
@@ -541,6 +544,10 @@ class WebSocketUpstream:
                     await connection.ping((text := self._closing(message)).encode())
                     await connection.close(reason=text)
                     return
+                if self._echo_handshake and request is not None:
+                    self._messages.append(message)
+                    await connection.send(json.dumps(dict(request.headers.raw_items())))
+                    continue
                 reply = self._answer(message, self._messages.append(message))
                 if reply is not None:
                     await connection.send(reply)
