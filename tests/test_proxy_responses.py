@@ -264,17 +264,18 @@ def test_a_body_that_outgrows_stream_large_bodies_unannounced_is_still_cleaned(
     assert clean(response.content), response.content
 
 
-@pytest.mark.parametrize("status", [204, 304])
+@pytest.mark.parametrize(("status", "length"), [(204, False), (304, False), (204, True), (304, True)])
 def test_a_body_an_http2_server_sends_where_none_belongs_is_still_cleaned(
-    mitmdump: StartProxy, home: Path, tls_material: TLSMaterial, status: int,
+    mitmdump: StartProxy, home: Path, tls_material: TLSMaterial, status: int, length: bool,
 ) -> None:
     """HTTP/1 framing allows no body after 204 or 304, but an HTTP/2 server can still send
-    DATA frames there (h2 holds it to a Content-Length only when there is one). mitmproxy
-    buffers them and, past stream_large_bodies, sends them on with no hook in between."""
+    DATA frames there, with or without a Content-Length (h2 only holds a server to one it
+    gives). mitmproxy buffers them and, past stream_large_bodies, sends them on with no hook."""
     proxy = mitmdump(options={"vault_home": str(home), "stream_large_bodies": "1k"}, hosts=EXAMPLE_HOSTS)
 
     def answer(headers: dict[bytes, bytes], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        return status, [(b"content-type", b"text/plain")], (b"echo " + headers[b"x-token"] + b" and " + PLANT + b"\n") * 100
+        echo = (b"echo " + headers[b"x-token"] + b" and " + PLANT + b"\n") * 100
+        return status, [(b"content-type", b"text/plain"), *([(b"content-length", b"%d" % len(echo))] if length else [])], echo
 
     with Http2Upstream(tls_material, answer) as upstream, proxy.httpx_client(http2=True) as client:
         response = client.get(f"https://api.example.com:{upstream.port}/none", headers={"X-Token": "<<vault:rsp.tok>>"})

@@ -212,15 +212,15 @@ def streams_late(flow: http.HTTPFlow, stream_large_bodies: str | None) -> bool:
     A body whose size is unknown up front (chunked, or read until the connection closes) is
     buffered, and once it outgrows stream_large_bodies mitmproxy sends it on as it comes, with
     no hook in between: neither neutralised nor redacted. Such a body is streamed through the
-    filter from its start instead. So is an HTTP/2 or HTTP/3 body without a Content-Length:
-    its frames end it, and a server may send DATA where HTTP/1 allows no body (after a 204 or
-    304; h2 holds a server to a Content-Length only when there is one)."""
+    filter from its start instead. So is an HTTP/2 or HTTP/3 body whose size HTTP/1 would take
+    as none (after a 204 or 304, to a HEAD; h2 holds a server only to a Content-Length it gives,
+    and lets it give one there), or take from no Content-Length: frames end the body."""
     if not stream_large_bodies:
         return False
     size = _body_size(flow)
     response = flow.response
     assert response is not None
-    return size is None or size < 0 or (response.is_http2 or response.is_http3) and "content-length" not in response.headers
+    return size is None or size < 0 or (response.is_http2 or response.is_http3) and (size == 0 or "content-length" not in response.headers)
 
 
 def _as_it_is(chunk: bytes) -> bytes:
