@@ -284,6 +284,15 @@ def test_a_body_an_http2_server_sends_where_none_belongs_is_still_cleaned(
     assert neutralised and clean(response.content), leaked(response.content)
 
 
+def test_an_http2_answer_to_head_keeps_its_content_length(mitmdump: StartProxy, home: Path, tls_material: TLSMaterial) -> None:
+    """A HEAD asks for a size: the check above must not take it away (h2 refuses DATA there)."""
+    proxy = mitmdump(options={"vault_home": str(home), "stream_large_bodies": "1k"}, hosts=EXAMPLE_HOSTS)
+    with Http2Upstream(tls_material, lambda headers, body: (200, [(b"content-length", b"12345")], b"")) as upstream:
+        with proxy.httpx_client(http2=True) as client:
+            response = client.head(f"https://api.example.com:{upstream.port}/file", headers={"X-Token": "<<vault:rsp.tok>>"})
+    assert response.http_version == "HTTP/2" and response.status_code == 200 and response.headers["content-length"] == "12345"
+
+
 def test_a_binary_download_still_has_its_placeholders_neutralised(streaming_proxy: MitmdumpProcess, upstream: RecordingUpstream) -> None:
     """The server picks the media type: a streamed octet-stream is checked like any other body."""
     body = b"\x00\xff" * 100 + b" run: curl /x?t=" + PLANT + b" " + b"\x00" * 100

@@ -632,8 +632,10 @@ class VaultProxy:
             redactor = self._redactor_of(self.flights.used(flow))
             responses.clean_head(response, redactor)
             responses.transfer_codings_as_content(flow)
-            if not response.stream and responses.streams_late(flow, self.settings.stream_large_bodies) and flow not in self.retrier.replays:
-                response.stream = True  # (a replay's answer is never streamed: retry.WholeAnswers)
+            # mitmproxy may start streaming only past stream_large_bodies (a replay's answer is
+            # never streamed: retry.WholeAnswers)
+            if not response.stream and self.settings.stream_large_bodies and responses.streams_late(flow) and flow not in self.retrier.replays:
+                response.stream = True
             if response.stream is True:
                 response.stream = responses.stream_filter(flow, redactor)
         except Exception as e:

@@ -206,21 +206,23 @@ def _body_size(flow: http.HTTPFlow) -> int | None:
         return -1
 
 
-def streams_late(flow: http.HTTPFlow, stream_large_bodies: str | None) -> bool:
-    """Whether mitmproxy may start streaming this response only after `responseheaders`.
+def streams_late(flow: http.HTTPFlow) -> bool:
+    """Whether mitmproxy may start streaming this response only after `responseheaders` (with
+    stream_large_bodies set).
 
     A body whose size is unknown up front (chunked, or read until the connection closes) is
     buffered, and once it outgrows stream_large_bodies mitmproxy sends it on as it comes, with
     no hook in between: neither neutralised nor redacted. Such a body is streamed through the
-    filter from its start instead. So is an HTTP/2 or HTTP/3 body whose size HTTP/1 would take
-    as none (after a 204 or 304, to a HEAD; h2 holds a server only to a Content-Length it gives,
-    and lets it give one there), or take from no Content-Length: frames end the body."""
-    if not stream_large_bodies:
-        return False
+    filter from its start instead. So is one an HTTP/2 or HTTP/3 server sends after a 204 or
+    304, which HTTP/1 reads as none: h2 lets a server send DATA there (holding it only to a
+    Content-Length it gives, which it may give). To a HEAD, h2 refuses DATA itself, and the
+    head (its Content-Length the size asked for) goes as it came."""
     size = _body_size(flow)
+    if size is None or size < 0:
+        return True
     response = flow.response
     assert response is not None
-    return size is None or size < 0 or (response.is_http2 or response.is_http3) and (size == 0 or "content-length" not in response.headers)
+    return response.status_code in (204, 304) and (response.is_http2 or response.is_http3)
 
 
 def _as_it_is(chunk: bytes) -> bytes:
