@@ -169,6 +169,12 @@ def quoted_in_part() -> dict[str, str]:
         "hex, upper case, cut short": SHREDDED.encode().hex().upper()[:20],
         "start of the Basic credential": "Authorization: Basic " + basic(CLIENT_ID, CLIENT_SECRET)[:-6],
         "the client secret split across lines": "\n".join(CLIENT_SECRET[i:i + 5] for i in range(0, len(CLIENT_SECRET), 5)),
+        # a server (an AWS Lambda's echoed event) that shows the body in base64, wherever the
+        # token falls in it: at each of the three byte offsets its encoding can start at
+        **{f"the form body in base64, {pad} bytes before it": "event body " + base64.b64encode(
+            b"x" * pad + urlencode({"grant_type": "refresh_token", "refresh_token": SHREDDED, "scope": "read"}).encode()).decode()
+           for pad in range(3)},
+        "the form body in URL-safe base64": base64.urlsafe_b64encode(b"scope=read&refresh_token=" + SHREDDED.encode()).decode(),
     }
 
 

@@ -58,6 +58,28 @@ def test_a_crash_traceback_quotes_no_bytes() -> None:
     assert logged.endswith("\nAssertionError: <not shown by vaultproxy>") and "test_a_crash_traceback_quotes_no_bytes" in logged
 
 
+def test_urllib3s_warning_about_a_head_it_cannot_parse_quotes_none_of_it() -> None:
+    """A token endpoint's answer with a broken head makes urllib3 log the header lines it could
+    not parse, where the server may echo the request's Basic credential."""
+    from urllib3.exceptions import HeaderParsingError
+
+    unparsed = "X-Echo-Authorization: Basic " + SECRET.decode() + "\r\n"
+    serverbytes.install()
+    logger = logging.getLogger(serverbytes.URLLIB3_LOGGER)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        error = HeaderParsingError(defects=[], unparsed_data=unparsed)
+        logger.warning("Failed to parse headers (url=%s): %s", "http://127.0.0.1:9/token", error, exc_info=(type(error), error, None))
+    finally:
+        logger.removeHandler(handler)
+    (record,) = records
+    logged = logging.Formatter().format(record)
+    assert SECRET.decode() not in logged and logged.startswith("Failed to parse headers (url=http://127.0.0.1:9/token): <not shown")
+
+
 def test_a_run_of_backslashes_does_not_stall_the_filter() -> None:
     """A server's bytes end up in the text the filter reads: a regular expression that can
     match them in many ways would take exponential time, on the event loop of every client."""

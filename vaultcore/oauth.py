@@ -227,9 +227,22 @@ def _windows(value: str) -> set[str]:
     return {value} if len(value) <= WINDOW else {value[i:i + WINDOW] for i in range(len(value) - WINDOW + 1)}
 
 
+def _base64_inside(raw: bytes) -> set[str]:
+    """WINDOW-character runs of `raw`'s base64 (standard and URL-safe) wherever it starts in
+    a larger blob (at each of the three byte offsets), less the characters at each end that
+    the bytes around it change: a server may show a whole request in base64 (an AWS Lambda's
+    echoed event)."""
+    runs: set[str] = set()
+    for offset in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            runs |= _windows(encode(bytes(offset) + raw).decode("ascii")[4:-4])
+    return runs
+
+
 def _pieces(sent: Iterable[tuple[bytes, str | bytes]]) -> _Pieces:
     """From `_sent`: each credential value, squeezed as `_readings` squeezes text and with
-    `+` for a space (a form body); and for each Basic credential the base64 the header held."""
+    `+` for a space (a form body); each as it went on the wire (raw, or percent-encoded in
+    the form body) inside base64; and for each Basic credential the base64 the header held."""
     text: set[str] = set()
     hexes: set[str] = set()
     for shown, value in sent:
@@ -242,6 +255,8 @@ def _pieces(sent: Iterable[tuple[bytes, str | bytes]]) -> _Pieces:
         assert isinstance(value, str)
         for form in (value, _squeezed(value), value.replace(" ", "+")):
             text |= _windows(form)
+        for wire in {value, quote(value, safe=""), quote_plus(value)}:
+            text |= _base64_inside(wire.encode("utf-8", "surrogatepass"))
         for encoding in ("utf-8", "latin-1"):
             try:
                 hexes |= _windows(value.encode(encoding, "surrogatepass").hex())

@@ -5,8 +5,11 @@ end of a response ("Unexpected data from server: b'...'"), a WebSocket ping's or
 payload, the details of an HTTP/2 protocol error (h2 quotes the header value it refused), and
 the traceback of a connection handler that crashed (which may quote the event it choked on).
 A server can echo a value there (the request's own, or a socket's), and the line goes to the
-terminal and any log handler. The filter here keeps each line and says what it left out; it
-runs only on the records of mitmproxy's connection handler.
+terminal and any log handler. So does urllib3's warning about a response head it cannot parse
+(a token endpoint's, when the proxy mints an OAuth token): it quotes the header lines, which
+may echo the request's Basic credential. The filter here keeps each line and says what it
+left out; it runs only on the records of mitmproxy's connection handler and urllib3's
+connections.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import warnings
 from collections.abc import Callable
 
 LOGGER = "mitmproxy.proxy.server"  # where mitmproxy's layers log (proxy/server.py)
+URLLIB3_LOGGER = "urllib3.connection"  # "Failed to parse headers (url=...): <the header lines>"
 NOT_SHOWN = "not shown by vaultproxy"
 _BYTES_LITERAL = r"b(?P<quote>['\"])(?:\\.|(?!(?P=quote)|\\).)*(?P=quote)"  # one way to match each character
 _LITERAL = re.compile(_BYTES_LITERAL)
@@ -103,4 +107,5 @@ _FILTER = LeaveOutPeerBytes()
 
 def install() -> None:
     """Idempotent: a script reload installs it again."""
-    logging.getLogger(LOGGER).addFilter(_FILTER)
+    for name in (LOGGER, URLLIB3_LOGGER):
+        logging.getLogger(name).addFilter(_FILTER)
