@@ -552,14 +552,23 @@ def test_a_signature_is_redacted_alone_and_in_the_other_encoding_too() -> None:
     digest = hashlib.sha256(b"FAKE-digest").digest()
     value = b"t=1700000000,v1=" + digest.hex().encode()
     found = signatures(rule, Rewrite(fields=((b"Stripe-Signature", value),), keys=["webhook_secret"]))
-    # (Booleans only in the asserts: pytest would print the signatures compared.)
-    paired = found == tuple((b"[signature of webhook]", form) for form in (value, digest.hex().encode(), base64.b64encode(digest)))
     redactor = redactor_for((), found)
-    echoed = b'{"header": "%s", "v1": "%s", "as_base64": "%s"}' % (value, digest.hex().encode(), base64.b64encode(digest))
+    spellings = [digest.hex(), digest.hex().upper(), base64.b64encode(digest).decode(), base64.b64encode(digest).decode().rstrip("="),
+                 base64.urlsafe_b64encode(digest).decode().rstrip("=")]
+    echoed = json.dumps({"header": value.decode(), **{f"as_{i}": spelled for i, spelled in enumerate(spellings)}}).encode()
+    # (Booleans only in the asserts: pytest would print the signatures compared.)
     redacted = redactor is not None and redactor.redact(echoed) == \
-        b'{"header": "[signature of webhook]", "v1": "[signature of webhook]", "as_base64": "[signature of webhook]"}'
-    assert paired
+        json.dumps({"header": "[signature of webhook]", **{f"as_{i}": "[signature of webhook]" for i in range(len(spellings))}}).encode()
     assert redacted
+
+
+def test_a_signature_in_a_value_template_that_is_not_ascii_is_found_alone() -> None:
+    """signature() sends the header as UTF-8: its template is matched as such."""
+    rule = Rule("webhook", ("api.example.com",), Hmac("webhook_secret", "X-Sig", "sig→{signature}"))
+    digest = hashlib.sha256(b"FAKE-digest").digest()
+    found = signatures(rule, Rewrite(fields=((b"X-Sig", "sig→".encode() + digest.hex().encode()),), keys=["webhook_secret"]))
+    redactor = redactor_for((), found)
+    assert redactor is not None and redactor.redact(b"v=" + digest.hex().encode()) == b"v=[signature of webhook]"
 
 
 def test_a_websockets_signatures_are_kept_while_it_is_open() -> None:

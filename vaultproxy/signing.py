@@ -56,16 +56,18 @@ def signatures(rule: Rule, change: Rewrite) -> Signatures:
 
 
 def signature_forms(rule: Rule, value: bytes) -> tuple[bytes, ...]:
-    """The value of the header `rule` set, and the signature alone in it, in hex and in base64
-    of its bytes: a server that parses the header (a verifier's error page, a debug view) may
-    echo only the signature (Stripe's v1, SigV4's Signature), or decode it and show it the
-    other way, and either verifies as the whole value does."""
-    bare = bare_signature(rule.method, value.decode("latin-1"))
+    """The value of the header `rule` set, and the signature alone in it, in hex (either case)
+    and in base64 (standard and URL-safe, padded or not) of its bytes: a server that parses
+    the header (a verifier's error page, a debug view) may echo only the signature (Stripe's
+    v1, SigV4's Signature), or decode it and show it another way, and each verifies as the
+    whole value does."""
+    bare = bare_signature(rule.method, value.decode("utf-8", "surrogateescape"))  # as signature() encoded it
     if bare is None:  # not of the rule's form (a value template without {signature})
         return (value,)
     hex_encoded = isinstance(rule.method, SigV4) or rule.method.encoding == "hex"
     digest = bytes.fromhex(bare) if hex_encoded else base64.b64decode(bare)
-    return tuple(dict.fromkeys((value, bare.encode(), digest.hex().encode(), base64.b64encode(digest))))
+    spelled = (digest.hex().encode(), digest.hex().upper().encode(), base64.b64encode(digest), base64.urlsafe_b64encode(digest))
+    return tuple(dict.fromkeys((value, bare.encode(), *spelled, *(form.rstrip(b"=") for form in spelled[2:]))))
 
 
 def rule_for(rules: tuple[Rule, ...], request: http.Request) -> Rule | None:
