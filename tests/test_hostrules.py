@@ -427,11 +427,25 @@ def test_host_matches_never_raises(host: str, port: int | None, patterns: list[s
     [("localhost", True), ("LocalHost", True), ("127.0.0.5", True), ("::1", True), ("[::1]", True),
      ("::ffff:127.0.0.1", True), ("::ffff:10.0.0.1", False), ("10.0.0.1", False), ("example.com", False),
      # names a resolver may ask DNS about (glibc with `hosts: files dns` does)
-     ("a.localhost", False), ("localhost.", False), ("localhost.evil.test", False)],
+     ("a.localhost", False), ("localhost.", False), ("localhost.evil.test", False),
+     # brackets hold an IPv6 address only: a resolver given `[localhost]` answers as it likes
+     ("[localhost]", False), ("[127.0.0.1]", False)],
 )
 def test_loopback_for_the_plaintext_rule(host: str, loopback: bool) -> None:
     """An IPv4-mapped loopback address is loopback on every Python (3.11 says otherwise)."""
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(("destination", "hops"), [
+    (Destination("localhost", "http"), ["localhost"]),
+    (Destination("localhost", "https", verified=False), ["localhost"]),
+    (Destination("localhost", "https"), []),
+    # unverified TLS through a next proxy: that proxy may end the TLS itself and read it all
+    (Destination("localhost", "https", verified=False, via="proxy.example.com"), ["localhost", "proxy.example.com"]),
+    (Destination("localhost", "http", via="proxy.example.com"), ["localhost", "proxy.example.com"]),
+])
+def test_cleartext_hops(destination: Destination, hops: list[str]) -> None:
+    assert destination.cleartext_hops() == hops
 
 
 @pytest.mark.parametrize(("rule", "wide"), [
@@ -443,6 +457,13 @@ def test_loopback_for_the_plaintext_rule(host: str, loopback: bool) -> None:
     ("*.**", True), ("**", True), ("*.**:443", True), ("https://*.**", True), ("api.*", True), ("*.c*", True),
     ("*.0.0.1", True), ("10.*.*.*", False), ("::ffff:0.0.0.0/96", True), ("[64:ff9b::/97]:443", True),
     ("::ffff:10.0.0.0/104", False), ("2001:db8::/32", False),
+    # as written in a file (config import judges it so): a trailing dot, upper case
+    ("*.*.", True), ("*.", True), ("API.*.", True), ("*.0.0.1.", True), ("https://*.*.", True),
+    # names anyone may register, but not under a top-level name no one can
+    ("*.com", True), ("*example.com", True), ("https://*.com", True), ("a.*.example.com", False),
+    ("*.localhost", False), ("*.internal", False), ("*.test", False), ("*.home.arpa", False),
+    # IPv6: public networks wider than a /32, private ones than a /8; IPv4 inside (6to4, NAT64)
+    ("2a00::/8", True), ("2001:4860::/32", False), ("fd00::/8", False), ("2002::/16", True), ("64:ff9b:1::/48", True),
 ])
 def test_rules_that_reach_nearly_every_host_need_a_flag(rule: str, wide: bool) -> None:
     assert reaches_any_host(rule) is wide

@@ -4,7 +4,8 @@ Pure logic, no I/O. A `hosts` rule is one of:
 
 - `*`: any host.
 - a name, `api.example.com`. A `*` in it stands for part of ONE label and never spans a dot:
-  `api-*.example.com`, `api.example.*` (api.example.com, never api.example.evil.test).
+  `api-*.example.com`, `api.example.*` (api.example.com, never api.example.evil.test; a
+  glob in the last two labels reaches names anyone may register: `reaches_any_host`).
   Only a leading `*.` stands for one or more labels: `*.example.com` matches a.example.com
   and a.b.example.com, not example.com.
 - an IP rule, which matches only hosts that are IP addresses: an address (`127.0.0.1`,
@@ -329,20 +330,37 @@ def normalise_origin_rule(text: str) -> str:
 
 
 WIDEST_NETWORK = 8  # prefix length: 10.0.0.0/8 is a private network; wider is most of the internet
-# IPv6 blocks that hold every IPv4 address (IPv4-mapped, NAT64): their rules are IPv4's.
-_IPV4_INSIDE = (ipaddress.ip_network("::ffff:0:0/96"), ipaddress.ip_network("64:ff9b::/96"))
+WIDEST_IPV6_NETWORK = 32  # a regional registry's allocation to one provider; 2a00::/8 is most of Europe's
+# IPv6 blocks that hold every IPv4 address, and where (6to4 from bit 16, the rest at the end):
+# their rules reach what the IPv4 network inside them does.
+_IPV4_INSIDE = (
+    (ipaddress.ip_network("::ffff:0:0/96"), 96), (ipaddress.ip_network("64:ff9b::/96"), 96),
+    (ipaddress.ip_network("64:ff9b:1::/48"), 96), (ipaddress.ip_network("2002::/16"), 16),
+)
+# Top-level names no one can register (RFC 6761, 6762, 8375; ICANN's .internal): a glob just
+# under them (`*.localhost`, `*.internal`) reaches only one's own hosts.
+_UNREGISTRABLE = frozenset({"localhost", "test", "example", "invalid", "local", "internal", "onion", "home.arpa"})
 
 
 def reaches_any_host(rule: str) -> bool:
-    """Whether a canonical hosts rule or origins rule lets every host, or nearly every host,
-    through, each with or without a port (`https://*.*` for origins). Such a rule is only
-    ever set on purpose. Decided by what a rule matches, not how it is spelled:
+    """Whether a hosts rule or origins rule lets every host, or nearly every host, through:
+    hosts anyone may own. Such a rule is only ever set on purpose. Decided by what the rule
+    matches (in its canonical form), with or without a port (`https://*.*` for origins):
 
-    - a glob in the last label of a name (`*`, `*.*`, `*.**`, `api.*`): any top-level name,
-      so anyone who registers one gets matched;
+    - a name with a glob in its last two labels (`*`, `*.*`, `*.**`, `api.*`, `*.com`,
+      `*example.com`): anyone who registers a name gets matched, unless its top-level name is
+      one no one can register (`*.localhost`, `*.test`, `*.internal`);
     - an IPv4 glob whose first octet is one (`*.*.*.*`, `*.0.0.1`);
-    - a network wider than a /8 (`0.0.0.0/0`, `0.0.0.0/1` and `128.0.0.0/1` together,
-      `::/0`), IPv4 inside IPv6 counted as IPv4 (`::ffff:0.0.0.0/96`)."""
+    - a network wider than a /8 (`0.0.0.0/0`, `0.0.0.0/1` and `128.0.0.0/1` together), IPv4
+      inside IPv6 counted as IPv4 (`::ffff:0.0.0.0/96`), and a public IPv6 network wider
+      than a /32 (`2a00::/8`, `::/0`).
+
+    Not judged: a glob under a public suffix of more labels (`*.co.uk`, `*.github.io`), and
+    several rules that only together reach nearly everything."""
+    try:
+        rule = parse_origin_rule(rule) if "://" in rule else normalise_host_rule(rule)
+    except ValueError:
+        pass  # matches nothing: judged as written
     host = rule.partition("://")[2] or rule
     if host.startswith("["):
         host = host[1:].partition("]")[0]
@@ -351,12 +369,15 @@ def reaches_any_host(rule: str) -> bool:
     labels = host.split(".")
     if len(labels) == 4 and all(label == "*" or label.isdigit() for label in labels):
         return labels[0] == "*"  # an IPv4 glob: 10.*.*.* is a /8
-    if "*" in labels[-1]:
-        return True
+    if any("*" in label for label in labels[-2:]):
+        return ".".join(labels[-2:]) not in _UNREGISTRABLE and labels[-1] not in _UNREGISTRABLE
     try:
         network = ipaddress.ip_network(host, strict=False)
     except ValueError:
         return False
-    if isinstance(network, ipaddress.IPv6Network) and any(network.overlaps(block) for block in _IPV4_INSIDE):
-        return network.prefixlen - 96 < WIDEST_NETWORK
-    return network.prefixlen < WIDEST_NETWORK
+    if isinstance(network, ipaddress.IPv4Network):
+        return network.prefixlen < WIDEST_NETWORK
+    for block, ipv4_at in _IPV4_INSIDE:
+        if network.overlaps(block):
+            return network.prefixlen - ipv4_at < WIDEST_NETWORK
+    return network.prefixlen < (WIDEST_NETWORK if network.is_private else WIDEST_IPV6_NETWORK)

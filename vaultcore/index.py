@@ -56,9 +56,8 @@ class Destination:
     def cleartext_hops(self) -> list[str]:
         """Hosts that could read the request on its way: the destination over plain HTTP or
         unverified TLS, and an upstream proxy carrying plain HTTP (it reads the request whole)."""
-        if self.scheme == "https":
-            return [] if self.verified else [self.host]
-        return [self.host] + ([self.via] if self.via else [])
+        hops = [self.host] + ([self.via] if self.via else [])  # unverified TLS ends at the next proxy too
+        return [] if self.scheme == "https" and self.verified else hops
 
 
 @functools.lru_cache(maxsize=1024)
@@ -67,7 +66,9 @@ def is_loopback(host: str) -> bool:
     loopback address, or `localhost`, which every system answers from /etc/hosts. Names under
     it (`app.localhost`, `localhost.`) are not: a resolver may ask DNS about them (glibc with
     `hosts: files dns` does), and a hostile DNS server would get what was sent in clear."""
-    host = host.strip("[]").lower()
+    host = host.lower()
+    if host.startswith("[") and host.endswith("]") and ":" in host:  # an IPv6 literal; `[localhost]` is no name
+        host = host[1:-1]
     if host == LOCALHOST:
         return True
     try:
