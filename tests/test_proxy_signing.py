@@ -519,8 +519,8 @@ def test_a_signature_is_redacted_under_a_marker_that_is_no_placeholder() -> None
     """The marker names the rule with nothing of its name that could open a placeholder (or a
     near miss of one, which the proxy refuses) or end a header line."""
     rule, change = signed("odd <<vault:x>> name\r\n", b"FAKE-signature-0123456789abcdef")
-    ((marker, value),) = signatures(rule, change)
-    assert marker == b"[signature of odd_vault_x_name_]" and value == b"FAKE-signature-0123456789abcdef"
+    ((marker, value, exact),) = signatures(rule, change)  # no {signature} in the value template to find: the value alone
+    assert marker == b"[signature of odd_vault_x_name_]" and value == b"FAKE-signature-0123456789abcdef" and not exact
     assert not mentions_placeholder(marker) and find_near_miss(marker) is None
     redactor = redactor_for((), signatures(rule, change))
     assert redactor is not None

@@ -210,12 +210,19 @@ class Redactor:
     Cost: one scan per anchor (about two per value: its text forms share a run of unescaped
     characters, its base64 forms another), then only a look at where an anchor was found."""
 
-    def __init__(self, values: Mapping[bytes, str | bytes] | Iterable[tuple[bytes, str | bytes]]) -> None:
+    def __init__(
+        self, values: Mapping[bytes, str | bytes] | Iterable[tuple[bytes, str | bytes]], exact: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """`exact`: (placeholder, form) pairs found only as written: forms already chosen (a
+        signature's other encodings), whose every escaping would cost more than it finds."""
         self._placeholders: dict[bytes, bytes] = {}
         # anchor -> (form, where the anchor first occurs in it)
         self._anchors: dict[bytes, set[tuple[bytes, int]]] = {}
-        for placeholder, value in values.items() if isinstance(values, Mapping) else values:
-            for anchor, forms in _families(value):
+        pairs = values.items() if isinstance(values, Mapping) else values
+        families = [(placeholder, _families(value)) for placeholder, value in pairs]
+        families += [(placeholder, ((form, frozenset({form})),)) for placeholder, form in exact if form]
+        for placeholder, groups in families:
+            for anchor, forms in groups:
                 self._anchors.setdefault(anchor, set()).update((form, form.find(anchor)) for form in forms)
                 for form in forms:
                     self._placeholders.setdefault(form, placeholder)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import NamedTuple
 from collections.abc import Callable, Iterable, Mapping
 
 from mitmproxy import http
@@ -36,9 +37,17 @@ StreamFilter = Callable[[bytes], list[bytes]]
 # Keys, each under the index it was resolved with (a value revoked or rotated since must still
 # be hidden): a request's, and those of the request a retry sends again.
 Uses = tuple[tuple[SecretIndex, tuple[str, ...]], ...]
-# Signatures the proxy added to a request, each under the marker a response shows in its place
-# (`signing.signatures`): a new one for every request, made with a key the client does not hold.
-Signatures = tuple[tuple[bytes, bytes], ...]
+class Signature(NamedTuple):
+    """A form of a signature the proxy added to a request (`signing.signatures`), under the
+    marker a response shows in its place: a new one for every request, made with a key the
+    client does not hold. `exact`: found only as written (Redactor's `exact`)."""
+
+    marker: bytes
+    form: bytes
+    exact: bool
+
+
+Signatures = tuple[Signature, ...]
 
 
 def redactor_for(uses: Uses, signatures: Signatures = ()) -> Redactor | None:
@@ -46,7 +55,10 @@ def redactor_for(uses: Uses, signatures: Signatures = ()) -> Redactor | None:
     Those of a signed request are new every time: its redactor is built for it alone, and
     the cache is for the key sets that do come back."""
     if signatures:
-        return Redactor([*_values(uses), *signatures])
+        return Redactor(
+            [*_values(uses), *((s.marker, s.form) for s in signatures if not s.exact)],
+            exact=[(s.marker, s.form) for s in signatures if s.exact],
+        )
     return _redactor(uses) if uses else None
 
 

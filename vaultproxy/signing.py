@@ -26,7 +26,7 @@ from vaultcore.signing import (
     AwsCredentials, Hmac, RequestParts, Rule, SigningError, SigV4, bare_signature, hmac_headers, sigv4_headers, vault_keys,
 )
 from vaultproxy.guard import RequestLookup
-from vaultproxy.responses import Signatures
+from vaultproxy.responses import Signature, Signatures
 from vaultproxy.rewrite import Rewrite
 
 MARKER = "X-Vaultproxy-Sign"
@@ -52,22 +52,28 @@ def signatures(rule: Rule, change: Rewrite) -> Signatures:
     placeholder, so a client that sends it back is not refused for it."""
     wanted = signed_header(rule).lower().encode()
     marker = f"[signature of {_UNMARKED.sub('_', rule.name)}]".encode()
-    return tuple((marker, form) for name, value in change.fields or () if name.lower() == wanted for form in signature_forms(rule, value))
+    return tuple(
+        Signature(marker, form, exact=i > 0)
+        for name, value in change.fields or () if name.lower() == wanted
+        for i, form in enumerate(signature_forms(rule, value))
+    )
 
 
 def signature_forms(rule: Rule, value: bytes) -> tuple[bytes, ...]:
-    """The value of the header `rule` set, and the signature alone in it, in hex (either case)
-    and in base64 (standard and URL-safe, padded or not) of its bytes: a server that parses
-    the header (a verifier's error page, a debug view) may echo only the signature (Stripe's
-    v1, SigV4's Signature), or decode it and show it another way, and each verifies as the
-    whole value does."""
+    """The signature alone in the value of the header `rule` set (or that whole value, where
+    it cannot be found), then that value, and the signature in hex (either case) and base64
+    (standard and URL-safe, padded or not) of its bytes: a server that parses the header (a
+    verifier's error page, a debug view) may echo only the signature (Stripe's v1, SigV4's
+    Signature), or decode it and show it another way, and each verifies as the whole value
+    does. Only the first is looked for in every escaping (the value holding it is found by
+    it); the others as written, which costs a tenth."""
     bare = bare_signature(rule.method, value.decode("utf-8", "surrogateescape"))  # as signature() encoded it
     if bare is None:  # not of the rule's form (a value template without {signature})
         return (value,)
     hex_encoded = isinstance(rule.method, SigV4) or rule.method.encoding == "hex"
     digest = bytes.fromhex(bare) if hex_encoded else base64.b64decode(bare)
     spelled = (digest.hex().encode(), digest.hex().upper().encode(), base64.b64encode(digest), base64.urlsafe_b64encode(digest))
-    return tuple(dict.fromkeys((value, bare.encode(), *spelled, *(form.rstrip(b"=") for form in spelled[2:]))))
+    return tuple(dict.fromkeys((bare.encode(), value, *spelled, *(form.rstrip(b"=") for form in spelled[2:]))))
 
 
 def rule_for(rules: tuple[Rule, ...], request: http.Request) -> Rule | None:
