@@ -164,8 +164,9 @@ def cleaned(source: TokenSource, values: Mapping[str, str], text: str, told: str
     what would be shown still shows any WINDOW characters of one (`_shows`), `told` is not
     shown at all: NOT_SHOWN stands in its place; and nothing of `text` either when that shows
     one (its error code is the server's too; without `told`, all of it may be)."""
-    sent = _sent(source, values)
-    redactor, pieces = Redactor(sent), _pieces(sent)
+    credentials = {key: value for key, value in values.items() if len(value) >= MIN_CREDENTIAL}
+    basics = _basic_credentials(source, values)
+    redactor, pieces = Redactor(_sent(source, credentials, basics)), _pieces(credentials.values(), basics)
 
     def fit(words: str) -> str | None:
         # surrogatepass: a JSON error may hold a lone surrogate (quoted escapes it).
@@ -180,24 +181,24 @@ def cleaned(source: TokenSource, values: Mapping[str, str], text: str, told: str
     return NOT_SHOWN
 
 
-def _sent(source: TokenSource, values: Mapping[str, str]) -> list[tuple[bytes, str | bytes]]:
+def _sent(source: TokenSource, credentials: Mapping[str, str], basics: Iterable[str | bytes]) -> list[tuple[bytes, str | bytes]]:
     """(what to show, what went on the wire) for a Redactor, which knows the forms of each:
-    every credential value but those under MIN_CREDENTIAL characters, and the Basic
-    credential, `client_id:client_secret` in base64, which is no form of the secret: the
-    bytes authlib sends (latin-1, by its own `encode_client_secret_basic`; a Redactor given
-    the text would look for the base64 of its UTF-8, which differs for any non-ASCII
-    character), the UTF-8 text, and both quoted first, as RFC 6749 §2.3.1 says and authlib
-    1.3.0 and 1.3.1 (pyproject allows them) did."""
-    sent: list[tuple[bytes, str | bytes]] = [
-        (f"[redacted {key}]".encode(), value) for key, value in values.items() if len(value) >= MIN_CREDENTIAL
-    ]
+    each credential value and each spelling of the Basic credential."""
+    shown = f"[redacted Basic credential of {source.client_secret}]".encode()
+    return [(f"[redacted {key}]".encode(), value) for key, value in credentials.items()] + [(shown, basic) for basic in basics]
+
+
+def _basic_credentials(source: TokenSource, values: Mapping[str, str]) -> list[str | bytes]:
+    """The Basic credential, `client_id:client_secret` (in base64 in the header), which is no
+    form of the secret: the bytes authlib sends (latin-1, by its own
+    `encode_client_secret_basic`; a Redactor given the text would look for the base64 of its
+    UTF-8, which differs for any non-ASCII character), the UTF-8 text, and both quoted first,
+    as RFC 6749 §2.3.1 says and authlib 1.3.0 and 1.3.1 (pyproject allows them) did."""
     secret = values.get(source.client_secret)
-    if secret:
-        shown = f"[redacted Basic credential of {source.client_secret}]".encode()
-        wire = _authlib_basic(source.client_id, secret)
-        sent += [(shown, wire)] if wire is not None else []
-        sent += [(shown, f"{encode(source.client_id)}:{encode(secret)}") for encode in (str, quote, quote_plus)]
-    return sent
+    if not secret:
+        return []
+    wire = _authlib_basic(source.client_id, secret)
+    return ([wire] if wire is not None else []) + [f"{encode(source.client_id)}:{encode(secret)}" for encode in (str, quote, quote_plus)]
 
 
 def _authlib_basic(client_id: str, secret: str) -> bytes | None:
@@ -239,20 +240,18 @@ def _base64_inside(raw: bytes) -> set[str]:
     return runs
 
 
-def _pieces(sent: Iterable[tuple[bytes, str | bytes]]) -> _Pieces:
-    """From `_sent`: each credential value, squeezed as `_readings` squeezes text and with
-    `+` for a space (a form body); each as it went on the wire (raw, or percent-encoded in
-    the form body) inside base64; and for each Basic credential the base64 the header held."""
+def _pieces(credentials: Iterable[str], basics: Iterable[str | bytes]) -> _Pieces:
+    """Each credential value, squeezed as `_readings` squeezes text and with `+` for a space
+    (a form body), and as it went on the wire (raw, or percent-encoded in the form body)
+    inside base64; and for each spelling of the Basic credential the base64 the header held."""
     text: set[str] = set()
     hexes: set[str] = set()
-    for shown, value in sent:
-        if shown.startswith(b"[redacted Basic credential of "):
-            raw = value.encode("utf-8") if isinstance(value, str) else value
-            for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
-                text |= _windows(encoded.decode("ascii"))
-            hexes |= _windows(raw.hex())
-            continue
-        assert isinstance(value, str)
+    for basic in basics:
+        raw = basic.encode("utf-8") if isinstance(basic, str) else basic
+        for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+            text |= _windows(encoded.decode("ascii"))
+        hexes |= _windows(raw.hex())
+    for value in credentials:
         for form in (value, _squeezed(value), value.replace(" ", "+")):
             text |= _windows(form)
         for wire in {value, quote(value, safe=""), quote_plus(value)}:
