@@ -32,8 +32,9 @@ from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import MitmdumpProcess, StartProxy, audit_lines, audit_text
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply, WebSocketUpstream, headers_echo
-from vaultcore.index import SecretIndex
+from vaultcore.index import Secret, SecretIndex
 from vaultcore.placeholders import find_near_miss, mentions_placeholder
+from vaultcore.redaction import Redactor
 from vaultcore.signing import Hmac, Rule
 from vaultcore.vault import Vault
 from vaultproxy.flights import Flights
@@ -584,3 +585,25 @@ def test_a_websockets_signatures_are_kept_while_it_is_open() -> None:
     flights.end_websocket(socket)
     assert flights.websocket_signatures(socket) == ()
 
+
+
+def test_a_signed_websockets_redactor_is_built_once_for_its_messages() -> None:
+    """Every server message asks for the socket's redactor: one that holds signatures is
+    built once for the same keys and signatures (about 30 µs each time otherwise), and anew
+    when the socket uses another key."""
+    flights, socket = Flights(), tflow.twebsocketflow()
+    index = SecretIndex(local_secrets=[Secret("ws.one", "FAKE-ws-one-value", ("api.example.com",))])
+    rule, change = signed("webhook", b"FAKE-handshake-signature-cdef")
+    flights.add_websocket_signatures(socket, signatures(rule, change))
+    flights.add_websocket_keys(socket, ["ws.one"], index)
+
+    def asked() -> Redactor | None:
+        return redactor_across(flights.websocket_keys(socket), flights.websocket_signatures(socket))
+
+    first = asked()
+    assert first is not None and asked() is first
+    flights.add_websocket_keys(socket, ["ws.two"], SecretIndex(local_secrets=[Secret("ws.two", "FAKE-ws-two-value", ("api.example.com",))]))
+    again = asked()
+    assert again is not first and again is not None
+    assert again.redact(b"FAKE-ws-one-value FAKE-ws-two-value FAKE-handshake-signature-cdef") == \
+        b"<<vault:ws.one>> <<vault:ws.two>> [signature of webhook]"
