@@ -379,6 +379,29 @@ def test_an_upstream_proxy_another_addon_sets_counts_for_the_plaintext_rule(
     assert TOKEN.encode() not in next_proxy.all_bytes()
 
 
+def test_an_upstream_proxy_set_after_a_streamed_requests_head_left_carries_nothing(
+    mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """A streamed request is resolved at `requestheaders` and its head leaves right after:
+    an addon that sets a next proxy in its `request` hook (at the end of the body) sets it
+    too late to carry what was judged without it. The value goes straight to the upstream
+    the plaintext rule allowed, and the next proxy gets nothing."""
+    home = vault_with(tmp_path / "home", **{"late.tok": (TOKEN + "Late", [LOOPBACK])})
+    script = tmp_path / "late_via_addon.py"
+    with RecordingUpstream() as next_proxy:
+        script.write_text(f"def request(flow):\n    flow.server_conn.via = ('http', ('{LOOPBACK}', {next_proxy.port}))\n")
+        proxy = mitmdump(options={"vault_home": str(home), "stream_large_bodies": "1k"}, args=["-s", str(script)])
+        with proxy.requests_session() as session:
+            response = session.post(
+                f"{upstream.url}/late", data=iter([b"token=<<vault:late.tok>>&", b"x" * 4096]),
+                headers={"X-Token": "<<vault:late.tok>>", "Content-Type": "application/x-www-form-urlencoded"}, timeout=CLIENT_TIMEOUT,
+            )
+    assert response.status_code == 200
+    (sent,) = upstream.requests
+    assert sent.header("x-token") == TOKEN + "Late" and sent.body.startswith(f"token={TOKEN}Late&".encode())
+    assert next_proxy.connections_accepted == 0 and TOKEN.encode() not in next_proxy.all_bytes()
+
+
 def test_an_upstream_proxy_resolves_a_name_under_localhost_itself(
     mitmdump: StartProxy, upstream: RecordingUpstream, tmp_path: Path
 ) -> None:
