@@ -1,4 +1,4 @@
-"""Run the benchmarks: `scripts/bench` (about 5 minutes) or `scripts/bench --quick` (a smoke run).
+"""Run the benchmarks: `scripts/bench` (about 10 minutes) or `scripts/bench --quick` (a smoke run).
 
     python -m bench [--quick] [--only proxy,body,vault,fetch] [--loadgen auto|wrk|python]
 

@@ -3,7 +3,7 @@
 - hypothesis fuzzes `substitute` and `StreamSubstituter` with random text and bytes around
   (near-)placeholders and with hostile values: nothing but SubstitutionError escapes, a lookup
   that knows nothing changes nothing, and the result is all-or-nothing, equal to an oracle
-  written here from DESIGN.md's grammar (where only the literal form counts: not URL, form);
+  written here from the placeholder grammar (README, "Placeholders") (where only the literal form counts: not URL, form);
 - raw sockets send a real mitmdump malformed requests (broken gzip, invalid UTF-8, huge heads
   and bodies around mitmproxy's limits, nested and unterminated placeholders, 10,000
   placeholders with and without a refused one): each gets an answer (or a close, for protocol
@@ -40,7 +40,7 @@ WAIT = 60.0
 
 # --- the engine under hypothesis ---------------------------------------------------------------
 
-# An oracle for the literal form, straight from DESIGN.md: <<vault:KEY>> or <<vault:KEY|filter>>.
+# An oracle for the literal form, straight from the grammar: <<vault:KEY>> or <<vault:KEY|filter>>.
 ORACLE = re.compile(r"<<vault:([A-Za-z0-9_.\-/]{1,256})(?:\|(base64|urlencode|raw))?>>")
 KEYS = ["a", "db.user", "x/y-z_0", "k" * 256, "k" * 257, "refused", "missing"]
 FRAGMENTS = [

@@ -166,20 +166,6 @@ def test_nothing_to_redact_returns_the_same_object() -> None:
     assert Redactor({}).redact(body) is body
 
 
-def test_redact_text_round_trips_header_values() -> None:
-    redactor = Redactor({P_TOKEN: TOKEN, P_VALUE: VALUE})
-    assert redactor.redact_text(f"Bearer {TOKEN}") == "Bearer <<vault:token>>"
-    assert redactor.redact_text(f"v={VALUE}") == "v=<<vault:value>>"
-    # mitmproxy shows header bytes as UTF-8 with surrogateescape: other bytes survive.
-    raw = b"caf\xe9 " + TOKEN.encode()
-    assert (
-        redactor.redact_text(raw.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
-        == b"caf\xe9 " + P_TOKEN
-    )
-    text = "nothing"
-    assert redactor.redact_text(text) is text
-
-
 def test_a_value_holding_an_opener_is_redacted_after_neutralising() -> None:
     value = "S3CRET<<vault:b>>"
     echoed = b'{"a": "' + value.encode() + b'"}'

@@ -278,10 +278,9 @@ class Configurations:
             config = self.credentials_target(name)
             self.store.update(lambda state: keep(state_of(state, name), config, credentials))
 
-    def credentials(self, name: str, state: State | None = None) -> Any:
+    def credentials(self, name: str) -> Any:
         """The credentials kept for `name` (the provider's object), None when none are."""
-        state = self.store.read() if state is None else state
-        config_state = state.get("configs", {}).get(name, {})
+        config_state = self.store.read().get("configs", {}).get(name, {})
         return self._credentials(self.files.load(name), config_state) if config_state.get("credentials") else None
 
     def _credentials(self, config: ProviderConfig, config_state: dict[str, Any]) -> Any:

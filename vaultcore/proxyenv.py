@@ -44,7 +44,7 @@ STOP_TIMEOUT_SECONDS = 15.0
 
 def mitmdump_argv(home: Path, listen_host: str, listen_port: int, extra: list[str]) -> list[str]:
     """mitmdump from this interpreter's environment, with the addon and the vault home.
-    No UI: live UIs would be shown flows with values in them (DESIGN.md)."""
+    No UI: live UIs would be shown flows with values in them (README, "Watching flows")."""
     mitmdump = Path(sys.executable).parent / "mitmdump"
     if not ADDON_SCRIPT.exists():
         raise VaultError(f"the addon script {ADDON_SCRIPT} is missing: install vaultproxy from its source tree (pip install -e .)")

@@ -12,8 +12,8 @@ Pure (no mitmproxy, no I/O), on bytes:
 
 The addon neutralises what the server sent first, then redacts, so the placeholders the
 redactor writes stay. Both have a streaming variant whose output equals the one-shot one.
-Header values: mitmproxy keeps them as bytes and shows them as str decoded as UTF-8 with
-surrogateescape; `Redactor.redact_text` and `neutralise_text` round-trip through that.
+Text a peer sent that the proxy holds as str (decoded as UTF-8 with surrogateescape, as
+mitmproxy shows header values): `neutralise_text` round-trips through that.
 """
 
 from __future__ import annotations
@@ -204,8 +204,7 @@ class Redactor:
     value) pairs where a placeholder had several values (a key rotated while a WebSocket was
     open). One left-to-right pass: at each position the longest form wins (a form containing
     another is replaced whole) and a written placeholder is never scanned again. A form two
-    values share shows the first one's placeholder. Work on bytes; `redact_text` is for
-    header values.
+    values share shows the first one's placeholder. Works on bytes.
 
     Cost: one scan per anchor (about two per value: its text forms share a run of unescaped
     characters, its base64 forms another), then only a look at where an anchor was found."""
@@ -269,10 +268,6 @@ class Redactor:
             if data.find(anchor) >= 0:
                 return _rewrite_all(self, data)
         return data
-
-    def redact_text(self, text: str) -> str:
-        """`redact` for a header value as mitmproxy shows it (UTF-8, surrogateescape)."""
-        return _on_text(self.redact, text)
 
 
 class StreamRedactor(_Stream):
@@ -596,7 +591,8 @@ def neutralise(data: bytes) -> bytes:
 
 
 def neutralise_text(text: str) -> str:
-    """`neutralise` for a header value as mitmproxy shows it (UTF-8, surrogateescape)."""
+    """`neutralise` for text a peer sent, held as str (UTF-8, surrogateescape, as mitmproxy
+    shows header values): a token endpoint's error, say (vaultcore.peertext)."""
     return _on_text(neutralise, text)
 
 

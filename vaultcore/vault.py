@@ -9,7 +9,7 @@ of the decrypted state (the store only encrypts a JSON document):
 
 Values of binary secrets are kept base64-encoded with `"binary": true`. Local secrets and the
 index are here; configurations, their credentials, fetches and caches are in
-configurations.py, behind the methods of the same names below.
+configurations.py, behind the thin delegates below.
 """
 
 from __future__ import annotations
@@ -103,9 +103,9 @@ class Snapshot:
 
 
 class Vault:
-    def __init__(self, home: Path | None = None, store: Store | None = None):
-        self.home = home or default_home()
-        self.store = store or Store(self.home)
+    def __init__(self, home: Path):
+        self.home = home
+        self.store = Store(home)
         self.configs = ConfigDirectory(self.home / "configs")
         self.configurations = Configurations(self.store, self.configs)
 
@@ -158,10 +158,10 @@ class Vault:
             config, error = (last_good if last_good and last_good.name == name else None), str(e)
         return Snapshot(self._index(state, config), signature, config, error, **rules)
 
-    def index(self, state: State | None = None) -> SecretIndex:
+    def index(self) -> SecretIndex:
         """Raises when the active configuration's file is broken, for the CLI to say so (the
         proxy builds with `snapshot`, which keeps serving what it can)."""
-        state = self.state() if state is None else state
+        state = self.state()
         return self._index(state, self._active(state))
 
     def _index(self, state: State, config: ProviderConfig | None) -> SecretIndex:
@@ -257,9 +257,6 @@ class Vault:
     def _active(self, state: State) -> ProviderConfig | None:
         return self.configurations.active(state)
 
-    def active_config(self) -> ProviderConfig | None:
-        return self.configurations.active(self.state())
-
     def config(self, name: str | None = None) -> ProviderConfig:
         return self.configurations.config(name)
 
@@ -278,8 +275,8 @@ class Vault:
     def set_credentials(self, name: str, credentials: Any) -> None:
         self.configurations.set_credentials(name, credentials)
 
-    def credentials(self, name: str, state: State | None = None) -> Any:
-        return self.configurations.credentials(name, state)
+    def credentials(self, name: str) -> Any:
+        return self.configurations.credentials(name)
 
     def test_config(self, name: str | None = None) -> Identity:
         return self.configurations.test(name)

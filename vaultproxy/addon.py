@@ -35,13 +35,14 @@ from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.tls import TlsData
 
 from vaultcore.atomic import replace_file
+from vaultcore.auditlog import audit_path
 from vaultcore.filewatch import FileWatch
 from vaultcore.freshness import Signature
 from vaultcore.index import MINT_NEEDED, SecretIndex
 from vaultcore.oauth import TOKEN_UNAVAILABLE, Minter, MintError, credentials
 from vaultcore.placeholders import Budget, Lookup, StreamSubstituter, SubstitutionError, mentions_placeholder, resolve
 from vaultcore.profiles import ConfigError
-from vaultcore.proxyenv import RUNTIME_FILE
+from vaultcore.proxyenv import RUNTIME_FILE, runtime_info, runtime_record
 from vaultcore.redaction import Redactor
 from vaultcore.refresher import Refresher
 from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
@@ -234,7 +235,7 @@ class VaultProxy:
         if "vault_audit_log" in updated or "vault_home" in updated or self.audit.path is None:
             setting = ctx.options.vault_audit_log
             self.audit.close()
-            self.audit = AuditLog(None if setting == "off" else Path(setting).expanduser() if setting else self.vault.home / "audit.log")
+            self.audit = AuditLog(audit_path(self.vault.home, setting))
 
     def running(self) -> None:
         try:
@@ -273,8 +274,6 @@ class VaultProxy:
             flow.kill()
 
     def done(self) -> None:
-        from vaultcore.proxyenv import runtime_info  # imported here: see _write_runtime_info
-
         # Runs before save's `done`, which writes the flows still open: as placeholders.
         self.flights.restore_all()
         # A request this instance holds (for a reload, a token, AWS keys) goes on with it.
@@ -325,9 +324,6 @@ class VaultProxy:
     def _write_runtime_info(self) -> None:
         """Tell the CLI (`env`, `exec`, `status`, `stop`, `log`) where this proxy listens, where
         its CA is, since when, and with which vault_* options."""
-        # Imported here, not at the top: this method and done() are all that changed in this module.
-        from vaultcore.proxyenv import runtime_record
-
         assert self.vault is not None
         host, port = ctx.options.listen_host or "127.0.0.1", ctx.options.listen_port
         proxyserver = ctx.master.addons.get("proxyserver")
@@ -489,7 +485,8 @@ class VaultProxy:
 
     @command.command("vault.reload")
     def reload(self) -> None:
-        """Reload the vault now (it also reloads by itself when vault.enc changes)."""
+        """Reload the vault now (it also reloads by itself when vault.enc, the configurations,
+        signing.yaml or tokens.yaml change)."""
         assert self.vault is not None
         try:
             self._use(self.vault.snapshot(self.snapshot))

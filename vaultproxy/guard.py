@@ -51,11 +51,16 @@ class Settings:
     stream_large_bodies: str | None = None
 
 
+def plain_name(host: str) -> str:
+    """A host as names compare: no IPv6 brackets, no final dot, lower case."""
+    return host.strip("[]").rstrip(".").lower()
+
+
 def same_host(a: str, b: str) -> bool:
     """Whether `a` and `b` name one host: as spelled, or as the resolver sees them (an
     international name: mitmproxy holds the destination in Unicode, where clients send the
     Host header and the TLS server name in punycode)."""
-    if a.strip("[]").rstrip(".").lower() == b.strip("[]").rstrip(".").lower():
+    if plain_name(a) == plain_name(b):
         return True
     resolved = resolver_name(a)
     return resolved is not None and resolved == resolver_name(b)
@@ -167,7 +172,7 @@ def served_names(flow: http.HTTPFlow, configured: tuple[str, ...]) -> set[str]:
         names.add(mode.address[0])
     if any(n in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for n in names):
         names |= {"localhost", "127.0.0.1", "::1"}
-    return {n.strip("[]").rstrip(".").lower() for n in names}
+    return {plain_name(n) for n in names}
 
 
 def client_named_proxy(flow: http.HTTPFlow, client_host: str, configured: tuple[str, ...]) -> bool:
@@ -177,7 +182,7 @@ def client_named_proxy(flow: http.HTTPFlow, client_host: str, configured: tuple[
         host, _ = url.parse_authority(client_host, check=False)
     except ValueError:
         return False
-    return host.strip("[]").rstrip(".").lower() in served_names(flow, configured)
+    return plain_name(host) in served_names(flow, configured)
 
 
 def request_origin(origin: str | None, site: str | None, referer: str | None) -> str | None:

@@ -37,10 +37,6 @@ class TLSMaterial:
         context.set_alpn_protocols(["http/1.1"])
         return context
 
-    def client_context(self) -> ssl.SSLContext:
-        """A client-side context that trusts the test CA (for talking to upstreams directly)."""
-        return ssl.create_default_context(cafile=str(self.ca_cert))
-
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
