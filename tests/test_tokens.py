@@ -68,6 +68,9 @@ def test_defaults_are_client_credentials_with_basic_auth_and_401() -> None:
          "tokens[0].refresh_token: missing"),
         ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, refresh_on: [500]}", 2,
          "tokens[0].refresh_on[0]: must be one of 401, 403"),
+        # read as a configuration's refresh_on is: statuses are numbers
+        ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, refresh_on: ['401']}", 2,
+         "tokens[0].refresh_on[0]: must be one of 401, 403"),
         ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, secret: x}", 2, "unknown field"),
         ("  - name: t\n    hosts: [a.test]]", 3, "invalid YAML"),
         # a shared file cannot quietly send a token anywhere, or to any page

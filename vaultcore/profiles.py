@@ -204,6 +204,19 @@ def format_duration(seconds: int) -> str:
     return "".join(parts)
 
 
+def read_statuses(node: yaml.Node, field: str, error: Callable[[yaml.Node, str, str], Exception]) -> tuple[int, ...]:
+    """A `refresh_on` list, in a configuration or in tokens.yaml: numbers among
+    REFRESH_STATUSES, each kept once; `error(node, field, problem)` makes the error to raise."""
+    if not isinstance(node, yaml.SequenceNode):
+        raise error(node, field, f"must be a list of statuses, e.g. [401] (got {_kind(node)})")
+    statuses: list[int] = []
+    for i, item in enumerate(node.value):
+        if not (isinstance(item, yaml.ScalarNode) and item.tag == _INT and item.value.isdigit() and int(item.value) in REFRESH_STATUSES):
+            raise error(item, f"{field}[{i}]", f"must be one of {', '.join(map(str, REFRESH_STATUSES))}")
+        statuses.append(int(item.value))
+    return tuple(dict.fromkeys(statuses))
+
+
 def parse_refresh_on(value: str) -> tuple[int, ...]:
     """`401`, `401,403`, or `off`/empty for none: the statuses that trigger refetch and replay."""
     text = value.strip().lower()
@@ -413,16 +426,7 @@ class _Reader:
 
     def refresh_on(self, node: yaml.Node | None, field: str) -> tuple[int, ...] | None:
         """`refresh_on: [401]` (or 403 too); None when absent, () for an empty list."""
-        if node is None:
-            return None
-        if not isinstance(node, yaml.SequenceNode):
-            raise self.error(node, field, f"must be a list of statuses, e.g. [401] (got {_kind(node)})")
-        statuses: list[int] = []
-        for i, item in enumerate(node.value):
-            if not (isinstance(item, yaml.ScalarNode) and item.tag == _INT and item.value.isdigit() and int(item.value) in REFRESH_STATUSES):
-                raise self.error(item, f"{field}[{i}]", f"must be one of {', '.join(map(str, REFRESH_STATUSES))}")
-            statuses.append(int(item.value))
-        return tuple(dict.fromkeys(statuses))
+        return None if node is None else read_statuses(node, field, self.error)
 
     def credentials(self, entry: tuple[yaml.Node, yaml.Node] | None, schema: Schema) -> tuple[str, str | None, Options]:
         """`credentials:`: where they come from (`source`), an AWS profile's name with

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from vaultcore.index import Destination, Secret
-from vaultcore.profiles import REFRESH_STATUSES
+from vaultcore.profiles import read_statuses
 from vaultcore.rulefiles import ANY_HOST, NodeReader, load_named, parse_named
 
 TOKENS_FILE = "tokens.yaml"
@@ -149,21 +149,9 @@ def read_source(reader: NodeReader, node: yaml.Node, field: str) -> TokenSource:
         grant=grant,
         auth_method=reader.choice(e["auth_method"], f"{field}.auth_method", AUTH_METHODS) if "auth_method" in e else "client_secret_basic",
         origins=reader.origins(e["origins"], f"{field}.origins", any_host=any_host) if "origins" in e else (),
-        refresh_on=read_statuses(reader, e["refresh_on"], f"{field}.refresh_on") if "refresh_on" in e else (401,),
+        refresh_on=read_statuses(e["refresh_on"], f"{field}.refresh_on", reader.error) if "refresh_on" in e else (401,),
         **optional,
     )
-
-
-def read_statuses(reader: NodeReader, node: yaml.Node, field: str) -> tuple[int, ...]:
-    allowed = ", ".join(map(str, sorted(REFRESH_STATUSES)))
-    if not isinstance(node, yaml.SequenceNode):
-        raise reader.error(node, field, f"must be a list of statuses among {allowed}, e.g. [401]")
-    statuses = []
-    for i, item in enumerate(node.value):
-        if not (isinstance(item, yaml.ScalarNode) and item.value.isdigit() and int(item.value) in REFRESH_STATUSES):
-            raise reader.error(item, f"{field}[{i}]", f"must be one of {allowed}")
-        statuses.append(int(item.value))
-    return tuple(statuses)
 
 
 def check_token_url(value: str) -> None:
