@@ -61,7 +61,7 @@ def curl_as_nobody(url: str, *args: str, env: dict[str, str] | None = None) -> s
 
 
 def wait_for_credential(home: Path) -> str:
-    """The proxy writes its credential in running(), a moment after its port listens."""
+    """The proxy publishes its credential with its record, a moment after its port listens."""
     wait_until((home / CREDENTIAL_FILE).exists, STARTUP_TIMEOUT, "the proxy credential")
     token = read_credential(home)
     assert token is not None

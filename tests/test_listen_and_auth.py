@@ -15,11 +15,12 @@ import pwd
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from tests.support.cli import StartVaultproxy, parse_exports, run_cli
+from tests.support.cli import StartVaultproxy, VaultproxyStart, parse_exports, run_cli
 from tests.support.leaks import hunt_bytes, leak_value, needles_for
 from tests.support.net import LOOPBACK, free_port, listening_addresses, wait_until
 from tests.support.proxy import CLIENT_TIMEOUT, STARTUP_TIMEOUT, MitmdumpProcess
@@ -72,6 +73,37 @@ def test_listening_on_every_interface_warns_and_wants_the_credential(
     assert resolved, "the credential from `vaultproxy env` lets the owner in"
     assert received.header("proxy-authorization") is None
     assert not hunt_bytes("proxy output", proxy.output().encode(), needles_for("token", token, token))
+
+
+def test_a_credential_handed_out_dies_with_the_proxy_it_belonged_to(
+    start_vaultproxy: StartVaultproxy, vault_home: Path, confdir: Path, upstream: RecordingUpstream,
+) -> None:
+    """The attack (a review's, demonstrated with two users): a shell keeps `vaultproxy env`'s
+    HTTP_PROXY after the proxy stops, and its next request hands the credential to whoever
+    listens on that port by then, another local user. The credential was the same at every
+    start, so they then used the owner's next proxy with it. Now each proxy makes its own
+    when it starts, and deletes it when it stops: what a stale shell gives away opens nothing."""
+    token, _ = leak_value()
+    run_cli(vault_home, "local", "set", "token", "--hosts", LOOPBACK, stdin=token.encode(), check=True)
+    everywhere = ["--listen-host", "0.0.0.0"]  # a client's uid lets no one in: only the credential does
+
+    def status_with(proxy: VaultproxyStart, proxy_url: str) -> int:
+        with proxy.requests_session() as session:
+            session.proxies = {"http": proxy_url}
+            return session.get(f"{upstream.url}/stale", headers={"X-Token": "<<vault:token>>"}, timeout=CLIENT_TIMEOUT).status_code
+
+    first = start_vaultproxy(vault_home, confdir=confdir, start_args=everywhere)
+    stale = parse_exports(run_cli(vault_home, "env", check=True).stdout.decode())["HTTP_PROXY"]
+    assert status_with(first, stale) == 200
+    run_cli(vault_home, "stop", check=True)
+    assert not (vault_home / CREDENTIAL_FILE).exists()
+
+    second = start_vaultproxy(vault_home, confdir=confdir, start_args=everywhere)
+    captured = urlsplit(stale).password  # what the squatter read off the stale request
+    assert status_with(second, f"http://vaultproxy:{captured}@{LOOPBACK}:{second.port}") == 407
+    fresh = parse_exports(run_cli(vault_home, "env", check=True).stdout.decode())["HTTP_PROXY"]
+    assert urlsplit(fresh).password != captured and status_with(second, fresh) == 200
+    assert len(upstream.requests) == 2
 
 
 def test_mitmproxys_proxyauth_still_works(

@@ -30,7 +30,7 @@ from tests.support.net import LOOPBACK, free_port
 from tests.support.tls import TLSMaterial
 from tests.support.users import NOBODY, another_user
 from vaultcore import proxyenv
-from vaultcore.credential import ensure_credential
+from vaultcore.credential import new_token, publish_credential
 from vaultcore.proxyenv import NoProxy, serving_proxy
 from vaultcore.sockdiag import listening_inodes
 from vaultcore.vault import Vault
@@ -46,11 +46,11 @@ as_another_user = another_user(
 
 @pytest.fixture
 def home(tmp_path: Path, tls_material: TLSMaterial) -> Path:
-    """A vault with a secret and the proxy credential, as a proxy that ran leaves it, and a
+    """A vault with a secret and the proxy credential, as a proxy that was killed leaves it, and a
     confdir with mitmproxy's CA."""
     home = tmp_path / "vault-home"
     Vault(home).set("k", VALUE, hosts=[LOOPBACK])
-    ensure_credential(home)
+    publish_credential(home, new_token())
     (tmp_path / "confdir").mkdir()
     (tmp_path / "confdir" / "mitmproxy-ca-cert.pem").write_text(tls_material.ca_cert.read_text())
     return home

@@ -2,9 +2,14 @@
 
 A client the proxy cannot identify as its own user (a remote client, another OS, and every
 client of a proxy that listens beyond loopback) must present it as the password of
-Proxy-Authorization Basic. The proxy creates it when it starts; `vaultproxy env` and `exec`
-put it in the proxy URL they hand to clients (http://vaultproxy:TOKEN@127.0.0.1:8080), so
-it travels in the environment, never on a command line.
+Proxy-Authorization Basic. `vaultproxy env` and `exec` put it in the proxy URL they hand to
+clients (http://vaultproxy:TOKEN@127.0.0.1:8080), so it travels in the environment, never on
+a command line.
+
+Every proxy makes its own when it starts, publishes it with its record (proxy.json), and
+deletes it when it stops. A client keeps its proxy URL after the proxy is gone, and its next
+request gives the token to whoever listens on that port by then (another local user, say):
+a token that outlived its proxy would open the next one.
 """
 
 from __future__ import annotations
@@ -43,16 +48,25 @@ def read_credential(home: Path) -> str | None:
     return token
 
 
-def ensure_credential(home: Path) -> str:
-    """The token, made first when missing. Written atomically: a client reading it while the
-    proxy starts gets no token or the whole one, never a part."""
-    token = read_credential(home)
-    if token is not None:
-        return token
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def publish_credential(home: Path, token: str) -> None:
+    """`token` as the home's credential, in place of any other. Written atomically: a client
+    reading it meanwhile gets the old token or the new one whole, never a part."""
     ensure_home(home)
-    token = secrets.token_urlsafe(32)
     try:
         replace_file(home / CREDENTIAL_FILE, token.encode(), mode=0o600)
     except OSError as e:
-        raise VaultError(f"cannot create the proxy credential {home / CREDENTIAL_FILE}: {e.strerror}") from None
-    return token
+        raise VaultError(f"cannot write the proxy credential {home / CREDENTIAL_FILE}: {e.strerror}") from None
+
+
+def withdraw_credential(home: Path, token: str) -> None:
+    """Delete the home's credential if it is still `token`: a second proxy for this home may
+    have published its own since."""
+    try:
+        if read_credential(home) == token:
+            (home / CREDENTIAL_FILE).unlink()
+    except (VaultError, OSError):
+        pass  # unreadable or gone: nothing of ours to take back

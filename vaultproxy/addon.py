@@ -290,6 +290,7 @@ class VaultProxy:
         # On a script reload a new instance adds its own part: take this one out of the chain.
         with contextlib.suppress(exceptions.AddonManagerError):
             ctx.master.addons.remove(self.substitution)
+        self.gate.withdraw()
         # Only this proxy's own record: a second proxy for this home may have written its own.
         if self.vault and runtime_info(self.vault.home).get("pid") == os.getpid():
             with contextlib.suppress(OSError):
@@ -319,6 +320,11 @@ class VaultProxy:
             if ca.is_file():
                 break
             await asyncio.sleep(0.05)
+        assert self.vault is not None
+        try:
+            self.gate.publish(self.vault.home)  # before the record: `env` reads both
+        except VaultError as e:
+            logger.error(f"vaultproxy: {e}: clients that must present the proxy credential are refused")
         self._write_runtime_info()
 
     def _write_runtime_info(self) -> None:

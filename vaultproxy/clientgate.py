@@ -30,7 +30,7 @@ from mitmproxy.connection import Address
 from mitmproxy.proxy import mode_specs
 from mitmproxy.utils.human import format_address
 
-from vaultcore.credential import CREDENTIAL_FILE, ensure_credential
+from vaultcore.credential import CREDENTIAL_FILE, new_token, publish_credential, withdraw_credential
 from vaultcore.index import is_loopback
 from vaultcore.sockdiag import TCP_TABLES, socket_uid, tcp_owner
 from vaultcore.store import VaultError
@@ -111,25 +111,39 @@ class ClientGate:
     fewer for mitmproxy to dispatch every event to)."""
 
     def __init__(self) -> None:
-        self.credential: str | None = None  # read in running(): until then only the owner gets in
+        # This proxy's own (vaultcore.credential), made in running(): until then only the owner
+        # gets in. Published in a home once the proxy has recorded itself there (`publish`).
+        self.credential: str | None = None
+        self.published_in: Path | None = None
         self.peers: MutableMapping[connection.Client, Peer] = weakref.WeakKeyDictionary()
 
     def configure(self, updated: set[str]) -> None:
-        # `vault_home` is VaultProxy's option. At start-up the credential is read in running();
-        # a later change of home brings that home's credential.
-        if "vault_home" in updated and self.credential is not None:
+        # `vault_home` is VaultProxy's option: a running proxy given another home takes its
+        # credential there.
+        if "vault_home" in updated and self.published_in is not None:
             try:
-                self.credential = ensure_credential(home_from_option(ctx.options.vault_home))
+                self.publish(home_from_option(ctx.options.vault_home))
             except VaultError as e:
                 raise exceptions.OptionsError(f"vaultproxy: {e}") from None
 
+    def publish(self, home: Path) -> None:
+        """Write this proxy's credential into `home` (as the proxy writes its record), and take
+        it out of the home it was in before."""
+        assert self.credential is not None
+        publish_credential(home, self.credential)
+        if self.published_in not in (None, home):
+            withdraw_credential(self.published_in, self.credential)
+        self.published_in = home
+
+    def withdraw(self) -> None:
+        """When the proxy stops: its credential opens nothing after it."""
+        if self.published_in is not None and self.credential is not None:
+            withdraw_credential(self.published_in, self.credential)
+        self.published_in = None
+
     def running(self) -> None:
+        self.credential = new_token()
         home = home_from_option(ctx.options.vault_home)
-        try:
-            self.credential = ensure_credential(home)
-        except VaultError as e:
-            logger.error(f"vaultproxy: {e}")  # mitmdump stops on an error logged at start-up
-            return
         if exposed := exposed_addresses():
             where = ", ".join(map(format_address, exposed))
             logger.warning(
