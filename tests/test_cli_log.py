@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import select
 import signal
 import subprocess
@@ -103,6 +104,38 @@ def test_the_log_the_proxy_was_told_to_write(home: Path, tmp_path: Path) -> None
     (home / "proxy.json").write_text(json.dumps({**proxy, "options": {"vault_audit_log": "off"}}))
     result = run_cli(home, "log")
     assert result.returncode == 1 and result.stderr == b"vaultproxy: error: the proxy runs with vault_audit_log=off: it logs nothing\n"
+
+
+@pytest.mark.parametrize("planted", [
+    "symlink", "fifo",
+    pytest.param("another-users-file", marks=pytest.mark.skipif(os.geteuid() != 0, reason="chowns a file to nobody: needs root")),
+])
+def test_a_log_planted_in_a_shared_directory_is_not_read(home: Path, tmp_path: Path, planted: str) -> None:
+    """vault_audit_log may name a file in a directory anyone can write to (/tmp). Another user
+    who plants a file, a link or a FIFO at that path before the proxy makes it (the proxy then
+    refuses to write there) must not have `vaultproxy log` show their forged lines as the
+    owner's audit, nor hang it on a FIFO. The writer's rule: a regular file of the user's own."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    log = shared / "audit.log"
+    forged = jsonl(entry(0, "forged.example", ["token"], path="/bob-was-here"))
+    if planted == "symlink":
+        (tmp_path / "forged.log").write_text(forged)
+        log.symlink_to(tmp_path / "forged.log")
+        says = "it is a symbolic link"
+    elif planted == "fifo":
+        os.mkfifo(log, 0o666)
+        says = "it is not a regular file"
+    else:
+        log.write_text(forged)
+        os.chown(log, pwd.getpwnam("nobody").pw_uid, -1)
+        says = "it belongs to uid"
+    proxy = {"pid": os.getpid(), "host": LOOPBACK, "port": 1, "options": {"vault_audit_log": str(log)}}
+    (home / "proxy.json").write_text(json.dumps(proxy))
+    result = run_cli(home, "log", timeout=TIMEOUT)
+    assert result.returncode == 1 and b"forged.example" not in result.stdout
+    assert result.stderr.startswith(f"vaultproxy: error: cannot read the audit log {log}: {says}".encode()), result.stderr
 
 
 def test_control_characters_are_shown_escaped(home: Path) -> None:

@@ -7,6 +7,7 @@ host, path without query, keys, and for a refusal why; never a value.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import socket
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.net import LOOPBACK
+from tests.support.net import LOOPBACK, wait_until
 from tests.support.proxy import CLIENT_TIMEOUT, MitmdumpProcess, StartProxy, audit_lines
 from tests.support.secret_set import Entry, SecretSet, module_fixtures, proxy_options
 from tests.support.upstream import RecordingUpstream
@@ -92,16 +93,9 @@ def test_control_characters_in_a_path_are_escaped(proxy: MitmdumpProcess, upstre
     assert not [text for text in proxy.output().splitlines() if "vaultproxy: " in text and "\x1b" in text]
 
 
-@pytest.mark.parametrize("planted", [
-    "symlink",
-    pytest.param("another-users-file", marks=pytest.mark.skipif(os.geteuid() != 0, reason="chowns a file to nobody: needs root")),
-])
-def test_an_audit_log_planted_in_a_shared_directory_is_not_written(
-    mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path, planted: str,
-) -> None:
-    """vault_audit_log outside the vault home, in a directory anyone can write to (/tmp): a
-    link planted at that path would have the proxy append, with its rights, to whatever file
-    the link names; a file planted there would be read by whoever planted it."""
+def planted_log(tmp_path: Path, planted: str) -> tuple[Path, Path, str]:
+    """An audit log path in a directory anyone can write to (/tmp), where another user planted
+    `planted`; the file a planted link names; why the proxy refuses it."""
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
@@ -109,14 +103,62 @@ def test_an_audit_log_planted_in_a_shared_directory_is_not_written(
     victim.write_text("precious\n")
     if planted == "symlink":
         log.symlink_to(victim)
-        why = "it is a symbolic link, which the proxy does not follow: set vault_audit_log to the file itself"
-    else:
-        log.touch()
-        owner = pwd.getpwnam("nobody").pw_uid
-        os.chown(log, owner, -1)
-        why = f"it belongs to uid {owner}, not to you (uid 0): set vault_audit_log to a file of your own"
-    proxy = mitmdump(options=proxy_options(home, vault_audit_log=str(log)))
-    assert send(proxy, "GET", upstream.url + "/console/planted", headers={"X-Key": "<<vault:con.a>>"}).status_code == 200
-    proxy.wait_for_output(f"vaultproxy: cannot write the audit log {log}: {why}")
+        return log, victim, "it is a symbolic link, which the proxy does not follow: set vault_audit_log to the file itself"
+    if planted == "fifo":
+        os.mkfifo(log, 0o666)
+        return log, victim, "it is not a regular file: set vault_audit_log to a file of your own"
+    log.touch()
+    owner = pwd.getpwnam("nobody").pw_uid
+    os.chown(log, owner, -1)
+    return log, victim, f"it belongs to uid {owner}, not to you (uid 0): set vault_audit_log to a file of your own"
+
+
+PLANTED = [
+    "symlink", "fifo",
+    pytest.param("another-users-file", marks=pytest.mark.skipif(os.geteuid() != 0, reason="chowns a file to nobody: needs root")),
+]
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_an_audit_log_planted_in_a_shared_directory_stops_the_start(tmp_path: Path, home: Path, planted: str) -> None:
+    """vault_audit_log outside the vault home, in a directory anyone can write to (/tmp): a
+    link planted at that path would have the proxy append, with its rights, to whatever file
+    the link names; a file planted there would be read by whoever planted it (and shown by
+    `vaultproxy log`). The proxy used to refuse to write there and go on resolving secrets,
+    every record lost: it does not start instead, as for any bad vault_* setting."""
+    log, victim, why = planted_log(tmp_path, planted)
+    process = MitmdumpProcess(tmp_path / "proxy", options=proxy_options(home, vault_audit_log=str(log)))
+    (tmp_path / "proxy").mkdir()
+    with contextlib.suppress(RuntimeError):  # it may get to listen before the script's error ends it
+        process.start()
+    try:
+        wait_until(lambda: not process.is_running(), CLIENT_TIMEOUT, "mitmdump to exit")
+    finally:
+        status = process.stop()
+    assert status != 0
+    assert f"vaultproxy: cannot write the audit log {log}: {why}" in process.output()
     assert victim.read_text() == "precious\n"  # nothing appended through the link
-    assert log.is_symlink() or log.read_text() == ""
+    assert log.is_symlink() or not log.is_file() or log.read_text() == ""
+
+
+def test_a_rotated_log_goes_on_in_its_file_when_a_planted_one_takes_its_place(
+    mitmdump: StartProxy, home: Path, upstream: RecordingUpstream, tmp_path: Path,
+) -> None:
+    """Rotation renames the log; the proxy writes on in a new file at the path. Another user who
+    plants a link there first gets no line (and no write through the link): the lines go on
+    into the file the proxy has open, the rotated one, and the console says so."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    log, victim = shared / "audit.log", tmp_path / "victim"
+    victim.write_text("precious\n")
+    proxy = mitmdump(options=proxy_options(home, vault_audit_log=str(log)))
+    assert send(proxy, "GET", upstream.url + "/console/before", headers={"X-Key": "<<vault:con.a>>"}).status_code == 200
+    wait_until(lambda: log.is_file() and "/console/before" in log.read_text(), CLIENT_TIMEOUT, "the first line")
+    rotated = shared / "audit.log.1"
+    log.rename(rotated)
+    log.symlink_to(victim)
+    assert send(proxy, "GET", upstream.url + "/console/after", headers={"X-Key": "<<vault:con.a>>"}).status_code == 200
+    wait_until(lambda: "/console/after" in rotated.read_text(), CLIENT_TIMEOUT, "the line after the rotation")
+    proxy.wait_for_output(f"vaultproxy: cannot reopen the audit log {log}: it is a symbolic link")
+    assert victim.read_text() == "precious\n"

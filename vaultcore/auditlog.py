@@ -7,9 +7,11 @@ rotation (a new file at the same path is read from its start).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from vaultcore.hostrules import host_matches
+from vaultcore.store import VaultError
 
 AUDIT_FILE = "audit.log"
 FOLLOW_POLL_SECONDS = 0.2
@@ -25,6 +28,31 @@ _AGE_RE = re.compile(r"([0-9]+)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 Entry = dict[str, Any]
+
+
+def open_own(path: Path, flags: int) -> int:
+    """`path` opened with `flags` (os.O_*), as the writer and the reader both must: never
+    through a symbolic link, and only a regular file of this user's. vault_audit_log may name
+    a file in a directory others can write to (/tmp): a link planted there would have the
+    proxy append, with its rights, to whatever file it names; a file planted there is its
+    planter's to read, and would show `vaultproxy log` their forged lines. O_NONBLOCK: a FIFO
+    planted there fails to open, or is refused, instead of holding the proxy (or the reader)
+    until someone writes to it. OSError otherwise, with a message that says the fix."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(e.errno, "it is a symbolic link, which the proxy does not follow: set vault_audit_log to the file itself") from None
+        if e.errno == errno.ENXIO:  # a FIFO that no one reads, opened to write
+            raise OSError(e.errno, "it is not a regular file: set vault_audit_log to a file of your own") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file: set vault_audit_log to a file of your own")
+        raise OSError(errno.EPERM, f"it belongs to uid {info.st_uid}, not to you (uid {os.geteuid()}): set vault_audit_log to a file of your own")
+    return fd
 
 
 def audit_path(home: Path, setting: str) -> Path | None:
@@ -120,9 +148,13 @@ class _Reader:
 
     def _open(self) -> bool:
         try:
-            self._file = self.path.open("rb")
+            fd = open_own(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return False
+        except OSError as e:
+            raise VaultError(f"cannot read the audit log {self.path}: {e.strerror}") from None
+        os.set_blocking(fd, True)
+        self._file = os.fdopen(fd, "rb")
         return True
 
     def _replaced(self) -> bool:

@@ -233,9 +233,13 @@ class VaultProxy:
         # The token endpoint is verified as upstreams are.
         self.minter.verify = False if ctx.options.ssl_insecure else ctx.options.ssl_verify_upstream_trusted_ca or True
         if "vault_audit_log" in updated or "vault_home" in updated or self.audit.path is None:
-            setting = ctx.options.vault_audit_log
+            audit = AuditLog(audit_path(self.vault.home, ctx.options.vault_audit_log))
+            try:
+                audit.open()  # a log it cannot write loses every record: no start (or no change)
+            except OSError as e:
+                raise exceptions.OptionsError(f"vaultproxy: cannot write the audit log {audit.path}: {e.strerror}") from None
             self.audit.close()
-            self.audit = AuditLog(audit_path(self.vault.home, setting))
+            self.audit = audit
 
     def running(self) -> None:
         try:

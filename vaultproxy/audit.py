@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import json
 import logging
@@ -23,10 +22,13 @@ from typing import TextIO
 
 from mitmproxy import http
 
+from vaultcore.auditlog import open_own
 from vaultcore.peertext import quoted
 from vaultcore.placeholders import SubstitutionError
 
 logger = logging.getLogger(__name__)
+# The log is appended to, and made (0600) when missing.
+WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
 RESOLVED = "resolved"
 REFUSED = "refused"  # the prefix of a refusal's outcome: refused:CODE
@@ -52,6 +54,7 @@ class AuditLog:
         self.path = path
         self._file: TextIO | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._refused: tuple[int, int] | None = None  # of a file at `path` that could not be opened
         self._buffer: list[str] = []
 
     def record(self, request: http.Request, path: str, keys: Sequence[str], outcome: str, reason: str = "") -> None:
@@ -89,15 +92,34 @@ class AuditLog:
             self._close_file()
             logger.warning(f"vaultproxy: cannot write the audit log {self.path}: {e.strerror}")
 
+    def open(self) -> None:
+        """Open the log now: the proxy does not start with a log it cannot write (OSError)."""
+        if self.path is not None:
+            self._open(self.path)
+
     def _open(self, path: Path) -> TextIO:
-        """The file `path` names now: one stat per write tells a rotated or deleted log."""
-        if self._file is not None and _identity(path) != self._identity:
+        """The file `path` names now: one stat per write tells a rotated or deleted log. Where
+        the new file cannot be opened as the user's own (another user planted a link or a file
+        at the path after a rotation), the lines go on into the file open already, the rotated
+        one, rather than being lost; the console says so once."""
+        if self._file is not None and (now := _identity(path)) != self._identity:
+            try:
+                fd = open_own(path, WRITE_FLAGS)
+            except OSError as e:
+                if now != self._refused:
+                    self._refused = now
+                    logger.warning(f"vaultproxy: cannot reopen the audit log {path}: {e.strerror}; its lines go on in the file it named before")
+                return self._file
             self._close_file()
+            self._adopt(fd)
         if self._file is None:
-            fd = _open_own(path)
-            self._file = os.fdopen(fd, "a", encoding="utf-8")
-            self._identity = _identity(fd)
+            self._adopt(open_own(path, WRITE_FLAGS))
+        assert self._file is not None
         return self._file
+
+    def _adopt(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        self._identity, self._refused = _identity(fd), None
 
     def close(self) -> None:
         self.flush()
@@ -108,25 +130,6 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
-
-
-def _open_own(path: Path) -> int:
-    """`path` opened to append (created 0600): never through a symbolic link, and only a file
-    of the proxy's user. vault_audit_log may name a file in a directory others can write to
-    (/tmp): a link planted there would have the proxy append, with its rights, to whatever
-    file it names, and a file planted there is its planter's to read. O_NONBLOCK: a FIFO
-    planted there fails to open instead of holding the proxy until someone reads it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise OSError(e.errno, "it is a symbolic link, which the proxy does not follow: set vault_audit_log to the file itself") from None
-        raise
-    owner = os.fstat(fd).st_uid
-    if owner != os.geteuid():
-        os.close(fd)
-        raise OSError(errno.EPERM, f"it belongs to uid {owner}, not to you (uid {os.geteuid()}): set vault_audit_log to a file of your own")
-    return fd
 
 
 def follow_console(verbosity: str) -> None:
