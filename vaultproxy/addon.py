@@ -46,7 +46,7 @@ from vaultcore.proxyenv import RUNTIME_FILE, runtime_info, runtime_record
 from vaultcore.redaction import Redactor
 from vaultcore.refresher import Refresher
 from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
-from vaultcore.store import VaultError, forget_passphrase_environment
+from vaultcore.store import VaultError, ensure_home, forget_passphrase_environment
 from vaultcore.tokens import TokenSource, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
 from vaultproxy import codings, guard, responses, rewrite, serverbytes, signing, tunnels, wscontrol
@@ -221,6 +221,7 @@ class VaultProxy:
             vault = Vault(home)
             try:
                 snapshot = vault.snapshot()
+                ensure_home(home)  # an empty vault's may not exist: the proxy writes its audit log and record there
             except LOAD_ERRORS as e:
                 raise exceptions.OptionsError(f"vaultproxy: cannot load the vault: {e}") from None
             forget_passphrase_environment()  # derived now: nothing the proxy starts may inherit it
