@@ -225,6 +225,25 @@ def test_stop_never_signals_a_process_that_is_not_the_proxy(home: Path, bystande
     assert bystander.poll() is None
 
 
+def test_stop_and_log_refuse_a_home_other_users_can_write(home: Path, tmp_path: Path) -> None:
+    """In a home anyone can write to, another user plants a proxy.json that names a proxy of
+    yours (for another home) and an audit log of their own: `stop` would kill that proxy, and
+    `log` show their entries. Both refuse the home, as `env` and `status` do."""
+    planted = tmp_path / "planted.log"
+    planted.write_text(json.dumps({"time": "2026-01-31T09:00:00.000+00:00", "method": "GET", "host": LOOPBACK,
+                                   "path": "/planted", "keys": ["k"], "outcome": "resolved"}) + "\n")
+    with Listener(addon=True) as other_proxy:
+        home.chmod(0o777)
+        (home / "proxy.json").write_text(json.dumps({
+            "pid": other_proxy.pid, "host": LOOPBACK, "port": other_proxy.port, "options": {"vault_audit_log": str(planted)},
+        }))
+        stop, log = run_cli(home, "stop"), run_cli(home, "log")
+        still_there = other_proxy.process.poll() is None
+    writable = f"vault home {home} is writable by other users: chmod 700 {home}"
+    assert writable in one_line(stop, 1) and writable in one_line(log, 1)
+    assert still_there  # stop signalled nothing
+
+
 # --- no "unexpected" errors ---------------------------------------------------------------------------
 
 

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,12 +59,16 @@ def home(tmp_path: Path, tls_material: TLSMaterial) -> Path:
     return home
 
 
-def record(home: Path, pid: int, port: int) -> Path:
-    """proxy.json as a proxy that ran with `pid` on `port` wrote it."""
+def record(home: Path, pid: int, port: int, start_ticks: int | None = None) -> Path:
+    """proxy.json as a proxy that ran with `pid` on `port` wrote it: with the start of that
+    process (`start_ticks`, by default the real one, as a proxy records its own)."""
+    if start_ticks is None and (found := proxyenv.process(pid)) is not None:
+        start_ticks = found.start_ticks
     path = home / "proxy.json"
     path.write_text(json.dumps({
         "pid": pid, "host": LOOPBACK, "port": port, "confdir": str(home.parent / "confdir"),
         "started": "2026-01-31T09:00:00+00:00", "options": {},
+        **({"start_ticks": start_ticks} if start_ticks is not None else {}),
     }))
     return path
 
@@ -141,6 +148,87 @@ def test_a_proxy_of_yours_that_does_not_listen_is_stopped_all_the_same(home: Pat
         assert stand_in.process.wait(30) == -15  # SIGTERM
     finally:
         stand_in.stop()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="a process's start is read from /proc")
+def test_a_process_that_did_not_write_the_record_is_not_its_proxy(home: Path) -> None:
+    """The record's proxy was killed, and its pid now belongs to another proxy of the user's
+    (for another home, started later): alive, the user's, running the addon, listening on
+    the record's port. It did not start when the record's proxy did, so it did not write it:
+    `stop` leaves it alone, and clients are not sent there."""
+    with Listener(addon=True) as later_proxy:
+        found = proxyenv.process(later_proxy.pid)
+        assert found is not None and found.start_ticks is not None
+        path = record(home, later_proxy.pid, later_proxy.port, start_ticks=found.start_ticks - 100)
+        stop, env = run_cli(home, "stop"), run_cli(home, "env")
+        still_there = later_proxy.process.poll() is None
+    stale = f"pid {later_proxy.pid} from {path} is not the process that wrote the record (it started at another time)"
+    assert stale in refused(stop) and stale in refused(env) and "the record is stale" in refused(stop)
+    assert still_there  # stop signalled nothing
+
+
+@pytest.fixture
+def taken_over() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Where a test puts the processes that took over an exited one's pid; killed at teardown."""
+    newcomers: list[subprocess.Popen[bytes]] = []
+    yield newcomers
+    for newcomer in newcomers:
+        newcomer.kill()
+        newcomer.wait()
+
+
+def take_over(pid: int) -> subprocess.Popen[bytes]:
+    """A new process with the pid of one that has exited and been reaped (as pid reuse gives
+    it, by setting the pid the kernel hands out next: root only)."""
+    for _ in range(20):  # another fork may take the pid first
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        newcomer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "vaultproxy_addon.py"])
+        if newcomer.pid == pid:
+            return newcomer
+        newcomer.kill()
+        newcomer.wait()
+    pytest.skip(f"pid {pid} was not handed out again")
+
+
+@pytest.mark.skipif(not hasattr(signal, "pidfd_send_signal"), reason="pidfds are Linux's")
+def test_stop_signals_the_proxy_through_a_pidfd(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = []
+
+    def pidfd_send_signal(fd: int, signalnum: int) -> None:
+        sent.append(signalnum)
+        real(fd, signalnum)
+
+    real = signal.pidfd_send_signal
+    monkeypatch.setattr(signal, "pidfd_send_signal", pidfd_send_signal)
+    stand_in = Listener(addon=True)
+    try:
+        record(home, stand_in.pid, stand_in.port)
+        assert proxyenv.stop_proxy(home).pid == stand_in.pid
+        assert stand_in.process.wait(30) == -signal.SIGTERM and sent == [signal.SIGTERM]
+    finally:
+        stand_in.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open") or os.geteuid() != 0, reason="reuses a pid, through Linux's ns_last_pid, as root")
+def test_a_proxy_that_exits_between_the_checks_and_the_signal_takes_no_one_with_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch, taken_over: list[subprocess.Popen[bytes]],
+) -> None:
+    """`stop` checks the process, then signals it: the proxy may exit in between, and its pid
+    go to a new process. The signal goes to the process that was checked or to none."""
+    stand_in = Listener(addon=True)
+
+    def checked_then_exited(*args: object) -> object:
+        checked = real(*args)
+        stand_in.stop()  # killed and reaped: its pid is free
+        taken_over.append(take_over(stand_in.pid))
+        return checked
+
+    real = proxyenv.proxy_process
+    monkeypatch.setattr(proxyenv, "proxy_process", checked_then_exited)
+    record(home, stand_in.pid, stand_in.port)
+    assert proxyenv.stop_proxy(home).pid == stand_in.pid  # stopped: it has exited
+    newcomer, = taken_over
+    assert newcomer.pid == stand_in.pid and newcomer.poll() is None
 
 
 @as_another_user

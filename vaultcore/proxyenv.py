@@ -9,11 +9,13 @@ uses the proxy that record names, once verified, never a default address, where 
 vault's proxy could be listening. Verified means more than a live pid and a port that
 answers: a proxy killed outright (kill -9, a crash, a reboot) leaves its record behind, and
 another local user can then hold its pid and listen on its port. The pid must be a process
-of this user running the addon, and the socket listening where clients connect its own.
+of this user running the addon, the very process that wrote the record (its start, in clock
+ticks since boot), and the socket listening where clients connect its own.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -69,6 +71,7 @@ class ProxyInfo:
     confdir: Path
     started: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    start_ticks: int | None = None  # when its process started (Linux); None in records of older versions
 
     @property
     def client_host(self) -> str:
@@ -83,7 +86,10 @@ class ProxyInfo:
 def runtime_record(host: str, port: int, confdir: str, options: dict[str, Any]) -> dict[str, Any]:
     """What the running addon writes into proxy.json (for `env`, `exec`, `status`, `stop`, `log`)."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return {"pid": os.getpid(), "host": host, "port": port, "confdir": confdir, "started": started, "options": options}
+    record = {"pid": os.getpid(), "host": host, "port": port, "confdir": confdir, "started": started, "options": options}
+    if (own := process(os.getpid())) is not None and own.start_ticks is not None:
+        record["start_ticks"] = own.start_ticks
+    return record
 
 
 def runtime_info(home: Path) -> dict[str, Any]:
@@ -102,11 +108,12 @@ def proxy_info(home: Path) -> ProxyInfo | None:
     pid, port, host = info.get("pid"), info.get("port"), info.get("host")
     if not (isinstance(pid, int) and pid > 0 and isinstance(port, int) and 0 < port < 65536 and isinstance(host, str)):
         return None
-    options = info.get("options")
+    options, start_ticks = info.get("options"), info.get("start_ticks")
     return ProxyInfo(
         pid, host, port, Path(str(info.get("confdir") or DEFAULT_CONFDIR)).expanduser(),
         info.get("started") if isinstance(info.get("started"), str) else None,
         options if isinstance(options, dict) else {},
+        start_ticks if isinstance(start_ticks, int) and not isinstance(start_ticks, bool) else None,
     )
 
 
@@ -132,19 +139,20 @@ class Process:
     uid: int
     command_line: str
     sockets: frozenset[int] | None  # the inodes of its sockets; None where they cannot be seen (no /proc)
+    start_ticks: int | None  # when it started, in clock ticks since boot; None where that is not read (no /proc)
 
 
 def process(pid: int) -> Process | None:
-    """Process `pid`: its owner, command line and sockets, read through one handle on
-    /proc/PID, so that all of it is about one process (were the pid reused meanwhile, reads
+    """Process `pid`: its owner, command line, start time and sockets, read through one handle
+    on /proc/PID, so that all of it is about one process (were the pid reused meanwhile, reads
     through the handle fail). Sockets are read only of a process of this user: those of
     another are not its to read. None when the process has gone. Without /proc (macOS), one
     run of `ps` tells the owner and the whole command line (-ww: not cut to a terminal's
-    width), and no sockets."""
+    width), and neither sockets nor start time."""
     if not (PROC / "self").exists():
         ps = subprocess.run(["ps", "-ww", "-o", "uid=", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
         uid, _, command_line = ps.stdout.strip().partition(" ")
-        return Process(int(uid), command_line.strip(), None) if uid.isdigit() else None
+        return Process(int(uid), command_line.strip(), None, None) if uid.isdigit() else None
     try:
         directory = os.open(PROC / str(pid), os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -152,7 +160,8 @@ def process(pid: int) -> Process | None:
     try:
         uid = os.fstat(directory).st_uid
         command_line = _read_at(directory, "cmdline").replace(b"\0", b" ").decode(errors="replace")
-        return Process(uid, command_line, _socket_inodes(directory) if uid == os.geteuid() else frozenset())
+        sockets = _socket_inodes(directory) if uid == os.geteuid() else frozenset()
+        return Process(uid, command_line, sockets, _start_ticks(directory))
     except OSError:
         return None
     finally:
@@ -162,6 +171,13 @@ def process(pid: int) -> Process | None:
 def _read_at(directory: int, name: str) -> bytes:
     with open(os.open(name, os.O_RDONLY, dir_fd=directory), "rb") as file:
         return file.read()
+
+
+def _start_ticks(directory: int) -> int:
+    """When the process whose /proc directory is `directory` started: field 22 of its stat, in
+    clock ticks since boot (counted after the command name, which may hold spaces and ")").
+    No pid is reused within one tick, and the wall clock does not move it."""
+    return int(_read_at(directory, "stat").rpartition(b")")[2].split()[22 - 3])
 
 
 def _socket_inodes(directory: int) -> frozenset[int]:
@@ -206,24 +222,39 @@ class NoProxy(VaultError):
         self.info = info
 
 
-def proxy_process(home: Path) -> tuple[ProxyInfo, Process]:
-    """What proxy.json says, and the process of its pid, once that is a vaultproxy proxy of
-    this user: alive, this user's, and running the addon (mitmdump's command line names it).
-    A stale record's pid may be anyone's process now; another user's would be sent clients
-    with the proxy credential, or `stop`'s signal. Otherwise NoProxy, saying why and what to do."""
+def recorded_proxy(home: Path) -> ProxyInfo:
+    """What proxy.json says; NoProxy when there is nothing (usable) there."""
     info = proxy_info(home)
     if info is None:
         raise NoProxy(f"no proxy serves {home}: start one with `vaultproxy start`")
+    return info
+
+
+def _exited(home: Path, info: ProxyInfo) -> NoProxy:
+    return NoProxy(f"no proxy serves {home}: the one that did (pid {info.pid}) has exited; start one with `vaultproxy start`", info)
+
+
+def proxy_process(home: Path, info: ProxyInfo) -> Process:
+    """The process of the pid in `home`'s record `info`, once that is a vaultproxy proxy of
+    this user: alive, this user's, running the addon (mitmdump's command line names it), and,
+    where /proc tells it, the process that wrote the record (it started when the record says
+    it did). A stale record's pid
+    may be anyone's process now; another user's would be sent clients with the proxy
+    credential, or `stop`'s signal; a later proxy of this user's, serving another home, would
+    be stopped in its place. Otherwise NoProxy, saying why and what to do."""
     found = process(info.pid) if process_alive(info.pid) else None
     if found is None:
-        raise NoProxy(f"no proxy serves {home}: the one that did (pid {info.pid}) has exited; start one with `vaultproxy start`", info)
+        raise _exited(home, info)
     stale = f"no proxy serves {home}: pid {info.pid} from {home / RUNTIME_FILE}"
     if found.uid != os.geteuid():
         raise NoProxy(f"{stale} is another user's process (uid {found.uid}), not your proxy (the record is stale); "
                       "start one with `vaultproxy start`", info)
     if ADDON_SCRIPT.name not in found.command_line:
         raise NoProxy(f"{stale} is no vaultproxy proxy any more (the record is stale); start one with `vaultproxy start`", info)
-    return info, found
+    if found.start_ticks is not None and info.start_ticks is not None and found.start_ticks != info.start_ticks:
+        raise NoProxy(f"{stale} is not the process that wrote the record (it started at another time): the record is stale; "
+                      "start one with `vaultproxy start`", info)
+    return found
 
 
 def serving_proxy(home: Path) -> ProxyInfo:
@@ -235,7 +266,8 @@ def serving_proxy(home: Path) -> ProxyInfo:
     Without /proc (macOS) no socket can be tied to a process: a port that answers is taken
     for the proxy's. Another user listening there is still refused unless the recorded pid
     is, by chance, a process of this user that runs the addon."""
-    info, found = proxy_process(home)
+    info = recorded_proxy(home)
+    found = proxy_process(home, info)
     address = (info.client_host, info.port)
     if found.sockets is None:
         listening, its_own = answers(*address), True
@@ -261,15 +293,57 @@ def serving_proxy(home: Path) -> ProxyInfo:
 def stop_proxy(home: Path) -> ProxyInfo:
     """SIGTERM the proxy serving `home` and wait until it has exited. What is signalled must be
     a vaultproxy proxy of this user (proxy_process: the checks of serving_proxy but the port's);
-    one that does not answer on its port is stopped all the same, as its NoProxy says to."""
-    info, _ = proxy_process(home)
-    os.kill(info.pid, signal.SIGTERM)
+    one that does not answer on its port is stopped all the same, as its NoProxy says to. In a
+    home others can write to, the record could name any proxy of this user's: refused.
+
+    The signal goes through a pidfd opened before the checks: the proxy may exit between the
+    checks and the signal, and its pid go to another process, which a pidfd never reaches."""
+    check_home(home)
+    info = recorded_proxy(home)
+    try:
+        handle = _pidfd(info.pid)
+    except ProcessLookupError:
+        raise _exited(home, info) from None
+    try:
+        proxy_process(home, info)
+        if not _terminate(info.pid, handle):
+            return info  # it exited after the checks: stopped already
+    finally:
+        if handle is not None:
+            os.close(handle)
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     while process_alive(info.pid):
         if time.monotonic() > deadline:
             raise VaultError(f"the proxy (pid {info.pid}) has not stopped after {STOP_TIMEOUT_SECONDS:.0f}s: `kill -9 {info.pid}`")
         time.sleep(0.05)
     return info
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for process `pid`: it stays the handle of that process, even once the pid is
+    another's. None without pidfds (macOS; Linux before 5.3). ProcessLookupError when `pid`
+    has exited."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno == errno.ENOSYS:
+            return None
+        raise
+
+
+def _terminate(pid: int, handle: int | None) -> bool:
+    """SIGTERM process `pid`, through its pidfd `handle` where there is one. False when it has
+    exited: then nothing is signalled."""
+    try:
+        if handle is None:
+            os.kill(pid, signal.SIGTERM)
+        else:
+            signal.pidfd_send_signal(handle, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # --- what clients get ------------------------------------------------------------------------

@@ -230,7 +230,9 @@ def cmd_log(vault: Vault, args: argparse.Namespace) -> int:
 
 
 def _audit_path(vault: Vault) -> Path:
-    """The log of the proxy serving this home, as its options say (else the default)."""
+    """The log of the proxy serving this home, as its options say (else the default). In a
+    home others can write to, proxy.json could name any file, and the log be theirs: refused."""
+    check_home(vault.home)
     info = proxyenv.proxy_info(vault.home)
     setting = str(info.options.get("vault_audit_log", "")) if info else ""
     path = auditlog.audit_path(vault.home, setting)
