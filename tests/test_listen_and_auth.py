@@ -27,6 +27,7 @@ from tests.support.proxy import CLIENT_TIMEOUT, STARTUP_TIMEOUT, MitmdumpProcess
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordingUpstream
 from vaultcore.credential import CREDENTIAL_FILE
+from vaultcore.proxyenv import proxy_info
 from vaultcore.vault import Vault
 
 
@@ -93,12 +94,14 @@ def test_a_credential_handed_out_dies_with_the_proxy_it_belonged_to(
             return session.get(f"{upstream.url}/stale", headers={"X-Token": "<<vault:token>>"}, timeout=CLIENT_TIMEOUT).status_code
 
     first = start_vaultproxy(vault_home, confdir=confdir, start_args=everywhere)
+    wait_until(lambda: proxy_info(vault_home) is not None, STARTUP_TIMEOUT, "the proxy's record")  # and its credential
     stale = parse_exports(run_cli(vault_home, "env", check=True).stdout.decode())["HTTP_PROXY"]
     assert status_with(first, stale) == 200
     run_cli(vault_home, "stop", check=True)
     assert not (vault_home / CREDENTIAL_FILE).exists()
 
     second = start_vaultproxy(vault_home, confdir=confdir, start_args=everywhere)
+    wait_until(lambda: proxy_info(vault_home) is not None, STARTUP_TIMEOUT, "the proxy's record")
     captured = urlsplit(stale).password  # what the squatter read off the stale request
     assert status_with(second, f"http://vaultproxy:{captured}@{LOOPBACK}:{second.port}") == 407
     fresh = parse_exports(run_cli(vault_home, "env", check=True).stdout.decode())["HTTP_PROXY"]
