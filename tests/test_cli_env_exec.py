@@ -247,3 +247,55 @@ def test_forgetting_the_passphrase_keeps_it_from_child_processes(monkeypatch: py
     child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.environ))"], capture_output=True, check=True)
     assert PASSPHRASE_ENV.encode() not in child.stdout and PASSPHRASE_ENV not in os.environ
     assert handed_over_passphrase() == passphrase  # this process can still open the vault
+
+
+SWITCH_HOME = '''\
+"""Sets vault_home on the running proxy (as any addon or a `set` command may) to the home
+named in the file TRIGGER, once it appears."""
+import asyncio
+from pathlib import Path
+from mitmproxy import ctx
+
+TRIGGER = Path({trigger!r})
+
+
+class SwitchHome:
+    def running(self):
+        asyncio.get_running_loop().create_task(self.switch())
+
+    async def switch(self):
+        while not TRIGGER.exists():
+            await asyncio.sleep(0.05)
+        ctx.options.update(vault_home=TRIGGER.read_text())
+
+
+addons = [SwitchHome()]
+'''
+
+
+def test_a_proxy_given_another_home_records_itself_there(
+    mitmdump: StartProxy, tmp_path: Path, upstream: RecordingUpstream,
+) -> None:
+    """vault_home changed on a running proxy: its credential and its record go to the new home
+    together, and leave the old one. The credential alone moved before: `env` for the new home
+    found no proxy, and for the old one handed out a URL without the credential (407 where it
+    is needed), to a proxy serving the other home's secrets."""
+    first = tmp_path / "first-home"
+    Vault(first).set("exec.k", VALUE, hosts=[LOOPBACK])
+    second = tmp_path / "second-home"
+    Vault(second).set("exec.other", VALUE + "Other", hosts=[LOOPBACK])
+    trigger, switch = tmp_path / "switch-to", tmp_path / "switch_home.py"
+    switch.write_text(SWITCH_HOME.format(trigger=str(trigger)))
+    proxy = mitmdump(options={"vault_home": str(first)}, args=["-s", str(switch), "--listen-host", "0.0.0.0"])
+    wait_for_proxy_json(first)
+    trigger.write_text(str(second))
+    wait_for_proxy_json(second)
+    wait_until(lambda: not (first / "proxy.json").exists(), TIMEOUT, "the first home's record to go")
+    assert not (first / "proxy-credential").exists() and run_cli(first, "env").returncode == 1
+    exports = parse_exports(run_cli(second, "env", check=True).stdout.decode())
+    with proxy.requests_session() as session:
+        session.proxies = {"http": exports["HTTP_PROXY"]}
+        answer = session.get(f"{upstream.url}/switched", headers={"X-Token": "<<vault:exec.other>>"}, timeout=CLIENT_TIMEOUT)
+    assert answer.status_code == 200 and upstream.requests[-1].header("x-token") == VALUE + "Other"
+    proxy.stop()
+    assert not (second / "proxy.json").exists() and not (second / "proxy-credential").exists()

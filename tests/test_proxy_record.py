@@ -18,6 +18,7 @@ sample /proc/net/tcp text.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -205,6 +206,24 @@ def test_stop_signals_the_proxy_through_a_pidfd(home: Path, monkeypatch: pytest.
         record(home, stand_in.pid, stand_in.port)
         assert proxyenv.stop_proxy(home).pid == stand_in.pid
         assert stand_in.process.wait(30) == -signal.SIGTERM and sent == [signal.SIGTERM]
+    finally:
+        stand_in.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfds are Linux's")
+def test_stop_signals_by_pid_where_pidfds_are_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seccomp filter older than pidfds (Docker's default before 20.10) answers EPERM: `stop`
+    stopped nothing there. It signals by pid instead, as where there are no pidfds."""
+
+    def refused(pid: int) -> int:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    stand_in = Listener(addon=True)
+    try:
+        record(home, stand_in.pid, stand_in.port)
+        assert proxyenv.stop_proxy(home).pid == stand_in.pid
+        assert stand_in.process.wait(30) == -signal.SIGTERM
     finally:
         stand_in.stop()
 

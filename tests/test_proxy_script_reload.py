@@ -29,6 +29,8 @@ from tests.support.oauth_server import AuthorizationServer
 from tests.support.proxy import ADDON_SCRIPT, CLIENT_TIMEOUT, MitmdumpProcess, StartProxy
 from tests.support.tls import TLSMaterial
 from tests.support.upstream import RecordedRequest, RecordingUpstream, Reply
+from vaultcore.credential import read_credential
+from vaultcore.proxyenv import proxy_info, proxy_url
 from vaultcore.vault import Vault
 
 VALUE = "sk_live_Zq9Reload"
@@ -150,3 +152,55 @@ def test_a_name_a_reverse_proxy_does_not_serve_stays_refused_across_a_reload(
         answer.begin()
     assert answer.status == 403 and answer.getheader("X-Vaultproxy-Error") == "name_not_served"
     assert VALUE.encode() not in upstream.all_bytes()
+
+
+def test_a_reload_keeps_the_proxys_credential(
+    mitmdump: StartProxy, script: Path, upstream: RecordingUpstream, vault_home: Path, tmp_path: Path,
+) -> None:
+    """A reload is the same proxy, in the same process: the credential its clients were given
+    (`vaultproxy env`) still lets them in. A new one per instance answered them 407 after a
+    `git pull` that touched the script, with no restart to tell them to ask again."""
+    Vault(vault_home).set("reload.tok", VALUE, hosts=[LOOPBACK])
+    proxy = start(mitmdump, script, tmp_path / "flows", vault_home, "--listen-host", "0.0.0.0")  # only the credential lets a client in
+    wait_until(lambda: proxy_info(vault_home) is not None, CLIENT_TIMEOUT, "the proxy's record")
+    given = proxy_url(LOOPBACK, proxy.port, read_credential(vault_home))
+
+    def status() -> int:
+        with proxy.requests_session() as session:
+            session.proxies = {"http": given}
+            return session.get(f"{upstream.url}/reloaded", headers={"X-Token": "<<vault:reload.tok>>"}, timeout=CLIENT_TIMEOUT).status_code
+
+    assert status() == 200
+    (vault_home / "proxy.json").unlink()  # the new instance writes its record again: wait for that
+    reload_script(proxy, script)
+    wait_until(lambda: proxy_info(vault_home) is not None, CLIENT_TIMEOUT, "the new instance's record")
+    assert status() == 200 and proxy_url(LOOPBACK, proxy.port, read_credential(vault_home)) == given
+    assert [r.header("x-token") for r in upstream.requests] == [VALUE, VALUE]
+
+
+def test_a_reload_keeps_writing_the_audit_log_it_has_open(
+    mitmdump: StartProxy, script: Path, upstream: RecordingUpstream, vault_home: Path, tmp_path: Path,
+) -> None:
+    """After a rotation whose path another user took first (a link planted in a shared
+    directory), the proxy writes on into the rotated file. A reload then opened the log anew,
+    could not, and ended the running proxy: the new instance writes on into the same file."""
+    Vault(vault_home).set("reload.tok", VALUE, hosts=[LOOPBACK])
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    log, rotated, victim = shared / "audit.log", shared / "audit.log.1", tmp_path / "victim"
+    victim.write_text("precious\n")
+    proxy = start(mitmdump, script, tmp_path / "flows", vault_home, "--set", f"vault_audit_log={log}")
+
+    def resolved(path: str) -> int:
+        with proxy.requests_session() as session:
+            return session.get(f"{upstream.url}{path}", headers={"X-Token": "<<vault:reload.tok>>"}, timeout=CLIENT_TIMEOUT).status_code
+
+    assert resolved("/before") == 200
+    wait_until(lambda: log.is_file() and "/before" in log.read_text(), CLIENT_TIMEOUT, "the first line")
+    log.rename(rotated)
+    log.symlink_to(victim)
+    reload_script(proxy, script)
+    assert proxy.is_running() and resolved("/after") == 200
+    wait_until(lambda: "/after" in rotated.read_text(), CLIENT_TIMEOUT, "the line after the reload")
+    assert victim.read_text() == "precious\n"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import ssl
@@ -306,16 +307,11 @@ def stop_proxy(home: Path) -> ProxyInfo:
         raise _exited(home, info) from None
     try:
         proxy_process(home, info)
-        if not _terminate(info.pid, handle):
-            return info  # it exited after the checks: stopped already
+        if _terminate(info.pid, handle) and not _exits(info.pid, handle):
+            raise VaultError(f"the proxy (pid {info.pid}) has not stopped after {STOP_TIMEOUT_SECONDS:.0f}s: `kill -9 {info.pid}`")
     finally:
         if handle is not None:
             os.close(handle)
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    while process_alive(info.pid):
-        if time.monotonic() > deadline:
-            raise VaultError(f"the proxy (pid {info.pid}) has not stopped after {STOP_TIMEOUT_SECONDS:.0f}s: `kill -9 {info.pid}`")
-        time.sleep(0.05)
     return info
 
 
@@ -327,8 +323,10 @@ def _pidfd(pid: int) -> int | None:
         return None
     try:
         return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
     except OSError as e:
-        if e.errno == errno.ENOSYS:
+        if e.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):  # refused by a seccomp filter (older Docker), say
             return None
         raise
 
@@ -343,6 +341,20 @@ def _terminate(pid: int, handle: int | None) -> bool:
             signal.pidfd_send_signal(handle, signal.SIGTERM)
     except ProcessLookupError:
         return False
+    return True
+
+
+def _exits(pid: int, handle: int | None) -> bool:
+    """Whether process `pid` exits within STOP_TIMEOUT_SECONDS: its pidfd `handle` becomes
+    readable then (a pid seen alive could be another process's by now); without one, the pid
+    is polled."""
+    if handle is not None:
+        return bool(select.select([handle], [], [], STOP_TIMEOUT_SECONDS)[0])
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
     return True
 
 

@@ -201,7 +201,6 @@ class VaultProxy:
             raise
 
     def _configure(self, updated: set[str]) -> None:
-        self.gate.configure(updated)
         check_nothing_shows_values()
         check_choices(ctx.options)
         max_growth = growth_limit(ctx.options)
@@ -225,16 +224,20 @@ class VaultProxy:
             except LOAD_ERRORS as e:
                 raise exceptions.OptionsError(f"vaultproxy: cannot load the vault: {e}") from None
             forget_passphrase_environment()  # derived now: nothing the proxy starts may inherit it
+            if self._running:  # a running proxy given another home records itself there instead
+                self._withdraw()
             self.vault, self._failed, self.minter = vault, None, Minter(vault)
             self._use(snapshot)
             if self._running:
                 self._start_refresher()
+                self._publish()
             logger.info(f"vaultproxy: {len(snapshot.index)} keys from {home}")
         assert self.minter is not None
         # The token endpoint is verified as upstreams are.
         self.minter.verify = False if ctx.options.ssl_insecure else ctx.options.ssl_verify_upstream_trusted_ca or True
-        if "vault_audit_log" in updated or "vault_home" in updated or self.audit.path is None:
-            audit = AuditLog(audit_path(self.vault.home, ctx.options.vault_audit_log))
+        path = audit_path(self.vault.home, ctx.options.vault_audit_log)
+        if path != self.audit.path:  # the log a reload's new instance was handed is kept open
+            audit = AuditLog(path)
             try:
                 audit.open()  # a log it cannot write loses every record: no start (or no change)
             except OSError as e:
@@ -285,7 +288,9 @@ class VaultProxy:
         _retired[ctx.master] = self
         self._started.set()  # one that waits for a start that will not come is dropped
         wscontrol.install(None)
-        self.audit.close()
+        # Written out, not closed: a reload's next instance writes on in it (after a rotation
+        # its path may not open again); the process's exit closes it.
+        self.audit.flush()
         if self.refresher:
             self.refresher.stop()
         for task in (self._watcher, self._announcer):
@@ -295,18 +300,25 @@ class VaultProxy:
         # On a script reload a new instance adds its own part: take this one out of the chain.
         with contextlib.suppress(exceptions.AddonManagerError):
             ctx.master.addons.remove(self.substitution)
+        self._withdraw()
+
+    def _withdraw(self) -> None:
+        """Take this proxy's credential and record out of its home (it stops, or moves to
+        another): only its own, a second proxy for the home may have written its own."""
         self.gate.withdraw()
-        # Only this proxy's own record: a second proxy for this home may have written its own.
         if self.vault and runtime_info(self.vault.home).get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 (self.vault.home / RUNTIME_FILE).unlink()
 
     def _take_over(self, retired: VaultProxy) -> None:
         """What the instance a script reload retired knew of the flows in flight, and the
-        option it set for itself (Host, in reverse mode: see _configure)."""
+        option it set for itself (Host, in reverse mode: see _configure). And what makes it the
+        same proxy to its clients and its owner: the credential they were given, and the audit
+        log it has open."""
         self.flights, self.unserved, self.refused, self.sockets = retired.flights, retired.unserved, retired.refused, retired.sockets
         self.retrier.replays, self.retrier.overlays = retired.retrier.replays, retired.retrier.overlays
         self._rewrites_host = retired._rewrites_host
+        self.gate.credential, self.audit = retired.gate.credential, retired.audit
 
     def _start_refresher(self) -> None:
         """Auto-refresh (and refetch on rejection) for the vault in use, on threads of its own."""
@@ -325,9 +337,13 @@ class VaultProxy:
             if ca.is_file():
                 break
             await asyncio.sleep(0.05)
+        self._publish()
+
+    def _publish(self) -> None:
+        """The credential, then the record (`vaultproxy env` reads both), in the proxy's home."""
         assert self.vault is not None
         try:
-            self.gate.publish(self.vault.home)  # before the record: `env` reads both
+            self.gate.publish(self.vault.home)
         except VaultError as e:
             logger.error(f"vaultproxy: {e}: clients that must present the proxy credential are refused")
         self._write_runtime_info()

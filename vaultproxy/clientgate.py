@@ -24,7 +24,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.addons.proxyauth import parse_http_basic_auth
 from mitmproxy.connection import Address
 from mitmproxy.proxy import mode_specs
@@ -33,7 +33,6 @@ from mitmproxy.utils.human import format_address
 from vaultcore.credential import CREDENTIAL_FILE, new_token, publish_credential, withdraw_credential
 from vaultcore.index import is_loopback
 from vaultcore.sockdiag import TCP_TABLES, socket_uid, tcp_owner
-from vaultcore.store import VaultError
 from vaultcore.vault import home_from_option
 from vaultproxy.rewrite import drop_header
 
@@ -111,38 +110,29 @@ class ClientGate:
     fewer for mitmproxy to dispatch every event to)."""
 
     def __init__(self) -> None:
-        # This proxy's own (vaultcore.credential), made in running(): until then only the owner
-        # gets in. Published in a home once the proxy has recorded itself there (`publish`).
+        # This proxy's own (vaultcore.credential), made in running() (a script reload's new
+        # instance is handed its predecessor's: the same proxy): until then only the owner gets
+        # in. Published in its home with the proxy's record (`publish`).
         self.credential: str | None = None
         self.published_in: Path | None = None
         self.peers: MutableMapping[connection.Client, Peer] = weakref.WeakKeyDictionary()
 
-    def configure(self, updated: set[str]) -> None:
-        # `vault_home` is VaultProxy's option: a running proxy given another home takes its
-        # credential there.
-        if "vault_home" in updated and self.published_in is not None:
-            try:
-                self.publish(home_from_option(ctx.options.vault_home))
-            except VaultError as e:
-                raise exceptions.OptionsError(f"vaultproxy: {e}") from None
-
     def publish(self, home: Path) -> None:
-        """Write this proxy's credential into `home` (as the proxy writes its record), and take
-        it out of the home it was in before."""
+        """Write this proxy's credential into `home`, where the proxy records itself."""
         assert self.credential is not None
         publish_credential(home, self.credential)
-        if self.published_in not in (None, home):
-            withdraw_credential(self.published_in, self.credential)
         self.published_in = home
 
     def withdraw(self) -> None:
-        """When the proxy stops: its credential opens nothing after it."""
+        """Take the credential back from where it was published (the proxy stops, or moves to
+        another home): it opens nothing after."""
         if self.published_in is not None and self.credential is not None:
             withdraw_credential(self.published_in, self.credential)
         self.published_in = None
 
     def running(self) -> None:
-        self.credential = new_token()
+        if self.credential is None:
+            self.credential = new_token()
         home = home_from_option(ctx.options.vault_home)
         if exposed := exposed_addresses():
             where = ", ".join(map(format_address, exposed))
