@@ -18,7 +18,8 @@ upstream of bench/upstream.py:
 
 b and c share one mitmdump process, f and g another. Before measuring, one request per configuration goes
 to the upstream's /echo, and the bench stops unless the headers arrived as intended. When a
-target is missed, mitmdump + vaultproxy is profiled under c's load (bench/profiled_mitmdump.py).
+target is missed, mitmdump + vaultproxy is profiled under c's load, and the Python calls a
+request makes are counted under a, b, c and d's (bench/profiled_mitmdump.py).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ LUA_SCRIPT = Path(__file__).with_name("proxy.lua")
 NULL_ADDON = Path(__file__).with_name("null_addon.py")
 PROJECT_PACKAGES = ("vaultproxy", "vaultcore")
 PROFILE_LINES = 25
+COUNTED = ("a", "b", "c", "d")  # the configurations whose calls per request are counted on a miss
+DISPATCH_FILE = Path("mitmproxy", "addonmanager.py")  # where mitmproxy offers each event to each addon
 START_ATTEMPTS = 3
 # Fake values: distinctive, so the /echo check proves they arrived, and not secrets.
 HEADER_VALUES = {f"bench.header{i}": f"bench-header-value-{i}-not-a-secret" for i in (1, 2, 3)}
@@ -219,8 +222,9 @@ def choose_loadgen(requested: str) -> str:
     return requested
 
 
-def start_processes(stack: contextlib.ExitStack, workdir: Path, home: Path, scaled: Path, plan: CpuPlan) -> dict[str, Child]:
-    options: dict[str, dict[str, Any]] = {
+def process_options(home: Path, scaled: Path) -> dict[str, dict[str, Any]]:
+    """`start_mitmdump`'s arguments for each mitmdump process of CONFIGS."""
+    return {
         "plain": {},
         "plain2": {},
         "addon": {"vault_home": home},
@@ -228,8 +232,11 @@ def start_processes(stack: contextlib.ExitStack, workdir: Path, home: Path, scal
         "modify": {"extra": modify_headers_options()},
         "null": {"extra": ["-s", str(NULL_ADDON)]},
     }
+
+
+def start_processes(stack: contextlib.ExitStack, workdir: Path, home: Path, scaled: Path, plan: CpuPlan) -> dict[str, Child]:
     processes: dict[str, Child] = {}
-    for process, kwargs in options.items():
+    for process, kwargs in process_options(home, scaled).items():
         processes[process] = stack.enter_context(start_mitmdump(workdir / process, cpus=plan.proxy, **kwargs))
     return processes
 
@@ -240,7 +247,7 @@ def addon_profile(workdir: Path, home: Path, upstream_port: int, plan: CpuPlan, 
     per function of ours."""
     session_file = workdir / "session.json"
     with contextlib.ExitStack() as stack:
-        proxy = stack.enter_context(start_mitmdump(workdir, vault_home=home, cpus=plan.proxy, launcher=[*bench_helper("profiled_mitmdump"), str(session_file)]))
+        proxy = stack.enter_context(start_mitmdump(workdir, vault_home=home, cpus=plan.proxy, launcher=[*bench_helper("profiled_mitmdump"), "time", str(session_file)]))
         run_load(loadgen, plan, proxy, upstream_port, PLACEHOLDER_HEADERS, connections, 1.0)  # warm-up
         os.kill(proxy.pid, START_SIGNAL)
         run_load(loadgen, plan, proxy, upstream_port, PLACEHOLDER_HEADERS, connections, seconds)
@@ -259,6 +266,33 @@ def addon_profile(workdir: Path, home: Path, upstream_port: int, plan: CpuPlan, 
         "project_share": sum(t for _, t in outermost_project_frames(root)) / busy,
         "functions": [{"function": name, "share": t / busy} for name, t in ranked],
     }
+
+
+def call_counts(workdir: Path, home: Path, upstream_port: int, plan: CpuPlan, loadgen: str, connections: int, seconds: float) -> dict[str, dict[str, float]]:
+    """Python calls per request of mitmdump under each COUNTED configuration's load: in all,
+    in vaultproxy's and vaultcore's functions, and in mitmproxy's addon manager (its offering
+    of each event to each addon object). Counts, unlike times, do not move with the machine."""
+    options = process_options(home, home)
+    counts: dict[str, dict[str, float]] = {}
+    for name in COUNTED:
+        config, out = CONFIGS[name], workdir / name / "calls.json"
+        launcher = [*bench_helper("profiled_mitmdump"), "calls", str(out)]
+        with start_mitmdump(workdir / name, cpus=plan.proxy, launcher=launcher, **options[config.process]) as proxy:
+            run_load(loadgen, plan, proxy, upstream_port, request_headers(config), connections, 1.0)  # warm-up
+            os.kill(proxy.pid, START_SIGNAL)
+            load = run_load(loadgen, plan, proxy, upstream_port, request_headers(config), connections, seconds)
+            os.kill(proxy.pid, STOP_SIGNAL)
+            wait_until(out.exists, 60, "the call counts to be written")
+        calls: dict[str, int] = json.loads(out.read_text())["calls"]
+        requests = load["requests"]
+        files = {function: function.rpartition(":")[0] for function in calls}
+        counts[name] = {
+            "all": sum(calls.values()) / requests,
+            "ours": sum(n for function, n in calls.items() if is_project_file(files[function])) / requests,
+            "dispatch": sum(n for function, n in calls.items() if Path(files[function]).parts[-2:] == DISPATCH_FILE.parts) / requests,
+            "requests": requests,
+        }
+    return counts
 
 
 def idle_time(frame: Any) -> float:
@@ -347,9 +381,11 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
         in_process = hooks.run(home, f"{LOOPBACK}:{upstream.port}", PLACEHOLDER_HEADERS, modify_headers_specs(), settings["hook_rounds"])
         in_dispatch = {name: (c.process, c.placeholders) for name, c in CONFIGS.items() if c.process in dispatch.PROCESSES}
         dispatched = dispatch.run(workdir / "dispatch", home, plan.proxy, settings["dispatch_rounds"], in_dispatch)
-        profile = None
-        if not all(t.met is True for t in targets) and importlib.util.find_spec("pyinstrument"):
-            profile = addon_profile(workdir / "profile", home, upstream.port, plan, loadgen, connections, settings["profile_seconds"])
+        profile, counted = None, None
+        if not all(t.met is True for t in targets):
+            counted = call_counts(workdir / "calls", home, upstream.port, plan, loadgen, connections, settings["profile_seconds"])
+            if importlib.util.find_spec("pyinstrument"):
+                profile = addon_profile(workdir / "profile", home, upstream.port, plan, loadgen, connections, settings["profile_seconds"])
 
     rows = [
         (name, CONFIGS[name].label, f"{s['rps']:.0f}", str(s["ratio"]), f"{s['ratio_min']:.2f}-{s['ratio_max']:.2f}",
@@ -405,12 +441,24 @@ def run(settings: Mapping[str, Any], workdir: Path, plan: CpuPlan) -> tuple[dict
             "including its dispatch of the addon's hooks). Our functions, time including callees, as a share of the "
             f"busy time:\n\n```\n{listing}\n```"
         )
+    if counted is not None:
+        markdown += (
+            f"\n\nPython calls per request (a target was missed): mitmdump under cProfile, each configuration's load for "
+            f"{settings['profile_seconds']:g} s. A count, unlike a time, does not move with the machine: how much more work "
+            "each configuration does, and whose (vaultproxy's and vaultcore's own functions; mitmproxy's addon manager "
+            "offering each event to each addon object):\n\n"
+            + table(("", "configuration", "calls per request", "over a", "in vaultproxy/vaultcore", "in mitmproxy's dispatch"), [
+                (name, CONFIGS[name].label, f"{c['all']:,.0f}", f"{c['all'] - counted['a']['all']:+,.0f}" if name != "a" else "",
+                 f"{c['ours']:,.0f}", f"{c['dispatch']:,.0f}")
+                for name, c in counted.items()
+            ])
+        )
     results = {
         "loadgen": loadgen, "connections": connections, "seconds": seconds, "rounds": settings["rounds"],
         "pinning": plan.describe(), "configs": {n: c.label for n, c in CONFIGS.items()},
         "samples": samples, "summary": summary, "c_over_d": c_over_d, "c_over_d_cpu": c_over_d_cpu,
         "f_over_b": f_over_b, "f_over_b_cpu": f_over_b_cpu, "g_over_c": g_over_c, "g_over_c_cpu": g_over_c_cpu, "idle_cpu_per_s": idle,
-        "hooks_in_process": in_process, "dispatch_in_process": dispatched, "profile": profile,
+        "hooks_in_process": in_process, "dispatch_in_process": dispatched, "profile": profile, "calls_per_request": counted,
     }
     return results, markdown, targets
 
