@@ -7,6 +7,7 @@ proxy wrote.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import run_cli, start_cli
+from vaultcore import auditlog
 from tests.support.net import LOOPBACK
 
 TIMEOUT = 30.0
@@ -184,3 +186,24 @@ def test_follow_prints_new_lines_across_a_rotation(home: Path) -> None:
         process.send_signal(signal.SIGINT)  # Ctrl-C
         process.communicate(timeout=TIMEOUT)
     assert process.returncode == 130
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chowns a file to nobody: needs root")
+def test_a_planted_log_that_cannot_even_be_opened_names_its_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root opens another user's file, and the check after the open names its owner. Any
+    other user is refused by open() first (a 0644 file of someone else's): that said only
+    "Permission denied" (a review's PoC, run as a user). The owner is named either way."""
+    log = tmp_path / "audit.log"
+    log.write_text("planted\n")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(log, nobody, -1)
+    real_open = os.open
+
+    def as_a_user(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if Path(path) == log:  # what the kernel answers a user who may not write there
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", as_a_user)
+    with pytest.raises(OSError, match=f"it belongs to uid {nobody}, not to you"):
+        auditlog.open_own(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)

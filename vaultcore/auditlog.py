@@ -45,14 +45,27 @@ def open_own(path: Path, flags: int) -> int:
             raise OSError(e.errno, "it is a symbolic link, which the proxy does not follow: set vault_audit_log to the file itself") from None
         if e.errno == errno.ENXIO:  # a FIFO that no one reads, opened to write
             raise OSError(e.errno, "it is not a regular file: set vault_audit_log to a file of your own") from None
+        if e.errno == errno.EACCES and (owner := _owner(path)) not in (None, os.geteuid()):  # another's, not writable by us
+            raise _not_yours(owner) from None
         raise
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
         os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file: set vault_audit_log to a file of your own")
-        raise OSError(errno.EPERM, f"it belongs to uid {info.st_uid}, not to you (uid {os.geteuid()}): set vault_audit_log to a file of your own")
+        raise _not_yours(info.st_uid)
     return fd
+
+
+def _owner(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return None
+
+
+def _not_yours(owner: int) -> OSError:
+    return OSError(errno.EPERM, f"it belongs to uid {owner}, not to you (uid {os.geteuid()}): set vault_audit_log to a file of your own")
 
 
 def audit_path(home: Path, setting: str) -> Path | None:
