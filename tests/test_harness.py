@@ -240,6 +240,16 @@ def test_secure_websocket_through_proxy(plain: MitmdumpProcess, tls_material: TL
     plain.wait_for_output(f"GET https://{LOOPBACK}:{server.port}/secure")
 
 
+def test_websocket_upstream_stop_is_bounded_by_a_peer_that_holds_on() -> None:
+    """A connection that never finishes its opening handshake keeps the server's thread
+    waiting; `stop` gives up after its timeout and says what the server had seen, rather than
+    holding the test until the peer lets go (a proxy's idle connection: minutes)."""
+    server = WebSocketUpstream().start()
+    with socket.create_connection((LOOPBACK, server.port)):  # says nothing: the handshake waits
+        with pytest.raises(TimeoutError, match=r"did not stop within 0\.5s: .*0 opening handshake"):
+            server.stop(timeout=0.5)
+
+
 def test_websocket_upstream_answers_as_told(plain: MitmdumpProcess) -> None:
     """Instead of echoing: a greeting first, then each message's answer (None: no answer)."""
 

@@ -579,14 +579,21 @@ class WebSocketUpstream:
             raise RuntimeError("websocket upstream failed to start") from self._failure
         return self
 
-    def stop(self) -> None:
-        """Close the server and its connections, and join the thread."""
+    def stop(self, timeout: float = DEFAULT_WAIT) -> None:
+        """Close the server and its connections, and join the thread. Bounded: the server
+        waits for every connection it accepted to close, and a peer that holds one open
+        (a proxy keeps an idle connection for minutes) would hold the test with it."""
         if self._thread is None:
             return
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set_result, None)
-        self._thread.join()
-        self._thread = None
+        self._thread.join(timeout)
+        thread, self._thread = self._thread, None
+        if thread.is_alive():  # a daemon thread: it goes with the test process
+            raise TimeoutError(
+                f"the websocket upstream did not stop within {timeout:g}s: a connection stayed open "
+                f"({len(self.handshakes)} opening handshake(s) and {len(self.messages)} message(s) received)"
+            )
 
     def __enter__(self) -> WebSocketUpstream:
         return self.start()
