@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +34,9 @@ from tests.support.cli import Listener, run_cli
 from tests.support.net import LOOPBACK, free_port
 from tests.support.tls import TLSMaterial
 from tests.support.users import NOBODY, another_user
-from vaultcore import proxyenv
-from vaultcore.credential import new_token, publish_credential
-from vaultcore.proxyenv import NoProxy, serving_proxy
+from vaultcore import credential, proxyenv
+from vaultcore.credential import new_token, publish_credential, read_credential
+from vaultcore.proxyenv import NoProxy, publish_proxy, runtime_info, serving_proxy, withdraw_proxy
 from vaultcore.sockdiag import listening_inodes
 from vaultcore.vault import Vault
 
@@ -303,3 +304,38 @@ PROC_NET_TCP6 = """\
 ])
 def test_the_listeners_that_take_a_connection(address: tuple[str, int], inodes: set[int]) -> None:
     assert listening_inodes([PROC_NET_TCP, PROC_NET_TCP6], address, "little") == inodes
+
+
+def test_a_proxy_stopping_as_another_starts_leaves_the_newcomer_its_credential_and_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two proxies for one home: the first stops just as the second publishes. The first's
+    withdrawal reads the credential, finds its own and deletes it; had the second published
+    in between, its credential would go (and `env` would hand its clients none). Withdrawal and
+    publication hold the home's record lock, so the second waits the moment out. The first
+    here is this process; the second's record names another pid, as another process's does."""
+    home = tmp_path / "home"
+    first, second = new_token(), new_token()
+    publish_proxy(home, first, {"pid": os.getpid()})
+    read, go = threading.Event(), threading.Event()
+    real_read = credential.read_credential
+
+    def read_then_wait(where: Path) -> str | None:
+        token = real_read(where)
+        read.set()
+        go.wait(10)
+        return token
+
+    monkeypatch.setattr(credential, "read_credential", read_then_wait)
+    withdrawing = threading.Thread(target=withdraw_proxy, args=(home, first))
+    withdrawing.start()
+    assert read.wait(10), "the withdrawal never read the credential"
+    publishing = threading.Thread(target=publish_proxy, args=(home, second, {"pid": os.getppid()}))
+    publishing.start()
+    publishing.join(0.5)  # without the lock, the second has published by now, mid-withdrawal
+    go.set()
+    withdrawing.join(10)
+    publishing.join(10)
+    monkeypatch.undo()
+    assert read_credential(home) == second
+    assert runtime_info(home) == {"pid": os.getppid()}

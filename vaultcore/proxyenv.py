@@ -15,6 +15,7 @@ ticks since boot), and the socket listening where clients connect its own.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -31,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from vaultcore.atomic import replace_file
-from vaultcore.credential import CREDENTIAL_USER, read_credential
+from vaultcore.credential import CREDENTIAL_USER, publish_credential, read_credential, withdraw_credential
 from vaultcore.sockdiag import TCP_TABLES, listening_inodes
-from vaultcore.store import VaultError, check_home
+from vaultcore.store import VaultError, check_home, ensure_home, flocked
 
 ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "addon" / "vaultproxy_addon.py"
 RUNTIME_FILE = "proxy.json"
+RECORD_LOCK = "proxy.lock"  # held while a proxy publishes or withdraws its credential and record
+RECORD_LOCK_SECONDS = 5.0  # each holder holds it for two file operations
 DEFAULT_CONFDIR = Path("~/.mitmproxy")
 SYSTEM_CA_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 ALL_INTERFACES = ("0.0.0.0", "::", "")
@@ -91,6 +94,39 @@ def runtime_record(host: str, port: int, confdir: str, options: dict[str, Any]) 
     if (own := process(os.getpid())) is not None and own.start_ticks is not None:
         record["start_ticks"] = own.start_ticks
     return record
+
+
+def publish_proxy(home: Path, credential: str, record: dict[str, Any]) -> None:
+    """A starting proxy's credential, then its record (`vaultproxy env` reads both), in place of
+    any other proxy's. Each is written atomically: a reader gets the old file or the new one."""
+    ensure_home(home)
+    with _record_lock(home):
+        publish_credential(home, credential)
+        try:
+            replace_file(home / RUNTIME_FILE, json.dumps(record).encode())
+        except OSError as e:
+            raise VaultError(f"cannot write {home / RUNTIME_FILE}: {e.strerror}") from None
+
+
+def withdraw_proxy(home: Path, credential: str) -> None:
+    """Delete a stopping proxy's credential and record from `home`, each only while it is still
+    this process's: a second proxy for the home may have published its own since."""
+    if not home.is_dir():
+        return  # the home went away: it took both files with it
+    with _record_lock(home):
+        withdraw_credential(home, credential)
+        if runtime_info(home).get("pid") == os.getpid():
+            try:
+                (home / RUNTIME_FILE).unlink()
+            except OSError:
+                pass  # gone already: nothing of ours left
+
+
+def _record_lock(home: Path) -> contextlib.AbstractContextManager[None]:
+    """A withdrawal compares, then deletes: a second proxy publishing in between would lose
+    its credential and record. Both hold this lock, not the vault's, which a CLI command may
+    hold for as long as its provider takes to answer."""
+    return flocked(home / RECORD_LOCK, f"another proxy for {home} is publishing or withdrawing its record", RECORD_LOCK_SECONDS)
 
 
 def runtime_info(home: Path) -> dict[str, Any]:

@@ -504,24 +504,30 @@ class Store:
             finally:
                 self._holder.depth = depth
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         ensure_home(self.home)
-        try:
-            fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise VaultError(f"cannot write to vault home {self.home}: {e.strerror}") from None
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise VaultError(f"the vault in {self.home} is locked by another vaultproxy process") from None
-                    time.sleep(0.01)
-            yield
-        finally:
-            os.close(fd)
+        return flocked(self.home / LOCK_FILE, f"the vault in {self.home} is locked by another vaultproxy process")
+
+
+@contextlib.contextmanager
+def flocked(path: Path, busy: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """An exclusive flock on `path` (created 0600 in a home the caller has checked), for
+    `timeout` seconds at most; VaultError `busy` when another process holds it that long."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise VaultError(f"cannot write to vault home {path.parent}: {e.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise VaultError(busy) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mitmproxy import command, connection, ctx, exceptions, http, websocket
 from mitmproxy.addonmanager import Loader
@@ -34,7 +33,6 @@ from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.tls import TlsData
 
-from vaultcore.atomic import replace_file
 from vaultcore.auditlog import audit_path
 from vaultcore.filewatch import FileWatch
 from vaultcore.freshness import Signature
@@ -42,7 +40,7 @@ from vaultcore.index import MINT_NEEDED, SecretIndex
 from vaultcore.oauth import TOKEN_UNAVAILABLE, Minter, MintError, credentials
 from vaultcore.placeholders import Budget, Lookup, StreamSubstituter, SubstitutionError, mentions_placeholder, resolve
 from vaultcore.profiles import ConfigError
-from vaultcore.proxyenv import RUNTIME_FILE, runtime_info, runtime_record
+from vaultcore.proxyenv import publish_proxy, runtime_record, withdraw_proxy
 from vaultcore.redaction import Redactor
 from vaultcore.refresher import Refresher
 from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
@@ -304,11 +302,13 @@ class VaultProxy:
 
     def _withdraw(self) -> None:
         """Take this proxy's credential and record out of its home (it stops, or moves to
-        another): only its own, a second proxy for the home may have written its own."""
-        self.gate.withdraw()
-        if self.vault and runtime_info(self.vault.home).get("pid") == os.getpid():
-            with contextlib.suppress(OSError):
-                (self.vault.home / RUNTIME_FILE).unlink()
+        another): the credential opens nothing after."""
+        if self.vault is None or self.gate.credential is None:
+            return
+        try:
+            withdraw_proxy(self.vault.home, self.gate.credential)
+        except VaultError as e:
+            logger.warning(f"vaultproxy: {e}: this proxy's credential and record stay in {self.vault.home}")
 
     def _take_over(self, retired: VaultProxy) -> None:
         """What the instance a script reload retired knew of the flows in flight, and the
@@ -340,18 +340,16 @@ class VaultProxy:
         self._publish()
 
     def _publish(self) -> None:
-        """The credential, then the record (`vaultproxy env` reads both), in the proxy's home."""
-        assert self.vault is not None
+        """The credential and the record that `vaultproxy env` hands clients, in the proxy's home."""
+        assert self.vault is not None and self.gate.credential is not None
         try:
-            self.gate.publish(self.vault.home)
+            publish_proxy(self.vault.home, self.gate.credential, self._runtime_record())
         except VaultError as e:
-            logger.error(f"vaultproxy: {e}: clients that must present the proxy credential are refused")
-        self._write_runtime_info()
+            logger.error(f"vaultproxy: {e}: `vaultproxy env` cannot point clients here, and those that must present the proxy credential are refused")
 
-    def _write_runtime_info(self) -> None:
-        """Tell the CLI (`env`, `exec`, `status`, `stop`, `log`) where this proxy listens, where
-        its CA is, since when, and with which vault_* options."""
-        assert self.vault is not None
+    def _runtime_record(self) -> dict[str, Any]:
+        """What tells the CLI (`env`, `exec`, `status`, `stop`, `log`) where this proxy listens,
+        where its CA is, since when, and with which vault_* options."""
         host, port = ctx.options.listen_host or "127.0.0.1", ctx.options.listen_port
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver and proxyserver.listen_addrs():  # the real port, also for --listen-port 0
@@ -360,14 +358,7 @@ class VaultProxy:
             http_proxies = [a for server in proxyserver.servers if isinstance(server.mode, PROXY_MODES) for a in server.listen_addrs]
             host, port = (http_proxies or proxyserver.listen_addrs())[0][:2]
         options = {name: getattr(ctx.options, name) for name in ctx.options.keys() if name.startswith("vault_")}
-        info = runtime_record(host, port, os.path.expanduser(ctx.options.confdir), options)
-        try:
-            self.vault.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Atomically: `vaultproxy env` may read it at any moment, and would take a
-            # half-written file for no proxy at all.
-            replace_file(self.vault.home / RUNTIME_FILE, json.dumps(info).encode())
-        except OSError as e:
-            logger.warning(f"vaultproxy: cannot write {RUNTIME_FILE}: {e.strerror}")
+        return runtime_record(host, port, os.path.expanduser(ctx.options.confdir), options)
 
     # --- live reload ---------------------------------------------------------------------
 

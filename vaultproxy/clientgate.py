@@ -30,7 +30,7 @@ from mitmproxy.connection import Address
 from mitmproxy.proxy import mode_specs
 from mitmproxy.utils.human import format_address
 
-from vaultcore.credential import CREDENTIAL_FILE, new_token, publish_credential, withdraw_credential
+from vaultcore.credential import CREDENTIAL_FILE, new_token
 from vaultcore.index import is_loopback
 from vaultcore.sockdiag import TCP_TABLES, socket_uid, tcp_owner
 from vaultcore.vault import home_from_option
@@ -112,23 +112,9 @@ class ClientGate:
     def __init__(self) -> None:
         # This proxy's own (vaultcore.credential), made in running() (a script reload's new
         # instance is handed its predecessor's: the same proxy): until then only the owner gets
-        # in. Published in its home with the proxy's record (`publish`).
+        # in. The proxy publishes it in its home with its record (vaultcore.proxyenv).
         self.credential: str | None = None
-        self.published_in: Path | None = None
         self.peers: MutableMapping[connection.Client, Peer] = weakref.WeakKeyDictionary()
-
-    def publish(self, home: Path) -> None:
-        """Write this proxy's credential into `home`, where the proxy records itself."""
-        assert self.credential is not None
-        publish_credential(home, self.credential)
-        self.published_in = home
-
-    def withdraw(self) -> None:
-        """Take the credential back from where it was published (the proxy stops, or moves to
-        another home): it opens nothing after."""
-        if self.published_in is not None and self.credential is not None:
-            withdraw_credential(self.published_in, self.credential)
-        self.published_in = None
 
     def running(self) -> None:
         if self.credential is None:
