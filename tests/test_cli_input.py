@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.cli import run_cli, run_on_terminal
 from vaultcore.cli import build_parser, print_table
+from vaultcore.publicsuffix import NO_LIST, system_suffixes
 
 VALUE = "FAKE-input-value-5c1e77"
 OTHER = "FAKE-input-other-90ad12"
@@ -52,7 +53,9 @@ def local_rows(home: Path) -> dict[str, dict[str, object]]:
     ("--origins", "localhost:3000", "--origins: invalid origin 'localhost:3000': no scheme; expected an origin as browsers send it"),
     ("--origins", "http://user@localhost:3000", "no user name"),
     ("--origins", "https://*", "--origins: https://* matches every host; add --allow-any-host"),
-], ids=["space", "short-ipv4", "port", "anywhere", "origin-without-scheme", "origin-with-user", "any-origin"])
+    pytest.param("--hosts", "*.co.uk", "--hosts: *.co.uk matches every host; add --allow-any-host", marks=pytest.mark.skipif(
+        system_suffixes() is NO_LIST, reason="no Public Suffix List on this system (Debian: apt install publicsuffix)")),
+], ids=["space", "short-ipv4", "port", "anywhere", "origin-without-scheme", "origin-with-user", "any-origin", "public-suffix"])
 def test_a_rule_that_can_never_match_is_refused_and_nothing_is_stored(home: Path, flag: str, text: str, says: str) -> None:
     code, out, err = shown(run_cli(home, "local", "set", "k", flag, text, stdin=VALUE.encode()))
     assert code == 2 and says in err and err.count("\n") == 1 and out == ""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from vaultcore.hostrules import HostRule, host_matches, normalise_host_rule, origin_matches, parse_host_rule, reaches_any_host
 from vaultcore.index import Destination, Secret, SecretIndex, is_loopback
+from vaultcore.publicsuffix import NO_LIST, PublicSuffixes, system_suffixes
 from vaultcore.placeholders import SubstitutionError
 
 FAST = settings(max_examples=200, deadline=None)
@@ -467,3 +468,48 @@ def test_cleartext_hops(destination: Destination, hops: list[str]) -> None:
 ])
 def test_rules_that_reach_nearly_every_host_need_a_flag(rule: str, wide: bool) -> None:
     assert reaches_any_host(rule) is wide
+
+
+# A few of the Public Suffix List's rules, in its own format: an ICANN suffix of two labels, a
+# private one (anyone's GitHub Pages site), a wildcard with an exception, an IDN suffix.
+SAMPLE_LIST = PublicSuffixes.parse("""
+// ===BEGIN ICANN DOMAINS===
+com
+uk
+co.uk
+// ck : https://en.wikipedia.org/wiki/.ck
+*.ck
+!www.ck
+рф
+// ===BEGIN PRIVATE DOMAINS===
+github.io   trailing words after whitespace are ignored
+""")
+
+
+@pytest.mark.parametrize(("rule", "wide"), [
+    ("*.co.uk", True), ("https://*.co.uk", True), ("*.co.uk:443", True), ("a.*.co.uk", True), ("*co.uk", True),
+    ("*.example.co.uk", False), ("api.example.co.uk", False), ("*.github.io", True), ("*.pages.github.io", False),
+    ("*.anything.ck", True), ("*.www.ck", False),  # every name under ck is a suffix, but www.ck
+    ("*.xn--p1ai", True), ("*.рф", True), ("*.com", True), ("*.example.com", False), ("*.localhost", False),
+])
+def test_a_glob_under_a_public_suffix_of_more_labels_needs_the_flag(rule: str, wide: bool) -> None:
+    """`*.co.uk` matches every name anyone registers under co.uk, as `*.com` does under com."""
+    assert reaches_any_host(rule, SAMPLE_LIST) is wide
+
+
+def test_without_a_list_only_top_level_names_are_public_suffixes() -> None:
+    assert (reaches_any_host("*.com", NO_LIST), reaches_any_host("*.co.uk", NO_LIST)) == (True, False)
+
+
+@pytest.mark.parametrize(("name", "labels"), [
+    ("co.uk", 2), ("example.co.uk", 2), ("a.b.example.co.uk", 2), ("uk", 1), ("example.com", 1),
+    ("unlisted", 1), ("example.unlisted", 1),  # the default rule: every top-level name
+    ("foo.ck", 2), ("a.foo.ck", 2), ("www.ck", 1), ("a.www.ck", 1), ("xn--p1ai", 1), ("site.github.io", 2),
+])
+def test_public_suffix_labels_follow_the_lists_algorithm(name: str, labels: int) -> None:
+    assert SAMPLE_LIST.suffix_labels(name) == labels
+
+
+@pytest.mark.skipif(system_suffixes() is NO_LIST, reason="no Public Suffix List on this system (Debian: apt install publicsuffix)")
+def test_the_systems_list_judges_the_usual_multi_label_suffixes() -> None:
+    assert [reaches_any_host(rule) for rule in ("*.co.uk", "*.com.au", "*.github.io", "*.example.co.uk")] == [True, True, True, False]

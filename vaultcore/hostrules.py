@@ -1,11 +1,13 @@
 """Host rules: which destinations (host, and optionally port) a secret may be sent to.
 
-Pure logic, no I/O. A `hosts` rule is one of:
+Pure logic, no I/O (but the system's Public Suffix List, read once: vaultcore.publicsuffix).
+A `hosts` rule is one of:
 
 - `*`: any host.
 - a name, `api.example.com`. A `*` in it stands for part of ONE label and never spans a dot:
   `api-*.example.com`, `api.example.*` (api.example.com, never api.example.evil.test; a
-  glob in the last two labels reaches names anyone may register: `reaches_any_host`).
+  glob in a public suffix or just under it reaches names anyone may register:
+  `reaches_any_host`).
   Only a leading `*.` stands for one or more labels: `*.example.com` matches a.example.com
   and a.b.example.com, not example.com.
 - an IP rule, which matches only hosts that are IP addresses: an address (`127.0.0.1`,
@@ -28,10 +30,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from vaultcore.publicsuffix import PublicSuffixes, system_suffixes
 
 _EXPECTED = (
     "expected a host such as api.example.com, *.example.com, api-*.example.com, 127.0.0.1, "
@@ -342,21 +347,30 @@ _IPV4_INSIDE = (
 _UNREGISTRABLE = frozenset({"localhost", "test", "example", "invalid", "local", "internal", "onion", "home.arpa"})
 
 
-def reaches_any_host(rule: str) -> bool:
+def _suffix_labels(labels: list[str], suffixes: PublicSuffixes) -> int:
+    """How many of a rule's last labels are the public suffix of the names it matches, judged
+    by its last labels without a glob (`*.co.uk`: co.uk, two)."""
+    plain = list(itertools.takewhile(lambda label: "*" not in label, reversed(labels)))
+    return suffixes.suffix_labels(".".join(reversed(plain))) if plain else 1
+
+
+def reaches_any_host(rule: str, suffixes: PublicSuffixes | None = None) -> bool:
     """Whether a hosts rule or origins rule lets every host, or nearly every host, through:
     hosts anyone may own. Such a rule is only ever set on purpose. Decided by what the rule
     matches (in its canonical form), with or without a port (`https://*.*` for origins):
 
-    - a name with a glob in its last two labels (`*`, `*.*`, `*.**`, `api.*`, `*.com`,
-      `*example.com`): anyone who registers a name gets matched, unless its top-level name is
-      one no one can register (`*.localhost`, `*.test`, `*.internal`);
+    - a name with a glob in its public suffix or the label just under it (`*`, `*.*`, `*.**`,
+      `api.*`, `*.com`, `*example.com`, `*.co.uk`, `*.github.io`): anyone who registers a name
+      there gets matched, unless its top-level name is one no one can register
+      (`*.localhost`, `*.test`, `*.internal`). The public suffixes are `suffixes`, by default
+      the system's Public Suffix List (vaultcore.publicsuffix; without one, only top-level
+      names: `*.co.uk` is then not judged);
     - an IPv4 glob whose first octet is one (`*.*.*.*`, `*.0.0.1`);
     - a network wider than a /8 (`0.0.0.0/0`, `0.0.0.0/1` and `128.0.0.0/1` together), IPv4
       inside IPv6 counted as IPv4 (`::ffff:0.0.0.0/96`), and a public IPv6 network wider
       than a /32 (`2a00::/8`, `::/0`).
 
-    Not judged: a glob under a public suffix of more labels (`*.co.uk`, `*.github.io`), and
-    several rules that only together reach nearly everything."""
+    Not judged: several rules that only together reach nearly everything."""
     try:
         rule = parse_origin_rule(rule) if "://" in rule else normalise_host_rule(rule)
     except ValueError:
@@ -369,7 +383,7 @@ def reaches_any_host(rule: str) -> bool:
     labels = host.split(".")
     if len(labels) == 4 and all(label == "*" or label.isdigit() for label in labels):
         return labels[0] == "*"  # an IPv4 glob: 10.*.*.* is a /8
-    if any("*" in label for label in labels[-2:]):
+    if "*" in host and any("*" in label for label in labels[-(_suffix_labels(labels, suffixes or system_suffixes()) + 1):]):
         return ".".join(labels[-2:]) not in _UNREGISTRABLE and labels[-1] not in _UNREGISTRABLE
     try:
         network = ipaddress.ip_network(host, strict=False)
