@@ -143,6 +143,11 @@ def test_shipped_examples_are_valid_and_round_trip(path: Path) -> None:
                      "secrets[1].origins[0]", "without a path", id="origin-with-path"),
         pytest.param(replaced("endpoint_url: null", "endpoint_url: localhost:4566"), 7, "endpoint_url",
                      "http:// or https:// URL", id="endpoint-not-url"),
+        # reads as AWS's own endpoint, sends to 127.0.0.1 (a review's: the user name hides the host)
+        pytest.param(replaced("endpoint_url: null", "endpoint_url: http://secretsmanager.eu-west-1.amazonaws.com@127.0.0.1:18260"),
+                     7, "endpoint_url", "must be the server's own URL", id="endpoint-with-user"),
+        pytest.param(replaced("endpoint_url: null", "endpoint_url: 'http://127.0.0.1:4566/#'"), 7, "endpoint_url",
+                     "must be the server's own URL", id="endpoint-with-fragment"),
         pytest.param("name: production\nregion: us-east-1\nsecrets: prod/db\n", 3, "secrets", "must be a list",
                      id="secrets-not-list"),
     ],

@@ -308,9 +308,20 @@ def test_a_running_proxy_never_sends_the_kept_token_to_a_replaced_address(
     ("mount", "mount: auth/token\nkv_version: 1\nsecrets:\n  - {alias: session, secret_id: lookup-self, field: id}"),
     ("mount", "mount: sys\nsecrets:\n  - {alias: s, secret_id: x}"),
     ("secret_id", "secrets:\n  - {alias: session, secret_id: ../../auth/token/lookup-self}"),
+    # percent-encoded: the server decodes %61uth to auth (a review's bypass), and %2F to a slash
+    ("mount", "mount: '%61uth/token'\nkv_version: 1\nsecrets:\n  - {alias: session, secret_id: lookup-self, field: id}"),
+    ("secret_id", "secrets:\n  - {alias: s, secret_id: 'x%2F..%2F..%2Fauth%2Ftoken%2Flookup-self'}"),
+    ("secret_id", "secrets:\n  - {alias: s, secret_id: 'x?list=true'}"),
+    ("secret_id", "secrets:\n  - {alias: s, secret_id: 'x#fragment'}"),
+    # the address names the server only: a path (with a fragment to cut off what follows) would
+    # make every read another one
+    ("address", "address: 'https://vault.example.com:8200/v1/%61uth/token/lookup-self#'\nsecrets:\n  - {alias: s, secret_id: x}"),
+    ("address", "address: 'https://vault.example.com/?x=1'\nsecrets:\n  - {alias: s, secret_id: x}"),
+    ("address", "address: 'https://vault.example.com@127.0.0.1:8200'\nsecrets:\n  - {alias: s, secret_id: x}"),
 ])
 def test_a_path_outside_a_kv_engine_is_refused(field: str, text: str) -> None:
     """Read with the user's token, auth/token/lookup-self answers with the token itself: a
     shared file could have made it a secret, sent to the file's hosts."""
-    with pytest.raises(ConfigError, match=rf"{field}: must (be a KV secrets engine's path|not hold \. or \.\. segments)"):
-        parse_config(f"name: team\nprovider: vault\naddress: https://vault.example.com\nhosts: [127.0.0.1]\n{text}\n", "team.yaml")
+    address = "" if text.startswith("address:") else "address: https://vault.example.com\n"
+    with pytest.raises(ConfigError, match=rf"{field}: (must (be a KV secrets engine's path|not hold \. or \.\. segments|not hold %, \? or #)|must be the server's own URL)"):
+        parse_config(f"name: team\nprovider: vault\n{address}hosts: [127.0.0.1]\n{text}\n", "team.yaml")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,35 @@ def _matching(pattern: re.Pattern[str], hint: str) -> Check:
 
 check_name = _matching(NAME_RE, "must be 1-64 of A-Z a-z 0-9 _ -")
 check_region = _matching(REGION_RE, "must be an AWS region like us-east-1")
-check_endpoint_url = _matching(URL_RE, "must be an http:// or https:// URL")
+_check_url = _matching(URL_RE, "must be an http:// or https:// URL")
+
+
+def _server_url(value: str, *, path_allowed: bool) -> str:
+    """A server's URL, as credentials are sent to it: nothing in it that would make the host a
+    reader sees not the host a request goes to (`https://aws.example.com@127.0.0.1`), and
+    nothing a client would cut off or append to (a query, a fragment; with `path_allowed`
+    false, a path: the client adds its own, and one given here could make every request
+    another, as `/v1/auth/token/lookup-self#` would)."""
+    _check_url(value)
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError as e:
+        raise ValueError(f"must be a valid URL ({e}; got {_shown(value)})") from None
+    if "@" in parts.netloc or "?" in value or "#" in value or not parts.hostname or (not path_allowed and parts.path not in ("", "/")):
+        example = "https://vault.example.com:8200" if not path_allowed else "https://secretsmanager.eu-west-1.amazonaws.com"
+        what = "user name, query or fragment" + ("" if path_allowed else " or path")
+        raise ValueError(f"must be the server's own URL, e.g. {example}, with no {what} (got {_shown(value)})")
+    return value
+
+
+def check_endpoint_url(value: str) -> str:
+    """An AWS endpoint (a path is allowed: some gateways serve one under a prefix)."""
+    return _server_url(value, path_allowed=True)
+
+
+def check_server_address(value: str) -> str:
+    """A Vault or OpenBao server's address: the client adds the API's path itself."""
+    return _server_url(value, path_allowed=False)
 
 
 def check_text(value: str, *, layout: bool = False) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultcore.peertext import quoted
-from vaultcore.profiles import ProviderConfig, SecretMapping, check_endpoint_url
+from vaultcore.profiles import ProviderConfig, SecretMapping, check_server_address
 from vaultcore.providers.base import FetchResult, Field, Identity, Problem, Prompt, ProviderError, Schema
 
 TIMEOUT = 10.0
@@ -55,7 +55,10 @@ NOT_KV = ("auth", "sys", "identity")
 
 def check_kv_path(path: str) -> str:
     """A KV mount or secret path: no `.` or `..` segment (the server would resolve it to
-    another path), and not under auth/, sys/ or identity/."""
+    another path), not under auth/, sys/ or identity/, and none of `%`, `?`, `#`: the server
+    decodes `%61uth` to `auth` after this check, and the others would end the path."""
+    if any(c in path for c in "%?#"):
+        raise ValueError(f"must not hold %, ? or # (got {path!r})")
     segments = path.strip("/").split("/")
     if any(segment in (".", "..") for segment in segments):
         raise ValueError(f"must not hold . or .. segments (got {path!r})")
@@ -83,7 +86,7 @@ SCHEMA = Schema(
     fields=(
         # Where a token goes (address; ca_cert: which server is taken for it), whom it logs in to
         # (namespace) and how (method) are destination fields; the KV mount only picks secrets there.
-        Field("address", "the server's URL, e.g. https://vault.example.com:8200", check=check_endpoint_url, required=True,
+        Field("address", "the server's URL, e.g. https://vault.example.com:8200", check=check_server_address, required=True,
               destination=True),
         Field("namespace", "a namespace (Vault Enterprise, OpenBao), e.g. team-a", destination=True),
         Field("mount", f"where the KV secrets engine is mounted, e.g. kv (default {DEFAULT_MOUNT})", check=check_kv_path),
@@ -355,7 +358,7 @@ def fetch(
 
 def _read(config: ProviderConfig, token: str, path: str, version: int | None) -> tuple[dict[str, Any], str | None] | _Failure:
     """A KV secret's data and version (None for KV 1)."""
-    mount = config.option("mount", DEFAULT_MOUNT).strip("/")
+    mount = urllib.parse.quote(config.option("mount", DEFAULT_MOUNT).strip("/"))  # as the path: never read as more
     escaped = urllib.parse.quote(path.strip("/"))
     try:
         if config.option("kv_version", DEFAULT_KV_VERSION) == 1:
