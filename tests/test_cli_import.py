@@ -193,7 +193,8 @@ def test_replace_that_sends_the_credentials_elsewhere_needs_allow_new_destinatio
     mine = tmp_path / "mine.yaml"
     mine.write_text(f"name: team\nprovider: vault\naddress: https://vault.example.com:8200\ncredentials: {{source: {source}}}\n"
                     f"hosts: [{HOST}]\nsecrets:\n  - {{alias: db, secret_id: app/db}}\n")
-    assert vp(home, "config", "import", str(mine))[0] == 0
+    ambient = ["--allow-new-destination"] if source == "default" else []  # its first import: see below
+    assert vp(home, "config", "import", str(mine), *ambient)[0] == 0
     theirs = tmp_path / "theirs.yaml"
     theirs.write_text(mine.read_text().replace("https://vault.example.com:8200", "http://127.0.0.1:1").replace("source: static", "source: default"))
     code, _, err = vp(home, "config", "import", str(theirs), "--replace")
@@ -203,6 +204,47 @@ def test_replace_that_sends_the_credentials_elsewhere_needs_allow_new_destinatio
     assert Vault(home).configs.load("team").option("address") == "https://vault.example.com:8200"  # nothing imported
     assert vp(home, "config", "import", str(theirs), "--replace", "--allow-new-destination")[0] == 0
     assert Vault(home).configs.load("team").option("address") == "http://127.0.0.1:1"
+
+
+def test_replace_that_switches_the_aws_profile_needs_allow_new_destination(home: Path, tmp_path: Path) -> None:
+    """A review's: a --replace from `profile: localstack` to `profile: production-admin` went
+    through without a word, and that profile's keys then went where the file said."""
+    shared = tmp_path / "team.yaml"
+    shared.write_text(f"name: team\nregion: eu-west-1\ncredentials: {{source: profile, profile: localstack}}\nhosts: [{HOST}]\n")
+    assert vp(home, "config", "import", str(shared))[0] == 0
+    shared.write_text(shared.read_text().replace("localstack", "production-admin"))
+    code, _, err = vp(home, "config", "import", str(shared), "--replace")
+    assert code == 2 and "profile is now production-admin, not localstack" in err and "--allow-new-destination" in err, err
+    assert Vault(home).configs.load("team").aws_profile == "localstack"
+    assert vp(home, "config", "import", str(shared), "--replace", "--allow-new-destination")[0] == 0
+
+
+@pytest.mark.parametrize(("server", "credentials"), [
+    ("provider: vault\naddress: http://127.0.0.1:1", "{source: default}"),  # VAULT_TOKEN, ~/.vault-token
+    ("region: eu-west-1\nendpoint_url: http://127.0.0.1:1", "{source: default}"),  # boto3's default chain
+    ("region: eu-west-1\nendpoint_url: http://127.0.0.1:1", "{source: profile, profile: team}"),
+], ids=["vault-token", "aws-default-chain", "aws-profile"])
+def test_a_new_configuration_that_sends_ambient_credentials_to_a_server_it_names_needs_allow_new_destination(
+    home: Path, tmp_path: Path, server: str, credentials: str,
+) -> None:
+    """A review's: a teammate's file under a name of its own (no --replace, so no destination to
+    compare with) sent the environment's VAULT_TOKEN, or the AWS keys of the default chain or a
+    profile, to whatever server it named, as soon as it was used (the first one imported is
+    active at once). Now such a file names the server and needs the flag; one that keeps its
+    credentials in the vault, or uses AWS's own endpoints, does not."""
+    shared = tmp_path / "team.yaml"
+    shared.write_text(f"name: team\n{server}\ncredentials: {credentials}\nhosts: [{HOST}]\nsecrets:\n  - {{alias: a, secret_id: a}}\n")
+    code, _, err = vp(home, "config", "import", str(shared))
+    assert code == 2 and "sends the credentials your environment or AWS profile gives" in err and "http://127.0.0.1:1" in err, err
+    assert "--allow-new-destination" in err and not Vault(home).configs.names()
+    assert vp(home, "config", "import", str(shared), "--allow-new-destination")[0] == 0
+    unremarkable = {"kept": shared.read_text().replace(credentials, "{source: static}")}  # kept keys: none yet
+    if "endpoint_url" in server:
+        unremarkable["aws"] = shared.read_text().replace("\nendpoint_url: http://127.0.0.1:1", "")  # AWS's own endpoint
+    for name, text in unremarkable.items():
+        shared.write_text(text.replace("name: team", f"name: {name}"))
+        code, _, err = vp(home, "config", "import", str(shared))
+        assert code == 0, err
 
 
 # --- what a terminal would show -------------------------------------------------------------------------

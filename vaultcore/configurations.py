@@ -79,6 +79,8 @@ def destination(config: ProviderConfig) -> dict[str, Any]:
     fields = [f.name for f in schema_for(config.provider).fields if f.destination]
     # a field named like an attribute (region, endpoint_url) is one, the others are options
     return {"provider": config.provider, "source": config.credentials_source,
+            # whose keys (only with source: profile: kept credentials were bound without it)
+            **({"profile": config.aws_profile} if config.aws_profile is not None else {}),
             **{name: as_stored(getattr(config, name, None) or config.option(name)) for name in fields}}
 
 

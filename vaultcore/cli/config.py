@@ -28,6 +28,10 @@ from vaultcore.providers.base import Field, ProviderError, provider_for, schema_
 from vaultcore.store import VaultError
 from vaultcore.vault import Vault, default_home
 
+# The destination fields that name a server of the file's choosing (an AWS-compatible endpoint,
+# a Vault address), where ambient credentials would go; without one, AWS's own endpoints.
+SERVER_FIELDS = ("endpoint_url", "address")
+
 
 def read_credentials(config: ProviderConfig) -> Any:
     """What the configuration's provider keeps in the vault: prompted on a terminal (secrets
@@ -216,8 +220,9 @@ def _refuse_unintended(path: Path, incoming: ProviderConfig, current: ProviderCo
     """Refuse what the user must ask for by name, as on the command line: commands that this
     machine would run (new or changed ones: those of the configuration replaced were allowed
     already) without --allow-commands, another destination for the credentials of the one it
-    replaces (its address, endpoint, region or credentials source: ambient credentials, a
-    VAULT_TOKEN or an AWS profile's, would follow it at once) without --allow-new-destination,
+    replaces (its address, endpoint, region, credentials source or AWS profile: ambient
+    credentials, a VAULT_TOKEN or an AWS profile's, would follow it at once), or for a new
+    one a server of its choosing for ambient credentials, without --allow-new-destination,
     a rule that reaches nearly every host without --allow-any-host. Each is shown in full, as
     the file says it."""
     known = set(_commands(current).values()) if current else set()
@@ -234,10 +239,27 @@ def _refuse_unintended(path: Path, incoming: ProviderConfig, current: ProviderCo
             "gives would go there at once; if you trust it, add --allow-new-destination (credentials kept in the "
             f"vault then need `vaultproxy config set-credentials {incoming.name}`)"
         )
+    if current is None and (chosen := _ambient_destination(incoming)) and not args.allow_new_destination:
+        raise UsageError(
+            f"{path} sends the credentials your environment or AWS profile gives (credentials.source: "
+            f"{incoming.credentials_source}) to {chosen}, as soon as {incoming.name} is used; if you trust it, "
+            "add --allow-new-destination"
+        )
     anywhere = [f"{who} ({field}: {', '.join(rules)})" for who, field, rules in _rules(incoming) if any(map(reaches_any_host, rules))]
     if anywhere and not args.allow_any_host:
         raise UsageError(f"{path}: * rules let secrets go anywhere: {'; '.join(anywhere)}; "
                          "add --allow-any-host if that is what you mean")
+
+
+def _ambient_destination(config: ProviderConfig) -> str | None:
+    """Where a new configuration sends ambient credentials (a VAULT_TOKEN, boto3's default
+    chain, an AWS profile's keys), when its file chose the server: an AWS endpoint of its
+    own, a Vault address. None for credentials kept in the vault (a configuration gets
+    none until `config set-credentials`) and for AWS's own endpoints."""
+    if config.credentials_source == "static":
+        return None
+    chosen = {name: value for name, value in destination(config).items() if name in SERVER_FIELDS and value}
+    return ", ".join(f"{name} {quoted(str(value), None, neutralised=False)}" for name, value in chosen.items()) or None
 
 
 def _commands(config: ProviderConfig) -> dict[str, tuple[str, ...]]:
@@ -377,8 +399,9 @@ def register(commands: Any) -> None:
                         "fetch` and at each refresh; only for a file you trust (with --replace: needed for new or "
                         "changed commands only)")
     p.add_argument("--allow-new-destination", action="store_true",
-                   help="with --replace: allow a file that sends the configuration's credentials elsewhere (another "
-                        "address, endpoint, region or credentials source)")
+                   help="allow a file that sends credentials somewhere new: with --replace, another address, "
+                        "endpoint, region, credentials source or AWS profile; a new configuration, the credentials "
+                        "your environment or an AWS profile gives to a server the file names")
     p.add_argument("--allow-any-host", action="store_true", help=ANY_HOST_HELP)
     named(command(config, "export", cmd_export, "print a configuration as shareable YAML (never credentials)",
                   ["vaultproxy config export production > production.yaml"]), "the configuration to print")
