@@ -232,6 +232,25 @@ def test_the_token_goes_to_the_configured_server_only(vault_home: Path, monkeypa
         assert not elsewhere.requests and not proxy.requests
 
 
+def test_what_a_hostile_server_names_reaches_the_terminal_escaped(vault_home: Path) -> None:
+    """A review's: a server's field names and version numbers went into `secret fetch`'s error
+    lines raw, and an escape sequence in them cleared the screen or retitled the window. (A
+    hostile stand-in, not OpenBao.)"""
+    escape = "\x1b]0;owned\x07\x1b[2J"
+    with RecordingUpstream() as server:
+        server.route("/v1/auth/token/lookup-self", Reply(body=json.dumps({"data": {"ttl": 0}}).encode()))
+        server.route("/v1/secret/data/app/x", Reply(body=json.dumps({"data": {"data": {f"other{escape}": "v"}}}).encode()))
+        server.route("/v1/secret/data/app/gone", Reply(body=json.dumps({"data": {"data": None, "metadata": {"version": f"7{escape}"}}}).encode()))
+        added = run_cli(vault_home, "config", "add", "team", "--provider", "vault", "--address", server.url, "--hosts", HOST,
+                        stdin=b"FAKE-vault-token-escapes-31c0\n")
+        assert added.returncode == 0, added.stderr
+        for alias, secret_id in (("x", "app/x"), ("gone", "app/gone")):
+            assert run_cli(vault_home, "secret", "add", alias, "--secret-id", secret_id, "--field", "token").returncode == 0
+        fetched = run_cli(vault_home, "secret", "fetch", "--all")
+    assert fetched.returncode == 1 and b"has no field 'token'" in fetched.stderr and b"is deleted" in fetched.stderr, fetched.stderr
+    assert b"\x1b" not in fetched.stderr and b"\x07" not in fetched.stderr and b"\\x1b" in fetched.stderr
+
+
 # --- a kept token goes only to the server it was set for ----------------------------------------
 
 

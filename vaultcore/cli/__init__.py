@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_text(error: Exception | str) -> str:
+    """An error for the terminal, on one line with control characters escaped: a provider's
+    error may quote what its server said (a field name, a version), which could hold an
+    escape sequence that clears the screen or retitles the window."""
+    return quoted(str(error), None, neutralised=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (`vaultproxy completion`)
@@ -228,10 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return SIGPIPE_EXIT
     except CliError as e:
-        print(f"vaultproxy: error: {e}", file=sys.stderr)
+        print(f"vaultproxy: error: {error_text(e)}", file=sys.stderr)
         return e.code
     except USER_ERRORS as e:
-        print(f"vaultproxy: error: {e}", file=sys.stderr)
+        print(f"vaultproxy: error: {error_text(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from vaultcore.cli import (
-    ANY_HOST_HELP, UsageError, add_refresh_flags, checked, command, note, print_json, print_table, rules, subcommands, warn,
+    ANY_HOST_HELP, UsageError, add_refresh_flags, checked, command, error_text, note, print_json, print_table, rules, subcommands,
+    warn,
 )
 from vaultcore.hostrules import normalise_host_rule, normalise_origin_rule
 from vaultcore.cli.config import add_field_flags, field_values
@@ -116,7 +117,7 @@ def cmd_fetch(vault: Vault, args: argparse.Namespace) -> int:
         if r.error:
             failed.setdefault(r.error, []).append(r.alias)
     for error, aliases in failed.items():
-        print(f"vaultproxy: {abbreviated(aliases)}: {error}", file=sys.stderr)
+        print(f"vaultproxy: {abbreviated(aliases)}: {error_text(error)}", file=sys.stderr)
     failures = sum(len(aliases) for aliases in failed.values())
     print(f"fetched {len(results) - failures} of {len(results)}")
     return 1 if failures else 0
