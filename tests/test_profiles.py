@@ -141,6 +141,14 @@ def test_shipped_examples_are_valid_and_round_trip(path: Path) -> None:
                      "not a URL", id="host-is-url"),
         pytest.param(replaced('["http://localhost:3000"]', '["http://localhost:3000/app"]'), 17,
                      "secrets[1].origins[0]", "without a path", id="origin-with-path"),
+        # look-alike letters (a review's): the file reads api.stripe.com and app.example.com, the
+        # rules match api.xn--strpe-p2e.com (a Cyrillic і) and xn--pp-6kc.example.com (a Cyrillic а)
+        pytest.param(replaced('["api.stripe.com"]', '["api.str\u0456pe.com"]'), 16, "secrets[1].hosts[0]",
+                     "must be written in ASCII (an international name in its IDNA form): write api.xn--strpe-p2e.com",
+                     id="host-look-alike"),
+        pytest.param(replaced('["http://localhost:3000"]', '["https://\u0430pp.example.com"]'), 17, "secrets[1].origins[0]",
+                     "must be written in ASCII (an international name in its IDNA form): write https://xn--pp-6kc.example.com",
+                     id="origin-look-alike"),
         pytest.param(replaced("endpoint_url: null", "endpoint_url: localhost:4566"), 7, "endpoint_url",
                      "http:// or https:// URL", id="endpoint-not-url"),
         # reads as AWS's own endpoint, sends to 127.0.0.1 (a review's: the user name hides the host)

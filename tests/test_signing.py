@@ -61,6 +61,9 @@ def test_rules_parse() -> None:
      "rules[0].hosts[0]: * matches nearly every host; add `allow_any_host: true` to this entry"),
     ("rules:\n  - name: \"a\\e[2K\"\n    hosts: [x.example.com]\n    hmac: {key: k, header: X}\n", 2,
      "rules[0].name: must not hold control characters"),
+    # a Cyrillic і: the file reads api.stripe.com, the rule matches api.xn--strpe-p2e.com
+    ("rules:\n  - name: a\n    hosts: [api.str\u0456pe.com]\n    hmac: {key: k, header: X}\n", 3,
+     "rules[0].hosts[0]: must be written in ASCII (an international name in its IDNA form): write api.xn--strpe-p2e.com"),
 ])
 def test_bad_rules_name_file_line_and_field(text: str, line: int, problem: str) -> None:
     with pytest.raises(SigningError) as error:

@@ -270,13 +270,25 @@ def check_host(value: str) -> str:
             hint = ""
         raise ValueError(f"must be a host such as api.example.com, not a URL{hint} (got {_shown(value)})")
     parse_host_rule(value)
+    _check_ascii(value, normalise_host_rule)
     return value
 
 
 def check_origin(value: str) -> str:
     """An origins rule that a browser's Origin can match: scheme://host[:port], or null."""
     parse_origin_rule(value)
+    _check_ascii(value, parse_origin_rule)
     return value
+
+
+def _check_ascii(rule: str, canonical: Callable[[str], str]) -> None:
+    """A file's rule is read by people (in a review, in a diff) as it is written, and matched
+    in IDNA form: a look-alike letter (a Cyrillic і in api.strіpe.com) would bind a secret to
+    a name anyone can register and no reader would see. International names are written in
+    their IDNA form, which shows every letter for what it is."""
+    if not rule.isascii():
+        raise ValueError(f"must be written in ASCII (an international name in its IDNA form): write {canonical(rule)} "
+                         f"if that is the host you mean; a look-alike letter would send secrets elsewhere (got {_shown(rule)})")
 
 
 class ConfigError(ValueError):
