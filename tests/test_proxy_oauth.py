@@ -159,6 +159,34 @@ def test_the_client_secret_only_goes_where_its_hosts_rule_allows(
     assert authorization.token_requests() == 0 and api.requests == 0
 
 
+def test_a_client_cannot_send_a_token_sources_credentials_itself(
+    vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
+) -> None:
+    """A review's: the client secret and refresh token are allowed for the token endpoint's
+    host, so the proxy can mint. A client that POSTed them there itself as placeholders got a
+    fresh access token and refresh token back in clear (no value of the request, so nothing to
+    redact), could use them anywhere, and revoked the vault's rotating refresh token. They are
+    the proxy's to send: a request that names them is refused, and the token endpoint hears
+    nothing; the proxy's own mint goes on working."""
+    authorization.add_client(CLIENT_ID, CLIENT_SECRET, auth_method="client_secret_post")
+    first = authorization.issue_refresh_token(CLIENT_ID, scope="read")
+    vault = Vault(vault_home)
+    vault.set("billing.client_secret", CLIENT_SECRET, hosts=["auth.example.com"])
+    vault.set("billing.refresh_token", first, hosts=["auth.example.com"])
+    token_source(vault_home, authorization.port, grant="refresh_token", refresh_token="billing.refresh_token",
+                 auth_method="client_secret_post")
+    proxy = start(mitmdump, vault_home)
+    session = proxy.requests_session()
+
+    for form in ({"client_secret": "<<vault:billing.client_secret>>", "grant_type": "client_credentials"},
+                 {"client_secret": "FAKE-guess", "refresh_token": "<<vault:billing.refresh_token>>", "grant_type": "refresh_token"}):
+        answer = session.post(authorization.token_url.replace(LOOPBACK, "auth.example.com"), data={"client_id": CLIENT_ID, **form}, timeout=TIMEOUT)
+        assert answer.status_code == 403 and answer.headers["X-Vaultproxy-Error"] == "mint_only", answer.text
+        assert "access_token" not in answer.text
+    assert authorization.token_requests() == 0 and authorization.refresh_token_valid(first)
+    assert call(session, api).status_code == 200  # the proxy mints with them as before
+
+
 def test_refresh_token_rotation_is_stored_before_the_new_token_is_used(
     vault_home: Path, authorization: AuthorizationServer, api: ResourceServer, mitmdump: StartProxy,
 ) -> None:
@@ -333,7 +361,7 @@ def test_a_streamed_request_the_token_is_not_for_causes_no_mint(
     outcomes = {path: audit_lines(vault_home, path)[0]["outcome"] for path in ("/other", "/page", "/host", "/head")}
     assert outcomes == {
         "/other": "refused:host_not_allowed", "/page": "refused:origin_not_allowed",
-        "/host": "refused:host_mismatch", "/head": "refused:host_not_allowed",
+        "/host": "refused:host_mismatch", "/head": "refused:mint_only",  # the client secret is the minter's alone
     }
     assert [request.json()["token"] for request in tls_upstream.requests] == ["<<vault:billing>>"] * 3
     assert authorization.token_requests() == 0

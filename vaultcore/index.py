@@ -23,7 +23,7 @@ LOCALHOST = "localhost"
 POLICY_CODES = frozenset(
     {
         "no_hosts_rule", "host_not_allowed", "origin_not_allowed", "plaintext_not_allowed", "host_mismatch",
-        "placeholder_in_authority", "sni_mismatch", "name_not_served",
+        "placeholder_in_authority", "sni_mismatch", "name_not_served", "mint_only",
     }
 )
 # A minted credential (an OAuth access token) that must be minted, or minted again, first: the
@@ -39,6 +39,7 @@ class Secret:
     origins: tuple[str, ...] = ()
     source: str = LOCAL_SOURCE
     usable_until: float | None = None  # a minted token: not sent from then on (vaultcore.tokens)
+    mint_only: str | None = None  # a token source's credential: only its minting sends it (vaultcore.tokens)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,12 @@ class SecretIndex:
             )
         if secret is None:
             raise SubstitutionError("unknown_key", key, self._unknown(key))
+        if secret.mint_only is not None:
+            raise SubstitutionError(
+                "mint_only", key,
+                f"{key!r} is a credential of token {secret.mint_only!r} (tokens.yaml): only the proxy sends it, to the "
+                f"token endpoint when it mints; a request uses <<vault:{secret.mint_only}>>",
+            )
         if not secret.hosts:
             raise SubstitutionError(
                 "no_hosts_rule", key,

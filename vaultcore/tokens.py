@@ -23,14 +23,16 @@ allowed for the token endpoint's host, like any secret for the host it goes to.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
 
-from vaultcore.index import Destination, Secret
+from vaultcore.index import Destination, Secret, SecretIndex
 from vaultcore.profiles import read_statuses
 from vaultcore.rulefiles import ANY_HOST, NodeReader, load_named, parse_named
 
@@ -113,6 +115,17 @@ def source_secrets(source: TokenSource, token: Token | None) -> list[Secret]:
     return [
         Secret(access, value, source.hosts, source.origins, origin, until),
         Secret(token_type, kind, source.hosts, source.origins, origin, until),
+    ]
+
+
+def reserved_credentials(sources: Iterable[TokenSource], index: SecretIndex) -> list[Secret]:
+    """Each source's client secret and refresh token as requests see them: refused. Their
+    hosts rule names the token endpoint, for the proxy's mint; a client that sent them there
+    itself would get a token back in clear (no value of its request, so nothing redacts it),
+    and a rotating refresh token would be spent."""
+    return [
+        dataclasses.replace(secret, mint_only=source.name)
+        for source in sources for key in source.credential_keys() if (secret := index.get(key)) is not None
     ]
 
 

@@ -45,7 +45,7 @@ from vaultcore.redaction import Redactor
 from vaultcore.refresher import Refresher
 from vaultcore.signing import AwsCredentials, Rule, SigningError, SigV4
 from vaultcore.store import VaultError, ensure_home, forget_passphrase_environment
-from vaultcore.tokens import TokenSource, source_secrets
+from vaultcore.tokens import TokenSource, reserved_credentials, source_secrets
 from vaultcore.vault import Snapshot, Vault, home_from_option
 from vaultproxy import codings, guard, responses, rewrite, serverbytes, signing, tunnels, wscontrol
 from vaultproxy.audit import RESOLVED, AuditLog, follow_console
@@ -533,16 +533,18 @@ class VaultProxy:
 
     def _overlay_tokens(self) -> None:
         """The index requests resolve from: the snapshot's, with each token source's
-        placeholders over it, holding its token while that is usable (else they ask for a mint)."""
+        placeholders over it, holding its token while that is usable (else they ask for a mint),
+        and its credentials refused (the minter reads them from the snapshot's)."""
         assert self.snapshot is not None and self.minter is not None
         if not self.token_sources:
             self.index, self._tokens_until = self.snapshot.index, math.inf
             return
         now, self._tokens_seen = time.time(), self.minter.generation
         held = {name: self.minter.token(source, now) for name, source in self.token_sources.items()}
-        self.index = self.snapshot.index.overlaid(
-            secret for name, source in self.token_sources.items() for secret in source_secrets(source, held[name])
-        )
+        self.index = self.snapshot.index.overlaid([
+            *reserved_credentials(self.token_sources.values(), self.snapshot.index),
+            *(secret for name, source in self.token_sources.items() for secret in source_secrets(source, held[name])),
+        ])
         self._tokens_until = min((token.renew_at for token in held.values() if token), default=math.inf)
 
     async def mint(self, key: str, *, rejected: str | None = None) -> None:
