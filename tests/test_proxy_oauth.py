@@ -518,6 +518,40 @@ def test_one_waiter_giving_up_cancels_the_mint_for_no_one(vault_home: Path, auth
         assert isinstance(shared.exception(timeout=TIMEOUT), MintError)
 
 
+@pytest.mark.parametrize(("answer", "expected"), [
+    # a lifetime past the year 9999: the token is kept for at most MAX_LIFETIME_SECONDS, and the
+    # status that names its end still writes (it raised OverflowError in the minter's thread,
+    # and every later mint of every source hung)
+    ({"access_token": "FAKE-hostile-long-life", "expires_in": 1e308}, "minted"),
+    ({"access_token": "FAKE-hostile-inf", "expires_in": "inf"}, "not a token response"),  # authlib's refusal
+    # an answer past MAX_ANSWER_BYTES is not read into memory whole, nor a token past MAX_TOKEN_CHARS kept
+    ({"access_token": "FAKE-" + "x" * (2 * oauth.MAX_ANSWER_BYTES)}, "larger than"),
+    ({"access_token": "FAKE-" + "x" * (oauth.MAX_TOKEN_CHARS + 1)}, "access_token is longer than"),
+], ids=["expires-past-9999", "expires-inf", "answer-too-large", "token-too-long"])
+def test_a_hostile_token_endpoints_answer_is_bounded(vault_home: Path, answer: dict[str, Any], expected: str) -> None:
+    """A review's: a token endpoint's answer was read whole (1.5 GB of RSS), its tokens kept
+    whatever their size, and an expires_in past the year 9999 killed the minting thread before
+    it answered, leaving the request, and every later mint of every source, waiting until a
+    restart. A hostile endpoint costs its own source a refusal now, no more."""
+    Vault(vault_home).set("billing.client_secret", CLIENT_SECRET, hosts=[LOOPBACK])
+    with RecordingUpstream() as hostile, RecordingUpstream() as honest:
+        hostile.route("/oauth/token", Reply(body=json.dumps(answer).encode(), headers=(("Content-Type", "application/json"),)))
+        honest.route("/oauth/token", Reply(body=json.dumps({"access_token": "FAKE-honest", "expires_in": 60}).encode(),
+                                           headers=(("Content-Type", "application/json"),)))
+        source = TokenSource("billing", ("api.example.com",), f"{hostile.url}/oauth/token", CLIENT_ID, "billing.client_secret")
+        minter = Minter(Vault(vault_home))
+        minted = minter.mint(source, {"billing.client_secret": CLIENT_SECRET})
+        if expected == "minted":
+            token = minted.result(timeout=TIMEOUT)
+            assert token.expires_at - token.issued_at <= oauth.MAX_LIFETIME_SECONDS
+            assert minter.status()["billing"]["expires_at"] is not None
+        else:
+            error = minted.exception(timeout=TIMEOUT)
+            assert isinstance(error, MintError) and expected in str(error), error
+        other = dataclasses.replace(source, name="other", token_url=f"{honest.url}/oauth/token")
+        assert minter.mint(other, {"billing.client_secret": CLIENT_SECRET}).result(timeout=TIMEOUT).access_token == "FAKE-honest"
+
+
 class TricklingTokenEndpoint:
     """A token endpoint that answers one byte every 0.2 s, forever: each read gets data well
     within the per-read timeout, so only a deadline on the whole request ends the wait."""

@@ -18,6 +18,7 @@ rejects every token cannot make the proxy hammer the token endpoint. Each source
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import json
@@ -52,6 +53,11 @@ TIMEOUT_SECONDS = 10.0  # each connect and read (requests has no deadline for a 
 # The longest a token request may keep its waiters: a server that sends a byte now and then
 # never trips the per-read timeout. A later answer is still kept (and a rotation stored).
 MINT_DEADLINE_SECONDS = 30.0
+# What a token endpoint's answer may be: a token response is a few kilobytes (a JWT with many
+# claims a few more); past these it is refused, not read into memory or the index whole.
+MAX_ANSWER_BYTES = 1024 * 1024
+MAX_TOKEN_CHARS = 64 * 1024
+MAX_LIFETIME_SECONDS = 365 * 24 * 3600.0  # a longer expires_in is taken as this: minted again within a year
 MESSAGE_LIMIT = 500  # characters of a failed mint's reason: the server's words, mostly
 # What the proxy answers when it cannot get a token: the token endpoint said no (502, its
 # answer is the problem), or could not be asked or made no sense (503, try again later).
@@ -114,10 +120,13 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
     extra = {"audience": source.audience} if source.audience else {}
     # Never redirected: a 307 would resend the credentials to wherever it points, past their
     # hosts rule. A redirect is answered as what it is: no token response.
-    request: dict[str, Any] = {"timeout": TIMEOUT_SECONDS, "verify": verify, "allow_redirects": False}
+    fail = _failing(source, values)
+    request: dict[str, Any] = {
+        "timeout": TIMEOUT_SECONDS, "verify": verify, "allow_redirects": False,
+        "stream": True, "hooks": {"response": functools.partial(_read_bounded, fail=fail)},
+    }
     started = time.time()
     given = values[source.refresh_token] if source.refresh_token else None
-    fail = _failing(source, values)
     try:
         if source.grant == "refresh_token":
             reply = session.refresh_token(source.token_url, refresh_token=given, **request, **extra)
@@ -132,6 +141,18 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
     finally:
         session.close()
     return _token(reply, started, fail), _rotated(reply, given)
+
+
+def _read_bounded(response: Any, *args: Any, fail: Fail, **kwargs: Any) -> Any:
+    """requests' response hook, on a streamed response: its body read up to MAX_ANSWER_BYTES
+    (decoded), where authlib then finds it. A longer answer is no token response, and a
+    hostile endpoint's endless one would hold the proxy's memory."""
+    body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+    if len(body) > MAX_ANSWER_BYTES:
+        response.close()
+        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint's answer is larger than {MAX_ANSWER_BYTES // 1024} KiB")
+    response._content = body  # as requests keeps a body it read itself
+    return response
 
 
 class Fail(Protocol):
@@ -304,12 +325,17 @@ def _token(reply: Mapping[str, Any], started: float, fail: Fail) -> Token:
     if not isinstance(access, str) or not access:
         raise fail(TOKEN_UNAVAILABLE, "the token endpoint's answer holds no access_token")
     kind = str(reply.get("token_type") or "Bearer")
+    for name, text in (("access_token", access), ("token_type", kind), ("refresh_token", reply.get("refresh_token"))):
+        if isinstance(text, str) and len(text) > MAX_TOKEN_CHARS:
+            raise fail(TOKEN_UNAVAILABLE, f"the token endpoint's {name} is longer than {MAX_TOKEN_CHARS // 1024} Ki characters")
     try:
         expires_in = float(reply["expires_in"]) if reply.get("expires_in") is not None else None
     except (TypeError, ValueError):
         raise fail(TOKEN_UNAVAILABLE, "the token endpoint's expires_in is not a number") from None
-    if expires_in is not None and expires_in < 1:
+    if expires_in is not None and (math.isnan(expires_in) or expires_in < 1):
         raise fail(TOKEN_UNAVAILABLE, f"the token endpoint issued a token that expires at once (expires_in {expires_in:g})")
+    if expires_in is not None:
+        expires_in = min(expires_in, MAX_LIFETIME_SECONDS)  # 1e308 would be past any date the status can write
     scope = reply.get("scope")
     # RFC 6750's scheme is case-insensitive; some servers say "bearer", some APIs want "Bearer".
     return Token.issued(access, "Bearer" if kind.lower() == "bearer" else kind, expires_in, started, scope if isinstance(scope, str) else None)
@@ -400,8 +426,10 @@ class Minter:
         error = MintError(source.name, TOKEN_UNAVAILABLE, f"token {source.name!r}: the token endpoint did not answer within {MINT_DEADLINE_SECONDS:g} s")
         if not self._failed(source, fingerprint, error, future, still_running=bool(source.refresh_token)):
             return
-        self._write_status()
-        _settle(future, error)
+        try:
+            self._write_status()
+        finally:  # the waiters are answered, whatever the status file does
+            _settle(future, error)
 
     def _run(self, source: TokenSource, values: dict[str, str], fingerprint: str, future: Future[Token], deadline: threading.Timer) -> None:
         outcome: Token | MintError
@@ -430,8 +458,10 @@ class Minter:
             logger.info(f"vaultproxy: minted token {source.name!r}" + ("" if math.isinf(token.expires_at) else f", valid for {token.expires_at - token.issued_at:.0f} s"))
             outcome = token
         deadline.cancel()
-        self._write_status()  # before any waiter wakes: `status` says what the client is about to be told
-        _settle(future, outcome)
+        try:
+            self._write_status()  # before any waiter wakes: `status` says what the client is about to be told
+        finally:  # the waiters are answered, whatever the status file does
+            _settle(future, outcome)
 
     def _store_rotated(self, source: TokenSource, rotated: str, values: Mapping[str, str]) -> None:
         """Before the new access token goes out: a crash after this keeps the refresh token
