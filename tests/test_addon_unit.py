@@ -25,7 +25,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from vaultcore.index import Secret, SecretIndex
 from vaultcore.placeholders import Context, StreamSubstituter, SubstitutionError
 from vaultcore.vault import Snapshot, Vault
-from vaultproxy import responses, rewrite
+from vaultproxy import responses, rewrite, signing
 from vaultproxy.addon import VaultProxy
 from vaultproxy.flights import Flights
 from vaultproxy.rewrite import Rewrite
@@ -360,6 +360,29 @@ def test_a_mint_ahead_that_fails_unexpectedly_is_the_reason_the_body_is_given(
     error = addon.substitution._no_token(flow, "billing.token_type")
     assert (error.code, error.key, error.message) == ("token_unavailable", "billing.token_type", "token 'billing' could not be minted (RuntimeError)")
     assert addon.substitution._no_token(untried, "billing").message == "token 'billing' was due, and a streamed body cannot wait for a mint"
+
+
+def test_a_signing_rule_that_fails_unexpectedly_refuses_the_request(
+    tctx: taddons.context, addon: VaultProxy, home: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review's: an exception out of signing (a template that failed on every request, before
+    templates were checked for format specs) left the hook, and mitmproxy sent the request on
+    unsigned. It is refused instead, saying only the exception's type (its text may quote a key)."""
+    (home / "signing.yaml").write_text(json.dumps({"rules": [
+        {"name": "hooks", "hosts": [HOST], "hmac": {"key": "unit.k", "header": "X-Sig"}},
+    ]}))
+    tctx.master.commands.call("vault.reload")
+
+    def broken(*args: object, **kwargs: object) -> dict[str, str]:  # what no real rule is expected to do
+        raise ValueError(f"quoting {VALUE}")
+
+    monkeypatch.setattr(signing, "hmac_headers", broken)
+    flow = request_flow()
+    addon.substitution.requestheaders(flow)
+    addon.substitution.request(flow)
+    assert flow.response is not None and flow.response.status_code == 400
+    assert flow.response.headers["X-Vaultproxy-Error"] == "cannot_sign" and b"ValueError" in flow.response.content
+    assert VALUE.encode() not in flow.response.content and "X-Sig" not in flow.request.headers
 
 
 # --- what comes back ---------------------------------------------------------------------------

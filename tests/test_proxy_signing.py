@@ -333,6 +333,14 @@ def test_keys_from_an_aws_profile_sign_only_what_vault_keys_would(
     assert "Credential=FAKE-PROFILE-KEY-ID/" in received.header("Authorization")
     assert received.header("X-Amz-Security-Token") == "FAKE-profile-session-token"
 
+    # The session token is no vault value, and an upstream that echoes it showed it to the client
+    # (a review's): it comes back under a marker, as the signature does.
+    tls_upstream.route("/headers", Reply(respond=headers_echo()))
+    echoed = session.get(f"{signed_url}/headers", timeout=TIMEOUT)
+    assert echoed.status_code == 200 and tls_upstream.requests[-1].header("X-Amz-Security-Token") == "FAKE-profile-session-token"
+    assert "FAKE-profile-session-token" not in echoed.text + str(echoed.headers)
+    assert echoed.headers["X-Echo-X-Amz-Security-Token"] == "[session token of dev]"
+
 
 def test_a_request_refused_anyway_loads_no_aws_keys(
     vault_home: Path, mitmdump: StartProxy, tls_upstream: RecordingUpstream, tmp_path: Path,

@@ -61,6 +61,17 @@ def test_rules_parse() -> None:
      "rules[0].hosts[0]: * matches nearly every host; add `allow_any_host: true` to this entry"),
     ("rules:\n  - name: \"a\\e[2K\"\n    hosts: [x.example.com]\n    hmac: {key: k, header: X}\n", 2,
      "rules[0].name: must not hold control characters"),
+    # format specs and conversions (a review's): {signature:d} failed on every request and the
+    # request left unsigned; {timestamp:>999999999} made a 1 GB header; {signature!r} hid the
+    # signature from redaction; {body!s} left the body out of what was signed
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, value: 'v1={signature:d}'}\n", 4,
+     "rules[0].hmac.value: {signature:d} formats its field; write {signature}"),
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, value: '{timestamp:>999999999}{signature}'}\n", 4,
+     "rules[0].hmac.value: {timestamp:>999999999} formats its field; write {timestamp}"),
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, value: '{signature!r}'}\n", 4,
+     "rules[0].hmac.value: {signature!r} formats its field; write {signature}"),
+    ("rules:\n  - name: a\n    hosts: [x.example.com]\n    hmac: {key: k, header: X, message: '{body!s}'}\n", 4,
+     "rules[0].hmac.message: {body!s} formats its field; write {body}"),
     # a Cyrillic і: the file reads api.stripe.com, the rule matches api.xn--strpe-p2e.com
     ("rules:\n  - name: a\n    hosts: [api.str\u0456pe.com]\n    hmac: {key: k, header: X}\n", 3,
      "rules[0].hosts[0]: must be written in ASCII (an international name in its IDNA form): write api.xn--strpe-p2e.com"),

@@ -72,6 +72,9 @@ def test_defaults_are_client_credentials_with_basic_auth_and_401() -> None:
         ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, refresh_on: ['401']}", 2,
          "tokens[0].refresh_on[0]: must be one of 401, 403"),
         ("  - {name: t, hosts: [a.test], token_url: 'https://x/t', client_id: c, client_secret: s, secret: x}", 2, "unknown field"),
+        # a port out of range failed at the first mint, with a traceback (a review's)
+        ("  - {name: t, hosts: [a.test], token_url: 'http://127.0.0.1:99999/t', client_id: c, client_secret: s}", 2,
+         "tokens[0].token_url: must be an http(s) URL such as https://auth.example.com/oauth/token (Port out of range"),
         ("  - name: t\n    hosts: [a.test]]", 3, "invalid YAML"),
         # a shared file cannot quietly send a token anywhere, or to any page
         ("  - name: t\n    hosts: ['*']\n    token_url: 'https://x/t'\n    client_id: c\n    client_secret: s", 3,

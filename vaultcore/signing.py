@@ -176,10 +176,18 @@ def read_hmac(reader: NodeReader, node: yaml.Node, field: str) -> Hmac:
 
 
 def _check_template(value: str) -> None:
+    """Fields by name only: a format spec or conversion ({signature:d}, {timestamp:>999999999},
+    {signature!r}) would fail on every request, build a header of any size, or write the
+    signature in a form redaction does not know."""
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value) if name is not None]
     except ValueError as e:
         raise ValueError(f"is not a template: {e} (write {{{{ and }}}} for literal braces)") from None
+    for name, spec, conversion in fields:
+        if spec or conversion:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ValueError(f"{{{written}}} formats its field; write {{{name}}}")
+    names = {name for name, _, _ in fields}
     unknown = names - TEMPLATE_FIELDS
     if unknown:
         raise ValueError(f"names {', '.join(sorted(unknown))}; a template may use {', '.join(sorted(TEMPLATE_FIELDS))}")

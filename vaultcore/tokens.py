@@ -168,7 +168,11 @@ def read_source(reader: NodeReader, node: yaml.Node, field: str) -> TokenSource:
 
 
 def check_token_url(value: str) -> None:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (one out of range, or no number, raises here, not at the first mint)
+    except ValueError as e:
+        raise ValueError(f"must be an http(s) URL such as https://auth.example.com/oauth/token ({e}; got {value!r})") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"must be an http(s) URL such as https://auth.example.com/oauth/token (got {value!r})")
     if parts.username or parts.password:

@@ -933,6 +933,10 @@ class Substitution:
         except SubstitutionError as e:
             self._refuse(flow, e, path, streamed=streamed)
             return
+        except Exception as e:  # out of the hook, mitmproxy would log it and send the request unsigned
+            logger.error(f"vaultproxy: signing with rule {rule.name!r} failed ({type(e).__name__})")  # its text may quote a key
+            self._refuse(flow, signing.cannot_sign(rule, SigningError(f"it failed ({type(e).__name__})")), path, streamed=streamed)
+            return
         proxy.flights.remember(flow, change, proxy.index_for(flow), signatures=signing.signatures(rule, change))
         proxy.audit.record(request, path, rule.names(), f"signed:{rule.name}")
         change.apply(request)

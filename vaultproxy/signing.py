@@ -41,22 +41,33 @@ def signed_header(rule: Rule) -> str:
 _UNMARKED = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+SESSION_TOKEN_HEADER = b"x-amz-security-token"  # where SigV4 puts temporary keys' session token
+
+
 def signatures(rule: Rule, change: Rewrite) -> Signatures:
     """The signature `change` (from `signature`) carries, under the marker a response shows in
     its place: an upstream that echoes request headers (httpbin's /headers, debug pages) would
     otherwise hand the client a signature it could not make, over a body it chose, that
     verifies wherever the key is used. Only the header the rule sets (`signature_forms`): what
     else a rule adds (a timestamp, X-Amz-Date, the body's hash) the client knows or can
-    compute, and redacting it would rewrite unrelated dates in responses; a session token from
-    the vault is redacted as its value. The marker names the rule and looks like no
-    placeholder, so a client that sends it back is not refused for it."""
+    compute, and redacting it would rewrite unrelated dates in responses. A session token
+    from the vault is redacted as its value; one from an AWS profile or the default chain is no
+    value of the vault, and is redacted here, as the signature is. The markers name the rule
+    and look like no placeholder, so a client that sends one back is not refused for it."""
     wanted = signed_header(rule).lower().encode()
-    marker = f"[signature of {_UNMARKED.sub('_', rule.name)}]".encode()
-    return tuple(
+    name = _UNMARKED.sub("_", rule.name)
+    marker = f"[signature of {name}]".encode()
+    found = tuple(
         Signature(marker, form, exact=i > 0)
-        for name, value in change.fields or () if name.lower() == wanted
+        for field, value in change.fields or () if field.lower() == wanted
         for i, form in enumerate(signature_forms(rule, value))
     )
+    if isinstance(rule.method, SigV4) and rule.method.from_aws:
+        found += tuple(
+            Signature(f"[session token of {name}]".encode(), value, exact=False)
+            for field, value in change.fields or () if field.lower() == SESSION_TOKEN_HEADER and value
+        )
+    return found
 
 
 def signature_forms(rule: Rule, value: bytes) -> tuple[bytes, ...]:
