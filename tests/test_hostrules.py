@@ -483,6 +483,8 @@ co.uk
 рф
 // ===BEGIN PRIVATE DOMAINS===
 github.io   trailing words after whitespace are ignored
+s3.amazonaws.com
+*.elb.amazonaws.com
 """)
 
 
@@ -491,6 +493,11 @@ github.io   trailing words after whitespace are ignored
     ("*.example.co.uk", False), ("api.example.co.uk", False), ("*.github.io", True), ("*.pages.github.io", False),
     ("*.anything.ck", True), ("*.www.ck", False),  # every name under ck is a suffix, but www.ck
     ("*.xn--p1ai", True), ("*.рф", True), ("*.com", True), ("*.example.com", False), ("*.localhost", False),
+    # a review's: a glob on a wildcard's own label (every name under elb.amazonaws.com is a suffix)
+    ("*.elb.amazonaws.com", True), ("*.lb-1.elb.amazonaws.com", True), ("app.lb-1.elb.amazonaws.com", False),
+    # a glob that can be a suffix's own label: api.s3.amazonaws.com is a bucket anyone may name
+    ("*.amazonaws.com", True), ("api.*.amazonaws.com", True), ("s*.amazonaws.com", False),
+    ("secretsmanager.eu-west-1.amazonaws.com", False),
 ])
 def test_a_glob_under_a_public_suffix_of_more_labels_needs_the_flag(rule: str, wide: bool) -> None:
     """`*.co.uk` matches every name anyone registers under co.uk, as `*.com` does under com."""
@@ -512,4 +519,6 @@ def test_public_suffix_labels_follow_the_lists_algorithm(name: str, labels: int)
 
 @pytest.mark.skipif(system_suffixes() is NO_LIST, reason="no Public Suffix List on this system (Debian: apt install publicsuffix)")
 def test_the_systems_list_judges_the_usual_multi_label_suffixes() -> None:
-    assert [reaches_any_host(rule) for rule in ("*.co.uk", "*.com.au", "*.github.io", "*.example.co.uk")] == [True, True, True, False]
+    wide = ("*.co.uk", "*.com.au", "*.github.io", "*.compute.amazonaws.com", "*.amazonaws.com")
+    assert all(reaches_any_host(rule) for rule in wide)
+    assert not any(reaches_any_host(rule) for rule in ("*.example.co.uk", "*.city.kawasaki.jp", "sts.amazonaws.com"))

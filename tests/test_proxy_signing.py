@@ -45,7 +45,8 @@ from vaultproxy.signing import signatures
 SIGNING = """\
 rules:
   - name: aws
-    hosts: ["*.amazonaws.com"]
+    hosts: ["*.amazonaws.com"]  # every AWS host, anyone's bucket included: on purpose
+    allow_any_host: true
     sigv4:
       access_key_id: aws.access_key_id
       secret_access_key: aws.secret_access_key

@@ -21,7 +21,8 @@ from vaultcore.signing import (
 RULES = """\
 rules:
   - name: aws
-    hosts: ["*.amazonaws.com"]
+    hosts: ["*.amazonaws.com"]  # every AWS host, anyone's bucket included: on purpose
+    allow_any_host: true
     sigv4:
       access_key_id: aws.access_key_id
       secret_access_key: aws.secret_access_key
@@ -155,8 +156,8 @@ def test_sigv4_session_tokens_travel_with_the_signature() -> None:
 def test_sigv4_keys_from_a_profile_or_the_default_chain() -> None:
     profile, chain = parse_rules(
         "rules:\n"
-        "  - {name: dev, hosts: ['*.amazonaws.com'], sigv4: {profile: dev, region: eu-west-1}}\n"
-        "  - {name: any, hosts: ['*.amazonaws.com'], sigv4: {default_chain: true}}\n",
+        "  - {name: dev, hosts: [secretsmanager.eu-west-1.amazonaws.com], sigv4: {profile: dev, region: eu-west-1}}\n"
+        "  - {name: any, hosts: [sts.amazonaws.com], sigv4: {default_chain: true}}\n",
         "signing.yaml",
     )
     assert profile.method == SigV4(profile="dev", region="eu-west-1") and profile.keys() == [] and profile.names() == ["aws-profile:dev"]

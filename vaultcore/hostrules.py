@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -347,11 +346,20 @@ _IPV4_INSIDE = (
 _UNREGISTRABLE = frozenset({"localhost", "test", "example", "invalid", "local", "internal", "onion", "home.arpa"})
 
 
-def _suffix_labels(labels: list[str], suffixes: PublicSuffixes) -> int:
-    """How many of a rule's last labels are the public suffix of the names it matches, judged
-    by its last labels without a glob (`*.co.uk`: co.uk, two)."""
-    plain = list(itertools.takewhile(lambda label: "*" not in label, reversed(labels)))
-    return suffixes.suffix_labels(".".join(reversed(plain))) if plain else 1
+def _reaches_registrable(labels: list[str], suffixes: PublicSuffixes) -> bool:
+    """Whether a name rule's glob can stand for a name anyone may register: the glob is in the
+    rule's public suffix or the label just under it (`*.co.uk`; `*.elb.amazonaws.com`, whose
+    every label under elb.amazonaws.com is a suffix: a glob is a label no rule of the list
+    names, which its wildcards take as any), or it can be a suffix's own label, with a name
+    left of it (`api.*.amazonaws.com` is api.s3.amazonaws.com, a bucket; a leading `*.`
+    spans labels, so `*.amazonaws.com` is any bucket's name too)."""
+    in_suffix = suffixes.suffix_labels(".".join(labels))
+    if any("*" in label for label in labels[-(in_suffix + 1):]):
+        return True
+    return any(
+        "*" in label and (i > 0 or label == "*") and ".".join(labels[i + 1:]) in suffixes.parents
+        for i, label in enumerate(labels)
+    )
 
 
 def reaches_any_host(rule: str, suffixes: PublicSuffixes | None = None) -> bool:
@@ -383,7 +391,7 @@ def reaches_any_host(rule: str, suffixes: PublicSuffixes | None = None) -> bool:
     labels = host.split(".")
     if len(labels) == 4 and all(label == "*" or label.isdigit() for label in labels):
         return labels[0] == "*"  # an IPv4 glob: 10.*.*.* is a /8
-    if "*" in host and any("*" in label for label in labels[-(_suffix_labels(labels, suffixes or system_suffixes()) + 1):]):
+    if "*" in host and _reaches_registrable(labels, suffixes or system_suffixes()):
         return ".".join(labels[-2:]) not in _UNREGISTRABLE and labels[-1] not in _UNREGISTRABLE
     try:
         network = ipaddress.ip_network(host, strict=False)

@@ -34,6 +34,7 @@ class PublicSuffixes:
     names: frozenset[str]  # `co.uk`
     wildcards: frozenset[str]  # `ck` for the rule `*.ck`: every name one label under it
     exceptions: frozenset[str]  # `www.ck` for the rule `!www.ck`: not a suffix after all
+    parents: frozenset[str] = frozenset()  # `amazonaws.com`: the names public suffixes sit under
 
     @classmethod
     def parse(cls, text: str) -> PublicSuffixes:
@@ -48,7 +49,8 @@ class PublicSuffixes:
             elif rule.startswith("*."):
                 kind, rule = wildcards, rule[2:]
             kind.add(rule.lower())
-        return cls(frozenset(names), frozenset(wildcards), frozenset(exceptions))
+        parents = {".".join(labels[i:]) for rule in names | wildcards for labels in [rule.split(".")] for i in range(1, len(labels))}
+        return cls(frozenset(names), frozenset(wildcards), frozenset(exceptions), frozenset(parents))
 
     def suffix_labels(self, name: str) -> int:
         """How many of `name`'s last labels are its public suffix (at least one: the list's

@@ -7,7 +7,7 @@ allowed for the host (their own hosts rules), as for any placeholder.
 
     rules:
       - name: aws
-        hosts: ["*.amazonaws.com"]
+        hosts: [secretsmanager.eu-west-1.amazonaws.com]
         sigv4:
           access_key_id: aws.access_key_id          # vault keys (local, or a provider's JSON secret)
           secret_access_key: aws.secret_access_key
@@ -15,7 +15,7 @@ allowed for the host (their own hosts rules), as for any placeholder.
           service: secretsmanager                   # optional where the host names it
           region: eu-west-1                         # likewise
       - name: aws-dev
-        hosts: ["*.amazonaws.com"]
+        hosts: [secretsmanager.eu-west-1.amazonaws.com]
         sigv4:
           profile: dev                              # or `default_chain: true`: botocore's credentials
       - name: webhook
