@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import run_cli
+from tests.support.upstream import RecordingUpstream, Reply
 from vaultcore.profiles import ConfigError
 from vaultcore.vault import Vault
 
@@ -248,6 +249,27 @@ def test_a_new_configuration_that_sends_ambient_credentials_to_a_server_it_names
 
 
 # --- what a terminal would show -------------------------------------------------------------------------
+
+
+def test_config_test_shows_what_a_files_endpoint_says_it_is_escaped(home: Path, tmp_path: Path) -> None:
+    """A review's: `config test` printed the identity a file's endpoint answered raw, so a
+    carriage return, a line feed or a bidi override in its Arn forged a "connected as" line of
+    the server's choosing. (A hostile stand-in for STS on loopback.)"""
+    forged = ("arn:aws:iam::000000000000:user/evil&#13;connected as arn:aws:iam::111111111111:user/trusted-admin &#x202E;olleh",
+              "000000000000&#10;FORGED LINE")
+    body = (f'<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetCallerIdentityResult>'
+            f"<Arn>{forged[0]}</Arn><UserId>AIDAFAKE</UserId><Account>{forged[1]}</Account></GetCallerIdentityResult>"
+            "<ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></GetCallerIdentityResponse>").encode()
+    with RecordingUpstream() as sts:
+        sts.route("/", Reply(body=body, headers=(("Content-Type", "text/xml"),)))
+        shared = tmp_path / "evil.yaml"
+        shared.write_text(f"name: evil\nregion: us-east-1\nendpoint_url: {sts.url}\ncredentials: {{source: default}}\nhosts: [{HOST}]\n")
+        aws = {"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE", "AWS_SECRET_ACCESS_KEY": "FAKE-sts-escape-key", "AWS_EC2_METADATA_DISABLED": "true"}
+        assert run_cli(home, "config", "import", str(shared), "--allow-new-destination", env=aws).returncode == 0
+        tested = run_cli(home, "config", "test", "evil", env=aws)
+    out = tested.stdout.decode()
+    assert tested.returncode == 0 and out.count("\n") == 1 and "\r" not in out and "\u202e" not in out, out
+    assert out.startswith("connected as arn:aws:iam::000000000000:user/evil\\r") and "\\u202e" in out and "\\nFORGED LINE" in out
 
 
 @pytest.mark.parametrize(("line", "field", "text"), [

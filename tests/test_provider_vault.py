@@ -323,6 +323,17 @@ def test_a_running_proxy_never_sends_the_kept_token_to_a_replaced_address(
         assert not elsewhere.requests
 
 
+def test_an_address_may_have_a_plain_path_prefix() -> None:
+    """A server behind a reverse proxy under a prefix: what the check refuses is what would make
+    the path the client appends another (a fragment, a query, percent-encoding, dot segments)."""
+    config = parse_config("name: team\nprovider: vault\naddress: https://vault.example.com/vault\nhosts: [127.0.0.1]\n", "team.yaml")
+    assert config.option("address") == "https://vault.example.com/vault"
+    # a KV 2 secret's path goes under data/: a segment named auth there is the secret's own
+    kv2 = parse_config("name: team\nprovider: vault\naddress: https://vault.example.com\nhosts: [127.0.0.1]\n"
+                       "secrets:\n  - {alias: s, secret_id: services/auth/db}\n", "team.yaml")
+    assert kv2.secrets[0].secret_id == "services/auth/db"
+
+
 @pytest.mark.parametrize(("field", "text"), [
     ("mount", "mount: auth/token\nkv_version: 1\nsecrets:\n  - {alias: session, secret_id: lookup-self, field: id}"),
     ("mount", "mount: sys\nsecrets:\n  - {alias: s, secret_id: x}"),
@@ -337,10 +348,15 @@ def test_a_running_proxy_never_sends_the_kept_token_to_a_replaced_address(
     ("address", "address: 'https://vault.example.com:8200/v1/%61uth/token/lookup-self#'\nsecrets:\n  - {alias: s, secret_id: x}"),
     ("address", "address: 'https://vault.example.com/?x=1'\nsecrets:\n  - {alias: s, secret_id: x}"),
     ("address", "address: 'https://vault.example.com@127.0.0.1:8200'\nsecrets:\n  - {alias: s, secret_id: x}"),
+    # under a namespace, the server's own paths follow the namespace's name (a review's)
+    ("mount", "mount: team-a/auth/token\nkv_version: 1\nsecrets:\n  - {alias: session, secret_id: lookup-self, field: id}"),
+    ("secret_id", "kv_version: 1\nsecrets:\n  - {alias: session, secret_id: team-a/auth/token/lookup-self, field: id}"),
+    # a look-alike letter where the token goes (a review's: a Cyrillic а reads as vault.example.com)
+    ("address", "address: 'https://v\u0430ult.example.com:8200'\nsecrets:\n  - {alias: s, secret_id: x}"),
 ])
 def test_a_path_outside_a_kv_engine_is_refused(field: str, text: str) -> None:
     """Read with the user's token, auth/token/lookup-self answers with the token itself: a
     shared file could have made it a secret, sent to the file's hosts."""
     address = "" if text.startswith("address:") else "address: https://vault.example.com\n"
-    with pytest.raises(ConfigError, match=rf"{field}: (must (be a KV secrets engine's path|not hold \. or \.\. segments|not hold %, \? or #)|must be the server's own URL)"):
+    with pytest.raises(ConfigError, match=rf"{field}: (must (be a KV secrets engine's path|not hold \. or \.\. segments|not hold %, \? or #)|must be the server's own URL|must be written in ASCII)"):
         parse_config(f"name: team\nprovider: vault\n{address}hosts: [127.0.0.1]\n{text}\n", "team.yaml")

@@ -602,3 +602,17 @@ def test_concurrent_writers_lose_no_update(home: Path) -> None:
     assert state["counters"] == {name: 50 for name in names}
     assert set(state["keys"]) == {f"{name}-{i}" for name in names for i in range(1, 51)}
     assert leftovers(home) == set()
+
+
+def test_a_file_system_without_locks_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's: on a mount that has no locks (some NFS and FUSE ones) flock raises ENOLCK,
+    which escaped as a bare OSError where callers expect VaultError (the proxy's publishing
+    of its record caught only that)."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(store_module.fcntl, "flock", no_locks)
+    with pytest.raises(VaultError, match=r"cannot lock .*proxy\.lock: No locks available"):
+        with store_module.flocked(tmp_path / "proxy.lock", "busy"):
+            pass

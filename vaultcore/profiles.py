@@ -160,32 +160,30 @@ check_region = _matching(REGION_RE, "must be an AWS region like us-east-1")
 _check_url = _matching(URL_RE, "must be an http:// or https:// URL")
 
 
-def _server_url(value: str, *, path_allowed: bool) -> str:
-    """A server's URL, as credentials are sent to it: nothing in it that would make the host a
-    reader sees not the host a request goes to (`https://aws.example.com@127.0.0.1`), and
-    nothing a client would cut off or append to (a query, a fragment; with `path_allowed`
-    false, a path: the client adds its own, and one given here could make every request
-    another, as `/v1/auth/token/lookup-self#` would)."""
+def check_endpoint_url(value: str) -> str:
+    """A server's URL (an AWS endpoint, a Vault address), as credentials are sent to it:
+    nothing in it that makes the host a reader sees not the host a request goes to (a user
+    name: `https://aws.example.com@127.0.0.1`; a look-alike letter: a Cyrillic а), and
+    nothing that would make the path the client appends another one (a query or fragment
+    that cuts it off, a percent-encoding or dot segment the server decodes: with
+    `/v1/%61uth/token/lookup-self#`, every read was the token's own lookup). A plain path
+    prefix stays: some servers are served under one."""
     _check_url(value)
     try:
         parts = urllib.parse.urlsplit(value)
     except ValueError as e:
         raise ValueError(f"must be a valid URL ({e}; got {_shown(value)})") from None
-    if "@" in parts.netloc or "?" in value or "#" in value or not parts.hostname or (not path_allowed and parts.path not in ("", "/")):
-        example = "https://vault.example.com:8200" if not path_allowed else "https://secretsmanager.eu-west-1.amazonaws.com"
-        what = "user name, query or fragment" + ("" if path_allowed else " or path")
-        raise ValueError(f"must be the server's own URL, e.g. {example}, with no {what} (got {_shown(value)})")
+    dot_segment = any(segment in (".", "..") for segment in parts.path.split("/"))
+    if "@" in parts.netloc or any(c in value for c in "?#%") or dot_segment or not parts.hostname:
+        raise ValueError(
+            "must be the server's own URL, e.g. https://vault.example.com:8200, with no user name, query, fragment, "
+            f"percent-encoding or dot segment (got {_shown(value)})"
+        )
+    if not value.isascii():
+        idna = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.hostname, normalise_host_rule(parts.hostname))))
+        raise ValueError(f"must be written in ASCII (an international name in its IDNA form): write {idna} if that is the "
+                         f"server you mean; a look-alike letter would send credentials elsewhere (got {_shown(value)})")
     return value
-
-
-def check_endpoint_url(value: str) -> str:
-    """An AWS endpoint (a path is allowed: some gateways serve one under a prefix)."""
-    return _server_url(value, path_allowed=True)
-
-
-def check_server_address(value: str) -> str:
-    """A Vault or OpenBao server's address: the client adds the API's path itself."""
-    return _server_url(value, path_allowed=False)
 
 
 def check_text(value: str, *, layout: bool = False) -> str:

@@ -527,6 +527,8 @@ def flocked(path: Path, busy: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Ite
                 if time.monotonic() > deadline:
                     raise VaultError(busy) from None
                 time.sleep(0.01)
+            except OSError as e:  # a file system without locks (ENOLCK: some NFS and FUSE mounts)
+                raise VaultError(f"cannot lock {path}: {e.strerror}") from None
         yield
     finally:
         os.close(fd)

@@ -337,13 +337,18 @@ class VaultProxy:
             if ca.is_file():
                 break
             await asyncio.sleep(0.05)
-        self._publish()
+        # Off the event loop: publishing waits for the record lock (vaultcore.proxyenv), which
+        # another proxy for the home holds for two file operations, or a stuck process longer.
+        await asyncio.to_thread(self._publish_record, self._runtime_record())
 
     def _publish(self) -> None:
         """The credential and the record that `vaultproxy env` hands clients, in the proxy's home."""
+        self._publish_record(self._runtime_record())
+
+    def _publish_record(self, record: dict[str, Any]) -> None:
         assert self.vault is not None and self.gate.credential is not None
         try:
-            publish_proxy(self.vault.home, self.gate.credential, self._runtime_record())
+            publish_proxy(self.vault.home, self.gate.credential, record)
         except VaultError as e:
             logger.error(f"vaultproxy: {e}: `vaultproxy env` cannot point clients here, and those that must present the proxy credential are refused")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from vaultcore.cli import (
-    ANY_HOST_HELP, UsageError, add_refresh_flags, checked, command, print_json, print_table, rules, subcommands, warn,
+    ANY_HOST_HELP, UsageError, add_refresh_flags, checked, command, error_text, print_json, print_table, rules, subcommands,
+    warn,
 )
 from vaultcore.configurations import config_error, destination, destination_changes
 from vaultcore.hostrules import normalise_host_rule, reaches_any_host
@@ -133,9 +134,11 @@ def _report_test(vault: Vault, name: str | None) -> int:
     try:
         identity = vault.test_config(name)
     except ProviderError as e:
-        print(f"vaultproxy: connection test failed: {e}", file=sys.stderr)
+        print(f"vaultproxy: connection test failed: {error_text(e)}", file=sys.stderr)
         return 1
-    print(f"connected as {identity.arn} ({identity.scope} {identity.account})")
+    # What the server says it is: a file's endpoint may answer anything, escape sequences too.
+    shown = [quoted(str(part), None, neutralised=False) for part in (identity.arn, identity.scope, identity.account)]
+    print(f"connected as {shown[0]} ({shown[1]} {shown[2]})")
     return 0
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultcore.peertext import quoted
-from vaultcore.profiles import ProviderConfig, SecretMapping, check_server_address
+from vaultcore.profiles import ProviderConfig, SecretMapping, check_endpoint_url
 from vaultcore.providers.base import FetchResult, Field, Identity, Problem, Prompt, ProviderError, Schema
 
 TIMEOUT = 10.0
@@ -54,23 +54,31 @@ NOT_KV = ("auth", "sys", "identity")
 
 
 def check_kv_path(path: str) -> str:
-    """A KV mount or secret path: no `.` or `..` segment (the server would resolve it to
-    another path), not under auth/, sys/ or identity/, and none of `%`, `?`, `#`: the server
-    decodes `%61uth` to `auth` after this check, and the others would end the path."""
+    """A KV secret's path: no `.` or `..` segment (the server would resolve it to another
+    path), and none of `%`, `?`, `#`: the server decodes `%61uth` to `auth` after any check
+    here, and the others would end the path."""
     if any(c in path for c in "%?#"):
         raise ValueError(f"must not hold %, ? or # (got {path!r})")
-    segments = path.strip("/").split("/")
-    if any(segment in (".", "..") for segment in segments):
+    if any(segment in (".", "..") for segment in path.strip("/").split("/")):
         raise ValueError(f"must not hold . or .. segments (got {path!r})")
-    if segments[0] in NOT_KV:
-        raise ValueError(f"must be a KV secrets engine's path, not under {segments[0]}/ (got {path!r})")
+    return path
+
+
+def check_engine_path(path: str) -> str:
+    """A path the server reads as it is (a mount; with KV 1, a mount and a secret's path): a
+    KV path with no auth/, sys/ or identity/ segment anywhere, as a namespace's own paths
+    follow its name (`team-a/auth/token/lookup-self`)."""
+    check_kv_path(path)
+    if hit := next((segment for segment in path.strip("/").split("/") if segment in NOT_KV), None):
+        raise ValueError(f"must be a KV secrets engine's path, with no {hit}/ segment (got {path!r})")
     return path
 
 
 def _validate(config: ProviderConfig) -> Problem | None:
+    kv1 = config.option("kv_version", DEFAULT_KV_VERSION) == 1  # no data/ between the mount and the path
     for i, m in enumerate(config.secrets):
         try:
-            check_kv_path(f"{config.option('mount', DEFAULT_MOUNT)}/{m.secret_id}")
+            (check_engine_path if kv1 else check_kv_path)(f"{config.option('mount', DEFAULT_MOUNT)}/{m.secret_id}")
         except ValueError as e:
             return Problem(f"secrets[{i}].secret_id", str(e))
     if config.option("method", "token") == "approle" and config.credentials_source != "static":
@@ -86,10 +94,10 @@ SCHEMA = Schema(
     fields=(
         # Where a token goes (address; ca_cert: which server is taken for it), whom it logs in to
         # (namespace) and how (method) are destination fields; the KV mount only picks secrets there.
-        Field("address", "the server's URL, e.g. https://vault.example.com:8200", check=check_server_address, required=True,
+        Field("address", "the server's URL, e.g. https://vault.example.com:8200", check=check_endpoint_url, required=True,
               destination=True),
         Field("namespace", "a namespace (Vault Enterprise, OpenBao), e.g. team-a", destination=True),
-        Field("mount", f"where the KV secrets engine is mounted, e.g. kv (default {DEFAULT_MOUNT})", check=check_kv_path),
+        Field("mount", f"where the KV secrets engine is mounted, e.g. kv (default {DEFAULT_MOUNT})", check=check_engine_path),
         Field("kv_version", f"the KV engine's version, e.g. 1 (default {DEFAULT_KV_VERSION})", kind="integer", choices=("1", "2")),
         Field("ca_cert", "a PEM file of the CA that signed the server's certificate, e.g. ~/vault-ca.pem", destination=True),
         Field("method", "how to log in: token (the default) or approle", where="credentials", kind="choice",
