@@ -156,6 +156,11 @@ def test_shipped_examples_are_valid_and_round_trip(path: Path) -> None:
                      7, "endpoint_url", "must be the server's own URL", id="endpoint-with-user"),
         pytest.param(replaced("endpoint_url: null", "endpoint_url: 'http://127.0.0.1:4566/#'"), 7, "endpoint_url",
                      "must be the server's own URL", id="endpoint-with-fragment"),
+        # urlsplit reads the host as vault.example.com, urllib3 as evil.test (a review's)
+        pytest.param(replaced("endpoint_url: null", "endpoint_url: 'https://evil.test\\.vault.example.com'"), 7, "endpoint_url",
+                     "must be the server's own URL", id="endpoint-with-backslash"),
+        pytest.param(replaced("endpoint_url: null", "endpoint_url: 'https://vault.example.com:8200:443'"), 7, "endpoint_url",
+                     "must be a valid URL", id="endpoint-with-two-ports"),
         pytest.param("name: production\nregion: us-east-1\nsecrets: prod/db\n", 3, "secrets", "must be a list",
                      id="secrets-not-list"),
     ],

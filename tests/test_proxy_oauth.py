@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import gzip
 import json
 import socket
 import threading
@@ -185,6 +186,8 @@ def test_a_client_cannot_send_a_token_sources_credentials_itself(
         assert "access_token" not in answer.text
     assert authorization.token_requests() == 0 and authorization.refresh_token_valid(first)
     assert call(session, api).status_code == 200  # the proxy mints with them as before
+    dry_run = run_cli(vault_home, "resolve", "<<vault:billing.client_secret>>", "--host", "auth.example.com")
+    assert dry_run.returncode == 1 and b"REFUSED mint_only" in dry_run.stdout, dry_run.stdout  # as the proxy answers
 
 
 def test_refresh_token_rotation_is_stored_before_the_new_token_is_used(
@@ -527,15 +530,20 @@ def test_one_waiter_giving_up_cancels_the_mint_for_no_one(vault_home: Path, auth
     # an answer past MAX_ANSWER_BYTES is not read into memory whole, nor a token past MAX_TOKEN_CHARS kept
     ({"access_token": "FAKE-" + "x" * (2 * oauth.MAX_ANSWER_BYTES)}, "larger than"),
     ({"access_token": "FAKE-" + "x" * (oauth.MAX_TOKEN_CHARS + 1)}, "access_token is longer than"),
-], ids=["expires-past-9999", "expires-inf", "answer-too-large", "token-too-long"])
+    # a gzip answer of kilobytes that inflates to 64 MiB: read in steps, never inflated whole
+    ({"access_token": "FAKE-bomb", "padding": " " * (64 << 20)}, "larger than"),
+], ids=["expires-past-9999", "expires-inf", "answer-too-large", "token-too-long", "gzip-bomb"])
 def test_a_hostile_token_endpoints_answer_is_bounded(vault_home: Path, answer: dict[str, Any], expected: str) -> None:
     """A review's: a token endpoint's answer was read whole (1.5 GB of RSS), its tokens kept
     whatever their size, and an expires_in past the year 9999 killed the minting thread before
     it answered, leaving the request, and every later mint of every source, waiting until a
     restart. A hostile endpoint costs its own source a refusal now, no more."""
     Vault(vault_home).set("billing.client_secret", CLIENT_SECRET, hosts=[LOOPBACK])
+    body, headers = json.dumps(answer).encode(), [("Content-Type", "application/json")]
+    if "padding" in answer:
+        body, headers = gzip.compress(body), [*headers, ("Content-Encoding", "gzip")]
     with RecordingUpstream() as hostile, RecordingUpstream() as honest:
-        hostile.route("/oauth/token", Reply(body=json.dumps(answer).encode(), headers=(("Content-Type", "application/json"),)))
+        hostile.route("/oauth/token", Reply(body=body, headers=tuple(headers)))
         honest.route("/oauth/token", Reply(body=json.dumps({"access_token": "FAKE-honest", "expires_in": 60}).encode(),
                                            headers=(("Content-Type", "application/json"),)))
         source = TokenSource("billing", ("api.example.com",), f"{hostile.url}/oauth/token", CLIENT_ID, "billing.client_secret")

@@ -57,6 +57,7 @@ MINT_DEADLINE_SECONDS = 30.0
 # claims a few more); past these it is refused, not read into memory or the index whole.
 MAX_ANSWER_BYTES = 1024 * 1024
 MAX_TOKEN_CHARS = 64 * 1024
+READ_STEP_BYTES = 16 * 1024  # of the answer, compressed: at most some 16 MB decoded at once
 MAX_LIFETIME_SECONDS = 365 * 24 * 3600.0  # a longer expires_in is taken as this: minted again within a year
 MESSAGE_LIMIT = 500  # characters of a failed mint's reason: the server's words, mostly
 # What the proxy answers when it cannot get a token: the token endpoint said no (502, its
@@ -146,12 +147,17 @@ def request_token(source: TokenSource, values: Mapping[str, str], *, verify: boo
 def _read_bounded(response: Any, *args: Any, fail: Fail, **kwargs: Any) -> Any:
     """requests' response hook, on a streamed response: its body read up to MAX_ANSWER_BYTES
     (decoded), where authlib then finds it. A longer answer is no token response, and a
-    hostile endpoint's endless one would hold the proxy's memory."""
-    body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
-    if len(body) > MAX_ANSWER_BYTES:
-        response.close()
-        raise fail(TOKEN_UNAVAILABLE, f"the token endpoint's answer is larger than {MAX_ANSWER_BYTES // 1024} KiB")
-    response._content = body  # as requests keeps a body it read itself
+    hostile endpoint's endless one would hold the proxy's memory. Read in steps of
+    READ_STEP_BYTES: urllib3 before 2.6 decodes all it reads at once, and one read of a
+    megabyte of gzip could make gigabytes."""
+    chunks, size = [], 0
+    while chunk := response.raw.read(READ_STEP_BYTES, decode_content=True):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            response.close()
+            raise fail(TOKEN_UNAVAILABLE, f"the token endpoint's answer is larger than {MAX_ANSWER_BYTES // 1024} KiB")
+        chunks.append(chunk)
+    response._content = b"".join(chunks)  # as requests keeps a body it read itself
     return response
 
 

@@ -171,13 +171,15 @@ def check_endpoint_url(value: str) -> str:
     _check_url(value)
     try:
         parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (a second port, or one that is no number, raises here)
     except ValueError as e:
         raise ValueError(f"must be a valid URL ({e}; got {_shown(value)})") from None
     dot_segment = any(segment in (".", "..") for segment in parts.path.split("/"))
-    if "@" in parts.netloc or any(c in value for c in "?#%") or dot_segment or not parts.hostname:
+    # A backslash: urlsplit reads `https://evil.test\.vault.example.com` as vault.example.com's, urllib3 as evil.test's.
+    if "@" in parts.netloc or any(c in value for c in "?#%\\") or dot_segment or not parts.hostname:
         raise ValueError(
             "must be the server's own URL, e.g. https://vault.example.com:8200, with no user name, query, fragment, "
-            f"percent-encoding or dot segment (got {_shown(value)})"
+            f"percent-encoding, backslash or dot segment (got {_shown(value)})"
         )
     if not value.isascii():
         idna = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.hostname, normalise_host_rule(parts.hostname))))

@@ -25,6 +25,7 @@ from vaultcore.peertext import quoted
 from vaultcore.placeholders import Context, SubstitutionError
 from vaultcore.proxyenv import NoProxy, ProxyInfo
 from vaultcore.store import PASSPHRASE_ENV, VaultError, check_home, handed_over_passphrase, pass_passphrase_by_pipe, read_header, without_passphrase
+from vaultcore.tokens import TokenSourceError, load_sources, reserved_credentials
 from vaultcore.vault import Vault
 
 # mitmdump's own ways to choose the address; after `--` they win over vaultproxy's.
@@ -252,6 +253,11 @@ def _log_line(entry: dict[str, Any]) -> str:
 def cmd_resolve(vault: Vault, args: argparse.Namespace) -> int:
     """Dry run: which keys would resolve for this host, with every value masked."""
     index = vault.index()
+    try:
+        sources = load_sources(vault.home)
+    except TokenSourceError as e:
+        raise VaultError(str(e)) from None
+    index = index.overlaid(reserved_credentials(sources, index))  # as the proxy's: a token source's credentials are its own
     destination = Destination(args.host, args.scheme, args.origin)
     context = Context(args.context)
     results = []
