@@ -49,7 +49,10 @@ class PublicSuffixes:
             elif rule.startswith("*."):
                 kind, rule = wildcards, rule[2:]
             kind.add(rule.lower())
-        parents = {".".join(labels[i:]) for rule in names | wildcards for labels in [rule.split(".")] for i in range(1, len(labels))}
+        parents: set[str] = set()
+        for suffix in names | wildcards:
+            labels = suffix.split(".")
+            parents.update(".".join(labels[i:]) for i in range(1, len(labels)))
         return cls(frozenset(names), frozenset(wildcards), frozenset(exceptions), frozenset(parents))
 
     def suffix_labels(self, name: str) -> int:
