@@ -181,11 +181,14 @@ def check_endpoint_url(value: str) -> str:
             "must be the server's own URL, e.g. https://vault.example.com:8200, with no user name, query, fragment, "
             f"percent-encoding, backslash or dot segment (got {_shown(value)})"
         )
-    if not value.isascii():
-        idna = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.hostname, normalise_host_rule(parts.hostname))))
-        raise ValueError(f"must be written in ASCII (an international name in its IDNA form): write {idna} if that is the "
-                         f"server you mean; a look-alike letter would send credentials elsewhere (got {_shown(value)})")
+    _check_ascii(value, _idna_url)
     return value
+
+
+def _idna_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.hostname, normalise_host_rule(parts.hostname))))
 
 
 def check_text(value: str, *, layout: bool = False) -> str:
@@ -281,14 +284,15 @@ def check_origin(value: str) -> str:
     return value
 
 
-def _check_ascii(rule: str, canonical: Callable[[str], str]) -> None:
-    """A file's rule is read by people (in a review, in a diff) as it is written, and matched
-    in IDNA form: a look-alike letter (a Cyrillic і in api.strіpe.com) would bind a secret to
-    a name anyone can register and no reader would see. International names are written in
-    their IDNA form, which shows every letter for what it is."""
-    if not rule.isascii():
-        raise ValueError(f"must be written in ASCII (an international name in its IDNA form): write {canonical(rule)} "
-                         f"if that is the host you mean; a look-alike letter would send secrets elsewhere (got {_shown(rule)})")
+def _check_ascii(text: str, canonical: Callable[[str], str]) -> None:
+    """A file's rule or server is read by people (in a review, in a diff, in a listing) as it
+    is written, and reached in IDNA form: a look-alike letter (a Cyrillic і in api.strіpe.com)
+    would send secrets or credentials to a name anyone can register, and no reader would see
+    it. International names are written in their IDNA form, which shows every letter for what
+    it is."""
+    if not text.isascii():
+        raise ValueError(f"must be written in ASCII (an international name in its IDNA form): write {canonical(text)} "
+                         f"if that is the name you mean; a look-alike letter would send secrets elsewhere (got {_shown(text)})")
 
 
 class ConfigError(ValueError):
